@@ -1,0 +1,71 @@
+"""neuroomics-bridge: a medical LLM as the semantic bridge between genes, brains and text.
+
+Everything public is importable from here; heavy modules (torch models, scanpy, faiss) load on
+first use, so ``import neuroomics_bridge`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TextBackbone": "neuroomics_bridge.backbone",
+    "ModelCard": "neuroomics_bridge.backbone",
+    "get_card": "neuroomics_bridge.backbone",
+    "list_cards": "neuroomics_bridge.backbone",
+    "validate_cards": "neuroomics_bridge.backbone",
+    "BackboneConfig": "neuroomics_bridge.config",
+    "YamlConfig": "neuroomics_bridge.config",
+    "NobError": "neuroomics_bridge.errors",
+    "ConfigError": "neuroomics_bridge.errors",
+    "ModelNotFoundError": "neuroomics_bridge.errors",
+    "InvalidModelError": "neuroomics_bridge.errors",
+    "CorruptFileError": "neuroomics_bridge.errors",
+    "DataError": "neuroomics_bridge.errors",
+}
+
+__all__ = [
+    "BackboneConfig",
+    "ConfigError",
+    "CorruptFileError",
+    "DataError",
+    "InvalidModelError",
+    "ModelCard",
+    "ModelNotFoundError",
+    "NobError",
+    "TextBackbone",
+    "YamlConfig",
+    "__version__",
+    "get_card",
+    "list_cards",
+    "validate_cards",
+]
+
+if TYPE_CHECKING:
+    from neuroomics_bridge.backbone import ModelCard, TextBackbone, get_card, list_cards, validate_cards
+    from neuroomics_bridge.config import BackboneConfig, YamlConfig
+    from neuroomics_bridge.errors import (
+        ConfigError,
+        CorruptFileError,
+        DataError,
+        InvalidModelError,
+        ModelNotFoundError,
+        NobError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'neuroomics_bridge' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

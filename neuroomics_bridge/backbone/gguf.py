@@ -1,0 +1,68 @@
+"""GGUF files, de-quantised once into a safetensors cache.
+
+transformers reads GGUF by de-quantising every tensor (about 12 s for the 135M default); the
+result is saved as an ordinary Hugging Face directory under the user cache, keyed by the GGUF's
+SHA-256, so every later load is a sub-second safetensors read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+import platformdirs
+
+from neuroomics_bridge.errors import CorruptFileError
+from neuroomics_bridge.io import atomic_directory, file_sha256
+from neuroomics_bridge.progress import quiet_transformers_progress
+
+__all__ = ["cache_root", "gguf_cache_dir", "convert_gguf"]
+
+logger = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    """The library's cache folder (honours ``XDG_CACHE_HOME`` on Linux)."""
+    return Path(platformdirs.user_cache_dir("neuroomics-bridge"))
+
+
+def gguf_cache_dir(digest: str) -> Path:
+    """Where the de-quantised copy of the GGUF with SHA-256 ``digest`` lives."""
+    return cache_root() / "gguf" / digest
+
+
+def convert_gguf(gguf_file: str | os.PathLike[str], *, digest: str | None = None) -> Path:
+    """Return a safetensors directory equivalent to ``gguf_file``, converting it if needed.
+
+    ``digest`` skips re-hashing when the caller already verified the file. The conversion
+    writes into a temporary directory renamed into place, so an interrupted conversion leaves
+    no partial cache behind.
+    """
+    source = Path(gguf_file)
+    digest = digest or file_sha256(source)
+    target = gguf_cache_dir(digest)
+    if (target / "config.json").is_file():
+        return target
+    logger.info("De-quantising %s once into %s", source.name, target)
+    model, tokenizer = _load_gguf(source)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _load_gguf(source: Path):  # -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with quiet_transformers_progress():
+            model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+    except (ValueError, OSError, KeyError, IndexError, EOFError, struct.error) as err:
+        raise CorruptFileError(f"{source}: could not be read as a GGUF model ({type(err).__name__}: {err})") from None
+    # The de-quantised tensors are plain float32: drop the GGUF marker so the saved copy reloads
+    # as an ordinary checkpoint.
+    model.hf_quantizer.remove_quantization_config(model)
+    return model, tokenizer

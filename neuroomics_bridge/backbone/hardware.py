@@ -1,0 +1,75 @@
+"""Pick the device and the fastest numerically safe dtype for this machine.
+
+bf16 halves memory traffic and, on CPUs with native bf16 instructions (AVX512-BF16, AMX,
+Arm BF16), runs matmuls about twice as fast as float32; on CPUs without them PyTorch emulates
+bf16 and it is slower than float32, so the choice depends on the instruction set.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+__all__ = ["default_device", "default_dtype", "cpu_has_native_bf16", "resolve_dtype"]
+
+_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU executes bf16 arithmetic in hardware."""
+    system = platform.system()
+    if system == "Linux":
+        cpuinfo = Path("/proc/cpuinfo")
+        if not cpuinfo.exists():
+            return False
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return bool(_BF16_CPU_FLAGS & set(value.split()))
+        return False
+    if system == "Darwin":
+        probe = subprocess.run(
+            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, check=False
+        )
+        return probe.stdout.strip() == "1"
+    return False
+
+
+def default_dtype(device: torch.device, *, preferred: torch.dtype = torch.bfloat16) -> torch.dtype:
+    """The dtype a model should run in on ``device``.
+
+    ``preferred`` is the half type the weights were released in (the card's ``dtype``); GPUs use
+    it, falling back to float16 where bf16 is unsupported. On CPU: bf16 with native support,
+    float32 otherwise (CPU float16 matmuls are emulated and slow).
+    """
+    if device.type == "cuda":
+        half = preferred if preferred in (torch.bfloat16, torch.float16) else torch.bfloat16
+        if half == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return half
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Accept ``"bfloat16"``-style names as well as ``torch.dtype`` objects."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        from neuroomics_bridge.errors import ConfigError
+
+        raise ConfigError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}") from None

@@ -1,0 +1,387 @@
+"""TextBackbone: one LLaMA-family causal LM as both text encoder and text decoder.
+
+The encoder side pools the decoder's last hidden states (mean over real tokens, or the last
+token), in length-sorted batches so little compute is spent on padding. The decoder side wraps
+``generate`` with left-padded batching, context-safe truncation and soft prefix tokens
+(LLaVA-style ``inputs_embeds``), returning only the new text.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import torch
+import torch.nn.functional as F
+
+from neuroomics_bridge.backbone import resolve
+from neuroomics_bridge.backbone.cards import ModelCard
+from neuroomics_bridge.backbone.gguf import convert_gguf
+from neuroomics_bridge.backbone.hardware import default_device, default_dtype, resolve_dtype
+from neuroomics_bridge.errors import CorruptFileError, DataError
+from neuroomics_bridge.progress import progress, quiet_transformers_progress
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["TextBackbone", "COMPLETION_TEMPLATE", "Pooling"]
+
+Pooling = Literal["mean", "last"]
+
+COMPLETION_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n"
+    "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+"""Prompt format for base models that ship no chat template (LLaMA-2, Meditron)."""
+
+Messages = str | Sequence[Mapping[str, str]]
+
+
+class TextBackbone:
+    """A causal language model with its tokenizer, used to encode and to generate text.
+
+    Build it with :meth:`from_pretrained` (registry name, local directory or ``.gguf`` file) or
+    directly from a loaded ``transformers`` model and tokenizer.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        card: ModelCard | None = None,
+        weight_files: Sequence[Path] = (),
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.card = card
+        self._weight_files = tuple(weight_files)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        local_dir: str | os.PathLike[str] | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> Self:
+        """Load a backbone without touching the network.
+
+        Parameters
+        ----------
+        name_or_path
+            A registry id (``nob cards``), a Hugging Face model directory, or a ``.gguf`` file.
+        local_dir
+            For gated registry entries: the directory holding their weights (else
+            ``$NOB_MODEL_DIR/<id>``).
+        dtype
+            ``None`` picks bf16 where the hardware runs it natively, else float32.
+        device
+            ``None`` picks CUDA when present; ``"auto"`` spreads a large model over all GPUs.
+
+        Raises
+        ------
+        ModelNotFoundError, InvalidModelError, CorruptFileError
+        """
+        location = resolve.locate_weights(name_or_path, local_dir=local_dir)
+        if location.is_gguf:
+            directory = convert_gguf(location.path, digest=location.card.weights.sha256 if location.card else None)
+            weight_files = [location.path]
+        else:
+            directory = location.path
+            resolve.check_model_dir(directory)
+            weight_files = resolve.weight_files(directory)
+        card = location.card
+        device_map = _device_map(device)
+        if dtype is None:
+            preferred = resolve_dtype(card.dtype) if card else torch.bfloat16
+            torch_dtype = default_dtype(_first_device(device_map), preferred=preferred)
+        else:
+            torch_dtype = resolve_dtype(dtype)
+        model, tokenizer = _load(directory, torch_dtype, device_map)
+        name = card.id if card else str(location.path.resolve())
+        return cls(model, tokenizer, name=name, card=card, weight_files=weight_files)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states, and of soft prefix tokens."""
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence (prompt + prefix + new tokens) the model accepts."""
+        if self.card is not None:
+            return self.card.context_length
+        return int(self.model.config.get_text_config().max_position_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def chat_template(self) -> str:
+        """The card's template, else the tokenizer's own, else :data:`COMPLETION_TEMPLATE`."""
+        if self.card is not None and self.card.chat_template:
+            return self.card.chat_template
+        return self.tokenizer.chat_template or COMPLETION_TEMPLATE
+
+    @functools.cached_property
+    def weights_hash(self) -> str:
+        """SHA-256 identifying the weights (of their files, or of the tensors when built in memory)."""
+        if self._weight_files:
+            return resolve.weights_sha256(list(self._weight_files))
+        return _state_dict_sha256(self.model)
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return f"TextBackbone({self.name!r}, params={n_params / 1e6:.1f}M, dtype={self.dtype}, device={self.device})"
+
+    # ----------------------------------------------------------------------------- prompting
+    def chat(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
+        """Format ``messages`` (a string is one user turn) with the backbone's chat template."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages],
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, with the tokenizer's own special tokens, unpadded."""
+        return self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+
+    # ----------------------------------------------------------------------------- encoding
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+        batch_size: int = 16,
+        normalize: bool = False,
+        max_length: int | None = None,
+        show_progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Pooled last hidden states, shape ``(n_texts, hidden_size)``, float32 on CPU.
+
+        ``pooling="mean"`` averages over real tokens, ``"last"`` takes the final token (the
+        usual choice for decoder-only embedders). Texts longer than ``max_length`` (default: the
+        context length) are cut from the right with a warning. The output does not depend on
+        ``batch_size`` or input order beyond floating-point rounding.
+        """
+        if pooling not in ("mean", "last"):
+            raise DataError(f"pooling: expected 'mean' or 'last', got {pooling!r}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        limit = min(max_length or self.context_length, self.context_length)
+        token_ids = self.tokenize(texts)
+        for i, ids in enumerate(token_ids):
+            if not ids:
+                raise DataError(f"texts[{i}] is empty: nothing to encode")
+        token_ids = _truncate(token_ids, limit, side="right", what="texts for encode")
+        decoder = self.model.get_decoder()
+        pooled = torch.empty(len(texts), self.hidden_size, dtype=torch.float32)
+        for batch in _length_sorted_batches(token_ids, batch_size, show_progress, desc="encode"):
+            ids, mask = _pad([token_ids[i] for i in batch], self.tokenizer.pad_token_id, side="right")
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            pooled[batch] = _pool(hidden, mask, pooling).cpu()
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    # ----------------------------------------------------------------------------- decoding
+    def prefixed_inputs(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        prefix_embeds: torch.Tensor | None,
+        *,
+        padding_side: Literal["left", "right"] = "left",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs_embeds`` laid out as ``[prefix][tokens]`` per row, padded, and the mask.
+
+        ``prefix_embeds`` has shape ``(n, k, hidden_size)`` (k may be 0). Gradients flow into
+        ``prefix_embeds``, so training code builds its inputs with this too.
+        """
+        n = len(token_ids)
+        k = 0 if prefix_embeds is None else prefix_embeds.shape[1]
+        if prefix_embeds is not None and tuple(prefix_embeds.shape) != (n, k, self.hidden_size):
+            raise DataError(
+                f"prefix_embeds: expected shape ({n}, k, {self.hidden_size}), got {tuple(prefix_embeds.shape)}"
+            )
+        embed = self.model.get_input_embeddings()
+        width = max(len(ids) for ids in token_ids) + k
+        rows, masks = [], []
+        for i, ids in enumerate(token_ids):
+            tokens = embed(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+            parts = [tokens] if prefix_embeds is None else [prefix_embeds[i].to(self.device, self.dtype), tokens]
+            row = torch.cat(parts)
+            pad = row.new_zeros(width - row.shape[0], row.shape[1])
+            real = torch.ones(row.shape[0], dtype=torch.long, device=self.device)
+            empty = real.new_zeros(pad.shape[0])
+            rows.append(torch.cat([pad, row] if padding_side == "left" else [row, pad]))
+            masks.append(torch.cat([empty, real] if padding_side == "left" else [real, empty]))
+        return torch.stack(rows), torch.stack(masks)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        prefix_embeds: torch.Tensor | None = None,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        batch_size: int = 8,
+        prompt_lookup: int = 0,
+        show_progress: bool | None = None,
+    ) -> list[str]:
+        """Continue each prompt; return only the new text, one string per prompt.
+
+        ``prefix_embeds`` ``(n, k, hidden_size)`` are soft tokens placed before each prompt's
+        token embeddings (a zero-width prefix gives plain generation). Prompts that would not fit
+        the context with the prefix and ``max_new_tokens`` are cut from the left with a warning.
+        ``prompt_lookup > 0`` enables exact-for-greedy n-gram speculation (copying spans of
+        the prompt), which speeds up single-prompt summaries; it is used only for one prompt
+        at a time without a prefix. Sampling is seeded by the global torch seed.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        k = 0 if prefix_embeds is None else int(prefix_embeds.shape[1])
+        budget = self.context_length - max_new_tokens - k
+        if budget < 1:
+            raise DataError(
+                f"max_new_tokens={max_new_tokens} plus {k} prefix tokens leave no room for a prompt "
+                f"in the {self.context_length}-token context of {self.name}"
+            )
+        token_ids = _truncate(self.tokenize(prompts), budget, side="left", what="prompts for generate")
+        options: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if do_sample:
+            options.update(temperature=temperature, top_p=top_p)
+        else:  # unset sampling knobs a checkpoint's generation_config may carry
+            options.update(temperature=None, top_p=None, top_k=None)
+        texts: list[str] = [""] * len(prompts)
+        for batch in _length_sorted_batches(token_ids, batch_size, show_progress, desc="generate"):
+            rows = [token_ids[i] for i in batch]
+            if prefix_embeds is None:
+                ids, mask = _pad(rows, self.tokenizer.pad_token_id, side="left")
+                lookup = (
+                    {"prompt_lookup_num_tokens": prompt_lookup}
+                    if prompt_lookup and len(rows) == 1 and not do_sample
+                    else {}
+                )
+                out = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **options, **lookup
+                )
+                new_tokens = out[:, ids.shape[1] :]
+            else:
+                embeds, mask = self.prefixed_inputs(rows, prefix_embeds[batch])
+                new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **options)
+            for i, text in zip(batch, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                texts[i] = text.strip()
+        return texts
+
+
+# --------------------------------------------------------------------------------- helpers
+def _device_map(device: str | torch.device | None) -> str | torch.device:
+    if device is None:
+        return default_device()
+    if device == "auto":
+        return "auto" if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(device)
+
+
+def _first_device(device_map: str | torch.device) -> torch.device:
+    return torch.device("cuda") if device_map == "auto" else torch.device(device_map)
+
+
+def _load(directory: Path, dtype: torch.dtype, device_map: str | torch.device):
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_transformers_progress():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype, device_map=device_map, local_files_only=True, trust_remote_code=False
+            )
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+        except (OSError, SafetensorError, RuntimeError) as err:
+            raise CorruptFileError(
+                f"{directory}: the model could not be loaded ({type(err).__name__}: {err})"
+            ) from None
+    return model, tokenizer
+
+
+def _truncate(token_ids: list[list[int]], limit: int, *, side: Literal["left", "right"], what: str) -> list[list[int]]:
+    too_long = [i for i, ids in enumerate(token_ids) if len(ids) > limit]
+    if not too_long:
+        return token_ids
+    longest = max(len(token_ids[i]) for i in too_long)
+    warnings.warn(
+        f"{len(too_long)} of {len(token_ids)} {what} exceed {limit} tokens (longest {longest}); "
+        f"cut from the {side} to fit",
+        stacklevel=3,
+    )
+    if side == "left":
+        return [ids[-limit:] for ids in token_ids]
+    return [ids[:limit] for ids in token_ids]
+
+
+def _length_sorted_batches(
+    token_ids: Sequence[Sequence[int]], batch_size: int, show_progress: bool | None, *, desc: str
+) -> Iterator[list[int]]:
+    """Index batches of similar lengths (longest first, so memory peaks early)."""
+    if batch_size < 1:
+        raise DataError(f"batch_size: expected >= 1, got {batch_size}")
+    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    yield from progress(batches, desc=desc, show=show_progress, unit="batch")
+
+
+def _pad(
+    rows: Sequence[Sequence[int]], pad_id: int, *, side: Literal["left", "right"]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1)
+    last = mask.sum(1) - 1  # right padding: the final real token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _state_dict_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,112 @@
+"""Crash-safe file writing and cheap integrity checks.
+
+Anything the library writes goes to a temporary sibling first and is renamed into place, so a
+killed process never leaves a half-written artifact where a good one used to be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from neuroomics_bridge.errors import CorruptFileError
+
+__all__ = [
+    "atomic_path",
+    "atomic_directory",
+    "atomic_write_text",
+    "file_sha256",
+    "check_safetensors",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` keeps its previous content.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it replaces ``path`` as a whole.
+
+    An existing ``path`` is moved aside and deleted only after the new one is in place, so at
+    every instant either the old or the new directory is complete.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` (UTF-8) through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks so large weights never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CorruptFileError` unless ``path`` is a complete safetensors file.
+
+    Reads only the header: a safetensors file is an 8-byte header length, a JSON header giving
+    each tensor's byte range, then the data, so its exact expected size is known up front and a
+    truncated download is caught before any tensor is touched.
+    """
+    file = Path(path)
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CorruptFileError(f"{file}: truncated safetensors file ({size} bytes, no header)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > size - 8:
+            raise CorruptFileError(f"{file}: safetensors header claims {header_len} bytes but the file has {size}")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptFileError(f"{file}: safetensors header is not valid JSON ({err})") from None
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        raise CorruptFileError(
+            f"{file}: expected {expected} bytes from its safetensors header, found {size} "
+            "(truncated or corrupted download?)"
+        )

@@ -1,0 +1,34 @@
+"""Progress bars that show on a terminal and stay quiet in logs, CI and notebooks' files."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+__all__ = ["progress", "quiet_transformers_progress"]
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], *, desc: str, show: bool | None = None, unit: str = "it") -> Iterable[T]:
+    """Wrap ``items`` in a tqdm bar; ``show=None`` shows it only when stderr is a terminal."""
+    return tqdm(items, desc=desc, unit=unit, disable=None if show is None else not show, leave=False)
+
+
+@contextlib.contextmanager
+def quiet_transformers_progress() -> Iterator[None]:
+    """Silence transformers' loading and conversion bars when nobody watches a terminal."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

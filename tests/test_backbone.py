@@ -1,0 +1,159 @@
+"""TextBackbone on a tiny random LLaMA: encoding, generation, prefixes, chat formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuroomics_bridge import DataError, TextBackbone, get_card
+from neuroomics_bridge.backbone.text import COMPLETION_TEMPLATE
+
+from .conftest import CLINICAL_SENTENCES
+
+
+def test_encode_returns_one_float32_vector_per_text(tiny_backbone: TextBackbone) -> None:
+    vectors = tiny_backbone.encode(CLINICAL_SENTENCES)
+    assert vectors.shape == (len(CLINICAL_SENTENCES), tiny_backbone.hidden_size)
+    assert vectors.dtype == torch.float32
+    assert torch.isfinite(vectors).all()
+
+
+def test_encode_normalize_gives_unit_vectors(tiny_backbone: TextBackbone) -> None:
+    norms = tiny_backbone.encode(CLINICAL_SENTENCES, normalize=True).norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_batching_and_order_do_not_change_embeddings(tiny_backbone: TextBackbone, pooling: str) -> None:
+    one_by_one = tiny_backbone.encode(CLINICAL_SENTENCES, pooling=pooling, batch_size=1)
+    batched = tiny_backbone.encode(CLINICAL_SENTENCES, pooling=pooling, batch_size=5)
+    reversed_order = tiny_backbone.encode(CLINICAL_SENTENCES[::-1], pooling=pooling, batch_size=3).flip(0)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reversed_order, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_pooling_matches_hand_computed_hidden_states(tiny_backbone: TextBackbone, pooling: str) -> None:
+    text = CLINICAL_SENTENCES[1]
+    ids = torch.tensor([tiny_backbone.tokenize([text])[0]])
+    with torch.no_grad():
+        hidden = tiny_backbone.model(ids, output_hidden_states=True).hidden_states[-1][0]
+    expected = hidden.mean(0) if pooling == "mean" else hidden[-1]
+    torch.testing.assert_close(tiny_backbone.encode(text, pooling=pooling)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_text_is_rejected_with_its_index(tiny_backbone: TextBackbone) -> None:
+    with pytest.raises(DataError, match=r"texts\[1\] is empty"):
+        tiny_backbone.encode(["tremor", "", "rigidity"])
+
+
+def test_unknown_pooling_is_rejected(tiny_backbone: TextBackbone) -> None:
+    with pytest.raises(DataError, match="pooling"):
+        tiny_backbone.encode(["tremor"], pooling="max")
+
+
+def test_overlong_text_is_truncated_with_a_warning(tiny_backbone: TextBackbone) -> None:
+    long_text = " ".join(CLINICAL_SENTENCES * 10)
+    with pytest.warns(UserWarning, match="exceed 32 tokens"):
+        vector = tiny_backbone.encode(long_text, max_length=32)
+    assert torch.isfinite(vector).all()
+
+
+def test_greedy_generation_is_deterministic_and_returns_only_new_text(tiny_backbone: TextBackbone) -> None:
+    prompt = CLINICAL_SENTENCES[0]
+    first = tiny_backbone.generate(prompt, max_new_tokens=6)
+    second = tiny_backbone.generate([prompt], max_new_tokens=6)
+    assert first == second
+    ids = torch.tensor([tiny_backbone.tokenize([prompt])[0]])
+    reference = tiny_backbone.model.generate(ids, max_new_tokens=6, do_sample=False)
+    expected = tiny_backbone.tokenizer.decode(reference[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    assert first == [expected]
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(tiny_backbone: TextBackbone) -> None:
+    prompts = CLINICAL_SENTENCES[:5]
+    batched = tiny_backbone.generate(prompts, max_new_tokens=5, batch_size=5)
+    single = [tiny_backbone.generate(p, max_new_tokens=5)[0] for p in prompts]
+    assert batched == single
+
+
+def test_zero_width_prefix_equals_plain_generation(tiny_backbone: TextBackbone) -> None:
+    prompts = CLINICAL_SENTENCES[:3]
+    empty = torch.zeros(len(prompts), 0, tiny_backbone.hidden_size)
+    assert tiny_backbone.generate(prompts, prefix_embeds=empty, max_new_tokens=5) == tiny_backbone.generate(
+        prompts, max_new_tokens=5
+    )
+
+
+def test_prefix_tokens_change_the_next_token_distribution(tiny_backbone: TextBackbone) -> None:
+    token_ids = tiny_backbone.tokenize(CLINICAL_SENTENCES[:2])
+    torch.manual_seed(1)
+    prefix = 3 * torch.randn(2, 4, tiny_backbone.hidden_size)
+    with torch.no_grad():
+        plain_embeds, plain_mask = tiny_backbone.prefixed_inputs(token_ids, None)
+        prefixed_embeds, prefixed_mask = tiny_backbone.prefixed_inputs(token_ids, prefix)
+        plain = tiny_backbone.model(inputs_embeds=plain_embeds, attention_mask=plain_mask).logits[:, -1]
+        prefixed = tiny_backbone.model(inputs_embeds=prefixed_embeds, attention_mask=prefixed_mask).logits[:, -1]
+    assert prefixed_embeds.shape[1] == plain_embeds.shape[1] + 4
+    assert (prefixed - plain).abs().max() > 1e-3
+
+
+def test_prefixed_inputs_place_prefix_right_before_the_prompt(tiny_backbone: TextBackbone) -> None:
+    token_ids = [[5, 6, 7], [8]]
+    prefix = torch.arange(2 * 2 * tiny_backbone.hidden_size, dtype=torch.float32).view(2, 2, -1)
+    embeds, mask = tiny_backbone.prefixed_inputs(token_ids, prefix)
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    torch.testing.assert_close(embeds[1, 2:4], prefix[1])
+    word_embeddings = tiny_backbone.model.get_input_embeddings().weight
+    torch.testing.assert_close(embeds[1, 4], word_embeddings[8])
+    right_embeds, right_mask = tiny_backbone.prefixed_inputs(token_ids, prefix, padding_side="right")
+    assert right_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    torch.testing.assert_close(right_embeds[1, :2], prefix[1])
+
+
+def test_prefix_of_wrong_width_is_rejected(tiny_backbone: TextBackbone) -> None:
+    bad = torch.zeros(1, 4, tiny_backbone.hidden_size + 1)
+    with pytest.raises(DataError, match=r"expected shape \(1, k, 32\)"):
+        tiny_backbone.generate(["tremor"], prefix_embeds=bad, max_new_tokens=2)
+
+
+def test_prompt_longer_than_context_is_cut_from_the_left(tiny_backbone: TextBackbone) -> None:
+    long_prompt = " ".join(CLINICAL_SENTENCES * 10)  # several hundred tokens, context is 128
+    with pytest.warns(UserWarning, match="cut from the left"):
+        text = tiny_backbone.generate([long_prompt], max_new_tokens=8)
+    assert isinstance(text[0], str)
+
+
+def test_no_room_for_a_prompt_is_a_clear_error(tiny_backbone: TextBackbone) -> None:
+    with pytest.raises(DataError, match="leave no room"):
+        tiny_backbone.generate(["tremor"], max_new_tokens=128)
+
+
+def test_chat_uses_me_llama_prompt_format_from_its_card(tiny_backbone: TextBackbone) -> None:
+    card = get_card("me-llama-13b-chat")
+    backbone = TextBackbone(tiny_backbone.model, tiny_backbone.tokenizer, name=card.id, card=card)
+    assert backbone.chat("Summarise the MRI report.") == "Human: \nSummarise the MRI report.\n\nAssistant: \n"
+
+
+def test_chat_falls_back_to_completion_template_without_one(tiny_backbone: TextBackbone) -> None:
+    assert tiny_backbone.tokenizer.chat_template is None
+    assert tiny_backbone.chat_template == COMPLETION_TEMPLATE
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is ataxia?"}]
+    assert tiny_backbone.chat(messages) == "Be brief.\n\nQuestion: What is ataxia?\nAnswer:"
+
+
+def test_weights_hash_is_stable_and_tracks_the_weights(tiny_model_dir, tmp_path) -> None:
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    first = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").weights_hash
+    again = TextBackbone.from_pretrained(tiny_model_dir, dtype="bfloat16").weights_hash
+    assert first == again  # identity of the files, not of the in-memory precision
+    changed_dir = tmp_path / "changed"
+    shutil.copytree(tiny_model_dir, changed_dir)
+    model = LlamaForCausalLM.from_pretrained(changed_dir)
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    model.save_pretrained(changed_dir)
+    assert TextBackbone.from_pretrained(changed_dir, dtype="float32").weights_hash != first

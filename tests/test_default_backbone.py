@@ -1,0 +1,73 @@
+"""Integration tests on the bundled SmolLM2-135M-Instruct (no network, no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.backbone import gguf
+
+pytestmark = pytest.mark.slow
+
+
+def test_similar_clinical_sentences_embed_closer_than_unrelated_ones(default_backbone: TextBackbone) -> None:
+    parkinson = "Resting tremor, bradykinesia and rigidity suggest Parkinson's disease."
+    parkinson_paraphrase = "The patient has a resting tremor, slowness of movement and stiffness: parkinsonism."
+    unrelated = "The quarterly sales report was sent to the finance department."
+    vectors = default_backbone.encode([parkinson, parkinson_paraphrase, unrelated], normalize=True)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.05
+    assert similarity[1, 0] > similarity[1, 2] + 0.05
+
+
+def test_greedy_generation_is_deterministic(default_backbone: TextBackbone) -> None:
+    prompt = default_backbone.chat("Name one symptom of Parkinson's disease.")
+    first = default_backbone.generate([prompt], max_new_tokens=16)
+    assert first == default_backbone.generate([prompt], max_new_tokens=16)
+    assert first[0] and "<|im_" not in first[0]
+
+
+def test_prefix_changes_output_and_empty_prefix_does_not(default_backbone: TextBackbone) -> None:
+    prompts = [default_backbone.chat("Describe the patient in one sentence.")]
+    plain = default_backbone.generate(prompts, max_new_tokens=12)
+    empty = torch.zeros(1, 0, default_backbone.hidden_size)
+    assert default_backbone.generate(prompts, prefix_embeds=empty, max_new_tokens=12) == plain
+    # Soft tokens copied from the embeddings of a real phrase: a strong, in-distribution signal.
+    phrase_ids = torch.tensor(default_backbone.tokenize(["Patient with severe Huntington's chorea"])[0])
+    prefix = default_backbone.model.get_input_embeddings()(phrase_ids).unsqueeze(0).float()
+    assert default_backbone.generate(prompts, prefix_embeds=prefix, max_new_tokens=12) != plain
+
+
+def test_prompt_lookup_keeps_greedy_output(default_backbone: TextBackbone) -> None:
+    note = "MRI: bilateral hippocampal atrophy, no infarcts, mild periventricular white matter change."
+    prompt = default_backbone.chat(f"Repeat this report exactly: {note}")
+    assert default_backbone.generate(prompt, max_new_tokens=24, prompt_lookup=8) == default_backbone.generate(
+        prompt, max_new_tokens=24
+    )
+
+
+def test_gguf_is_converted_once_and_reloads_identical_logits(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    converted = []
+    real_load = gguf._load_gguf
+
+    def recording_load(source):
+        model, tokenizer = real_load(source)
+        converted.append(model)
+        return model, tokenizer
+
+    monkeypatch.setattr(gguf, "_load_gguf", recording_load)
+    first = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+    assert len(converted) == 1
+    assert list((tmp_path / "neuroomics-bridge" / "gguf").iterdir())[0].name == first.card.weights.sha256
+    second = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+    assert len(converted) == 1, "the second load must come from the safetensors cache"
+
+    ids = torch.tensor([second.tokenize(["Axial FLAIR shows a hyperintense lesion."])[0]])
+    with torch.no_grad():
+        from_gguf = converted[0](ids).logits
+        from_cache = second.model(ids).logits
+        from_first = first.model(ids).logits
+    assert torch.equal(from_cache, from_gguf)
+    assert torch.equal(from_first, from_gguf)
