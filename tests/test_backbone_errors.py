@@ -98,7 +98,7 @@ def test_missing_shard_is_named(tmp_path: Path, tiny_model_dir) -> None:
     shutil.copytree(tiny_model_dir, broken)
     index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
     (broken / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(InvalidModelError, match="model-00002-of-00002.safetensors"):
+    with pytest.raises(InvalidModelError, match=r"model-00002-of-00002\.safetensors"):
         TextBackbone.from_pretrained(broken)
 
 

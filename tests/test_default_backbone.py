@@ -60,7 +60,7 @@ def test_gguf_is_converted_once_and_reloads_identical_logits(monkeypatch, tmp_pa
     monkeypatch.setattr(gguf, "_load_gguf", recording_load)
     first = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
     assert len(converted) == 1
-    assert list((tmp_path / "neuroomics-bridge" / "gguf").iterdir())[0].name == first.card.weights.sha256
+    assert next(iter((tmp_path / "neuroomics-bridge" / "gguf").iterdir())).name == first.card.weights.sha256
     second = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
     assert len(converted) == 1, "the second load must come from the safetensors cache"
 

@@ -22,7 +22,12 @@ import torch.nn.functional as F
 from neuroomics_bridge.backbone import resolve
 from neuroomics_bridge.backbone.cards import ModelCard
 from neuroomics_bridge.backbone.gguf import convert_gguf
-from neuroomics_bridge.backbone.hardware import default_device, default_dtype, resolve_dtype
+from neuroomics_bridge.backbone.hardware import (
+    default_device,
+    default_dtype,
+    resolve_dtype,
+    route_single_row_matmuls_to_aten,
+)
 from neuroomics_bridge.errors import CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
 
@@ -65,6 +70,7 @@ class TextBackbone:
         self.name = name
         self.card = card
         self._weight_files = tuple(weight_files)
+        route_single_row_matmuls_to_aten(self.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -202,7 +208,9 @@ class TextBackbone:
         for batch in _length_sorted_batches(token_ids, batch_size, show_progress, desc="encode"):
             ids, mask = _pad([token_ids[i] for i in batch], self.tokenizer.pad_token_id, side="right")
             ids, mask = ids.to(self.device), mask.to(self.device)
-            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            # Causal attention with right padding: real tokens never attend to the pads after
+            # them, so no attention mask is needed, and SDPA's unmasked kernel is ~20% faster.
+            hidden = decoder(input_ids=ids).last_hidden_state.float()
             pooled[batch] = _pool(hidden, mask, pooling).cpu()
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
@@ -258,9 +266,11 @@ class TextBackbone:
         ``prefix_embeds`` ``(n, k, hidden_size)`` are soft tokens placed before each prompt's
         token embeddings (a zero-width prefix gives plain generation). Prompts that would not fit
         the context with the prefix and ``max_new_tokens`` are cut from the left with a warning.
-        ``prompt_lookup > 0`` enables exact-for-greedy n-gram speculation (copying spans of
-        the prompt), which speeds up single-prompt summaries; it is used only for one prompt
-        at a time without a prefix. Sampling is seeded by the global torch seed.
+        ``prompt_lookup=n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in
+        one forward pass (transformers' prompt-lookup decoding), for one greedy prompt without a
+        prefix; it keeps the greedy result and pays off on GPUs for summaries that copy from their
+        input, but on CPU single-row decoding is faster without it. Sampling is seeded by the
+        global torch seed.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         k = 0 if prefix_embeds is None else int(prefix_embeds.shape[1])

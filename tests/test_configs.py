@@ -1,0 +1,48 @@
+"""Every YAML under configs/ loads into its config class and builds (litgpt's config hub test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from neuroomics_bridge import BackboneConfig, ConfigError, TextBackbone
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIG_CLASSES = {"backbone.yaml": BackboneConfig}
+
+
+def test_every_shipped_config_has_a_known_class() -> None:
+    assert {p.name for p in CONFIGS.glob("*.yaml")} <= set(CONFIG_CLASSES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONFIG_CLASSES))
+def test_shipped_config_loads_and_builds(name: str) -> None:
+    config = CONFIG_CLASSES[name].from_yaml(CONFIGS / name)
+    built = config.build()
+    if isinstance(built, TextBackbone):
+        assert built.name == config.name
+
+
+def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
+    config = BackboneConfig(name="me-llama-13b", local_dir="/data/me-llama", dtype="bfloat16")
+    config.to_yaml(tmp_path / "backbone.yaml")
+    assert BackboneConfig.from_yaml(tmp_path / "backbone.yaml") == config
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("name: smollm2-135m-instruct\nprecision: bf16\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key\(s\) \['precision'\]"):
+        BackboneConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_bad_choice_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"BackboneConfig\.dtype: expected one of .* got 'int8'"):
+        BackboneConfig(dtype="int8")
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        BackboneConfig.from_yaml(tmp_path / "broken.yaml")
