@@ -48,3 +48,9 @@ def test_onednn_is_restored_when_a_forward_fails(tiny_backbone: TextBackbone) ->
     with pytest.raises(IndexError):
         tiny_backbone.model(input_ids=out_of_vocabulary)
     assert torch.backends.mkldnn.enabled
+
+
+def test_wrapping_one_model_twice_keeps_the_switch_balanced(tiny_backbone: TextBackbone) -> None:
+    again = TextBackbone(tiny_backbone.model, tiny_backbone.tokenizer, name="again")
+    assert _flag_seen_inside_forward(again, torch.tensor([[5]])) is False
+    assert torch.backends.mkldnn.enabled

@@ -84,8 +84,12 @@ def route_single_row_matmuls_to_aten(model: torch.nn.Module, *, max_rows: int = 
     forward pre-hook turns oneDNN off for such tiny forwards and a hook that always runs turns it
     back on, so prefill, batched decoding, encoding and training keep oneDNN. The switch is the
     process-wide ``torch.backends.mkldnn.enabled`` flag: results are deterministic, and a matmul
-    running concurrently in another thread may briefly take the slower path.
+    running concurrently in another thread may briefly take the slower path. Calling it again
+    on the same model does nothing.
     """
+    if getattr(model, "_nob_single_row_aten", False):
+        return
+    model._nob_single_row_aten = True
     saved: list[bool] = []
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
