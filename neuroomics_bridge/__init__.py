@@ -25,39 +25,72 @@ _EXPORTS = {
     "InvalidModelError": "neuroomics_bridge.errors",
     "CorruptFileError": "neuroomics_bridge.errors",
     "DataError": "neuroomics_bridge.errors",
+    "MissingFileError": "neuroomics_bridge.errors",
+    "GeneEncoder": "neuroomics_bridge.encoders",
+    "BrainEncoder": "neuroomics_bridge.encoders",
+    "PrecomputedEncoder": "neuroomics_bridge.encoders",
+    "Residualizer": "neuroomics_bridge.encoders",
+    "residualize": "neuroomics_bridge.encoders",
+    "Atlas": "neuroomics_bridge.encoders",
+    "Cohort": "neuroomics_bridge.data",
+    "CohortSplit": "neuroomics_bridge.data",
 }
+_SUBMODULES = {"datasets"}
 
 __all__ = [
+    "Atlas",
     "BackboneConfig",
+    "BrainEncoder",
+    "Cohort",
+    "CohortSplit",
     "ConfigError",
     "CorruptFileError",
     "DataError",
+    "GeneEncoder",
     "InvalidModelError",
+    "MissingFileError",
     "ModelCard",
     "ModelNotFoundError",
     "NobError",
+    "PrecomputedEncoder",
+    "Residualizer",
     "TextBackbone",
     "YamlConfig",
     "__version__",
+    "datasets",
     "get_card",
     "list_cards",
+    "residualize",
     "validate_cards",
 ]
 
 if TYPE_CHECKING:
+    from neuroomics_bridge import datasets
     from neuroomics_bridge.backbone import ModelCard, TextBackbone, get_card, list_cards, validate_cards
     from neuroomics_bridge.config import BackboneConfig, YamlConfig
+    from neuroomics_bridge.data import Cohort, CohortSplit
+    from neuroomics_bridge.encoders import (
+        Atlas,
+        BrainEncoder,
+        GeneEncoder,
+        PrecomputedEncoder,
+        Residualizer,
+        residualize,
+    )
     from neuroomics_bridge.errors import (
         ConfigError,
         CorruptFileError,
         DataError,
         InvalidModelError,
+        MissingFileError,
         ModelNotFoundError,
         NobError,
     )
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"neuroomics_bridge.{name}")
     try:
         module = _EXPORTS[name]
     except KeyError:

@@ -12,6 +12,7 @@ __all__ = [
     "ModelNotFoundError",
     "InvalidModelError",
     "CorruptFileError",
+    "MissingFileError",
     "DataError",
 ]
 
@@ -34,6 +35,10 @@ class InvalidModelError(NobError):
 
 class CorruptFileError(NobError):
     """A file exists but cannot be read: truncated, wrong format, or failed integrity check."""
+
+
+class MissingFileError(NobError, FileNotFoundError):
+    """A file or folder the caller named does not exist (also a ``FileNotFoundError``)."""
 
 
 class DataError(NobError):

@@ -13,10 +13,13 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from neuroomics_bridge.errors import CorruptFileError
+import numpy as np
+
+from neuroomics_bridge.errors import CorruptFileError, MissingFileError
 
 __all__ = [
     "atomic_path",
@@ -110,3 +113,35 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
             f"{file}: expected {expected} bytes from its safetensors header, found {size} "
             "(truncated or corrupted download?)"
         )
+
+
+def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+    """Save numpy arrays and JSON-able metadata in one safetensors file, atomically.
+
+    The format can hold nothing executable, unlike a pickle, so loading a file a colleague sent
+    cannot run code.
+    """
+    from safetensors.numpy import save_file
+
+    header = {key: json.dumps(value) for key, value in metadata.items()}
+    tensors = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=header)
+
+
+def read_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inverse of :func:`write_arrays`; a damaged file raises :class:`CorruptFileError` naming it."""
+    from safetensors import safe_open
+
+    file = Path(path)
+    if not file.is_file():
+        raise MissingFileError(f"{file}: no such file")
+    check_safetensors(file)
+    with safe_open(file, framework="numpy") as handle:
+        header = handle.metadata() or {}
+        arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    try:
+        metadata = {key: json.loads(value) for key, value in header.items()}
+    except json.JSONDecodeError as err:
+        raise CorruptFileError(f"{file}: metadata is not valid JSON ({err})") from None
+    return arrays, metadata

@@ -86,3 +86,19 @@ def tiny_backbone(tiny_model_dir: Path) -> TextBackbone:
 def default_backbone() -> TextBackbone:
     """The bundled SmolLM2-135M-Instruct, in the dtype this machine prefers."""
     return TextBackbone.from_pretrained("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def pbmc():
+    """scanpy's 700 real PBMCs, log-normalised values (``.raw``), 765 genes, 10 cell types."""
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced().raw.to_adata()
+
+
+@pytest.fixture(scope="session")
+def small_cohort():
+    """A 60-subject synthetic cohort (raw genes and brains), shared read-only across tests."""
+    from neuroomics_bridge.datasets import synthetic_cohort
+
+    return synthetic_cohort(60, seed=3, cells_per_subject=8, missing_rate=0.05)

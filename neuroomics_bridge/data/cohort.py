@@ -1,0 +1,357 @@
+"""Cohort: the subjects of a study, their modality vectors, reports, labels and covariates.
+
+A cohort can hold raw sources (expression AnnData with a subject column, one brain image per
+subject) and the vectors encoded from them. A subject may lack a modality: its row is NaN and
+``present(modality)`` is False, so nothing downstream imputes it silently. ``split`` assigns
+folds by a hash of the seed and the subject id (stratified by label), so a subject's fold never
+depends on who else is in the cohort. ``to_files`` / ``from_files`` move a cohort through a plain
+folder of standard files (``genes.h5ad``, ``brain/<id>.nii.gz``, ``reports.csv``,
+``covariates.csv``) that users can also assemble from their own data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.io import atomic_directory
+
+__all__ = ["Cohort", "CohortSplit", "COHORT_FORMAT"]
+
+COHORT_FORMAT = "neuroomics-bridge/cohort-v1"
+ImageSource = str | os.PathLike[str] | Any
+
+
+@dataclasses.dataclass
+class CohortSplit:
+    """Disjoint train / validation / test cohorts."""
+
+    train: Cohort
+    val: Cohort
+    test: Cohort
+
+
+@dataclasses.dataclass
+class Cohort:
+    """Subjects with per-modality vectors and their raw sources.
+
+    Attributes
+    ----------
+    subject_ids
+        Unique subject identifiers; every per-subject field follows this order.
+    features
+        Modality name -> ``(n_subjects, d)`` float32 matrix; NaN rows mark absent subjects.
+    reports, labels
+        One clinical text and one label (e.g. diagnosis) per subject, or ``None``.
+    covariates
+        Table indexed by subject id (age, sex, site ...), or ``None``.
+    phenotypes
+        Other per-subject variables kept for analysis but never regressed out (e.g. severity).
+    genes
+        Raw expression AnnData whose ``obs[gene_groupby]`` names each row's subject.
+    brains
+        One image (path or nibabel image) per subject, ``None`` where absent.
+    """
+
+    subject_ids: list[str]
+    features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    reports: list[str] | None = None
+    labels: list[str] | None = None
+    covariates: pd.DataFrame | None = None
+    phenotypes: pd.DataFrame | None = None
+    genes: Any = None
+    brains: list[ImageSource | None] | None = None
+    gene_groupby: str = "subject_id"
+
+    def __post_init__(self) -> None:
+        self.subject_ids = [str(s) for s in self.subject_ids]
+        n = len(self.subject_ids)
+        if len(set(self.subject_ids)) != n:
+            duplicated = pd.Index(self.subject_ids)[pd.Index(self.subject_ids).duplicated()].unique()
+            raise DataError(f"Cohort.subject_ids: duplicated id(s) {list(duplicated[:10])}")
+        for name, values in (("reports", self.reports), ("labels", self.labels), ("brains", self.brains)):
+            if values is not None and len(values) != n:
+                raise DataError(f"Cohort.{name}: expected {n} entries (one per subject), got {len(values)}")
+        for modality, matrix in self.features.items():
+            matrix = np.asarray(matrix, dtype=np.float32)
+            if matrix.ndim != 2 or matrix.shape[0] != n:
+                raise DataError(f"Cohort.features['{modality}']: expected shape ({n}, d), got {matrix.shape}")
+            self.features[modality] = matrix
+        for name in ("covariates", "phenotypes"):
+            table = getattr(self, name)
+            if table is not None:
+                if list(map(str, table.index)) != self.subject_ids:
+                    raise DataError(f"Cohort.{name}: index must equal subject_ids (same ids, same order)")
+                table.index = pd.Index(self.subject_ids, name="subject_id")
+        if self.genes is not None and self.gene_groupby not in self.genes.obs:
+            raise DataError(f"Cohort.genes: obs['{self.gene_groupby}'] (the subject column) not found")
+
+    # ------------------------------------------------------------------------------ views
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subject_ids)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    def present(self, modality: str) -> np.ndarray:
+        """Boolean mask of subjects that have ``modality``."""
+        if modality not in self.features:
+            raise DataError(f"modality {modality!r} not in this cohort; modalities: {self.modalities}")
+        return ~np.isnan(self.features[modality]).all(axis=1)
+
+    def subset(self, subject_ids: Sequence[str]) -> Cohort:
+        """The cohort restricted to ``subject_ids``, in that order."""
+        position = {s: i for i, s in enumerate(self.subject_ids)}
+        unknown = [s for s in subject_ids if s not in position]
+        if unknown:
+            raise DataError(f"subset: unknown subject id(s) {unknown[:5]}")
+        rows = [position[s] for s in subject_ids]
+        genes = None
+        if self.genes is not None:
+            genes = self.genes[self.genes.obs[self.gene_groupby].astype(str).isin(set(subject_ids)).to_numpy()]
+        return dataclasses.replace(
+            self,
+            subject_ids=list(subject_ids),
+            features={m: x[rows] for m, x in self.features.items()},
+            reports=None if self.reports is None else [self.reports[i] for i in rows],
+            labels=None if self.labels is None else [self.labels[i] for i in rows],
+            covariates=None if self.covariates is None else self.covariates.iloc[rows].copy(),
+            phenotypes=None if self.phenotypes is None else self.phenotypes.iloc[rows].copy(),
+            genes=genes,
+            brains=None if self.brains is None else [self.brains[i] for i in rows],
+        )
+
+    def split(self, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), *, seed: int = 0) -> CohortSplit:
+        """Deterministic train/val/test split by subject, stratified by label when there are labels."""
+        if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+            raise DataError(f"split fractions: expected three non-negative numbers summing to 1, got {fractions}")
+        groups: dict[str, list[str]] = {}
+        for i, subject in enumerate(self.subject_ids):
+            groups.setdefault(self.labels[i] if self.labels is not None else "", []).append(subject)
+        folds: tuple[list[str], list[str], list[str]] = ([], [], [])
+        for members in groups.values():
+            ordered = sorted(members, key=lambda s: _hash_unit(seed, s))
+            n_train = round(len(ordered) * fractions[0])
+            n_val = round(len(ordered) * (fractions[0] + fractions[1])) - n_train
+            folds[0].extend(ordered[:n_train])
+            folds[1].extend(ordered[n_train : n_train + n_val])
+            folds[2].extend(ordered[n_train + n_val :])
+        order = {s: i for i, s in enumerate(self.subject_ids)}
+        train, val, test = (self.subset(sorted(f, key=order.__getitem__)) for f in folds)
+        return CohortSplit(train=train, val=val, test=test)
+
+    # ------------------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        encoders: Mapping[str, Any],
+        *,
+        fit_on: Cohort | Sequence[str] | None = None,
+        residualize: Sequence[str] = (),
+    ) -> Cohort:
+        """Fit each modality's encoder on ``fit_on``'s subjects, encode everyone, return a new cohort.
+
+        ``encoders`` maps modality names to a :class:`GeneEncoder` (reads ``genes``, with
+        ``groupby`` set to the cohort's subject column), a :class:`BrainEncoder` (reads
+        ``brains``) or a :class:`PrecomputedEncoder` (reads its own file). ``residualize`` names
+        covariate columns regressed out of every modality, fitted on the same subjects.
+        """
+        from neuroomics_bridge.encoders.covariates import Residualizer
+
+        fit_ids = set(
+            self.subject_ids if fit_on is None else (fit_on.subject_ids if isinstance(fit_on, Cohort) else fit_on)
+        )
+        features = dict(self.features)
+        for modality, encoder in encoders.items():
+            matrix = self._encode_one(modality, encoder, fit_ids)
+            if residualize:
+                if self.covariates is None:
+                    raise DataError("residualize: this cohort has no covariates table")
+                rows = ~np.isnan(matrix).all(axis=1)
+                fit_rows = rows & np.isin(self.subject_ids, list(fit_ids))
+                table = self.covariates[list(residualize)]
+                residualizer = Residualizer(list(residualize)).fit(matrix[fit_rows], table[fit_rows])
+                matrix[rows] = residualizer.transform(matrix[rows], table[rows])
+            features[modality] = matrix
+        return dataclasses.replace(self, features=features)
+
+    def _encode_one(self, modality: str, encoder: Any, fit_ids: set[str]) -> np.ndarray:
+        from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
+        from neuroomics_bridge.encoders.precomputed import PrecomputedEncoder
+
+        if isinstance(encoder, PrecomputedEncoder):
+            return encoder.set_params(missing="nan").fit().transform(self.subject_ids)
+        if isinstance(encoder, GeneEncoder):
+            if self.genes is None:
+                raise DataError(f"modality {modality!r}: this cohort has no expression data (genes)")
+            encoder.set_params(groupby=self.gene_groupby)
+            subjects = self.genes.obs[self.gene_groupby].astype(str)
+            encoder.fit(self.genes[subjects.isin(fit_ids).to_numpy()])
+            return self._scatter(encoder.row_ids(self.genes), encoder.transform(self.genes))
+        if isinstance(encoder, BrainEncoder):
+            if self.brains is None:
+                raise DataError(f"modality {modality!r}: this cohort has no brain images")
+            have = [i for i, image in enumerate(self.brains) if image is not None]
+            train = [self.brains[i] for i in have if self.subject_ids[i] in fit_ids]
+            encoder.fit(train)
+            return self._scatter([self.subject_ids[i] for i in have], encoder.transform([self.brains[i] for i in have]))
+        raise DataError(f"modality {modality!r}: unsupported encoder {type(encoder).__name__}")
+
+    def _scatter(self, row_ids: Sequence[str], values: np.ndarray) -> np.ndarray:
+        """Rows keyed by subject id into cohort order, NaN for subjects without a row."""
+        matrix = np.full((self.n_subjects, values.shape[1]), np.nan, dtype=np.float32)
+        position = {s: i for i, s in enumerate(self.subject_ids)}
+        for subject, row in zip(row_ids, values, strict=True):
+            if subject in position:
+                matrix[position[subject]] = row
+        return matrix
+
+    # ------------------------------------------------------------------------------ files
+    def to_files(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the cohort as a folder of standard files, atomically (all or nothing)."""
+        target = Path(directory)
+        with atomic_directory(target) as tmp:
+            manifest: dict[str, Any] = {
+                "format": COHORT_FORMAT,
+                "n_subjects": self.n_subjects,
+                "gene_groupby": self.gene_groupby,
+            }
+            table = pd.DataFrame({"subject_id": self.subject_ids})
+            if self.labels is not None:
+                table["label"] = self.labels
+            table["report"] = self.reports if self.reports is not None else ""
+            table.to_csv(tmp / "reports.csv", index=False)
+            for name in ("covariates", "phenotypes"):
+                frame = getattr(self, name)
+                if frame is not None:
+                    frame.to_csv(tmp / f"{name}.csv", index_label="subject_id")
+            if self.genes is not None:
+                self.genes.write_h5ad(tmp / "genes.h5ad")
+            if self.brains is not None:
+                manifest["brain_files"] = self._write_brains(tmp / "brain")
+            derived = {"gene"} if self.genes is not None else set()
+            derived |= {"brain"} if self.brains is not None else set()
+            stored = {m: x for m, x in self.features.items() if m not in derived}
+            if stored:
+                (tmp / "features").mkdir()
+                for modality, matrix in stored.items():
+                    frame = pd.DataFrame(matrix, columns=[f"f{i}" for i in range(matrix.shape[1])])
+                    frame.insert(0, "subject_id", self.subject_ids)
+                    frame.to_parquet(tmp / "features" / f"{modality}.parquet", index=False)
+            manifest["stored_features"] = sorted(stored)
+            (tmp / "cohort.json").write_text(json.dumps(manifest, indent=2))
+        return target
+
+    def _write_brains(self, folder: Path) -> dict[str, str]:
+        import nibabel as nib
+
+        folder.mkdir()
+        files = {}
+        for subject, image in zip(self.subject_ids, self.brains or [], strict=True):
+            if image is None:
+                continue
+            name = f"{subject}.nii.gz"
+            if isinstance(image, (str, os.PathLike)):
+                shutil.copyfile(image, folder / name)
+            else:
+                nib.save(image, folder / name)
+            files[subject] = f"brain/{name}"
+        return files
+
+    @classmethod
+    def from_files(cls, directory: str | os.PathLike[str]) -> Self:
+        """Read a folder written by :meth:`to_files` (or assembled by hand in that layout).
+
+        Brain images stay as paths and are read by the encoder; stored features are loaded.
+        Encode the raw modalities with :meth:`encode` after choosing the training fold.
+        """
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise MissingFileError(f"{folder}: no such cohort folder")
+        manifest = _read_manifest(folder)
+        reports_file = folder / "reports.csv"
+        if not reports_file.is_file():
+            raise MissingFileError(f"{reports_file}: missing; a cohort folder needs reports.csv (subject_id, report)")
+        table = pd.read_csv(reports_file, dtype={"subject_id": str}, keep_default_na=False)
+        if "subject_id" not in table.columns or "report" not in table.columns:
+            raise DataError(
+                f"{reports_file}: expected columns subject_id, report (and label); got {list(table.columns)}"
+            )
+        subject_ids = table["subject_id"].tolist()
+        tables = {name: _read_table(folder / f"{name}.csv", subject_ids) for name in ("covariates", "phenotypes")}
+        genes = None
+        if (folder / "genes.h5ad").is_file():
+            import anndata as ad
+
+            genes = ad.read_h5ad(folder / "genes.h5ad")
+        brain_files = manifest.get("brain_files")
+        if brain_files is None and (folder / "brain").is_dir():
+            brain_files = {p.name.split(".nii")[0]: f"brain/{p.name}" for p in (folder / "brain").glob("*.nii*")}
+        brains = (
+            None
+            if brain_files is None
+            else [str(folder / brain_files[s]) if s in brain_files else None for s in subject_ids]
+        )
+        features = {}
+        for modality in manifest.get("stored_features", []):
+            from neuroomics_bridge.encoders.precomputed import PrecomputedEncoder
+
+            features[modality] = (
+                PrecomputedEncoder(folder / "features" / f"{modality}.parquet", missing="nan")
+                .fit()
+                .transform(subject_ids)
+            )
+        return cls(
+            subject_ids=subject_ids,
+            features=features,
+            reports=table["report"].tolist(),
+            labels=table["label"].astype(str).tolist() if "label" in table.columns else None,
+            covariates=tables["covariates"],
+            phenotypes=tables["phenotypes"],
+            genes=genes,
+            brains=brains,
+            gene_groupby=manifest.get("gene_groupby", "subject_id"),
+        )
+
+
+def _hash_unit(seed: int, subject: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{subject}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    file = folder / "cohort.json"
+    if not file.is_file():
+        return {}
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file}: not valid JSON ({err})") from None
+    if manifest.get("format") != COHORT_FORMAT:
+        raise DataError(f"{file}: expected format {COHORT_FORMAT!r}, got {manifest.get('format')!r}")
+    return manifest
+
+
+def _read_table(file: Path, subject_ids: list[str]) -> pd.DataFrame | None:
+    if not file.is_file():
+        return None
+    table = pd.read_csv(file, dtype={"subject_id": str})
+    if "subject_id" not in table.columns:
+        raise DataError(f"{file}: expected a subject_id column; got {list(table.columns)}")
+    table = table.set_index("subject_id")
+    unknown = sorted(set(table.index) - set(subject_ids))
+    missing = [s for s in subject_ids if s not in table.index]
+    if unknown or missing:
+        raise DataError(f"{file}: subject ids differ from reports.csv (missing {missing[:5]}, unknown {unknown[:5]})")
+    return table.loc[subject_ids]

@@ -1,0 +1,5 @@
+"""Data sets for examples, tests and demos (generated locally; nothing is downloaded)."""
+
+from neuroomics_bridge.data.synthetic import DIAGNOSES, GENE_PROGRAMMES, synthetic_cohort
+
+__all__ = ["DIAGNOSES", "GENE_PROGRAMMES", "synthetic_cohort"]

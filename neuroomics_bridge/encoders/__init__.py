@@ -1,0 +1,17 @@
+"""Encoders: expression data, brain images and precomputed embeddings to subject vectors."""
+
+from neuroomics_bridge.encoders.atlases import BUILTIN_ATLASES, Atlas
+from neuroomics_bridge.encoders.brain import BrainEncoder
+from neuroomics_bridge.encoders.covariates import Residualizer, residualize
+from neuroomics_bridge.encoders.gene import GeneEncoder
+from neuroomics_bridge.encoders.precomputed import PrecomputedEncoder
+
+__all__ = [
+    "BUILTIN_ATLASES",
+    "Atlas",
+    "BrainEncoder",
+    "GeneEncoder",
+    "PrecomputedEncoder",
+    "Residualizer",
+    "residualize",
+]

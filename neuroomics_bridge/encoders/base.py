@@ -1,0 +1,78 @@
+"""What every encoder shares: scikit-learn's estimator protocol and pickle-free persistence.
+
+An encoder's constructor arguments are its parameters (``get_params`` works); what ``fit``
+learns ends in ``_``. ``save`` writes parameters and fitted state into one safetensors file:
+arrays as tensors, everything else as JSON in its header, so loading runs no code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from neuroomics_bridge.errors import CorruptFileError, DataError
+from neuroomics_bridge.io import read_arrays, write_arrays
+
+__all__ = ["PersistentEstimator", "FORMAT"]
+
+FORMAT = "neuroomics-bridge/estimator-v1"
+
+
+class PersistentEstimator(BaseEstimator):
+    """Base class adding ``save`` / ``load`` to a scikit-learn style estimator.
+
+    Subclasses list their fitted numpy attributes in ``_fitted_arrays`` and their fitted
+    JSON-able attributes in ``_fitted_values``.
+    """
+
+    _fitted_arrays: ClassVar[tuple[str, ...]] = ()
+    _fitted_values: ClassVar[tuple[str, ...]] = ()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted estimator to ``path`` (safetensors), atomically."""
+        self._check_fitted()
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays}
+        metadata = {
+            "format": FORMAT,
+            "class": type(self).__name__,
+            "params": self._params_to_json(),
+            "fitted": {name: getattr(self, name) for name in self._fitted_values},
+        }
+        write_arrays(path, arrays, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Read an estimator written by :meth:`save`; refuses files of another class."""
+        arrays, metadata = read_arrays(path)
+        if metadata.get("format") != FORMAT or metadata.get("class") != cls.__name__:
+            raise CorruptFileError(
+                f"{path}: expected a saved {cls.__name__} ({FORMAT}), found "
+                f"{metadata.get('class', 'no class')} ({metadata.get('format', 'no format')})"
+            )
+        missing = [name for name in cls._fitted_arrays if name not in arrays]
+        if missing:
+            raise CorruptFileError(f"{path}: saved {cls.__name__} lacks arrays {missing}")
+        estimator = cls(**cls._params_from_json(metadata["params"], arrays))
+        for name in cls._fitted_arrays:
+            setattr(estimator, name, arrays[name])
+        for name, value in metadata["fitted"].items():
+            setattr(estimator, name, value)
+        return estimator
+
+    def _check_fitted(self) -> None:
+        try:
+            check_is_fitted(self, list(self._fitted_arrays) or None)
+        except NotFittedError:
+            raise DataError(f"this {type(self).__name__} is not fitted yet: call fit() first") from None
+
+    def _params_to_json(self) -> dict[str, Any]:
+        return self.get_params(deep=False)
+
+    @classmethod
+    def _params_from_json(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {key: tuple(value) if isinstance(value, list) else value for key, value in params.items()}

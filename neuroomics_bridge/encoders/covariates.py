@@ -1,0 +1,114 @@
+"""Covariate residualisation: regress age, sex, site ... out of modality vectors.
+
+The field's standard before alignment (so that the bridge learns disease, not scanner): an
+ordinary least-squares fit of each feature on the covariates, on the training fold only, whose
+covariate part is then subtracted from every subject. Numeric covariates are z-scored with the
+training mean and standard deviation; categorical ones are one-hot coded against the first
+training level. The intercept is kept, so features keep their training mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.base import TransformerMixin
+
+from neuroomics_bridge.encoders.base import PersistentEstimator
+from neuroomics_bridge.errors import DataError
+
+__all__ = ["Residualizer", "residualize"]
+
+
+class Residualizer(PersistentEstimator, TransformerMixin):
+    """Remove linear covariate effects, fitted on a training fold.
+
+    Parameters
+    ----------
+    covariates
+        Columns to regress out (default: every column of the table given to ``fit``).
+    categorical
+        Columns to treat as categorical even if numeric (e.g. a site coded 1, 2, 3);
+        non-numeric columns are always categorical.
+    """
+
+    _fitted_arrays = ("coef_", "numeric_mean_", "numeric_std_")
+    _fitted_values = ("numeric_", "levels_")
+
+    def __init__(self, covariates: Sequence[str] | None = None, *, categorical: Sequence[str] = ()) -> None:
+        self.covariates = covariates
+        self.categorical = categorical
+
+    def fit(self, X: np.ndarray, covariates: pd.DataFrame) -> Self:
+        """Fit ``X`` ``(n_subjects, d)`` on the covariate table (one row per subject)."""
+        table = self._checked(X, covariates, list(self.covariates or covariates.columns))
+        categorical = set(self.categorical)
+        self.numeric_ = [c for c in table.columns if c not in categorical and pd.api.types.is_numeric_dtype(table[c])]
+        self.levels_ = {c: sorted(table[c].astype(str).unique()) for c in table.columns if c not in self.numeric_}
+        numeric = table[self.numeric_].to_numpy(np.float64)
+        self.numeric_mean_ = numeric.mean(axis=0)
+        std = numeric.std(axis=0)
+        self.numeric_std_ = np.where(std > 0, std, 1.0)
+        design = self._design(table)
+        self.coef_, *_ = np.linalg.lstsq(design, np.asarray(X, np.float64), rcond=None)
+        return self
+
+    def transform(self, X: np.ndarray, covariates: pd.DataFrame) -> np.ndarray:
+        """``X`` minus its fitted covariate part, same shape and dtype float32."""
+        self._check_fitted()
+        table = self._checked(X, covariates, self.numeric_ + list(self.levels_))
+        design = self._design(table)
+        return (np.asarray(X, np.float64) - design[:, 1:] @ self.coef_[1:]).astype(np.float32)
+
+    def fit_transform(self, X: np.ndarray, covariates: pd.DataFrame, **kwargs: Any) -> np.ndarray:
+        return self.fit(X, covariates).transform(X, covariates)
+
+    def _checked(self, X: np.ndarray, covariates: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        if not isinstance(covariates, pd.DataFrame):
+            raise DataError(f"covariates: expected a pandas DataFrame, got {type(covariates).__name__}")
+        absent = [c for c in columns if c not in covariates.columns]
+        if absent:
+            raise DataError(f"covariates: column(s) {absent} not found; available: {list(covariates.columns)}")
+        if len(covariates) != len(X):
+            raise DataError(f"covariates has {len(covariates)} rows while X has {len(X)}")
+        table = covariates[columns]
+        for column in columns:
+            missing = table[column].isna()
+            if missing.any():
+                rows = list(table.index[missing][:5])
+                raise DataError(
+                    f"covariates['{column}'] has {int(missing.sum())} missing value(s) (rows {rows}); impute or drop "
+                    "those subjects before residualising"
+                )
+        return table
+
+    def _design(self, table: pd.DataFrame) -> np.ndarray:
+        blocks = [np.ones((len(table), 1))]
+        if self.numeric_:
+            blocks.append((table[self.numeric_].to_numpy(np.float64) - self.numeric_mean_) / self.numeric_std_)
+        for column, levels in self.levels_.items():
+            values = table[column].astype(str)
+            unseen = sorted(set(values) - set(levels))
+            if unseen:
+                raise DataError(
+                    f"covariates['{column}'] has level(s) {unseen[:5]} not seen in fit (known: {levels[:10]})"
+                )
+            blocks.append(
+                np.stack([(values == level).to_numpy(np.float64) for level in levels[1:]], axis=1).reshape(
+                    len(table), -1
+                )
+            )
+        return np.concatenate(blocks, axis=1)
+
+
+def residualize(
+    X: np.ndarray, covariates: pd.DataFrame, *, fit_on: Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
+    """Residualise every row of ``X``, fitting on the rows ``fit_on`` (indices or a boolean mask)."""
+    rows = np.arange(len(X)) if fit_on is None else np.asarray(fit_on)
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    residualizer = Residualizer().fit(np.asarray(X)[rows], covariates.iloc[rows])
+    return residualizer.transform(X, covariates)

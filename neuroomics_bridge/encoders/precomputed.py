@@ -1,0 +1,152 @@
+"""PrecomputedEncoder: embeddings made elsewhere (gene or brain foundation models), by subject id.
+
+Reads ``.npy`` (ids given separately), ``.parquet`` / ``.csv`` (an id column plus numeric
+feature columns) or an AnnData ``obsm`` key (ids from ``obs_names`` or an ``obs`` column), and
+looks rows up by subject id, so the embedding file's row order never matters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
+
+__all__ = ["PrecomputedEncoder"]
+
+Missing = Literal["error", "nan"]
+
+
+class PrecomputedEncoder(BaseEstimator, TransformerMixin):
+    """Look up precomputed embeddings by subject id.
+
+    Parameters
+    ----------
+    source
+        A ``.npy``, ``.parquet``, ``.csv`` or ``.h5ad`` path, an AnnData, or a DataFrame indexed
+        by subject id.
+    key
+        The ``obsm`` key for AnnData sources.
+    id_column
+        Column holding subject ids (tables: default ``"subject_id"``, else the first column;
+        AnnData: an ``obs`` column, default ``obs_names``).
+    ids
+        Row ids for ``.npy`` sources (default ``"0"``, ``"1"``, ...).
+    missing
+        ``"error"`` (default) refuses unknown subject ids; ``"nan"`` returns NaN rows for them, so
+        a :class:`Cohort` marks that modality absent for those subjects.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Any,
+        *,
+        key: str | None = None,
+        id_column: str | None = None,
+        ids: Sequence[str] | None = None,
+        missing: Missing = "error",
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.id_column = id_column
+        self.ids = ids
+        self.missing = missing
+
+    def fit(self, subject_ids: Sequence[str] | None = None, y: Any = None) -> Self:
+        """Load and validate the embedding table (nothing is learned)."""
+        ids, values = self._load()
+        if len(set(ids)) != len(ids):
+            duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+            raise DataError(f"{self._describe()}: duplicated subject id(s) {list(duplicated[:10])}")
+        if values.ndim != 2 or values.shape[0] != len(ids):
+            raise DataError(
+                f"{self._describe()}: expected a (n_subjects, d) matrix for {len(ids)} ids, got {values.shape}"
+            )
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argwhere(bad)[0, 0])
+            raise DataError(
+                f"{self._describe()}: {int(bad.sum())} NaN/infinite value(s), first for subject {ids[row]!r}"
+            )
+        self.ids_ = [str(i) for i in ids]
+        self.embeddings_ = values.astype(np.float32)
+        self.n_features_out_ = values.shape[1]
+        return self
+
+    def transform(self, subject_ids: Sequence[str]) -> np.ndarray:
+        """``(len(subject_ids), d)`` float32 rows in the order asked for."""
+        if not hasattr(self, "embeddings_"):
+            self.fit()
+        row = {subject: i for i, subject in enumerate(self.ids_)}
+        wanted = [str(s) for s in subject_ids]
+        unknown = [s for s in wanted if s not in row]
+        if unknown and self.missing == "error":
+            raise DataError(f"{self._describe()}: no embedding for {len(unknown)} subject(s), e.g. {unknown[:5]}")
+        out = np.full((len(wanted), self.n_features_out_), np.nan, dtype=np.float32)
+        known = [i for i, s in enumerate(wanted) if s in row]
+        out[known] = self.embeddings_[[row[wanted[i]] for i in known]]
+        return out
+
+    def _describe(self) -> str:
+        return str(self.source) if isinstance(self.source, (str, os.PathLike)) else type(self.source).__name__
+
+    def _load(self) -> tuple[list[str], np.ndarray]:
+        import anndata as ad
+
+        source = self.source
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.exists():
+                raise MissingFileError(f"{path}: no such embedding file")
+            suffix = path.suffix.lower()
+            if suffix == ".npy":
+                values = _read(path, lambda: np.load(path, allow_pickle=False))
+                ids = list(self.ids) if self.ids is not None else [str(i) for i in range(len(values))]
+                return ids, np.asarray(values, dtype=np.float64)
+            if suffix in (".parquet", ".csv"):
+                reader = pd.read_parquet if suffix == ".parquet" else pd.read_csv
+                return self._from_table(_read(path, lambda: reader(path)))
+            if suffix == ".h5ad":
+                return self._from_anndata(_read(path, lambda: ad.read_h5ad(path)))
+            raise DataError(f"{path}: expected .npy, .parquet, .csv or .h5ad, got {suffix!r}")
+        if isinstance(source, ad.AnnData):
+            return self._from_anndata(source)
+        if isinstance(source, pd.DataFrame):
+            return [str(i) for i in source.index], source.to_numpy(dtype=np.float64)
+        raise DataError(
+            f"PrecomputedEncoder.source: expected a path, AnnData or DataFrame, got {type(source).__name__}"
+        )
+
+    def _from_table(self, table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        column = self.id_column or ("subject_id" if "subject_id" in table.columns else table.columns[0])
+        if column not in table.columns:
+            raise DataError(f"{self._describe()}: id column {column!r} not found; columns: {list(table.columns)[:10]}")
+        features = table.drop(columns=[column])
+        non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+        if non_numeric:
+            raise DataError(f"{self._describe()}: non-numeric feature column(s) {non_numeric[:5]}")
+        return table[column].astype(str).tolist(), features.to_numpy(dtype=np.float64)
+
+    def _from_anndata(self, adata: Any) -> tuple[list[str], np.ndarray]:
+        if self.key is None or self.key not in adata.obsm:
+            raise DataError(f"{self._describe()}: obsm key {self.key!r} not found; available: {list(adata.obsm)}")
+        if self.id_column is None:
+            ids = [str(i) for i in adata.obs_names]
+        elif self.id_column in adata.obs:
+            ids = adata.obs[self.id_column].astype(str).tolist()
+        else:
+            raise DataError(f"{self._describe()}: obs column {self.id_column!r} not found")
+        return ids, np.asarray(adata.obsm[self.key], dtype=np.float64)
+
+
+def _read(path: Path, reader: Any) -> Any:
+    try:
+        return reader()
+    except (OSError, ValueError, EOFError) as err:
+        raise CorruptFileError(f"{path}: cannot be read ({type(err).__name__}: {err})") from None

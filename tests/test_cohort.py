@@ -1,0 +1,158 @@
+"""Cohort: splits, masks, encoding through the encoders, and the folder format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neuroomics_bridge import DataError, MissingFileError
+from neuroomics_bridge.data import Cohort
+from neuroomics_bridge.datasets import DIAGNOSES, GENE_PROGRAMMES, synthetic_cohort
+from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder, PrecomputedEncoder
+
+
+def encoders() -> dict:
+    return {"gene": GeneEncoder(n_components=6, n_top_genes=300), "brain": BrainEncoder("mni-gm-64", n_components=6)}
+
+
+def test_split_is_disjoint_complete_stratified_and_stable(small_cohort) -> None:
+    split = small_cohort.split(seed=7)
+    folds = [set(split.train.subject_ids), set(split.val.subject_ids), set(split.test.subject_ids)]
+    assert not (folds[0] & folds[1]) and not (folds[0] & folds[2]) and not (folds[1] & folds[2])
+    assert set().union(*folds) == set(small_cohort.subject_ids)
+    assert set(split.train.labels) == set(small_cohort.labels)
+    again = small_cohort.split(seed=7)
+    assert again.test.subject_ids == split.test.subject_ids
+    assert small_cohort.split(seed=8).test.subject_ids != split.test.subject_ids
+    # A subject's fold does not depend on the rest of the cohort.
+    smaller = small_cohort.subset(small_cohort.subject_ids[:40]).split(seed=7)
+    assert set(smaller.train.subject_ids) <= folds[0] | folds[1] | folds[2]
+
+
+def test_subset_keeps_every_field_aligned(small_cohort) -> None:
+    chosen = small_cohort.subject_ids[10:13][::-1]
+    part = small_cohort.subset(chosen)
+    assert part.subject_ids == chosen
+    assert part.reports == [small_cohort.reports[i] for i in (12, 11, 10)]
+    assert list(part.covariates.index) == chosen
+    assert set(part.genes.obs["subject_id"].astype(str)) <= set(chosen)
+
+
+def test_encoding_fits_on_the_training_fold_and_masks_absent_modalities(small_cohort) -> None:
+    split = small_cohort.split(seed=0)
+    encoded = small_cohort.encode(encoders(), fit_on=split.train, residualize=["age", "sex", "site"])
+    for modality, source_missing in (
+        ("gene", [s not in set(small_cohort.genes.obs["subject_id"].astype(str)) for s in small_cohort.subject_ids]),
+        ("brain", [image is None for image in small_cohort.brains]),
+    ):
+        assert encoded.features[modality].shape == (60, 6)
+        np.testing.assert_array_equal(encoded.present(modality), ~np.asarray(source_missing))
+        assert np.isnan(encoded.features[modality][~encoded.present(modality)]).all()
+    assert (~encoded.present("gene")).any() and (~encoded.present("brain")).any()
+    assert (encoded.present("gene") | encoded.present("brain")).all()
+
+
+def test_folder_round_trip_reencodes_to_the_same_vectors(tmp_path, small_cohort) -> None:
+    folder = small_cohort.to_files(tmp_path / "cohort")
+    assert {p.name for p in folder.iterdir()} >= {"genes.h5ad", "brain", "reports.csv", "covariates.csv", "cohort.json"}
+    assert len(list((folder / "brain").glob("*.nii.gz"))) == sum(image is not None for image in small_cohort.brains)
+    restored = Cohort.from_files(folder)
+    assert restored.subject_ids == small_cohort.subject_ids and restored.reports == small_cohort.reports
+    assert restored.labels == small_cohort.labels
+    pd.testing.assert_frame_equal(restored.covariates, small_cohort.covariates, check_dtype=False)
+    train = small_cohort.split(seed=0).train
+    in_memory = small_cohort.encode(encoders(), fit_on=train)
+    from_disk = restored.encode(encoders(), fit_on=train.subject_ids)
+    for modality in ("gene", "brain"):
+        np.testing.assert_allclose(from_disk.features[modality], in_memory.features[modality], atol=1e-5)
+
+
+def test_precomputed_features_travel_through_the_folder(tmp_path, small_cohort) -> None:
+    table = pd.DataFrame(np.arange(120.0).reshape(60, 2), index=small_cohort.subject_ids)
+    encoded = small_cohort.encode({"fm": PrecomputedEncoder(table)})
+    restored = Cohort.from_files(encoded.to_files(tmp_path / "c"))
+    np.testing.assert_array_equal(restored.features["fm"], encoded.features["fm"])
+
+
+def test_a_failed_write_leaves_the_previous_folder_intact(tmp_path, small_cohort, monkeypatch) -> None:
+    folder = small_cohort.to_files(tmp_path / "cohort")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    import nibabel as nib
+
+    calls = {"n": 0}
+    real_save = nib.save
+
+    def failing_save(image, path):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError("disk full")
+        real_save(image, path)
+
+    monkeypatch.setattr(nib, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        small_cohort.to_files(folder)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["cohort"]  # no temporary folder left behind
+
+
+def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
+    with pytest.raises(MissingFileError, match="no such cohort folder"):
+        Cohort.from_files(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match=r"reports\.csv: missing"):
+        Cohort.from_files(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "reports.csv").write_text("id,text\ns1,hello\n")
+    with pytest.raises(DataError, match="expected columns subject_id, report"):
+        Cohort.from_files(bad)
+    (bad / "cohort.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(DataError, match=r"cohort\.json: expected format"):
+        Cohort.from_files(bad)
+
+
+def test_cohort_rejects_misaligned_fields() -> None:
+    with pytest.raises(DataError, match=r"duplicated id\(s\) \['a'\]"):
+        Cohort(subject_ids=["a", "a"])
+    with pytest.raises(DataError, match=r"Cohort.reports: expected 2 entries"):
+        Cohort(subject_ids=["a", "b"], reports=["only one"])
+    with pytest.raises(DataError, match=r"features\['gene'\]: expected shape \(2, d\)"):
+        Cohort(subject_ids=["a", "b"], features={"gene": np.zeros((3, 4))})
+
+
+def test_synthetic_cohort_is_reproducible_and_has_its_latent_structure() -> None:
+    first, second = (
+        synthetic_cohort(40, seed=11, cells_per_subject=6),
+        synthetic_cohort(40, seed=11, cells_per_subject=6),
+    )
+    assert first.reports == second.reports and first.labels == second.labels
+    np.testing.assert_array_equal(first.genes.X.toarray(), second.genes.X.toarray())
+    np.testing.assert_array_equal(np.asanyarray(first.brains[0].dataobj), np.asanyarray(second.brains[0].dataobj))
+    assert synthetic_cohort(40, seed=12, cells_per_subject=6).reports != first.reports
+    assert set(first.labels) == set(DIAGNOSES)
+    severity = first.phenotypes["severity"].to_numpy()
+    assert (severity[np.asarray(first.labels) == "control"] == 0).all() and (
+        severity[np.asarray(first.labels) != "control"] >= 0.2
+    ).all()
+    for report, label in zip(first.reports, first.labels, strict=True):
+        assert "Impression:" in report and (label in report or label == "control")
+
+
+def test_disease_programmes_and_atrophy_are_in_the_raw_data() -> None:
+    cohort = synthetic_cohort(80, seed=5, cells_per_subject=10)
+    labels = np.asarray(cohort.labels)
+    cells = cohort.genes
+    subject_label = dict(zip(cohort.subject_ids, labels, strict=True))
+    cell_labels = np.asarray([subject_label[s] for s in cells.obs["subject_id"].astype(str)])
+    programme = cells.var_names.isin(GENE_PROGRAMMES["Alzheimer's disease"])
+    ad_mean = cells.X[cell_labels == "Alzheimer's disease"][:, programme].mean()
+    control_mean = cells.X[cell_labels == "control"][:, programme].mean()
+    assert ad_mean > 1.2 * control_mean
+    hippocampus = (slice(30, 34), slice(25, 30), slice(11, 15))  # around MNI (28, -20, -14) at 4 mm
+    grey = [np.asanyarray(image.dataobj)[hippocampus].mean() for image in cohort.brains]
+    assert np.mean([g for g, lab in zip(grey, labels, strict=True) if lab == "Alzheimer's disease"]) < np.mean(
+        [g for g, lab in zip(grey, labels, strict=True) if lab == "control"]
+    )

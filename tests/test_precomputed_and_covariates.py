@@ -1,0 +1,126 @@
+"""PrecomputedEncoder sources and covariate residualisation."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from neuroomics_bridge import CorruptFileError, DataError
+from neuroomics_bridge.encoders import PrecomputedEncoder, Residualizer, residualize
+
+IDS = ["s3", "s1", "s2", "s0"]
+VALUES = np.arange(12, dtype=np.float64).reshape(4, 3)
+
+
+def write_source(kind: str, folder) -> tuple[object, dict]:
+    if kind == "npy":
+        path = folder / "emb.npy"
+        np.save(path, VALUES)
+        return path, {"ids": IDS}
+    table = pd.DataFrame(VALUES, columns=["a", "b", "c"])
+    table.insert(0, "subject_id", IDS)
+    if kind == "parquet":
+        table.to_parquet(folder / "emb.parquet")
+        return folder / "emb.parquet", {}
+    if kind == "csv":
+        table.to_csv(folder / "emb.csv", index=False)
+        return folder / "emb.csv", {}
+    adata = ad.AnnData(np.zeros((4, 2), dtype=np.float32), obs=pd.DataFrame(index=IDS))
+    adata.obsm["X_scgpt"] = VALUES
+    adata.write_h5ad(folder / "emb.h5ad")
+    return folder / "emb.h5ad", {"key": "X_scgpt"}
+
+
+@pytest.mark.parametrize("kind", ["npy", "parquet", "csv", "h5ad"])
+def test_rows_are_looked_up_by_subject_id(tmp_path, kind: str) -> None:
+    source, options = write_source(kind, tmp_path)
+    encoder = PrecomputedEncoder(source, **options).fit()
+    np.testing.assert_array_equal(encoder.transform(["s0", "s3"]), VALUES[[3, 0]].astype(np.float32))
+
+
+def test_unknown_subjects_are_an_error_or_nan_rows(tmp_path) -> None:
+    source, _ = write_source("parquet", tmp_path)
+    with pytest.raises(DataError, match=r"no embedding for 1 subject\(s\), e.g. \['s9'\]"):
+        PrecomputedEncoder(source).transform(["s1", "s9"])
+    rows = PrecomputedEncoder(source, missing="nan").transform(["s1", "s9"])
+    assert not np.isnan(rows[0]).any() and np.isnan(rows[1]).all()
+
+
+def test_duplicated_ids_and_non_finite_values_are_named(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"duplicated subject id\(s\) \['s1'\]"):
+        PrecomputedEncoder(pd.DataFrame(VALUES, index=["s1", "s1", "s2", "s3"])).fit()
+    broken = VALUES.copy()
+    broken[2, 1] = np.nan
+    with pytest.raises(DataError, match=r"1 NaN/infinite value.*subject 's2'"):
+        PrecomputedEncoder(pd.DataFrame(broken, index=IDS)).fit()
+
+
+def test_a_pickled_npy_is_refused_without_unpickling(tmp_path) -> None:
+    path = tmp_path / "hostile.npy"
+    np.save(path, np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CorruptFileError, match=r"hostile\.npy: cannot be read"):
+        PrecomputedEncoder(path).fit()
+
+
+def test_missing_obsm_key_lists_the_available_ones(tmp_path) -> None:
+    source, _ = write_source("h5ad", tmp_path)
+    with pytest.raises(DataError, match=r"obsm key 'X_uce' not found; available: \['X_scgpt'\]"):
+        PrecomputedEncoder(source, key="X_uce").fit()
+
+
+def covariate_data(n: int = 120, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(
+        {"age": rng.normal(65, 8, n), "sex": rng.choice(["F", "M"], n), "site": rng.choice(["a", "b", "c"], n)}
+    )
+    signal = rng.normal(size=(n, 4))
+    confound = 0.3 * (table["age"].to_numpy()[:, None] - 65) + 2.0 * (table["site"] == "b").to_numpy()[:, None]
+    return signal + confound, table, signal
+
+
+def test_residualising_matches_ordinary_least_squares_by_hand() -> None:
+    X, table, _ = covariate_data()
+    design = np.column_stack(
+        [np.ones(len(X)), table["age"], table["sex"] == "M", table["site"] == "b", table["site"] == "c"]
+    ).astype(float)
+    beta = np.linalg.inv(design.T @ design) @ design.T @ X
+    expected = X - design[:, 1:] @ beta[1:]
+    residual = Residualizer().fit_transform(X, table)
+    # Same fitted covariate effects up to the centring of age (which moves only the intercept).
+    np.testing.assert_allclose(residual - residual.mean(axis=0), expected - expected.mean(axis=0), atol=1e-4)
+    assert abs(np.corrcoef(residual[:, 0], table["age"])[0, 1]) < 1e-6
+
+
+def test_residualize_fits_on_the_training_rows_only() -> None:
+    X, table, signal = covariate_data(seed=1)
+    train = np.arange(len(X)) < 80
+    residual = residualize(X, table, fit_on=train)
+    shifted = X.copy()
+    shifted[~train] += 100.0  # test rows cannot influence the fit
+    np.testing.assert_allclose(residualize(shifted, table, fit_on=train)[train], residual[train], atol=1e-4)
+    assert np.corrcoef(residual[~train, 0], signal[~train, 0])[0, 1] > 0.9
+
+
+def test_covariate_with_missing_values_is_named() -> None:
+    X, table, _ = covariate_data()
+    table.loc[5, "age"] = np.nan
+    with pytest.raises(DataError, match=r"covariates\['age'\] has 1 missing value\(s\) \(rows \[5\]\)"):
+        Residualizer().fit(X, table)
+
+
+def test_unseen_category_is_named() -> None:
+    X, table, _ = covariate_data()
+    residualizer = Residualizer().fit(X, table)
+    table.loc[0, "site"] = "z"
+    with pytest.raises(DataError, match=r"covariates\['site'\] has level\(s\) \['z'\] not seen in fit"):
+        residualizer.transform(X, table)
+
+
+def test_residualizer_round_trips_through_a_file(tmp_path) -> None:
+    X, table, _ = covariate_data()
+    residualizer = Residualizer(["age", "site"], categorical=["site"]).fit(X, table)
+    residualizer.save(tmp_path / "res.safetensors")
+    restored = Residualizer.load(tmp_path / "res.safetensors")
+    np.testing.assert_allclose(restored.transform(X, table), residualizer.transform(X, table))
