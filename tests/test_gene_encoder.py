@@ -187,3 +187,37 @@ def test_sklearn_protocol_holds() -> None:
     encoder = GeneEncoder(n_components=7, groupby="donor")
     twin = clone(encoder)
     assert twin.get_params() == encoder.get_params() and twin is not encoder
+
+
+def test_pbmc_cells_pool_by_a_grouping_column(pbmc) -> None:
+    cells = pbmc.copy()
+    cells.obs["bulk_labels"] = sc.datasets.pbmc68k_reduced().obs["bulk_labels"].to_numpy()
+    encoder = GeneEncoder(n_components=4, n_top_genes=300, groupby="bulk_labels")
+    embedding = encoder.fit_transform(cells)
+    assert embedding.shape == (10, 4)
+    assert encoder.row_ids(cells) == sorted(cells.obs["bulk_labels"].astype(str).unique())
+    # Log-normalised input pools by the mean: a group's row equals encoding its mean profile.
+    group = encoder.row_ids(cells)[0]
+    mean_profile = ad.AnnData(np.asarray(cells[cells.obs["bulk_labels"] == group].X.mean(axis=0)), var=cells.var)
+    mean_profile.obs["bulk_labels"] = [group]
+    np.testing.assert_allclose(encoder.transform(mean_profile)[0], embedding[0], atol=1e-4)
+
+
+def test_a_failed_save_keeps_the_previous_file(tmp_path, pbmc, fitted, monkeypatch) -> None:
+    import safetensors.numpy
+
+    encoder, embedding = fitted
+    path = tmp_path / "encoder.safetensors"
+    encoder.save(path)
+    previous = path.read_bytes()
+
+    def crash_midway(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 100)
+        raise OSError("killed")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash_midway)
+    with pytest.raises(OSError, match="killed"):
+        GeneEncoder(n_components=3).fit(pbmc).save(path)
+    assert path.read_bytes() == previous
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder.safetensors"]
