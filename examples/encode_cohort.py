@@ -50,9 +50,8 @@ def main() -> None:
     sc.tl.umap(subjects, random_state=0)
     figure = sc.pl.umap(subjects, color="diagnosis", show=False, return_fig=True, title="subjects: genes + brain")
     figure.savefig(args.out / "umap_by_diagnosis.png", dpi=120, bbox_inches="tight")
-    print(
-        f"{cohort.n_subjects} subjects encoded: gene {cohort.features['gene'].shape[1]}-d, brain {cohort.features['brain'].shape[1]}-d"
-    )
+    dims = {modality: matrix.shape[1] for modality, matrix in cohort.features.items()}
+    print(f"{cohort.n_subjects} subjects encoded, dimensions {dims}")
     print(f"wrote {args.out / 'subject_vectors.h5ad'} and {args.out / 'umap_by_diagnosis.png'}")
 
 

@@ -206,7 +206,7 @@ def test_pbmc_cells_pool_by_a_grouping_column(pbmc) -> None:
 def test_a_failed_save_keeps_the_previous_file(tmp_path, pbmc, fitted, monkeypatch) -> None:
     import safetensors.numpy
 
-    encoder, embedding = fitted
+    encoder, _ = fitted
     path = tmp_path / "encoder.safetensors"
     encoder.save(path)
     previous = path.read_bytes()
