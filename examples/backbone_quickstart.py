@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.reports import RESEARCH_NOTICE
 
 FINDINGS = [
     "Resting tremor, bradykinesia and rigidity.",
@@ -27,7 +28,7 @@ def main() -> None:
     backbone = TextBackbone.from_pretrained(args.backbone, local_dir=args.local_dir)
     prompt = backbone.chat("List three causes of a resting tremor.")
     print(backbone.generate([prompt], max_new_tokens=48)[0])
-    print("[Research use only, not for clinical decision-making.]")
+    print(f"[{RESEARCH_NOTICE}]")
 
     # Raw pooled hidden states of a small general model separate clinical from unrelated text but
     # rank clinical findings poorly; the bridge's contrastive heads learn the alignment on top.

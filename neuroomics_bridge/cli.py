@@ -11,8 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from neuroomics_bridge.errors import NobError
-
-RESEARCH_NOTICE = "Research use only, not for clinical decision-making."
+from neuroomics_bridge.reports import RESEARCH_NOTICE
 
 DEMO_QUESTION = (
     "A 67-year-old man has a resting tremor of the right hand, slowed movements and cogwheel "

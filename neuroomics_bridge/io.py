@@ -22,12 +22,20 @@ import numpy as np
 from neuroomics_bridge.errors import CorruptFileError, MissingFileError
 
 __all__ = [
+    "cache_root",
     "atomic_path",
     "atomic_directory",
     "atomic_write_text",
     "file_sha256",
     "check_safetensors",
 ]
+
+
+def cache_root() -> Path:
+    """The library's cache folder (honours ``XDG_CACHE_HOME`` on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("neuroomics-bridge"))
 
 
 @contextlib.contextmanager

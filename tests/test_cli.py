@@ -51,6 +51,6 @@ def test_library_error_exits_2_with_one_line_and_no_traceback() -> None:
 def test_demo_answers_and_prints_a_similarity_table() -> None:
     result = run_nob("demo", "--max-new-tokens", "24")
     assert result.returncode == 0, result.stderr
-    assert "Research use only, not for clinical decision-making." in result.stdout
+    assert "Research use only — not for clinical decision-making." in result.stdout
     assert "cosine similarity" in result.stdout and "S4" in result.stdout
     assert "Loading weights" not in result.stderr  # no progress bars when not a terminal

@@ -12,20 +12,13 @@ import os
 import struct
 from pathlib import Path
 
-import platformdirs
-
 from neuroomics_bridge.errors import CorruptFileError
-from neuroomics_bridge.io import atomic_directory, file_sha256
+from neuroomics_bridge.io import atomic_directory, cache_root, file_sha256
 from neuroomics_bridge.progress import quiet_transformers_progress
 
-__all__ = ["cache_root", "gguf_cache_dir", "convert_gguf"]
+__all__ = ["gguf_cache_dir", "convert_gguf"]
 
 logger = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    """The library's cache folder (honours ``XDG_CACHE_HOME`` on Linux)."""
-    return Path(platformdirs.user_cache_dir("neuroomics-bridge"))
 
 
 def gguf_cache_dir(digest: str) -> Path:

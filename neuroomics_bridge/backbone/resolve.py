@@ -15,7 +15,7 @@ from pathlib import Path
 
 from neuroomics_bridge.backbone.cards import ModelCard, get_card
 from neuroomics_bridge.errors import CorruptFileError, InvalidModelError, ModelNotFoundError
-from neuroomics_bridge.io import check_safetensors, file_sha256
+from neuroomics_bridge.io import atomic_write_text, cache_root, check_safetensors, file_sha256
 
 __all__ = ["WeightsLocation", "locate_weights", "check_model_dir", "weight_files", "weights_sha256"]
 
@@ -145,9 +145,27 @@ def _check_shard_index(directory: Path) -> None:
 
 
 def weights_sha256(files: list[Path]) -> str:
-    """One SHA-256 over the contents of ``files`` (name-sorted), identifying a set of weights."""
+    """One SHA-256 over the contents of ``files`` (name-sorted), identifying a set of weights.
+
+    Hashing 26 GB of a 13B checkpoint takes a minute, so each file's digest is remembered in the
+    user cache, keyed by its path, size and modification time.
+    """
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: f.name):
         digest.update(file.name.encode())
-        digest.update(bytes.fromhex(file_sha256(file)))
+        digest.update(bytes.fromhex(_remembered_sha256(file)))
     return digest.hexdigest()
+
+
+def _remembered_sha256(file: Path) -> str:
+    memo_file = cache_root() / "file-hashes.json"
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    if key not in memo:
+        memo[key] = file_sha256(file)
+        atomic_write_text(memo_file, json.dumps(memo))
+    return memo[key]

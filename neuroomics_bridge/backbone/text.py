@@ -171,9 +171,9 @@ class TextBackbone:
             add_generation_prompt=add_generation_prompt,
         )
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, with the tokenizer's own special tokens, unpadded."""
-        return self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    def tokenize(self, texts: Sequence[str], *, special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text, unpadded; ``special_tokens`` adds the tokenizer's own (e.g. BOS)."""
+        return self.tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"]
 
     # ----------------------------------------------------------------------------- encoding
     @torch.inference_mode()

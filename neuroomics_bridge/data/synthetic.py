@@ -9,7 +9,7 @@ Generative model (all draws from one ``numpy`` generator seeded by ``seed``):
 - **Genes** (``cells_per_subject`` cells per subject). Counts are negative binomial
   (Gamma-Poisson, dispersion ``theta=4``) around a per-gene baseline (log-normal across genes)
   times a per-cell size factor (log-normal, sd 0.3). Each disorder up-regulates its own
-  programme of 15 risk genes by a log fold change of ``1.0 * severity`` (gene-specific weight
+  programme of 15 risk genes by a log fold change of ``1.5 * severity`` (gene-specific weight
   U(0.5, 1.5)); sex drives XIST / RPS4Y1; age adds a small effect on 30 genes; each site
   multiplies every gene by exp(N(0, 0.2)) (batch effect). Background genes are the 765 real
   symbols of scanpy's ``pbmc68k_reduced``.
@@ -60,6 +60,8 @@ ATROPHY_CENTRES_MM = {
     "frontotemporal dementia": ((-24, 56, 0), (24, 56, 0), (0, 36, 20), (-40, 14, -30), (40, 14, -30)),
 }
 SITES = ("site-A", "site-B", "site-C")
+GENE_EFFECT = 1.5  # log fold change of a disorder's programme at severity 1 (times a gene weight)
+ATROPHY_EFFECT = 0.45  # grey-matter loss at the centre of a disorder's regions at severity 1
 
 _IMAGING = {
     "control": ("no focal atrophy", "age-appropriate grey matter volume", "unremarkable grey matter"),
@@ -169,7 +171,7 @@ def _expression(rng, subject_ids, labels, severity, age, sex, site, cells_per_su
         log_mean[column["XIST" if sex[i] == "F" else "RPS4Y1"]] += 3.0
         if labels[i] in GENE_PROGRAMMES:
             cols = [column[g] for g in GENE_PROGRAMMES[labels[i]]]
-            log_mean[cols] += 1.0 * severity[i] * programme_weights[labels[i]]
+            log_mean[cols] += GENE_EFFECT * severity[i] * programme_weights[labels[i]]
         size = rng.lognormal(0, 0.3, size=(cells_per_subject, 1))
         mean = size * np.exp(log_mean)[None, :]
         counts = rng.poisson(rng.gamma(shape=4.0, scale=mean / 4.0))
@@ -206,7 +208,7 @@ def _brains(rng, labels, severity, age, site, resolution, has_brain):
         if not has_brain[i]:
             images.append(None)
             continue
-        atrophy = 1 - 0.45 * severity[i] * blobs[label] if label in blobs else 1.0
+        atrophy = 1 - ATROPHY_EFFECT * severity[i] * blobs[label] if label in blobs else 1.0
         data = grey * atrophy * (1 - 0.004 * (age[i] - 68)) * gains[site[i]] + offsets[site[i]] + noise
         images.append(nib.Nifti1Image((data * mask).astype(np.float32), template.affine))
     return images

@@ -1,0 +1,78 @@
+"""CachedTextEncoder: each text is encoded by the backbone once, then read from disk.
+
+A frozen backbone maps a text to the same vector every time, so the contrastive stage encodes
+the reports once and an epoch then costs only the small heads. Vectors are stored as
+safetensors shards under the user cache, in a folder keyed by the backbone's weights hash and
+the pooling, and looked up by the SHA-256 of the text; each call appends at most one shard,
+written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroomics_bridge.backbone.text import Pooling, TextBackbone
+from neuroomics_bridge.io import cache_root, read_arrays, write_arrays
+
+__all__ = ["CachedTextEncoder"]
+
+
+class CachedTextEncoder:
+    """``encode(texts)`` like :meth:`TextBackbone.encode`, computing only texts never seen before."""
+
+    def __init__(
+        self,
+        backbone: TextBackbone,
+        *,
+        pooling: Pooling = "mean",
+        template: str = "{text}",
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.pooling = pooling
+        self.template = template
+        self._directory = Path(directory) if directory is not None else None
+        self._vectors: dict[str, np.ndarray] | None = None
+        self.encoded_count = 0  # texts this instance had to run through the backbone
+
+    @property
+    def directory(self) -> Path:
+        if self._directory is None:
+            self._directory = cache_root() / "text" / f"{self.backbone.weights_hash[:24]}-{self.pooling}"
+        return self._directory
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 16, show_progress: bool | None = None) -> torch.Tensor:
+        """``(len(texts), hidden_size)`` float32: the backbone's ``encode`` of each templated text."""
+        vectors = self._load()
+        texts = [self.template.format(text=text) for text in texts]
+        keys = [_key(text) for text in texts]
+        todo = {key: text for key, text in zip(keys, texts, strict=True) if key not in vectors}
+        if todo:
+            fresh = self.backbone.encode(
+                list(todo.values()), pooling=self.pooling, batch_size=batch_size, show_progress=show_progress
+            ).numpy()
+            shard = dict(zip(todo, fresh, strict=True))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_arrays(self.directory / f"{uuid.uuid4().hex}.safetensors", shard, {"pooling": self.pooling})
+            vectors.update(shard)
+            self.encoded_count += len(todo)
+        return torch.from_numpy(np.stack([vectors[key] for key in keys]))
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = {}
+            if self.directory.is_dir():
+                for shard in sorted(self.directory.glob("*.safetensors")):
+                    self._vectors.update(read_arrays(shard)[0])
+        return self._vectors
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

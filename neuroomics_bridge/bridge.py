@@ -1,0 +1,282 @@
+"""Bridge: a text backbone plus the adapters that connect gene and brain vectors to it.
+
+The bridge *has* a backbone (it never subclasses a transformers model): the backbone encodes
+text and generates; the adapters project modality vectors into the shared space
+(CLIP-style) and into the backbone's token space (LLaVA-style). ``save_pretrained`` writes the
+adapters only (safetensors), a ``config.json`` recording which backbone they were trained on
+(name and weights hash) and a model card; ``from_pretrained`` refuses any other backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+import yaml
+
+from neuroomics_bridge import __version__
+from neuroomics_bridge.adapters.module import TEXT, BridgeAdapters
+from neuroomics_bridge.backbone.cache import CachedTextEncoder
+from neuroomics_bridge.backbone.text import TextBackbone
+from neuroomics_bridge.config import BridgeConfig
+from neuroomics_bridge.data.cohort import Cohort
+from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
+from neuroomics_bridge.io import atomic_directory, check_safetensors
+from neuroomics_bridge.reports import RESEARCH_NOTICE
+
+__all__ = ["Bridge", "BRIDGE_FORMAT"]
+
+BRIDGE_FORMAT = "neuroomics-bridge/bridge-v1"
+ADAPTERS_FILE = "adapters.safetensors"
+
+
+class Bridge:
+    """Backbone + adapters: ``embed``, ``embed_text``, ``zero_shot``, soft ``prefix`` tokens.
+
+    Parameters
+    ----------
+    backbone
+        The text backbone (encoder and decoder).
+    modality_dims
+        Input width of each modality, e.g. ``{"gene": 50, "brain": 32}``.
+    config
+        Adapter shapes and losses (:class:`BridgeConfig`).
+    """
+
+    def __init__(self, backbone: TextBackbone, modality_dims: Mapping[str, int], config: BridgeConfig | None = None):
+        self.backbone = backbone
+        self.config = config or BridgeConfig()
+        self.adapters = BridgeAdapters(modality_dims, backbone.hidden_size, backbone.hidden_size, self.config)
+        self.text_encoder = CachedTextEncoder(
+            backbone, pooling=self.config.text_pooling, template=self.config.text_template
+        )
+        self.card_info: dict[str, Any] = {}  # training data and metrics, written into the model card
+
+    @property
+    def modality_dims(self) -> dict[str, int]:
+        return dict(self.adapters.modality_dims)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.adapters.modality_dims)
+
+    # ------------------------------------------------------------------------------ aligned space
+    @torch.inference_mode()
+    def embed(self, modality: str, X: np.ndarray) -> np.ndarray:
+        """Unit vectors ``(n, embed_dim)`` in the aligned space; absent (all-NaN) rows stay NaN."""
+        x = self._checked(modality, X)
+        present = ~torch.isnan(x).all(dim=1)
+        self.adapters.eval()
+        out = self.adapters.heads[modality](torch.nan_to_num(x))
+        out[~present] = float("nan")
+        return out.numpy()
+
+    @torch.inference_mode()
+    def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Unit vectors ``(n, embed_dim)`` of texts (backbone-encoded once, then cached on disk)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self.adapters.eval()
+        return self.adapters.embed_text(self.text_encoder.encode(texts)).numpy()
+
+    def calibrate(self, reference: Cohort) -> None:
+        """Record each modality's mean embedding over ``reference`` subjects (labels unused).
+
+        Contrastive embeddings of different modalities sit in separate cones of the shared space
+        (the modality gap, Liang et al. 2022), and a class prompt close to that cone's centre
+        wins for every subject. ``zero_shot`` compares class texts with embeddings centred on
+        this mean, so that what distinguishes subjects decides. ``fit_alignment`` calibrates on
+        the training fold.
+        """
+        for modality in self.modalities:
+            rows = reference.present(modality)
+            if rows.any():
+                mean = np.nanmean(self.embed(modality, reference.features[modality][rows]), axis=0)
+                getattr(self.adapters, f"gap_{modality}").copy_(torch.from_numpy(mean))
+
+    def zero_shot(self, modality: str, X: np.ndarray, class_texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)``: a softmax over the similarities to each class text.
+
+        Embeddings are centred on the calibration mean (see :meth:`calibrate`) and the learned
+        temperature of the modality-text pair scales the similarities. Absent rows are NaN.
+        """
+        scale = float(self.adapters.losses[f"{modality}-{TEXT}"].similarity_scale())
+        centred = self.embed(modality, X) - getattr(self.adapters, f"gap_{modality}").numpy()
+        logits = scale * (centred @ self.embed_text(list(class_texts)).T)
+        logits -= np.nanmax(logits, axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    # ------------------------------------------------------------------------------ token space
+    def prefix(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """Soft prefix tokens ``(n, prefix_tokens * n_modalities, hidden_size)`` for a batch.
+
+        A modality missing from ``inputs``, or an all-NaN row, is treated as absent for that subject.
+        """
+        n = {len(x) for x in inputs.values()}
+        if len(n) != 1:
+            raise DataError(f"prefix inputs: every modality needs the same number of rows, got {sorted(n)}")
+        (rows,) = n
+        features, present = {}, {}
+        for modality, dim in self.modality_dims.items():
+            x = (
+                self._checked(modality, inputs[modality])
+                if modality in inputs
+                else torch.full((rows, dim), float("nan"))
+            )
+            features[modality], present[modality] = x, ~torch.isnan(x).all(dim=1)
+        return self.adapters.projector(features, present)
+
+    def report_nll(
+        self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor], reports: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood of each report given its subject's prefix and the report prompt.
+
+        The input is ``[soft prefix][report prompt][report][EOS]``; only report and EOS tokens are
+        scored (prefix and prompt positions are masked). Returns the summed NLL per report and
+        its number of scored tokens, both ``(n,)``; gradients reach the prefix projector.
+        """
+        import torch.nn.functional as F
+
+        backbone = self.backbone
+        prefix = self.adapters.projector(features, present)
+        prompt = backbone.tokenize([backbone.chat(self.config.report_prompt)])[0]
+        room = backbone.context_length - prefix.shape[1] - len(prompt)
+        eos = backbone.tokenizer.eos_token_id
+        targets = [[*ids[: room - 1], eos] for ids in backbone.tokenize(list(reports), special_tokens=False)]
+        embeds, mask = backbone.prefixed_inputs([prompt + t for t in targets], prefix, padding_side="right")
+        labels = torch.full(mask.shape, -100, dtype=torch.long, device=embeds.device)
+        start = prefix.shape[1] + len(prompt)
+        for row, target in enumerate(targets):
+            labels[row, start : start + len(target)] = torch.tensor(target, device=embeds.device)
+        logits = backbone.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].float()
+        token_nll = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+        return token_nll.sum(dim=1), (labels[:, 1:] != -100).sum(dim=1)
+
+    def _checked(self, modality: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if modality not in self.modality_dims:
+            raise DataError(f"unknown modality {modality!r}; this bridge has {self.modalities}")
+        x = torch.as_tensor(
+            np.asarray(X, dtype=np.float32) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32
+        )
+        if x.ndim != 2 or x.shape[1] != self.modality_dims[modality]:
+            raise DataError(f"{modality}: expected shape (n, {self.modality_dims[modality]}), got {tuple(x.shape)}")
+        return x
+
+    # ------------------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write adapters (safetensors), ``config.json`` and a model card ``README.md``, atomically."""
+        from safetensors.torch import save_file
+
+        target = Path(directory)
+        config = {
+            "format": BRIDGE_FORMAT,
+            "library_version": __version__,
+            "bridge_config": self.config.to_dict(),
+            "modality_dims": self.modality_dims,
+            "backbone": {
+                "name": self.backbone.name,
+                "weights_sha256": self.backbone.weights_hash,
+                "hidden_size": self.backbone.hidden_size,
+            },
+            "card": self.card_info,
+        }
+        state = {key: value.detach().cpu().contiguous() for key, value in self.adapters.state_dict().items()}
+        with atomic_directory(target) as tmp:
+            save_file(state, tmp / ADAPTERS_FILE, metadata={"format": BRIDGE_FORMAT})
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            (tmp / "README.md").write_text(_model_card(config))
+        return target
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], backbone: TextBackbone | None = None) -> Self:
+        """Load adapters saved by :meth:`save_pretrained` onto the backbone they were trained on.
+
+        Without ``backbone`` the recorded registry name or path is loaded. A backbone whose
+        weights hash differs from the recorded one is refused.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
+        for file in (config_file, weights_file):
+            if not file.is_file():
+                raise MissingFileError(f"{file}: missing; {folder} is not a saved bridge")
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise CorruptFileError(f"{config_file}: not valid JSON ({err})") from None
+        if config.get("format") != BRIDGE_FORMAT:
+            raise CorruptFileError(f"{config_file}: expected format {BRIDGE_FORMAT!r}, got {config.get('format')!r}")
+        recorded = config["backbone"]
+        backbone = backbone or TextBackbone.from_pretrained(recorded["name"])
+        if backbone.weights_hash != recorded["weights_sha256"]:
+            raise InvalidModelError(
+                f"{folder}: adapters were trained on backbone {recorded['name']!r} (weights sha256 "
+                f"{recorded['weights_sha256'][:12]}...), not on {backbone.name!r} "
+                f"(sha256 {backbone.weights_hash[:12]}...); load the recorded backbone or retrain the adapters"
+            )
+        bridge = cls(
+            backbone, config["modality_dims"], BridgeConfig.from_dict(config["bridge_config"], source=str(config_file))
+        )
+        check_safetensors(weights_file)
+        missing, unexpected = bridge.adapters.load_state_dict(load_file(weights_file), strict=False)
+        if missing or unexpected:
+            raise CorruptFileError(
+                f"{weights_file}: adapter weights do not match the config "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        bridge.card_info = config.get("card", {})
+        return bridge
+
+
+def _model_card(config: dict[str, Any]) -> str:
+    card = config["card"]
+    header = {
+        "base_model": config["backbone"]["name"],
+        "base_model_sha256": config["backbone"]["weights_sha256"],
+        "library_name": "neuroomics-bridge",
+        "tags": ["neuroomics-bridge", "multimodal", "contrastive", "soft-prompt", "research-use-only"],
+        "modalities": config["modality_dims"],
+        "datasets": card.get("datasets", []),
+        "metrics": card.get("metrics", {}),
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# neuroomics-bridge adapters for `{config['backbone']['name']}`",
+        "",
+        f"> **{RESEARCH_NOTICE}**",
+        "",
+        "Projection heads that align "
+        + ", ".join(f"`{m}` ({d}-d)" for m, d in config["modality_dims"].items())
+        + " vectors with the backbone's text embeddings (CLIP-style), and a prefix projector that maps them to "
+        f"{config['bridge_config']['prefix_tokens']} soft tokens per modality in its input space (LLaVA-style). "
+        "Adapter weights only; the backbone is not included.",
+        "",
+        "## Training data",
+        "",
+        card.get("data_summary", "Not recorded."),
+        "",
+        "## Metrics",
+        "",
+    ]
+    metrics = card.get("metrics", {})
+    lines += [f"- {name}: {value}" for name, value in metrics.items()] or ["Not recorded."]
+    lines += [
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from neuroomics_bridge import Bridge",
+        "bridge = Bridge.from_pretrained('this/folder')  # refuses a backbone with other weights",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

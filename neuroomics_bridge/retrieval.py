@@ -1,0 +1,148 @@
+"""EmbeddingIndex: nearest-neighbour search over aligned vectors with faiss.
+
+The faiss way: an index factory string (``"Flat"`` exact, ``"IVF1024,Flat"`` or ``"HNSW32"``
+for millions of vectors, ``"IVF4096,PQ32"`` to compress), cosine similarity as inner product
+on L2-normalised vectors, ``write_index`` / ``read_index`` on disk. The index keeps the
+caller's string ids, so results name subjects, not row numbers; since every modality and the
+text live in one aligned space, a brain query can search an index of gene vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+
+from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
+from neuroomics_bridge.io import atomic_directory
+
+__all__ = ["EmbeddingIndex", "SearchResult", "Metric"]
+
+Metric = Literal["cosine", "ip", "l2"]
+INDEX_FORMAT = "neuroomics-bridge/index-v1"
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Per query, the ids of the ``k`` nearest items and their scores (similarity, or L2 distance)."""
+
+    ids: list[list[str]]
+    scores: np.ndarray
+
+
+class EmbeddingIndex:
+    """A faiss index with string ids. Build it with :meth:`build`."""
+
+    def __init__(self, index: Any, ids: list[str], *, metric: Metric, factory: str) -> None:
+        self.index, self.ids, self.metric, self.factory = index, list(ids), metric, factory
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: Sequence[str] | None = None,
+        *,
+        metric: Metric = "cosine",
+        factory: str = "Flat",
+        train_size: int | None = None,
+        seed: int = 0,
+    ) -> Self:
+        """Index ``vectors`` ``(n, d)``; ``ids`` default to ``"0"``, ``"1"``, ...
+
+        Trainable factories (IVF, PQ) are trained on ``train_size`` vectors sampled with ``seed``
+        (default: all).
+        """
+        import faiss
+
+        if metric not in ("cosine", "ip", "l2"):
+            raise DataError(f"metric: expected 'cosine', 'ip' or 'l2', got {metric!r}")
+        matrix = _prepared(vectors, metric)
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        try:
+            index = faiss.index_factory(matrix.shape[1], factory, faiss_metric)
+        except RuntimeError as err:
+            raise DataError(f"faiss index factory {factory!r} is not valid for d={matrix.shape[1]} ({err})") from None
+        if not index.is_trained:
+            rows = np.random.default_rng(seed).permutation(len(matrix))[: train_size or len(matrix)]
+            index.train(matrix[rows])
+        built = cls(index, [], metric=metric, factory=factory)
+        built._add(matrix, ids)
+        return built
+
+    def add(self, vectors: np.ndarray, ids: Sequence[str] | None = None) -> None:
+        """Append vectors (with their ids) to the index."""
+        self._add(_prepared(vectors, self.metric), ids)
+
+    def _add(self, matrix: np.ndarray, ids: Sequence[str] | None) -> None:
+        new_ids = [str(i) for i in ids] if ids is not None else [str(len(self.ids) + i) for i in range(len(matrix))]
+        if len(new_ids) != len(matrix):
+            raise DataError(f"ids: expected {len(matrix)} ids (one per vector), got {len(new_ids)}")
+        self.index.add(matrix)
+        self.ids.extend(new_ids)
+
+    def search(self, queries: np.ndarray, k: int = 10, *, nprobe: int | None = None) -> SearchResult:
+        """The ``k`` nearest indexed items of each query row (fewer if the index is smaller)."""
+        import faiss
+
+        if nprobe is not None:
+            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
+        matrix = _prepared(queries, self.metric)
+        if matrix.shape[1] != self.dim:
+            raise DataError(f"queries: expected dimension {self.dim}, got {matrix.shape[1]}")
+        scores, rows = self.index.search(matrix, min(k, len(self)))
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
+        return SearchResult(ids=ids, scores=scores)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``index.faiss`` and ``ids.json`` into ``directory``, atomically."""
+        import faiss
+
+        target = Path(directory)
+        with atomic_directory(target) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            meta = {"format": INDEX_FORMAT, "metric": self.metric, "factory": self.factory, "ids": self.ids}
+            (tmp / "ids.json").write_text(json.dumps(meta))
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Self:
+        """Read an index written by :meth:`save`."""
+        import faiss
+
+        folder = Path(directory)
+        if not (folder / "index.faiss").is_file() or not (folder / "ids.json").is_file():
+            raise MissingFileError(f"{folder}: expected index.faiss and ids.json (written by EmbeddingIndex.save)")
+        try:
+            meta = json.loads((folder / "ids.json").read_text())
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except (json.JSONDecodeError, RuntimeError) as err:
+            raise CorruptFileError(f"{folder}: unreadable index ({err})") from None
+        if meta.get("format") != INDEX_FORMAT or len(meta.get("ids", [])) != index.ntotal:
+            raise CorruptFileError(f"{folder}: ids.json does not match index.faiss ({index.ntotal} vectors)")
+        return cls(index, meta["ids"], metric=meta["metric"], factory=meta["factory"])
+
+
+def _prepared(vectors: np.ndarray, metric: Metric) -> np.ndarray:
+    import faiss
+
+    matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if matrix.ndim != 2 or len(matrix) == 0:
+        raise DataError(f"vectors: expected a non-empty (n, d) matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise DataError("vectors: contain NaN or infinite values (absent subjects must be left out)")
+    if metric == "cosine":
+        matrix = matrix.copy()
+        faiss.normalize_L2(matrix)
+    return matrix

@@ -1,0 +1,241 @@
+"""Training the bridge's adapters in LLaVA's two stages, on Lightning.
+
+``stage="contrastive"``: the backbone is frozen and each report is encoded once (then read from
+the on-disk text cache), so an epoch costs only the projection heads; every modality is aligned
+with its subject's report, and modality pairs with each other, by open_clip's losses.
+``stage="prefix"``: the backbone stays frozen; the prefix projector learns, through the
+language-modelling loss on the report (prompt and prefix positions masked), to turn a subject's
+vectors into soft tokens the LLM can read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
+from torch.utils.data import DataLoader, Dataset
+
+from neuroomics_bridge.bridge import Bridge
+from neuroomics_bridge.data.cohort import Cohort, CohortSplit
+from neuroomics_bridge.data.text import report_views, text_ids
+from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
+
+__all__ = ["AlignmentModule", "CohortDataModule", "AlignmentResult", "fit_alignment", "Stage"]
+
+Stage = Literal["contrastive", "prefix"]
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "contrastive": {"batch_size": 32, "max_epochs": 30, "lr": 1e-3},
+    "prefix": {"batch_size": 8, "max_epochs": 6, "lr": 1e-3},
+}
+
+
+class SubjectDataset(Dataset):
+    """One item per subject: modality vectors (absent rows zero), presence flags and the report."""
+
+    def __init__(self, cohort: Cohort) -> None:
+        if cohort.reports is None:
+            raise DataError("the cohort has no reports: alignment needs one text per subject")
+        self.features = {m: torch.from_numpy(np.nan_to_num(x)) for m, x in cohort.features.items()}
+        self.present = {m: torch.from_numpy(cohort.present(m)) for m in cohort.features}
+        self.reports = list(cohort.reports)
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "features": {m: x[index] for m, x in self.features.items()},
+            "present": {m: p[index] for m, p in self.present.items()},
+            "text": self.reports[index],
+        }
+
+
+class CohortDataModule(LightningDataModule):
+    """Train/validation/test folds of an encoded cohort, batched by subject."""
+
+    def __init__(
+        self, cohort: Cohort, *, split: CohortSplit | None = None, batch_size: int = 32, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if not cohort.features:
+            raise DataError("the cohort has no encoded modalities: run Cohort.encode first")
+        self.cohort, self.batch_size, self.seed = cohort, batch_size, seed
+        self.split = split or cohort.split(seed=seed)
+        self.modality_dims = {m: int(x.shape[1]) for m, x in cohort.features.items()}
+
+    def _loader(self, fold: Cohort, *, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(SubjectDataset(fold), batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split.test, shuffle=False)
+
+    def texts(self) -> list[str]:
+        """Every text the contrastive stage can meet: training report views, validation reports."""
+        views = [view for report in self.split.train.reports or [] for view in report_views(report)]
+        return views + list(self.split.val.reports or [])
+
+
+class AlignmentModule(LightningModule):
+    """The training step and optimiser of one alignment stage; the backbone stays frozen.
+
+    In the contrastive stage each training subject is paired, at each step, with one view of its
+    report (the whole report or one of its sentences, drawn with ``seed`` and the step number);
+    identical texts in a batch are not negatives of each other. Validation uses whole reports.
+    """
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        *,
+        stage: Stage = "contrastive",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+        text_views: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if stage not in ("contrastive", "prefix"):
+            raise DataError(f"stage: expected 'contrastive' or 'prefix', got {stage!r}")
+        self.bridge, self.stage = bridge, stage
+        self.adapters = bridge.adapters  # the only registered (trainable) module: checkpoints hold adapters only
+        self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
+        self.text_views, self.seed = text_views, seed
+        training_prefix = stage == "prefix"
+        for name, parameter in self.adapters.named_parameters():
+            parameter.requires_grad_(name.startswith("projector.") == training_prefix)
+        bridge.backbone.model.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        self.adapters.set_distributed(self.global_rank, self.trainer.world_size)
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.stage == "contrastive" and datamodule is not None:
+            training_texts = self.bridge.text_encoder.encode(list(datamodule.split.train.reports or []))
+            self.adapters.text_center.copy_(training_texts.mean(dim=0))
+            self.bridge.text_encoder.encode(datamodule.texts())  # encode every text view once, up front
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def _step(self, batch: dict[str, Any], fold: str) -> torch.Tensor:
+        size = len(batch["text"])
+        if self.stage == "contrastive":
+            texts = list(batch["text"])
+            if fold == "train" and self.text_views:
+                draw = np.random.default_rng([self.seed, self.global_step])
+                texts = [str(draw.choice(report_views(text))) for text in texts]
+            text = self.bridge.text_encoder.encode(texts).to(self.device)
+            groups = torch.tensor(text_ids(texts), device=self.device)
+            output = self.adapters.contrastive(batch["features"], batch["present"], text, groups)
+            for pair, value in output.parts.items():
+                self.log(f"{fold}/loss_{pair}", value, batch_size=size, sync_dist=fold == "val")
+            loss = output.loss
+        else:
+            loss = self._language_modelling_loss(batch)
+        self.log(f"{fold}/loss", loss, prog_bar=True, batch_size=size, sync_dist=fold == "val")
+        return loss
+
+    def _language_modelling_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        nll, tokens = self.bridge.report_nll(batch["features"], batch["present"], batch["text"])
+        return nll.sum() / tokens.sum()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_cosine_schedule_with_warmup
+
+        trainable = [p for p in self.adapters.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@dataclasses.dataclass
+class AlignmentResult:
+    """Where a stage's checkpoints and logs went, its training history and test metrics."""
+
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    log_dir: Path
+    history: pd.DataFrame
+    metrics: dict[str, float]
+
+
+def fit_alignment(
+    bridge: Bridge,
+    cohort: Cohort,
+    stage: Stage = "contrastive",
+    *,
+    split: CohortSplit | None = None,
+    batch_size: int | None = None,
+    max_epochs: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    root_dir: str | os.PathLike[str] | None = None,
+    ckpt_path: str | None = None,
+    class_prompt: str = "Impression: {label}.",
+    **trainer_kwargs: Any,
+) -> AlignmentResult:
+    """Train one stage of ``bridge`` on an encoded ``cohort``; the best weights end up in ``bridge``.
+
+    Seeded (``seed``); checkpoints ``last`` and best-on-validation under ``root_dir``
+    (default ``nob-runs/<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
+    to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). The test fold's
+    metrics (zero-shot accuracy per modality with ``class_prompt`` per label, cross-modal
+    recall, or the report perplexity gap) are returned and recorded for the model card.
+    """
+    from neuroomics_bridge.evaluation import evaluate_bridge
+
+    defaults = STAGE_DEFAULTS[stage]
+    seed_everything(seed, workers=True)
+    root = Path(root_dir) if root_dir is not None else Path("nob-runs") / stage
+    split = split or cohort.split(seed=seed)
+    data = CohortDataModule(cohort, split=split, batch_size=batch_size or defaults["batch_size"], seed=seed)
+    if set(data.modality_dims) != set(bridge.modalities):
+        raise DataError(
+            f"cohort modalities {sorted(data.modality_dims)} differ from the bridge's {sorted(bridge.modalities)}"
+        )
+    module = AlignmentModule(bridge, stage=stage, lr=lr or defaults["lr"], seed=seed)
+    trainer_kwargs.setdefault("precision", "32-true" if stage == "contrastive" else mixed_precision())
+    trainer = build_trainer(root, max_epochs=max_epochs or defaults["max_epochs"], **trainer_kwargs)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+
+    callback = trainer.checkpoint_callback
+    best = Path(callback.best_model_path) if callback and callback.best_model_path else None
+    if best is not None:
+        state = trainer.strategy.checkpoint_io.load_checkpoint(best)["state_dict"]
+        bridge.adapters.load_state_dict({k.removeprefix("adapters."): v for k, v in state.items()})
+    if stage == "contrastive":
+        bridge.calibrate(split.train)
+    metrics = (
+        evaluate_bridge(bridge, split.test, stage=stage, class_prompt=class_prompt) if trainer.is_global_zero else {}
+    )
+    bridge.card_info.setdefault("metrics", {}).update(metrics)
+    bridge.card_info["data_summary"] = (
+        f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, {split.val.n_subjects} validation, "
+        f"{split.test.n_subjects} test); modalities {data.modality_dims}; labels {sorted(set(cohort.labels or []))}."
+    )
+    log_dir = Path(trainer.logger.log_dir) if trainer.logger else root
+    history = pd.read_csv(log_dir / "metrics.csv") if (log_dir / "metrics.csv").is_file() else pd.DataFrame()
+    last = Path(callback.last_model_path) if callback and callback.last_model_path else None
+    return AlignmentResult(
+        best_checkpoint=best, last_checkpoint=last, log_dir=log_dir, history=history, metrics=metrics
+    )

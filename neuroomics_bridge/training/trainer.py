@@ -1,0 +1,60 @@
+"""One way to build a Lightning Trainer for every training job in the library.
+
+Checkpoints ``last`` and best-on-validation go to ``<root>/checkpoints`` as safetensors (so
+``ckpt_path="last"`` resumes even from a new process), metrics to a CSV logger under
+``<root>/logs``; the progress bar shows only on a terminal. Strategy, devices and the rest come
+from the caller's keyword arguments (and from YAML through LightningCLI), never from code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from neuroomics_bridge.backbone.hardware import cpu_has_native_bf16
+from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
+
+__all__ = ["build_trainer", "mixed_precision", "checkpoint_callback"]
+
+
+def mixed_precision() -> str:
+    """``"bf16-mixed"`` where the hardware runs bf16 natively, else ``"32-true"``."""
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def checkpoint_callback(root_dir: str | os.PathLike[str], monitor: str = "val/loss") -> ModelCheckpoint:
+    """Keep ``last.ckpt`` and the best checkpoint on ``monitor`` in ``<root_dir>/checkpoints``."""
+    return ModelCheckpoint(
+        dirpath=Path(root_dir) / "checkpoints",
+        filename="best-{epoch:03d}",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+
+
+def build_trainer(root_dir: str | os.PathLike[str], *, monitor: str = "val/loss", **trainer_kwargs: Any) -> Trainer:
+    """A Trainer with the library's checkpointing, logging and progress conventions."""
+    callbacks = [checkpoint_callback(root_dir, monitor), *trainer_kwargs.pop("callbacks", [])]
+    trainer_kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    trainer_kwargs.setdefault("log_every_n_steps", 1)
+    trainer_kwargs.setdefault("accelerator", "auto")
+    trainer_kwargs.setdefault("devices", 1)
+    return Trainer(
+        default_root_dir=root_dir,
+        callbacks=callbacks,
+        logger=trainer_kwargs.pop("logger", CSVLogger(root_dir, name="logs")),
+        plugins=[SafetensorsCheckpointIO(), *trainer_kwargs.pop("plugins", [])],
+        **trainer_kwargs,
+    )
