@@ -1,5 +1,6 @@
 """Data sets for examples, tests and demos (generated locally; nothing is downloaded)."""
 
+from neuroomics_bridge.data.pbmc import PBMC_CELL_TYPES, pbmc_cell_type_cohort
 from neuroomics_bridge.data.synthetic import DIAGNOSES, GENE_PROGRAMMES, synthetic_cohort
 
-__all__ = ["DIAGNOSES", "GENE_PROGRAMMES", "synthetic_cohort"]
+__all__ = ["DIAGNOSES", "GENE_PROGRAMMES", "PBMC_CELL_TYPES", "pbmc_cell_type_cohort", "synthetic_cohort"]

@@ -7,7 +7,7 @@ similarities of paired rows (row i of the queries belongs with row i of the keys
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,16 +82,16 @@ def evaluate_bridge(
     cohort: Cohort,
     *,
     stage: str = "contrastive",
-    class_prompt: str = "Impression: {label}.",
-    classes: Sequence[str] | None = None,
+    class_prompt: str | Mapping[str, str] = "Impression: {label}.",
     ks: Sequence[int] = (1, 5),
 ) -> dict[str, float]:
     """Held-out metrics of a bridge on an encoded cohort.
 
-    ``"contrastive"``: zero-shot accuracy / macro-F1 / AUROC per modality (one ``class_prompt``
-    per label), recall@k between modality pairs both ways and from each modality to its own
-    report, with chance levels. ``"prefix"``: report perplexity with the matched subject's
-    prefix vs a shuffled subject's (the grounding control).
+    ``"contrastive"``: zero-shot accuracy / macro-F1 / AUROC per modality, with one prompt per
+    label (``class_prompt`` formatted with the label, or a mapping label -> prompt text, whose
+    keys are then the classes), recall@k between modality pairs both ways and from each modality
+    to its own report, with chance levels. ``"prefix"``: report perplexity with the matched
+    subject's prefix vs a shuffled subject's (the grounding control).
     """
     if stage == "prefix":
         matched, shuffled = report_perplexity(bridge, cohort), report_perplexity(bridge, cohort, shuffle=True)
@@ -102,8 +102,11 @@ def evaluate_bridge(
         }
     metrics: dict[str, float] = {}
     if cohort.labels is not None:
-        names = list(classes) if classes is not None else sorted(set(cohort.labels))
-        prompts = [class_prompt.format(label=name) for name in names]
+        if isinstance(class_prompt, str):
+            names = sorted(set(cohort.labels))
+            prompts = [class_prompt.format(label=name) for name in names]
+        else:
+            names, prompts = list(class_prompt), list(class_prompt.values())
         for modality in bridge.modalities:
             rows = cohort.present(modality)
             probabilities = bridge.zero_shot(modality, cohort.features[modality][rows], prompts)

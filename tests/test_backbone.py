@@ -118,7 +118,7 @@ def test_prefix_of_wrong_width_is_rejected(tiny_backbone: TextBackbone) -> None:
 
 
 def test_prompt_longer_than_context_is_cut_from_the_left(tiny_backbone: TextBackbone) -> None:
-    long_prompt = " ".join(CLINICAL_SENTENCES * 10)  # several hundred tokens, context is 128
+    long_prompt = " ".join(CLINICAL_SENTENCES * 10)  # several hundred tokens, context is 256
     with pytest.warns(UserWarning, match="cut from the left"):
         text = tiny_backbone.generate([long_prompt], max_new_tokens=8)
     assert isinstance(text[0], str)
@@ -126,7 +126,7 @@ def test_prompt_longer_than_context_is_cut_from_the_left(tiny_backbone: TextBack
 
 def test_no_room_for_a_prompt_is_a_clear_error(tiny_backbone: TextBackbone) -> None:
     with pytest.raises(DataError, match="leave no room"):
-        tiny_backbone.generate(["tremor"], max_new_tokens=128)
+        tiny_backbone.generate(["tremor"], max_new_tokens=256)
 
 
 def test_chat_uses_me_llama_prompt_format_from_its_card(tiny_backbone: TextBackbone) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
@@ -32,7 +33,7 @@ __all__ = ["AlignmentModule", "CohortDataModule", "AlignmentResult", "fit_alignm
 Stage = Literal["contrastive", "prefix"]
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "contrastive": {"batch_size": 32, "max_epochs": 30, "lr": 1e-3},
-    "prefix": {"batch_size": 8, "max_epochs": 6, "lr": 1e-3},
+    "prefix": {"batch_size": 8, "max_epochs": 6, "lr": 3e-3},
 }
 
 
@@ -57,6 +58,27 @@ class SubjectDataset(Dataset):
         }
 
 
+class EpochShuffle(Sampler[int]):
+    """A new permutation each epoch, drawn from ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed at epoch ``e`` replays
+    exactly the order an uninterrupted run would have used.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 class CohortDataModule(LightningDataModule):
     """Train/validation/test folds of an encoded cohort, batched by subject."""
 
@@ -71,8 +93,9 @@ class CohortDataModule(LightningDataModule):
         self.modality_dims = {m: int(x.shape[1]) for m, x in cohort.features.items()}
 
     def _loader(self, fold: Cohort, *, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(SubjectDataset(fold), batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+        dataset = SubjectDataset(fold)
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.split.train, shuffle=True)
@@ -129,6 +152,11 @@ class AlignmentModule(LightningModule):
             training_texts = self.bridge.text_encoder.encode(list(datamodule.split.train.reports or []))
             self.adapters.text_center.copy_(training_texts.mean(dim=0))
             self.bridge.text_encoder.encode(datamodule.texts())  # encode every text view once, up front
+
+    def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        # Dropout draws come from (seed, step): a run resumed from a checkpoint continues exactly
+        # as an uninterrupted one would have, whatever else consumed random numbers meanwhile.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step)
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -191,7 +219,7 @@ def fit_alignment(
     seed: int = 0,
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
-    class_prompt: str = "Impression: {label}.",
+    class_prompt: str | Mapping[str, str] = "Impression: {label}.",
     **trainer_kwargs: Any,
 ) -> AlignmentResult:
     """Train one stage of ``bridge`` on an encoded ``cohort``; the best weights end up in ``bridge``.
@@ -199,8 +227,9 @@ def fit_alignment(
     Seeded (``seed``); checkpoints ``last`` and best-on-validation under ``root_dir``
     (default ``nob-runs/<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
     to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). The test fold's
-    metrics (zero-shot accuracy per modality with ``class_prompt`` per label, cross-modal
-    recall, or the report perplexity gap) are returned and recorded for the model card.
+    metrics (zero-shot accuracy per modality with one ``class_prompt`` per label, see
+    :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
+    recorded for the model card.
     """
     from neuroomics_bridge.evaluation import evaluate_bridge
 

@@ -1,0 +1,142 @@
+"""Bridge on a tiny random backbone: embeddings, zero-shot, report likelihood, save/load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from neuroomics_bridge import CorruptFileError, DataError, InvalidModelError, MissingFileError, TextBackbone
+from neuroomics_bridge.backbone.cache import CachedTextEncoder
+from neuroomics_bridge.bridge import Bridge
+from neuroomics_bridge.config import BridgeConfig
+from neuroomics_bridge.reports import RESEARCH_NOTICE
+
+from .conftest import CLINICAL_SENTENCES
+
+DIMS = {"gene": 6, "brain": 4}
+
+
+@pytest.fixture
+def bridge(tiny_backbone) -> Bridge:
+    torch.manual_seed(0)
+    return Bridge(tiny_backbone, DIMS, BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2))
+
+
+def test_embeddings_are_unit_vectors_and_absent_rows_stay_nan(bridge) -> None:
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    x[2] = np.nan
+    embedded = bridge.embed("gene", x)
+    assert embedded.shape == (4, 8)
+    np.testing.assert_allclose(np.linalg.norm(embedded[[0, 1, 3]], axis=1), 1, rtol=1e-5)
+    assert np.isnan(embedded[2]).all()
+
+
+def test_wrong_modality_or_width_is_named(bridge) -> None:
+    with pytest.raises(DataError, match=r"unknown modality 'protein'; this bridge has \['gene', 'brain'\]"):
+        bridge.embed("protein", np.zeros((1, 6)))
+    with pytest.raises(DataError, match=r"gene: expected shape \(n, 6\), got \(2, 5\)"):
+        bridge.embed("gene", np.zeros((2, 5)))
+
+
+def test_zero_shot_gives_probabilities_over_the_class_texts(bridge) -> None:
+    probabilities = bridge.zero_shot(
+        "brain", np.random.default_rng(1).normal(size=(5, 4)), ["control", "patient", "other"]
+    )
+    assert probabilities.shape == (5, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
+
+
+def test_prefix_treats_missing_modalities_as_absent(bridge) -> None:
+    tokens = bridge.prefix({"gene": np.ones((3, 6), dtype=np.float32)})
+    assert tokens.shape == (3, 4, bridge.backbone.hidden_size)
+    torch.testing.assert_close(tokens[0, 2:], bridge.adapters.projector.absent["brain"])
+
+
+def test_report_likelihood_equals_transformers_own_loss_and_trains_only_the_projector(bridge) -> None:
+    backbone = bridge.backbone
+    features = {m: torch.randn(2, d) for m, d in DIMS.items()}
+    present = {m: torch.ones(2, dtype=torch.bool) for m in DIMS}
+    reports = CLINICAL_SENTENCES[:2]
+    nll, counts = bridge.report_nll(features, present, reports)
+    prefix = bridge.adapters.projector(features, present)
+    prompt = backbone.tokenize([backbone.chat(bridge.config.report_prompt)])[0]
+    for row, report in enumerate(reports):
+        target = [*backbone.tokenize([report], special_tokens=False)[0], backbone.tokenizer.eos_token_id]
+        embeds, mask = backbone.prefixed_inputs([prompt + target], prefix[row : row + 1])
+        labels = torch.full(mask.shape, -100)
+        labels[0, -len(target) :] = torch.tensor(target)
+        reference = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        assert int(counts[row]) == len(target)
+        torch.testing.assert_close(nll[row] / counts[row], reference, rtol=1e-4, atol=1e-5)
+    backbone.model.requires_grad_(False)
+    nll.sum().backward()
+    assert bridge.adapters.projector.expand["gene"].weight.grad is not None
+    assert bridge.adapters.heads["gene"].norm.weight.grad is None
+
+
+def test_text_cache_encodes_each_text_once_and_persists(tiny_backbone, tmp_path) -> None:
+    cache = CachedTextEncoder(tiny_backbone, pooling="last", template="Note: {text}", directory=tmp_path)
+    first = cache.encode(CLINICAL_SENTENCES[:4])
+    again = cache.encode(CLINICAL_SENTENCES[2:6])
+    assert cache.encoded_count == 6
+    torch.testing.assert_close(again[:2], first[2:])
+    direct = tiny_backbone.encode([f"Note: {t}" for t in CLINICAL_SENTENCES[:4]], pooling="last")
+    torch.testing.assert_close(first, direct, atol=1e-5, rtol=1e-5)
+    fresh = CachedTextEncoder(tiny_backbone, pooling="last", template="Note: {text}", directory=tmp_path)
+    torch.testing.assert_close(fresh.encode(CLINICAL_SENTENCES[:6]), torch.cat([first, again[2:]]))
+    assert fresh.encoded_count == 0
+
+
+def test_save_pretrained_writes_adapters_only_and_reloads_identically(bridge, tmp_path) -> None:
+    bridge.card_info = {"metrics": {"zero_shot/gene/accuracy": 0.9}, "data_summary": "12 subjects"}
+    folder = bridge.save_pretrained(tmp_path / "bridge")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapters.safetensors", "config.json"]
+    from safetensors import safe_open
+
+    with safe_open(folder / "adapters.safetensors", framework="pt") as handle:
+        keys = list(handle.keys())
+    backbone_keys = set(bridge.backbone.model.state_dict())
+    assert keys and not set(keys) & backbone_keys and not any(k.startswith("model.") for k in keys)
+    card = (folder / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["base_model"] == bridge.backbone.name and header["modalities"] == DIMS
+    assert header["metrics"] == {"zero_shot/gene/accuracy": 0.9} and RESEARCH_NOTICE in card
+    restored = Bridge.from_pretrained(folder, backbone=bridge.backbone)
+    x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(restored.embed("gene", x), bridge.embed("gene", x))
+    assert restored.card_info == bridge.card_info
+
+
+def test_loading_onto_another_backbone_is_refused(bridge, tmp_path, tiny_model_dir) -> None:
+    from transformers import LlamaForCausalLM
+
+    folder = bridge.save_pretrained(tmp_path / "bridge")
+    other_dir = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other_dir)
+    model = LlamaForCausalLM.from_pretrained(other_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)
+    model.save_pretrained(other_dir)
+    other = TextBackbone.from_pretrained(other_dir, dtype="float32")
+    with pytest.raises(InvalidModelError, match=r"adapters were trained on backbone .* load the recorded backbone"):
+        Bridge.from_pretrained(folder, backbone=other)
+
+
+def test_damaged_or_incomplete_bridge_folders_are_named(bridge, tmp_path) -> None:
+    folder = bridge.save_pretrained(tmp_path / "bridge")
+    with pytest.raises(MissingFileError, match=r"config\.json: missing"):
+        Bridge.from_pretrained(tmp_path, backbone=bridge.backbone)
+    weights = folder / "adapters.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])
+    with pytest.raises(CorruptFileError, match=r"adapters\.safetensors"):
+        Bridge.from_pretrained(folder, backbone=bridge.backbone)
+    config = json.loads((folder / "config.json").read_text())
+    config["format"] = "something-else"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptFileError, match="expected format"):
+        Bridge.from_pretrained(folder, backbone=bridge.backbone)

@@ -1,0 +1,97 @@
+"""EmbeddingIndex (faiss) against brute force, and the evaluation metrics against hand values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuroomics_bridge import DataError, MissingFileError
+from neuroomics_bridge.evaluation import classification_metrics, recall_at_k, zero_shot_accuracy
+from neuroomics_bridge.retrieval import EmbeddingIndex
+
+
+def vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def brute_force_cosine(keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    keys = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    return np.argsort(-(queries @ keys.T), axis=1, kind="stable")[:, :k]
+
+
+def test_flat_cosine_search_equals_brute_force_and_returns_own_ids() -> None:
+    keys, queries = vectors(500), vectors(20, seed=1)
+    ids = [f"sub-{i:03d}" for i in range(500)]
+    result = EmbeddingIndex.build(keys, ids).search(queries, k=5)
+    expected = brute_force_cosine(keys, queries, 5)
+    assert result.ids == [[ids[j] for j in row] for row in expected]
+    assert result.scores.shape == (20, 5) and np.all(np.diff(result.scores, axis=1) <= 1e-6)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_other_metrics_rank_like_their_formula(metric: str) -> None:
+    keys, queries = vectors(200), vectors(5, seed=2)
+    scores = queries @ keys.T if metric == "ip" else -((queries[:, None] - keys[None]) ** 2).sum(-1)
+    result = EmbeddingIndex.build(keys, metric=metric).search(queries, k=3)
+    assert result.ids == [[str(j) for j in row] for row in np.argsort(-scores, axis=1)[:, :3]]
+
+
+def test_ivf_index_with_enough_probes_finds_the_exact_neighbours() -> None:
+    keys, queries = vectors(4000), vectors(10, seed=3)
+    index = EmbeddingIndex.build(keys, factory="IVF16,Flat")
+    assert index.search(queries, k=5, nprobe=16).ids == [
+        [str(j) for j in row] for row in brute_force_cosine(keys, queries, 5)
+    ]
+
+
+def test_save_and_load_keep_results(tmp_path) -> None:
+    index = EmbeddingIndex.build(vectors(100), [f"s{i}" for i in range(100)])
+    index.save(tmp_path / "index")
+    restored = EmbeddingIndex.load(tmp_path / "index")
+    queries = vectors(4, seed=4)
+    assert restored.search(queries, 3).ids == index.search(queries, 3).ids and len(restored) == 100
+    with pytest.raises(MissingFileError, match=r"expected index\.faiss and ids\.json"):
+        EmbeddingIndex.load(tmp_path / "nowhere")
+
+
+def test_cross_modal_search_finds_the_same_subject() -> None:
+    rng = np.random.default_rng(5)
+    latent = rng.normal(size=(50, 8))
+    gene, brain = latent + 0.05 * rng.normal(size=(50, 8)), latent + 0.05 * rng.normal(size=(50, 8))
+    ids = [f"sub-{i}" for i in range(50)]
+    result = EmbeddingIndex.build(gene, ids).search(brain, k=1)
+    assert [row[0] for row in result.ids] == ids
+
+
+def test_bad_inputs_are_explained() -> None:
+    with pytest.raises(DataError, match="factory 'NotAnIndex' is not valid"):
+        EmbeddingIndex.build(vectors(10), factory="NotAnIndex")
+    bad = vectors(10)
+    bad[3, 1] = np.nan
+    with pytest.raises(DataError, match="NaN or infinite"):
+        EmbeddingIndex.build(bad)
+    with pytest.raises(DataError, match="expected dimension 16, got 8"):
+        EmbeddingIndex.build(vectors(10)).search(vectors(2, d=8))
+
+
+def test_recall_at_k_counts_own_key_ranks() -> None:
+    keys = np.eye(4)
+    queries = np.array([[1.0, 0, 0, 0], [0.9, 1.0, 0, 0], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+    # ranks of own key: q0 -> 0; q1 -> 0; q2 -> key2 scores 0, key3 scores 1 -> rank 1 (ties at 0 not counted); q3 -> 0
+    assert recall_at_k(queries, keys, 1) == pytest.approx(0.75)
+    assert recall_at_k(queries, keys, 2) == pytest.approx(1.0)
+
+
+def test_classification_metrics_match_hand_computed_values() -> None:
+    classes = ["a", "b", "c"]
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    labels = ["a", "b", "b", "c"]
+    metrics = classification_metrics(probabilities, labels, classes)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    # per class F1: a: p=1/2, r=1 -> 2/3; b: p=1, r=1/2 -> 2/3; c: 1 -> macro (2/3 + 2/3 + 1) / 3
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert 0.5 < metrics["auroc"] <= 1.0
+    assert zero_shot_accuracy(probabilities, labels, classes) == pytest.approx(0.75)
+    with pytest.raises(DataError, match=r"labels \['z'\] are not among the classes"):
+        classification_metrics(probabilities, ["a", "b", "z", "c"], classes)

@@ -1,0 +1,143 @@
+"""Alignment training on a tiny backbone: checkpoints, determinism, resume, both stages."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from neuroomics_bridge import CorruptFileError, DataError
+from neuroomics_bridge.bridge import Bridge
+from neuroomics_bridge.config import BridgeConfig
+from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
+from neuroomics_bridge.training import SafetensorsCheckpointIO, fit_alignment
+
+SMALL = BridgeConfig(embed_dim=16, head_hidden=32, prefix_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def encoded(small_cohort):
+    split = small_cohort.split(seed=0)
+    encoders = {
+        "gene": GeneEncoder(n_components=8, n_top_genes=300),
+        "brain": BrainEncoder("mni-gm-64", n_components=8),
+    }
+    cohort = small_cohort.encode(encoders, fit_on=split.train)
+    return cohort, cohort.split(seed=0)
+
+
+def new_bridge(tiny_backbone) -> Bridge:
+    torch.manual_seed(0)
+    return Bridge(tiny_backbone, {"gene": 8, "brain": 8}, SMALL)
+
+
+def adapter_state(bridge: Bridge) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in bridge.adapters.state_dict().items()}
+
+
+def test_checkpoint_io_round_trips_nested_state_without_pickle(tmp_path) -> None:
+    shared = torch.arange(4.0)
+    checkpoint = {
+        "epoch": 3,
+        "state_dict": {"w": torch.ones(2, 2), "b": shared},
+        "optimizer_states": [
+            {"state": {0: {"step": torch.tensor(5.0)}}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95)}]}
+        ],
+        "callbacks": {
+            "ModelCheckpoint": {"best_model_score": shared, "best_model_path": "x.ckpt", "score": np.float32(1.5)}
+        },
+    }
+    io = SafetensorsCheckpointIO()
+    io.save_checkpoint(checkpoint, tmp_path / "a.ckpt")
+    assert (tmp_path / "a.ckpt").read_bytes()[8:9] == b"{"  # a safetensors JSON header, not a pickle
+    restored = io.load_checkpoint(tmp_path / "a.ckpt")
+    assert restored["epoch"] == 3 and restored["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert list(restored["optimizer_states"][0]["state"]) == [0]  # integer keys survive
+    torch.testing.assert_close(restored["callbacks"]["ModelCheckpoint"]["best_model_score"], shared)
+    assert restored["callbacks"]["ModelCheckpoint"]["score"] == 1.5
+
+
+def test_checkpoint_io_refuses_arbitrary_objects_and_pickles(tmp_path) -> None:
+    io = SafetensorsCheckpointIO()
+    with pytest.raises(DataError, match=r"checkpoint\['hyper_parameters'\]: a object cannot be stored"):
+        io.save_checkpoint({"hyper_parameters": object()}, tmp_path / "b.ckpt")
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {}}))
+    with pytest.raises(CorruptFileError, match=r"evil\.ckpt"):
+        io.load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_contrastive_stage_learns_saves_checkpoints_and_is_seeded(tiny_backbone, encoded, tmp_path) -> None:
+    cohort, split = encoded
+    first = new_bridge(tiny_backbone)
+    result = fit_alignment(first, cohort, "contrastive", split=split, max_epochs=6, root_dir=tmp_path / "a")
+    losses = result.history.dropna(subset=["train/loss"]).groupby("epoch")["train/loss"].mean()
+    assert losses.iloc[-1] < losses.iloc[0]
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.name == "last.ckpt"
+    assert {"zero_shot/gene/accuracy", "recall@5/gene->brain"} <= set(result.metrics)
+    assert "train/loss_gene-brain" in result.history.columns
+    second = new_bridge(tiny_backbone)
+    fit_alignment(second, cohort, "contrastive", split=split, max_epochs=6, root_dir=tmp_path / "b")
+    for key, value in adapter_state(first).items():
+        torch.testing.assert_close(adapter_state(second)[key], value, rtol=0, atol=0)
+    assert float(first.adapters.gap_gene.abs().sum()) > 0  # calibrated on the training fold
+
+
+class StopAfterEpochs(Callback):
+    """Ends training after ``epochs`` epochs, as a preempted job would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resuming_from_last_matches_an_uninterrupted_run(tiny_backbone, encoded, tmp_path) -> None:
+    cohort, split = encoded
+    straight = new_bridge(tiny_backbone)
+    fit_alignment(
+        straight,
+        cohort,
+        "contrastive",
+        split=split,
+        max_epochs=4,
+        root_dir=tmp_path / "straight",
+        enable_checkpointing=True,
+    )
+    interrupted = new_bridge(tiny_backbone)
+    stop = StopAfterEpochs(2)
+    fit_alignment(
+        interrupted, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", callbacks=[stop]
+    )
+    resumed = new_bridge(tiny_backbone)
+    result = fit_alignment(
+        resumed, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", ckpt_path="last"
+    )
+    last = SafetensorsCheckpointIO().load_checkpoint(result.last_checkpoint)
+    reference = SafetensorsCheckpointIO().load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == reference["epoch"] == 3
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(last["state_dict"][key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_prefix_stage_trains_only_the_projector(tiny_backbone, encoded, tmp_path) -> None:
+    cohort, split = encoded
+    bridge = new_bridge(tiny_backbone)
+    before = adapter_state(bridge)
+    result = fit_alignment(bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, precision="32-true")
+    after = adapter_state(bridge)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("projector.") for k in changed)
+    assert {"prefix/perplexity_matched", "prefix/perplexity_shuffled"} <= set(result.metrics)
+    assert np.isfinite(result.metrics["prefix/perplexity_matched"])
+
+
+def test_a_cohort_that_does_not_fit_the_bridge_is_refused(tiny_backbone, encoded, tmp_path) -> None:
+    cohort, split = encoded
+    bridge = Bridge(tiny_backbone, {"gene": 8}, SMALL)
+    with pytest.raises(DataError, match=r"cohort modalities \['brain', 'gene'\] differ from the bridge's \['gene'\]"):
+        fit_alignment(bridge, cohort, split=split, root_dir=tmp_path)
