@@ -66,6 +66,24 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_align(args: argparse.Namespace) -> int:
+    import warnings
+
+    from neuroomics_bridge.training.recipes import AlignmentCLI
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass them on purpose
+        cli = AlignmentCLI(args.lightning_args)
+    module = cli.model
+    if cli.trainer.is_global_zero and module.metrics:
+        print(f"test-fold metrics ({module.stage} stage):")
+        for name, value in module.metrics.items():
+            print(f"  {name}: {value:.3f}")
+    if cli.trainer.is_global_zero and module.save_to:
+        print(f"bridge saved to {module.save_to}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nob", description="neuroomics-bridge command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backbone", default="smollm2-135m-instruct", help="registry id, model directory or .gguf")
     demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.set_defaults(run=_cmd_demo)
+
+    align = commands.add_parser(
+        "align",
+        help="train the bridge's adapters (LightningCLI): nob align fit --config configs/align_contrastive.yaml",
+        add_help=False,
+    )
+    align.add_argument("lightning_args", nargs=argparse.REMAINDER)
+    align.set_defaults(run=_cmd_align)
 
     cards = commands.add_parser("cards", help="list, show or validate the backbone model cards")
     cards.add_argument("id", nargs="?", help="show this card in full")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from neuroomics_bridge.cli import main
@@ -54,3 +55,70 @@ def test_demo_answers_and_prints_a_similarity_table() -> None:
     assert "Research use only — not for clinical decision-making." in result.stdout
     assert "cosine similarity" in result.stdout and "S4" in result.stdout
     assert "Loading weights" not in result.stderr  # no progress bars when not a terminal
+
+
+def align(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "neuroomics_bridge.cli", "align", "fit", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.slow
+def test_align_fit_runs_both_stages_from_the_shipped_configs(tmp_path, tiny_model_dir) -> None:
+    configs = Path(__file__).parents[1] / "configs"
+    common = [
+        "--data.synthetic_subjects",
+        "60",
+        "--model.backbone.name",
+        str(tiny_model_dir),
+        "--trainer.max_epochs",
+        "2",
+    ]
+    first = align("--config", str(configs / "align_contrastive.yaml"), *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "zero_shot/gene/accuracy" in first.stdout and "bridge saved to nob-runs/bridge" in first.stdout
+    assert (tmp_path / "nob-runs" / "align-contrastive" / "checkpoints" / "last.ckpt").is_file()
+    second = align(
+        "--config", str(configs / "align_prefix.yaml"), *common, "--trainer.limit_train_batches", "2",
+        "--trainer.precision", "32-true", cwd=tmp_path,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "prefix/perplexity_gap" in second.stdout
+    config = (tmp_path / "nob-runs" / "bridge" / "config.json").read_text()
+    assert "prefix/perplexity_matched" in config and "zero_shot/gene/accuracy" in config
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_single_process_loss(tmp_path, tiny_model_dir) -> None:
+    """open_clip's loss gathers features across ranks: 2 x 8 subjects on gloo == 16 in one process."""
+    import pandas as pd
+
+    configs = Path(__file__).parents[1] / "configs"
+    common = [
+        "--config", str(configs / "align_contrastive.yaml"), "--data.synthetic_subjects", "80",
+        "--model.backbone.name", str(tiny_model_dir), "--model.bridge.dropout", "0", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
+    ]  # fmt: skip
+    losses = {}
+    for devices, batch, strategy in ((2, 8, "ddp"), (1, 16, "auto")):
+        folder = tmp_path / f"run{devices}"
+        folder.mkdir()
+        run = align(
+            *common,
+            "--trainer.devices",
+            str(devices),
+            "--trainer.strategy",
+            strategy,
+            "--data.batch_size",
+            str(batch),
+            cwd=folder,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        metrics = pd.read_csv(folder / "nob-runs" / "align-contrastive" / "logs" / "version_0" / "metrics.csv")
+        losses[devices] = metrics.dropna(subset=["train/loss"])["train/loss"].to_numpy()
+    assert len(losses[2]) == len(losses[1]) == 2  # the second step comes after one optimiser update
+    np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)

@@ -10,10 +10,26 @@ from neuroomics_bridge import BackboneConfig, ConfigError, TextBackbone
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CONFIG_CLASSES = {"backbone.yaml": BackboneConfig}
+LIGHTNING_CONFIGS = ["align_contrastive.yaml", "align_prefix.yaml"]
 
 
-def test_every_shipped_config_has_a_known_class() -> None:
-    assert {p.name for p in CONFIGS.glob("*.yaml")} <= set(CONFIG_CLASSES)
+def test_every_shipped_config_is_tested() -> None:
+    assert {p.name for p in CONFIGS.glob("*.yaml")} == set(CONFIG_CLASSES) | set(LIGHTNING_CONFIGS)
+
+
+@pytest.mark.slow
+def test_alignment_configs_parse_and_build(tmp_path, tiny_model_dir) -> None:
+    from neuroomics_bridge.training.recipes import AlignmentCLI
+
+    small = ["--data.synthetic_subjects", "40", "--model.backbone.name", str(tiny_model_dir)]
+    contrastive = AlignmentCLI(["--config", str(CONFIGS / "align_contrastive.yaml"), *small], run=False)
+    assert contrastive.model.stage == "contrastive" and contrastive.trainer.max_epochs == 30
+    assert contrastive.model.bridge.modality_dims == contrastive.datamodule.modality_dims
+    saved = contrastive.model.bridge.save_pretrained(tmp_path / "bridge")
+    prefix = AlignmentCLI(
+        ["--config", str(CONFIGS / "align_prefix.yaml"), *small, "--model.init_from", str(saved)], run=False
+    )
+    assert prefix.model.stage == "prefix" and prefix.trainer.precision in ("bf16-mixed", "32-true")
 
 
 @pytest.mark.slow

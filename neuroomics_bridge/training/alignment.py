@@ -52,35 +52,51 @@ class SubjectDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {
+            "index": index,
             "features": {m: x[index] for m, x in self.features.items()},
             "present": {m: p[index] for m, p in self.present.items()},
             "text": self.reports[index],
         }
 
 
-class EpochShuffle(Sampler[int]):
-    """A new permutation each epoch, drawn from ``(seed, epoch)``.
+class SubjectSampler(Sampler[int]):
+    """This process's share of a per-epoch order of the subjects.
 
-    Lightning calls ``set_epoch`` before every epoch, so a run resumed at epoch ``e`` replays
-    exactly the order an uninterrupted run would have used.
+    The order is a permutation drawn from ``(seed, epoch)`` (or the identity without
+    ``shuffle``); process ``rank`` of ``world_size`` takes every ``world_size``-th subject from
+    position ``rank`` on, so the union of the processes' k-th batches is exactly the k-th batch
+    of a single-process run with ``world_size`` times the batch size. Lightning calls
+    ``set_epoch`` before every epoch, so a resumed run replays the order an uninterrupted run
+    would have used.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        if self.shuffle:
+            order = torch.randperm(
+                self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            )
+        else:
+            order = torch.arange(self.size)
+        padded = order.tolist() + order.tolist()[: len(self) * self.world_size - self.size]
+        return iter(padded[self.rank :: self.world_size])
 
 
 class CohortDataModule(LightningDataModule):
-    """Train/validation/test folds of an encoded cohort, batched by subject."""
+    """Train/validation/test folds of an encoded cohort, batched by subject.
+
+    It shards the folds across processes itself (:class:`SubjectSampler`), so the trainer runs
+    with ``use_distributed_sampler=False``.
+    """
 
     def __init__(
         self, cohort: Cohort, *, split: CohortSplit | None = None, batch_size: int = 32, seed: int = 0
@@ -94,7 +110,9 @@ class CohortDataModule(LightningDataModule):
 
     def _loader(self, fold: Cohort, *, shuffle: bool) -> DataLoader:
         dataset = SubjectDataset(fold)
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = SubjectSampler(len(dataset), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
@@ -115,8 +133,8 @@ class CohortDataModule(LightningDataModule):
 class AlignmentModule(LightningModule):
     """The training step and optimiser of one alignment stage; the backbone stays frozen.
 
-    In the contrastive stage each training subject is paired, at each step, with one view of its
-    report (the whole report or one of its sentences, drawn with ``seed`` and the step number);
+    In the contrastive stage each training subject is paired, in each epoch, with one view of its
+    report (the whole report or one of its sentences, drawn from the seed, epoch and subject);
     identical texts in a batch are not negatives of each other. Validation uses whole reports.
     """
 
@@ -130,6 +148,8 @@ class AlignmentModule(LightningModule):
         warmup_fraction: float = 0.05,
         text_views: bool = True,
         seed: int = 0,
+        class_prompt: str | Mapping[str, str] = "Impression: {label}.",
+        save_to: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         if stage not in ("contrastive", "prefix"):
@@ -138,6 +158,8 @@ class AlignmentModule(LightningModule):
         self.adapters = bridge.adapters  # the only registered (trainable) module: checkpoints hold adapters only
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
         self.text_views, self.seed = text_views, seed
+        self.class_prompt, self.save_to = class_prompt, save_to
+        self.metrics: dict[str, float] = {}
         training_prefix = stage == "prefix"
         for name, parameter in self.adapters.named_parameters():
             parameter.requires_grad_(name.startswith("projector.") == training_prefix)
@@ -152,6 +174,34 @@ class AlignmentModule(LightningModule):
             training_texts = self.bridge.text_encoder.encode(list(datamodule.split.train.reports or []))
             self.adapters.text_center.copy_(training_texts.mean(dim=0))
             self.bridge.text_encoder.encode(datamodule.texts())  # encode every text view once, up front
+
+    def on_fit_end(self) -> None:
+        """Put the best weights in the bridge, calibrate, evaluate on the test fold, save if asked."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            state = self.trainer.strategy.checkpoint_io.load_checkpoint(callback.best_model_path)["state_dict"]
+            self.adapters.load_state_dict({k.removeprefix("adapters."): v for k, v in state.items()})
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not isinstance(datamodule, CohortDataModule):
+            return
+        split = datamodule.split
+        if self.stage == "contrastive":
+            self.bridge.calibrate(split.train)
+        if not self.trainer.is_global_zero:
+            return
+        from neuroomics_bridge.evaluation import evaluate_bridge
+
+        self.metrics = evaluate_bridge(self.bridge, split.test, stage=self.stage, class_prompt=self.class_prompt)
+        card = self.bridge.card_info
+        card.setdefault("metrics", {}).update(self.metrics)
+        cohort = datamodule.cohort
+        card["data_summary"] = (
+            f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, {split.val.n_subjects} validation, "
+            f"{split.test.n_subjects} test); modalities {datamodule.modality_dims}; "
+            f"labels {sorted(set(cohort.labels or []))}."
+        )
+        if self.save_to is not None:
+            self.bridge.save_pretrained(self.save_to)
 
     def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
         # Dropout draws come from (seed, step): a run resumed from a checkpoint continues exactly
@@ -168,9 +218,11 @@ class AlignmentModule(LightningModule):
         size = len(batch["text"])
         if self.stage == "contrastive":
             texts = list(batch["text"])
-            if fold == "train" and self.text_views:
-                draw = np.random.default_rng([self.seed, self.global_step])
-                texts = [str(draw.choice(report_views(text))) for text in texts]
+            if fold == "train" and self.text_views:  # a subject's view depends on (seed, epoch, subject) only
+                texts = [
+                    str(np.random.default_rng([self.seed, self.current_epoch, int(i)]).choice(report_views(text)))
+                    for i, text in zip(batch["index"], texts, strict=True)
+                ]
             text = self.bridge.text_encoder.encode(texts).to(self.device)
             groups = torch.tensor(text_ids(texts), device=self.device)
             output = self.adapters.contrastive(batch["features"], batch["present"], text, groups)
@@ -231,40 +283,26 @@ def fit_alignment(
     :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
     recorded for the model card.
     """
-    from neuroomics_bridge.evaluation import evaluate_bridge
-
     defaults = STAGE_DEFAULTS[stage]
     seed_everything(seed, workers=True)
     root = Path(root_dir) if root_dir is not None else Path("nob-runs") / stage
-    split = split or cohort.split(seed=seed)
     data = CohortDataModule(cohort, split=split, batch_size=batch_size or defaults["batch_size"], seed=seed)
     if set(data.modality_dims) != set(bridge.modalities):
         raise DataError(
             f"cohort modalities {sorted(data.modality_dims)} differ from the bridge's {sorted(bridge.modalities)}"
         )
-    module = AlignmentModule(bridge, stage=stage, lr=lr or defaults["lr"], seed=seed)
+    module = AlignmentModule(bridge, stage=stage, lr=lr or defaults["lr"], seed=seed, class_prompt=class_prompt)
     trainer_kwargs.setdefault("precision", "32-true" if stage == "contrastive" else mixed_precision())
+    trainer_kwargs.setdefault("use_distributed_sampler", False)  # CohortDataModule shards by itself
     trainer = build_trainer(root, max_epochs=max_epochs or defaults["max_epochs"], **trainer_kwargs)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-
     callback = trainer.checkpoint_callback
-    best = Path(callback.best_model_path) if callback and callback.best_model_path else None
-    if best is not None:
-        state = trainer.strategy.checkpoint_io.load_checkpoint(best)["state_dict"]
-        bridge.adapters.load_state_dict({k.removeprefix("adapters."): v for k, v in state.items()})
-    if stage == "contrastive":
-        bridge.calibrate(split.train)
-    metrics = (
-        evaluate_bridge(bridge, split.test, stage=stage, class_prompt=class_prompt) if trainer.is_global_zero else {}
-    )
-    bridge.card_info.setdefault("metrics", {}).update(metrics)
-    bridge.card_info["data_summary"] = (
-        f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, {split.val.n_subjects} validation, "
-        f"{split.test.n_subjects} test); modalities {data.modality_dims}; labels {sorted(set(cohort.labels or []))}."
-    )
     log_dir = Path(trainer.logger.log_dir) if trainer.logger else root
     history = pd.read_csv(log_dir / "metrics.csv") if (log_dir / "metrics.csv").is_file() else pd.DataFrame()
-    last = Path(callback.last_model_path) if callback and callback.last_model_path else None
     return AlignmentResult(
-        best_checkpoint=best, last_checkpoint=last, log_dir=log_dir, history=history, metrics=metrics
+        best_checkpoint=Path(callback.best_model_path) if callback and callback.best_model_path else None,
+        last_checkpoint=Path(callback.last_model_path) if callback and callback.last_model_path else None,
+        log_dir=log_dir,
+        history=history,
+        metrics=module.metrics,
     )
