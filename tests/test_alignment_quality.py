@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def encoded_synthetic(n_subjects: int, seed: int = 0):
     cohort = datasets.synthetic_cohort(n_subjects, seed=seed)
-    encoders = {"gene": GeneEncoder(n_components=32, n_top_genes=2000), "brain": BrainEncoder("mni-gm-64", n_components=32)}
+    encoders = {"gene": GeneEncoder(n_components=32), "brain": BrainEncoder("mni-gm-64", n_components=32)}
     cohort = cohort.encode(encoders, fit_on=cohort.split(seed=seed).train, residualize=["age", "sex", "site"])
     return cohort, cohort.split(seed=seed)
 
@@ -37,8 +37,8 @@ def test_real_cells_zero_shot_by_cell_type_text_rivals_knn_on_pca(default_backbo
     split = cohort.split(seed=0)
     bridge = Bridge(default_backbone, {"gene": 50})
     fit_alignment(bridge, cohort, "contrastive", split=split, root_dir=tmp_path, class_prompt=datasets.PBMC_CELL_TYPES)
-    classes = list(datasets.PBMC_CELL_TYPES)
-    probabilities = bridge.zero_shot("gene", split.test.features["gene"], [datasets.PBMC_CELL_TYPES[c] for c in classes])
+    classes, texts = list(datasets.PBMC_CELL_TYPES), list(datasets.PBMC_CELL_TYPES.values())
+    probabilities = bridge.zero_shot("gene", split.test.features["gene"], texts)
     zero_shot = classification_metrics(probabilities, split.test.labels, classes)["accuracy"]
     knn = KNeighborsClassifier(15).fit(split.train.features["gene"], split.train.labels)
     baseline = knn.score(split.test.features["gene"], split.test.labels)
