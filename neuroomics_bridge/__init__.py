@@ -34,18 +34,30 @@ _EXPORTS = {
     "Atlas": "neuroomics_bridge.encoders",
     "Cohort": "neuroomics_bridge.data",
     "CohortSplit": "neuroomics_bridge.data",
+    "BridgeConfig": "neuroomics_bridge.config",
+    "Bridge": "neuroomics_bridge.bridge",
+    "EmbeddingIndex": "neuroomics_bridge.retrieval",
+    "fit_alignment": "neuroomics_bridge.training",
+    "AlignmentModule": "neuroomics_bridge.training",
+    "CohortDataModule": "neuroomics_bridge.training",
+    "SafetensorsCheckpointIO": "neuroomics_bridge.training",
 }
-_SUBMODULES = {"datasets"}
+_SUBMODULES = {"datasets", "evaluation"}
 
 __all__ = [
+    "AlignmentModule",
     "Atlas",
     "BackboneConfig",
+    "Bridge",
+    "BridgeConfig",
     "BrainEncoder",
     "Cohort",
+    "CohortDataModule",
     "CohortSplit",
     "ConfigError",
     "CorruptFileError",
     "DataError",
+    "EmbeddingIndex",
     "GeneEncoder",
     "InvalidModelError",
     "MissingFileError",
@@ -54,10 +66,13 @@ __all__ = [
     "NobError",
     "PrecomputedEncoder",
     "Residualizer",
+    "SafetensorsCheckpointIO",
     "TextBackbone",
     "YamlConfig",
     "__version__",
     "datasets",
+    "evaluation",
+    "fit_alignment",
     "get_card",
     "list_cards",
     "residualize",
@@ -65,9 +80,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from neuroomics_bridge import datasets
+    from neuroomics_bridge import datasets, evaluation
     from neuroomics_bridge.backbone import ModelCard, TextBackbone, get_card, list_cards, validate_cards
-    from neuroomics_bridge.config import BackboneConfig, YamlConfig
+    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.config import BackboneConfig, BridgeConfig, YamlConfig
     from neuroomics_bridge.data import Cohort, CohortSplit
     from neuroomics_bridge.encoders import (
         Atlas,
@@ -77,6 +93,8 @@ if TYPE_CHECKING:
         Residualizer,
         residualize,
     )
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+    from neuroomics_bridge.training import AlignmentModule, CohortDataModule, SafetensorsCheckpointIO, fit_alignment
     from neuroomics_bridge.errors import (
         ConfigError,
         CorruptFileError,
