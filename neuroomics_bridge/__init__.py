@@ -93,8 +93,6 @@ if TYPE_CHECKING:
         Residualizer,
         residualize,
     )
-    from neuroomics_bridge.retrieval import EmbeddingIndex
-    from neuroomics_bridge.training import AlignmentModule, CohortDataModule, SafetensorsCheckpointIO, fit_alignment
     from neuroomics_bridge.errors import (
         ConfigError,
         CorruptFileError,
@@ -104,6 +102,8 @@ if TYPE_CHECKING:
         ModelNotFoundError,
         NobError,
     )
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+    from neuroomics_bridge.training import AlignmentModule, CohortDataModule, SafetensorsCheckpointIO, fit_alignment
 
 
 def __getattr__(name: str) -> Any:
