@@ -34,6 +34,7 @@ _EXPORTS = {
     "Atlas": "neuroomics_bridge.encoders",
     "Cohort": "neuroomics_bridge.data",
     "CohortSplit": "neuroomics_bridge.data",
+    "CohortEncoder": "neuroomics_bridge.data",
     "BridgeConfig": "neuroomics_bridge.config",
     "Bridge": "neuroomics_bridge.bridge",
     "EmbeddingIndex": "neuroomics_bridge.retrieval",
@@ -53,6 +54,7 @@ __all__ = [
     "BrainEncoder",
     "Cohort",
     "CohortDataModule",
+    "CohortEncoder",
     "CohortSplit",
     "ConfigError",
     "CorruptFileError",
@@ -84,7 +86,7 @@ if TYPE_CHECKING:
     from neuroomics_bridge.backbone import ModelCard, TextBackbone, get_card, list_cards, validate_cards
     from neuroomics_bridge.bridge import Bridge
     from neuroomics_bridge.config import BackboneConfig, BridgeConfig, YamlConfig
-    from neuroomics_bridge.data import Cohort, CohortSplit
+    from neuroomics_bridge.data import Cohort, CohortEncoder, CohortSplit
     from neuroomics_bridge.encoders import (
         Atlas,
         BrainEncoder,

@@ -9,11 +9,12 @@ adapters only (safetensors), a ``config.json`` recording which backbone they wer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, check_safetensors
 from neuroomics_bridge.reports import RESEARCH_NOTICE
+
+if TYPE_CHECKING:
+    from neuroomics_bridge.reports import ReferenceSet, Report
 
 __all__ = ["Bridge", "BRIDGE_FORMAT"]
 
@@ -110,6 +114,57 @@ class Bridge:
         logits -= np.nanmax(logits, axis=1, keepdims=True)
         weights = np.exp(logits)
         return weights / weights.sum(axis=1, keepdims=True)
+
+    @property
+    def adapter_id(self) -> str:
+        """A short fingerprint of the adapter weights, recorded in every report."""
+        digest = hashlib.sha256()
+        for key, value in sorted(self.adapters.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().float().numpy().tobytes())
+        return f"sha256:{digest.hexdigest()[:12]}"
+
+    def generate_report(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        prompt: str | None = None,
+        *,
+        subject_ids: Sequence[str] | None = None,
+        reference: ReferenceSet | None = None,
+        classes: Sequence[str] = (),
+        class_prompt: str = "Impression: {label}.",
+        neighbours: int = 3,
+        max_new_tokens: int = 40,
+        batch_size: int = 8,
+        show_progress: bool | None = None,
+    ) -> list[Report]:
+        """Clinical summaries for a batch of subjects (any subset of modalities per subject).
+
+        ``inputs`` maps modalities to ``(n, d)`` vectors (absent subjects: NaN rows; a modality
+        left out: absent for all). The backbone reads each subject's soft prefix tokens and a
+        prompt (``prompt`` or ``config.report_prompt``) stating the evidence: available data,
+        zero-shot probabilities over ``classes`` (one ``class_prompt`` each) and the reports of
+        the ``neighbours`` most similar subjects of ``reference``. Sections (one per modality,
+        then the impression) are generated under fixed headings, batched, with greedy decoding;
+        a section without data says so. ``Report.label`` is the class the impression names.
+        """
+        from neuroomics_bridge.reports import generate_reports
+
+        self.adapters.eval()
+        with torch.no_grad():
+            return generate_reports(
+                self,
+                inputs,
+                subject_ids=subject_ids,
+                reference=reference,
+                classes=classes,
+                class_prompt=class_prompt,
+                prompt=prompt,
+                neighbours=neighbours,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                show_progress=show_progress,
+            )
 
     # ------------------------------------------------------------------------------ token space
     def prefix(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> torch.Tensor:

@@ -17,8 +17,17 @@ from neuroomics_bridge.errors import DataError
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge import Bridge
     from neuroomics_bridge.data.cohort import Cohort
+    from neuroomics_bridge.reports import Report
 
-__all__ = ["recall_at_k", "zero_shot_accuracy", "classification_metrics", "evaluate_bridge", "report_perplexity"]
+__all__ = [
+    "recall_at_k",
+    "zero_shot_accuracy",
+    "classification_metrics",
+    "evaluate_bridge",
+    "report_perplexity",
+    "report_label_accuracy",
+    "rouge_l",
+]
 
 
 def recall_at_k(queries: np.ndarray, keys: np.ndarray, k: int = 5) -> float:
@@ -161,3 +170,23 @@ def report_perplexity(
             total_nll += float(nll.sum())
             total_tokens += int(tokens.sum())
     return float(np.exp(total_nll / total_tokens))
+
+
+def report_label_accuracy(reports: Sequence[Report], labels: Sequence[str]) -> float:
+    """Fraction of reports whose impression names the true label; unparseable counts as wrong."""
+    if len(reports) != len(labels):
+        raise DataError(f"report_label_accuracy: {len(reports)} reports but {len(labels)} labels")
+    return float(np.mean([report.label == label for report, label in zip(reports, labels, strict=True)]))
+
+
+def rouge_l(generated: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence) of generated texts against references."""
+    from torchmetrics.functional.text.rouge import rouge_score
+
+    if len(generated) != len(references):
+        raise DataError(f"rouge_l: {len(generated)} texts but {len(references)} references")
+    scores = [
+        float(rouge_score(g, r, rouge_keys="rougeL")["rougeL_fmeasure"])
+        for g, r in zip(generated, references, strict=True)
+    ]
+    return float(np.mean(scores))

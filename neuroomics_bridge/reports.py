@@ -1,7 +1,310 @@
-"""Generated reports: the research-use notice every output carries."""
+"""Clinical summaries from subject embeddings, grounded in what the aligned space says.
+
+A report is written by the backbone from the subject's soft prefix tokens plus a prompt that
+states the evidence: which data the subject has, the zero-shot diagnosis probabilities, and the
+reports of the most similar reference subjects (retrieval-augmented, through faiss). Sections are
+generated one after another under fixed headings (genetic profile, imaging profile,
+impression), so every report has them; a section whose data the subject lacks says so instead
+of being generated. Every report carries the research-use notice and the evidence it used.
+"""
 
 from __future__ import annotations
 
-__all__ = ["RESEARCH_NOTICE"]
+import dataclasses
+import html
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.io import atomic_directory
+
+if TYPE_CHECKING:
+    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.data.cohort import Cohort
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+
+__all__ = [
+    "RESEARCH_NOTICE",
+    "Report",
+    "Evidence",
+    "Neighbour",
+    "ReferenceSet",
+    "generate_reports",
+    "parse_label",
+    "section_name",
+]
 
 RESEARCH_NOTICE = "Research use only — not for clinical decision-making."
+IMPRESSION = "Impression"
+DATA_NAMES = {"gene": "gene expression", "brain": "brain imaging"}
+SECTION_NAMES = {"gene": "Genetic profile", "brain": "Imaging profile"}
+CONTROL_WORDS = ("control", "no evidence of neurodegeneration", "healthy")
+
+
+def section_name(modality: str) -> str:
+    """The report heading of a modality (``gene`` -> ``Genetic profile``)."""
+    return SECTION_NAMES.get(modality, f"{modality.capitalize()} profile")
+
+
+@dataclasses.dataclass
+class Neighbour:
+    """A reference subject close to the reported one in the aligned space."""
+
+    subject_id: str
+    similarity: float
+    label: str | None
+    report: str
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What the prompt told the backbone about the subject."""
+
+    present: list[str]
+    absent: list[str]
+    probabilities: dict[str, float]
+    neighbours: list[Neighbour]
+
+
+@dataclasses.dataclass
+class Report:
+    """A generated summary: sections, the evidence behind it, provenance and the notice."""
+
+    subject_id: str
+    sections: dict[str, str]
+    evidence: Evidence
+    model: str
+    adapters: str
+    label: str | None
+    notice: str = RESEARCH_NOTICE
+
+    @property
+    def impression(self) -> str:
+        return self.sections.get(IMPRESSION, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Report for {self.subject_id}", "", f"> **{self.notice}**", ""]
+        for heading, text in self.sections.items():
+            lines += [f"**{heading}:** {text}", ""]
+        lines += ["## Evidence", "", f"- data: {', '.join(self.evidence.present) or 'none'}"]
+        if self.evidence.absent:
+            lines.append(f"- missing: {', '.join(self.evidence.absent)}")
+        probabilities = ", ".join(f"{label} {p:.2f}" for label, p in self.evidence.probabilities.items())
+        lines.append(f"- zero-shot probabilities: {probabilities}")
+        for n in self.evidence.neighbours:
+            lines.append(f"- similar reference subject {n.subject_id} ({n.similarity:.2f}): {n.report}")
+        lines += ["", f"_model: {self.model}; adapters: {self.adapters}_", ""]
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """A self-contained HTML fragment (escaped), notice first."""
+        e = html.escape
+        rows = "".join(f"<p><b>{e(h)}:</b> {e(t)}</p>" for h, t in self.sections.items())
+        probabilities = ", ".join(f"{e(label)} {p:.2f}" for label, p in self.evidence.probabilities.items())
+        neighbours = "".join(
+            f"<li>{e(n.subject_id)} ({n.similarity:.2f}): {e(n.report)}</li>" for n in self.evidence.neighbours
+        )
+        missing = f"<li>missing: {e(', '.join(self.evidence.absent))}</li>" if self.evidence.absent else ""
+        return (
+            f'<article class="report"><h3>{e(self.subject_id)}</h3>'
+            f'<p class="notice">{e(self.notice)}</p>{rows}'
+            f"<details><summary>evidence</summary><ul><li>data: {e(', '.join(self.evidence.present))}</li>"
+            f"{missing}<li>zero-shot: {probabilities}</li><li>similar subjects:<ul>{neighbours}</ul></li></ul>"
+            f"<p><small>model {e(self.model)}; adapters {e(self.adapters)}</small></p></details></article>"
+        )
+
+
+def parse_label(impression: str, classes: Sequence[str]) -> str | None:
+    """The one class an impression names, or ``None`` (none or several: unparseable).
+
+    A class matches by its full name or its first word ("Alzheimer's" for "Alzheimer's
+    disease"); ``control`` also matches "healthy" and "no evidence of neurodegeneration".
+    """
+    text = impression.lower().replace("’", "'")
+    found = set()
+    for label in classes:
+        name = label.lower()
+        words = (name, name.split()[0]) if len(name.split()[0]) >= 5 else (name,)
+        if name == "control":
+            words = CONTROL_WORDS
+        if any(re.search(rf"\b{re.escape(w)}", text) for w in words):
+            found.add(label)
+    return found.pop() if len(found) == 1 else None
+
+
+@dataclasses.dataclass
+class ReferenceSet:
+    """Reference subjects a report may cite: reports, labels and a faiss index per modality."""
+
+    subject_ids: list[str]
+    reports: list[str]
+    labels: list[str | None]
+    indexes: dict[str, EmbeddingIndex]
+
+    @classmethod
+    def build(cls, bridge: Bridge, cohort: Cohort) -> Self:
+        """Index the aligned embeddings of ``cohort``'s subjects (usually the training fold)."""
+        from neuroomics_bridge.retrieval import EmbeddingIndex
+
+        if cohort.reports is None:
+            raise DataError("ReferenceSet: the reference cohort needs reports")
+        indexes = {}
+        for modality in bridge.modalities:
+            rows = cohort.present(modality)
+            if rows.any():
+                ids = [s for s, keep in zip(cohort.subject_ids, rows, strict=True) if keep]
+                indexes[modality] = EmbeddingIndex.build(bridge.embed(modality, cohort.features[modality][rows]), ids)
+        labels = list(cohort.labels) if cohort.labels is not None else [None] * cohort.n_subjects
+        return cls(list(cohort.subject_ids), list(cohort.reports), labels, indexes)
+
+    def neighbours(self, embeddings: Mapping[str, np.ndarray], k: int) -> list[Neighbour]:
+        """The ``k`` reference subjects most similar over the given modalities' unit vectors."""
+        scores: dict[str, list[float]] = {}
+        for modality, vector in embeddings.items():
+            if modality in self.indexes:
+                found = self.indexes[modality].search(vector[None], k=max(k * 3, k))
+                for subject, score in zip(found.ids[0], found.scores[0], strict=False):
+                    scores.setdefault(subject, []).append(float(score))
+        ranked = sorted(scores, key=lambda s: -float(np.mean(scores[s])))[:k]
+        row = {s: i for i, s in enumerate(self.subject_ids)}
+        return [Neighbour(s, float(np.mean(scores[s])), self.labels[row[s]], self.reports[row[s]]) for s in ranked]
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write reports, labels and one faiss index per modality, atomically."""
+        target = Path(directory)
+        with atomic_directory(target) as tmp:
+            table = {"subject_ids": self.subject_ids, "reports": self.reports, "labels": self.labels}
+            (tmp / "references.json").write_text(json.dumps(table))
+            for modality, index in self.indexes.items():
+                index.save(tmp / modality)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Self:
+        from neuroomics_bridge.retrieval import EmbeddingIndex
+
+        folder = Path(directory)
+        if not (folder / "references.json").is_file():
+            raise MissingFileError(f"{folder / 'references.json'}: missing; not a saved ReferenceSet")
+        table = json.loads((folder / "references.json").read_text())
+        indexes = {p.name: EmbeddingIndex.load(p) for p in sorted(folder.iterdir()) if p.is_dir()}
+        return cls(table["subject_ids"], table["reports"], table["labels"], indexes)
+
+
+def generate_reports(
+    bridge: Bridge,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    subject_ids: Sequence[str] | None = None,
+    reference: ReferenceSet | None = None,
+    classes: Sequence[str] = (),
+    class_prompt: str = "Impression: {label}.",
+    prompt: str | None = None,
+    neighbours: int = 3,
+    max_new_tokens: int = 40,
+    batch_size: int = 8,
+    show_progress: bool | None = None,
+) -> list[Report]:
+    """Write one :class:`Report` per row of ``inputs`` (see :meth:`Bridge.generate_report`)."""
+    n = _rows(inputs, bridge.modalities)
+    ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
+    evidence = [_evidence(bridge, inputs, i, reference, classes, class_prompt, neighbours) for i in range(n)]
+    backbone = bridge.backbone
+    prefix = bridge.prefix(inputs)
+    order = [*(m for m in bridge.modalities), IMPRESSION]
+    texts = {i: {} for i in range(n)}
+    prompts = [backbone.chat(_instruction(prompt or bridge.config.report_prompt, ev, order)) for ev in evidence]
+    for part in order:
+        heading = IMPRESSION if part == IMPRESSION else section_name(part)
+        prompts = [p + f"{heading}:" for p in prompts]
+        todo = [i for i in range(n) if part == IMPRESSION or part in evidence[i].present]
+        generated = (
+            backbone.generate(
+                [prompts[i] for i in todo],
+                prefix_embeds=prefix[todo].detach() if todo else None,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                stop=["\n"],
+                show_progress=show_progress,
+            )
+            if todo
+            else []
+        )
+        written = dict(zip(todo, generated, strict=True))
+        for i in range(n):
+            text = written.get(i) or f"No {DATA_NAMES.get(part, part)} data for this subject."
+            texts[i][heading] = text
+            prompts[i] += f" {text}\n"
+    adapters = bridge.adapter_id
+    return [
+        Report(
+            subject_id=ids[i],
+            sections=texts[i],
+            evidence=evidence[i],
+            model=f"{backbone.name} ({backbone.weights_hash[:12]})",
+            adapters=adapters,
+            label=parse_label(texts[i][IMPRESSION], classes) if classes else None,
+        )
+        for i in range(n)
+    ]
+
+
+def _rows(inputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> int:
+    unknown = sorted(set(inputs) - set(modalities))
+    if unknown:
+        raise DataError(f"generate_report: unknown modalities {unknown}; the bridge has {list(modalities)}")
+    sizes = {len(x) for x in inputs.values()}
+    if len(sizes) != 1:
+        raise DataError(f"generate_report: every modality needs the same number of rows, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _evidence(
+    bridge: Bridge,
+    inputs: Mapping[str, np.ndarray],
+    row: int,
+    reference: ReferenceSet | None,
+    classes: Sequence[str],
+    class_prompt: str,
+    k: int,
+) -> Evidence:
+    present = [m for m in bridge.modalities if m in inputs and not np.isnan(np.asarray(inputs[m][row], float)).all()]
+    absent = [m for m in bridge.modalities if m not in present]
+    probabilities: dict[str, float] = {}
+    if classes and present:
+        prompts = [class_prompt.format(label=c) for c in classes]
+        mean = np.mean([bridge.zero_shot(m, np.asarray(inputs[m][row : row + 1]), prompts)[0] for m in present], axis=0)
+        probabilities = dict(sorted(zip(classes, mean.round(3).tolist(), strict=True), key=lambda kv: -kv[1]))
+    found: list[Neighbour] = []
+    if reference is not None and present:
+        found = reference.neighbours({m: bridge.embed(m, np.asarray(inputs[m][row : row + 1]))[0] for m in present}, k)
+    return Evidence(present=present, absent=absent, probabilities=probabilities, neighbours=found)
+
+
+def _instruction(task: str, evidence: Evidence, order: Sequence[str]) -> str:
+    lines = [task, "Evidence from the subject's data:"]
+    available = ", ".join(DATA_NAMES.get(m, m) for m in evidence.present) or "none"
+    lines.append(f"- Data available: {available}.")
+    if evidence.absent:
+        lines.append(f"- Data missing: {', '.join(DATA_NAMES.get(m, m) for m in evidence.absent)}.")
+    if evidence.probabilities:
+        top = list(evidence.probabilities.items())[:3]
+        lines.append("- Most likely: " + ", ".join(f"{label} ({p:.2f})" for label, p in top) + ".")
+    if evidence.neighbours:
+        lines.append("- Reports of the most similar subjects:")
+        lines += [f"  {i + 1}. {n.report}" for i, n in enumerate(evidence.neighbours)]
+    headings = [IMPRESSION if part == IMPRESSION else section_name(part) for part in order]
+    lines.append(f"Answer in {len(headings)} lines: {', '.join(headings)}.")
+    return "\n".join(lines)

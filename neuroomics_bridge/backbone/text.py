@@ -259,6 +259,7 @@ class TextBackbone:
         top_p: float = 0.9,
         batch_size: int = 8,
         prompt_lookup: int = 0,
+        stop: Sequence[str] = (),
         show_progress: bool | None = None,
     ) -> list[str]:
         """Continue each prompt; return only the new text, one string per prompt.
@@ -266,6 +267,7 @@ class TextBackbone:
         ``prefix_embeds`` ``(n, k, hidden_size)`` are soft tokens placed before each prompt's
         token embeddings (a zero-width prefix gives plain generation). Prompts that would not fit
         the context with the prefix and ``max_new_tokens`` are cut from the left with a warning.
+        Generation of a prompt ends at the first of the ``stop`` strings, which is cut off.
         ``prompt_lookup=n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in
         one forward pass (transformers' prompt-lookup decoding), for one greedy prompt without a
         prefix; it keeps the greedy result and pays off on GPUs for summaries that copy from their
@@ -286,6 +288,8 @@ class TextBackbone:
             "do_sample": do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        if stop:
+            options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
         else:  # unset sampling knobs a checkpoint's generation_config may carry
@@ -308,7 +312,7 @@ class TextBackbone:
                 embeds, mask = self.prefixed_inputs(rows, prefix_embeds[batch])
                 new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **options)
             for i, text in zip(batch, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-                texts[i] = text.strip()
+                texts[i] = _cut_at(text, stop).strip()
         return texts
 
 
@@ -379,6 +383,11 @@ def _pad(
         ids[i, span] = torch.tensor(list(row), dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
+
+
+def _cut_at(text: str, stop: Sequence[str]) -> str:
+    cuts = [text.find(marker) for marker in stop if marker in text]
+    return text[: min(cuts)] if cuts else text
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

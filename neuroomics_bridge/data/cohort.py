@@ -162,53 +162,17 @@ class Cohort:
     ) -> Cohort:
         """Fit each modality's encoder on ``fit_on``'s subjects, encode everyone, return a new cohort.
 
-        ``encoders`` maps modality names to a :class:`GeneEncoder` (reads ``genes``, with
-        ``groupby`` set to the cohort's subject column), a :class:`BrainEncoder` (reads
-        ``brains``) or a :class:`PrecomputedEncoder` (reads its own file). ``residualize`` names
-        covariate columns regressed out of every modality, fitted on the same subjects.
+        ``encoders`` maps modality names to a :class:`GeneEncoder` (reads ``genes``), a
+        :class:`BrainEncoder` (reads ``brains``) or a :class:`PrecomputedEncoder` (reads its own
+        file); they are fitted in place. ``residualize`` names covariate columns regressed out of
+        every modality, fitted on the same subjects. To keep the fitted pipeline (to encode new
+        subjects the same way later), use :class:`CohortEncoder` directly.
         """
-        from neuroomics_bridge.encoders.covariates import Residualizer
+        from neuroomics_bridge.data.encoding import CohortEncoder
 
-        fit_ids = set(
-            self.subject_ids if fit_on is None else (fit_on.subject_ids if isinstance(fit_on, Cohort) else fit_on)
-        )
-        features = dict(self.features)
-        for modality, encoder in encoders.items():
-            matrix = self._encode_one(modality, encoder, fit_ids)
-            if residualize:
-                if self.covariates is None:
-                    raise DataError("residualize: this cohort has no covariates table")
-                rows = ~np.isnan(matrix).all(axis=1)
-                fit_rows = rows & np.isin(self.subject_ids, list(fit_ids))
-                table = self.covariates[list(residualize)]
-                residualizer = Residualizer(list(residualize)).fit(matrix[fit_rows], table[fit_rows])
-                matrix[rows] = residualizer.transform(matrix[rows], table[rows])
-            features[modality] = matrix
-        return dataclasses.replace(self, features=features)
+        return CohortEncoder(encoders, residualize=residualize).fit_transform(self, fit_on)
 
-    def _encode_one(self, modality: str, encoder: Any, fit_ids: set[str]) -> np.ndarray:
-        from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
-        from neuroomics_bridge.encoders.precomputed import PrecomputedEncoder
-
-        if isinstance(encoder, PrecomputedEncoder):
-            return encoder.set_params(missing="nan").fit().transform(self.subject_ids)
-        if isinstance(encoder, GeneEncoder):
-            if self.genes is None:
-                raise DataError(f"modality {modality!r}: this cohort has no expression data (genes)")
-            encoder.set_params(groupby=self.gene_groupby)
-            subjects = self.genes.obs[self.gene_groupby].astype(str)
-            encoder.fit(self.genes[subjects.isin(fit_ids).to_numpy()])
-            return self._scatter(encoder.row_ids(self.genes), encoder.transform(self.genes))
-        if isinstance(encoder, BrainEncoder):
-            if self.brains is None:
-                raise DataError(f"modality {modality!r}: this cohort has no brain images")
-            have = [i for i, image in enumerate(self.brains) if image is not None]
-            train = [self.brains[i] for i in have if self.subject_ids[i] in fit_ids]
-            encoder.fit(train)
-            return self._scatter([self.subject_ids[i] for i in have], encoder.transform([self.brains[i] for i in have]))
-        raise DataError(f"modality {modality!r}: unsupported encoder {type(encoder).__name__}")
-
-    def _scatter(self, row_ids: Sequence[str], values: np.ndarray) -> np.ndarray:
+    def scatter(self, row_ids: Sequence[str], values: np.ndarray) -> np.ndarray:
         """Rows keyed by subject id into cohort order, NaN for subjects without a row."""
         matrix = np.full((self.n_subjects, values.shape[1]), np.nan, dtype=np.float32)
         position = {s: i for i, s in enumerate(self.subject_ids)}
