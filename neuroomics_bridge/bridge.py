@@ -134,7 +134,7 @@ class Bridge:
         classes: Sequence[str] = (),
         class_prompt: str = "Impression: {label}.",
         neighbours: int = 3,
-        max_new_tokens: int = 40,
+        max_new_tokens: int = 80,
         batch_size: int = 8,
         show_progress: bool | None = None,
     ) -> list[Report]:
@@ -144,9 +144,11 @@ class Bridge:
         left out: absent for all). The backbone reads each subject's soft prefix tokens and a
         prompt (``prompt`` or ``config.report_prompt``) stating the evidence: available data,
         zero-shot probabilities over ``classes`` (one ``class_prompt`` each) and the reports of
-        the ``neighbours`` most similar subjects of ``reference``. Sections (one per modality,
-        then the impression) are generated under fixed headings, batched, with greedy decoding;
-        a section without data says so. ``Report.label`` is the class the impression names.
+        the ``neighbours`` most similar subjects of ``reference`` (see :func:`report_prompt`).
+        The findings are generated greedily, in batches (``max_new_tokens``, no repeated
+        4-grams), then the impression on its own; the text is split into the impression and one
+        profile per modality (a modality without data says so). ``Report.label`` is the class
+        the impression names.
         """
         from neuroomics_bridge.reports import generate_reports
 
@@ -191,15 +193,18 @@ class Bridge:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative log-likelihood of each report given its subject's prefix and the report prompt.
 
-        The input is ``[soft prefix][report prompt][report][EOS]``; only report and EOS tokens are
-        scored (prefix and prompt positions are masked). Returns the summed NLL per report and
-        its number of scored tokens, both ``(n,)``; gradients reach the prefix projector.
+        The input is ``[soft prefix][report_prompt(config.report_prompt)][report][EOS]``; only
+        report and EOS tokens are scored (prefix and prompt positions are masked). Returns the
+        summed NLL per report and its number of scored tokens, both ``(n,)``; gradients reach
+        the prefix projector.
         """
         import torch.nn.functional as F
 
+        from neuroomics_bridge.reports import report_prompt
+
         backbone = self.backbone
         prefix = self.adapters.projector(features, present)
-        prompt = backbone.tokenize([backbone.chat(self.config.report_prompt)])[0]
+        prompt = backbone.tokenize([report_prompt(self.config.report_prompt)])[0]
         room = backbone.context_length - prefix.shape[1] - len(prompt)
         eos = backbone.tokenizer.eos_token_id
         targets = [[*ids[: room - 1], eos] for ids in backbone.tokenize(list(reports), special_tokens=False)]

@@ -13,35 +13,46 @@ from collections.abc import Sequence
 from neuroomics_bridge.errors import NobError
 from neuroomics_bridge.reports import RESEARCH_NOTICE
 
-DEMO_QUESTION = (
-    "A 67-year-old man has a resting tremor of the right hand, slowed movements and cogwheel "
-    "rigidity. What is the most likely diagnosis? Answer in two sentences."
-)
-DEMO_SENTENCES = (
-    "Resting tremor, bradykinesia and rigidity suggest Parkinson's disease.",
-    "Dopaminergic neuron loss in the substantia nigra causes parkinsonism.",
-    "Hippocampal atrophy and memory decline are typical of Alzheimer's disease.",
-    "The quarterly sales report was sent to the finance department.",
-)
-
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from neuroomics_bridge.backbone import TextBackbone
+    from neuroomics_bridge.demo import FULL, QUICK, format_metrics, run_demo
 
-    backbone = TextBackbone.from_pretrained(args.backbone)
-    print(f"backbone: {backbone}")
-    print(f"\nQ: {DEMO_QUESTION}")
-    answer = backbone.generate([backbone.chat(DEMO_QUESTION)], max_new_tokens=args.max_new_tokens)[0]
-    print(f"A: {answer}\n   [{RESEARCH_NOTICE}]")
-    vectors = backbone.encode(list(DEMO_SENTENCES), normalize=True)
-    similarity = (vectors @ vectors.T).numpy()
-    print("\ncosine similarity of sentence embeddings (mean-pooled hidden states):")
-    labels = [f"S{i + 1}" for i in range(len(DEMO_SENTENCES))]
-    print("      " + "  ".join(f"{label:>5}" for label in labels))
-    for label, row in zip(labels, similarity, strict=True):
-        print(f"{label:>5} " + "  ".join(f"{value:5.2f}" for value in row))
-    for label, sentence in zip(labels, DEMO_SENTENCES, strict=True):
-        print(f"  {label}: {sentence}")
+    result = run_demo(args.out, data_dir=args.data, settings=QUICK if args.quick else FULL, backbone=args.backbone)
+    print(f"\nheld-out metrics ({RESEARCH_NOTICE}):")
+    print(format_metrics(result.metrics))
+    example = result.reports[0]
+    print(f"\nexample report for {example.subject_id}:")
+    for heading, text in example.sections.items():
+        print(f"  {heading}: {text}")
+    print(f"\npage: {result.page}\nbridge: {result.out_dir / 'bridge'} (reuse it with: nob report --bridge ...)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from neuroomics_bridge.inference import write_reports
+
+    count = write_reports(args.bridge, args.data, args.out, batch_size=args.batch_size)
+    print(f"{count} reports written to {args.out} [{RESEARCH_NOTICE}]")
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from neuroomics_bridge.inference import encode_folder
+
+    table = encode_folder(args.encoders, args.data, args.out)
+    print(f"{len(table)} subjects encoded to {args.out} ({table.shape[1] - 1} columns)")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from neuroomics_bridge.inference import build_index, search_index
+
+    if args.action == "build":
+        index = build_index(args.vectors, args.modality, args.out, bridge_dir=args.bridge, factory=args.factory)
+        print(f"indexed {len(index)} subjects ({args.modality}, {args.factory}) in {args.out}")
+        return 0
+    for line in search_index(args.index, args.vectors, args.modality, k=args.k, bridge_dir=args.bridge):
+        print(line)
     return 0
 
 
@@ -88,10 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nob", description="neuroomics-bridge command line")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the pipeline end to end on the offline default backbone")
+    demo = commands.add_parser("demo", help="run the whole pipeline end to end on the offline default backbone")
+    demo.add_argument("--out", default="nob-demo", help="output folder (index.html, metrics, reports, bridge)")
+    demo.add_argument("--data", default=None, help="a cohort folder (Cohort.to_files layout); default: synthetic")
+    demo.add_argument("--quick", action="store_true", help="a smaller, ~2 minute run")
     demo.add_argument("--backbone", default="smollm2-135m-instruct", help="registry id, model directory or .gguf")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.set_defaults(run=_cmd_demo)
+
+    report = commands.add_parser("report", help="write reports for a cohort folder with a trained bridge")
+    report.add_argument("--bridge", required=True, help="a bridge folder (from nob demo or save_pretrained + encoders)")
+    report.add_argument("--data", required=True, help="a cohort folder (Cohort.to_files layout)")
+    report.add_argument("--out", required=True, help="output file: .jsonl, .md or .html")
+    report.add_argument("--batch-size", type=int, default=64, help="subjects encoded and reported at a time")
+    report.set_defaults(run=_cmd_report)
+
+    encode = commands.add_parser("encode", help="write subject vectors of a cohort folder with saved encoders")
+    encode.add_argument("--encoders", required=True, help="a saved CohortEncoder folder (e.g. <bridge>/encoders)")
+    encode.add_argument("--data", required=True, help="a cohort folder")
+    encode.add_argument("--out", required=True, help="output .parquet (subject_id + one column per dimension)")
+    encode.set_defaults(run=_cmd_encode)
+
+    index = commands.add_parser("index", help="build or search a faiss index of subject vectors")
+    index.add_argument("action", choices=["build", "search"])
+    index.add_argument("--vectors", required=True, help=".parquet written by nob encode")
+    index.add_argument("--modality", required=True, help="which modality's columns to use")
+    index.add_argument("--bridge", default=None, help="embed into the bridge's aligned space first (cross-modal)")
+    index.add_argument("--out", help="index folder to write (build)")
+    index.add_argument("--index", help="index folder to search (search)")
+    index.add_argument("--factory", default="Flat", help="faiss index factory string (build)")
+    index.add_argument("--k", type=int, default=5, help="neighbours per query (search)")
+    index.set_defaults(run=_cmd_index)
 
     align = commands.add_parser(
         "align",

@@ -168,7 +168,7 @@ class BridgeConfig(YamlConfig):
     text_template: str = 'This clinical report: "{text}" means in one word:"'
     text_pooling: Pooling = "last"
     prefix_tokens: int = 8
-    report_prompt: str = "Write the clinical report for this subject."
+    report_prompt: str = "Clinical reports of neuro-omics research subjects."
 
     def __post_init__(self) -> None:
         check_choice("BridgeConfig", "head", self.head, get_args(HeadKind))

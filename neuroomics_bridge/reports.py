@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from neuroomics_bridge.data.text import sentences
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import atomic_directory
 
@@ -37,13 +38,30 @@ __all__ = [
     "ReferenceSet",
     "generate_reports",
     "parse_label",
+    "report_prompt",
     "section_name",
+    "split_sections",
 ]
 
 RESEARCH_NOTICE = "Research use only — not for clinical decision-making."
 IMPRESSION = "Impression"
 DATA_NAMES = {"gene": "gene expression", "brain": "brain imaging"}
 SECTION_NAMES = {"gene": "Genetic profile", "brain": "Imaging profile"}
+SECTION_WORDS = {
+    "gene": ("expression", "transcript", "gene", "regulat", "rna", "programme", "variant", "mutation"),
+    "brain": (
+        "mri",
+        "imaging",
+        "atroph",
+        "volume",
+        "grey matter",
+        "gray matter",
+        "scan",
+        "cortic",
+        "hippocamp",
+        "striat",
+    ),
+}
 CONTROL_WORDS = ("control", "no evidence of neurodegeneration", "healthy")
 
 
@@ -74,7 +92,8 @@ class Evidence:
 
 @dataclasses.dataclass
 class Report:
-    """A generated summary: sections, the evidence behind it, provenance and the notice."""
+    """A generated summary: sections (split from ``text``, the raw generation), the evidence
+    behind it, provenance (backbone and adapter fingerprints) and the notice."""
 
     subject_id: str
     sections: dict[str, str]
@@ -82,6 +101,7 @@ class Report:
     model: str
     adapters: str
     label: str | None
+    text: str = ""
     notice: str = RESEARCH_NOTICE
 
     @property
@@ -213,7 +233,7 @@ def generate_reports(
     class_prompt: str = "Impression: {label}.",
     prompt: str | None = None,
     neighbours: int = 3,
-    max_new_tokens: int = 40,
+    max_new_tokens: int = 80,
     batch_size: int = 8,
     show_progress: bool | None = None,
 ) -> list[Report]:
@@ -222,31 +242,18 @@ def generate_reports(
     ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
     evidence = [_evidence(bridge, inputs, i, reference, classes, class_prompt, neighbours) for i in range(n)]
     backbone = bridge.backbone
-    prefix = bridge.prefix(inputs)
-    order = [*(m for m in bridge.modalities), IMPRESSION]
-    texts = {i: {} for i in range(n)}
-    prompts = [backbone.chat(_instruction(prompt or bridge.config.report_prompt, ev, order)) for ev in evidence]
-    for part in order:
-        heading = IMPRESSION if part == IMPRESSION else section_name(part)
-        prompts = [p + f"{heading}:" for p in prompts]
-        todo = [i for i in range(n) if part == IMPRESSION or part in evidence[i].present]
-        generated = (
-            backbone.generate(
-                [prompts[i] for i in todo],
-                prefix_embeds=prefix[todo].detach() if todo else None,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                stop=["\n"],
-                show_progress=show_progress,
-            )
-            if todo
-            else []
-        )
-        written = dict(zip(todo, generated, strict=True))
-        for i in range(n):
-            text = written.get(i) or f"No {DATA_NAMES.get(part, part)} data for this subject."
-            texts[i][heading] = text
-            prompts[i] += f" {text}\n"
+    task = prompt or bridge.config.report_prompt
+    prompts = [report_prompt(task, ev) for ev in evidence]
+    prefix = bridge.prefix(inputs).detach()
+    options = {"prefix_embeds": prefix, "batch_size": batch_size, "show_progress": show_progress}
+    # The findings first, then the impression on its own: every report gets exactly one.
+    bodies = backbone.generate(
+        prompts, max_new_tokens=max_new_tokens, stop=["Impression:", "\n"], no_repeat_ngram_size=4, **options
+    )
+    prompts = [f"{p} {body} Impression:" for p, body in zip(prompts, bodies, strict=True)]
+    impressions = backbone.generate(prompts, max_new_tokens=24, stop=[".", "\n"], **options)
+    written = [f"{body} Impression: {impression}." for body, impression in zip(bodies, impressions, strict=True)]
+    texts = {i: split_sections(written[i], bridge.modalities, evidence[i].present) for i in range(n)}
     adapters = bridge.adapter_id
     return [
         Report(
@@ -256,6 +263,7 @@ def generate_reports(
             model=f"{backbone.name} ({backbone.weights_hash[:12]})",
             adapters=adapters,
             label=parse_label(texts[i][IMPRESSION], classes) if classes else None,
+            text=written[i],
         )
         for i in range(n)
     ]
@@ -293,18 +301,45 @@ def _evidence(
     return Evidence(present=present, absent=absent, probabilities=probabilities, neighbours=found)
 
 
-def _instruction(task: str, evidence: Evidence, order: Sequence[str]) -> str:
-    lines = [task, "Evidence from the subject's data:"]
-    available = ", ".join(DATA_NAMES.get(m, m) for m in evidence.present) or "none"
-    lines.append(f"- Data available: {available}.")
-    if evidence.absent:
-        lines.append(f"- Data missing: {', '.join(DATA_NAMES.get(m, m) for m in evidence.absent)}.")
-    if evidence.probabilities:
-        top = list(evidence.probabilities.items())[:3]
-        lines.append("- Most likely: " + ", ".join(f"{label} ({p:.2f})" for label, p in top) + ".")
-    if evidence.neighbours:
-        lines.append("- Reports of the most similar subjects:")
-        lines += [f"  {i + 1}. {n.report}" for i, n in enumerate(evidence.neighbours)]
-    headings = [IMPRESSION if part == IMPRESSION else section_name(part) for part in order]
-    lines.append(f"Answer in {len(headings)} lines: {', '.join(headings)}.")
+def report_prompt(task: str, evidence: Evidence | None = None) -> str:
+    """The text the backbone continues with a report (after the subject's soft prefix).
+
+    A completion prompt, not a chat turn: the reports of similar subjects come first as
+    in-context examples, then the evidence, then ``Report:``, so even a small base model
+    answers in the examples' style. The prefix stage trains with the same prompt without
+    evidence.
+    """
+    lines = [task]
+    if evidence is not None:
+        lines.append("Data available: " + (", ".join(DATA_NAMES.get(m, m) for m in evidence.present) or "none") + ".")
+        if evidence.absent:
+            lines.append(f"Data missing: {', '.join(DATA_NAMES.get(m, m) for m in evidence.absent)}.")
+        lines += [f"Report of a similar subject: {n.report}" for n in evidence.neighbours]
+        if evidence.probabilities:
+            top = list(evidence.probabilities.items())[:3]
+            lines.append("Diagnosis probabilities: " + ", ".join(f"{label} {p:.2f}" for label, p in top) + ".")
+    lines.append("Report of this subject:")
     return "\n".join(lines)
+
+
+def split_sections(text: str, modalities: Sequence[str], present: Sequence[str]) -> dict[str, str]:
+    """Sections of a free-text report: the impression, then one profile per modality.
+
+    The impression is what follows the last ``Impression:`` (else the last sentence); a
+    modality's profile gathers the other sentences that mention its vocabulary (expression and
+    genes; imaging and anatomy). A modality the subject lacks says so.
+    """
+    parts = sentences(text)
+    marker = text.lower().rfind("impression:")
+    impression = text[marker + len("impression:") :].strip() if marker >= 0 else (parts[-1] if parts else "")
+    body = [p for p in parts if "impression:" not in p.lower() and p != impression]
+    sections = {IMPRESSION: impression or "Not stated."}
+    for modality in modalities:
+        heading = section_name(modality)
+        if modality not in present:
+            sections[heading] = f"No {DATA_NAMES.get(modality, modality)} data for this subject."
+            continue
+        words = SECTION_WORDS.get(modality, (modality,))
+        found = [p for p in body if any(w in p.lower() for w in words)]
+        sections[heading] = " ".join(found) or "Not described in the generated text."
+    return sections

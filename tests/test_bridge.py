@@ -14,7 +14,7 @@ from neuroomics_bridge import CorruptFileError, DataError, InvalidModelError, Mi
 from neuroomics_bridge.backbone.cache import CachedTextEncoder
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.config import BridgeConfig
-from neuroomics_bridge.reports import RESEARCH_NOTICE
+from neuroomics_bridge.reports import RESEARCH_NOTICE, report_prompt
 
 from .conftest import CLINICAL_SENTENCES
 
@@ -64,7 +64,7 @@ def test_report_likelihood_equals_transformers_own_loss_and_trains_only_the_proj
     reports = CLINICAL_SENTENCES[:2]
     nll, counts = bridge.report_nll(features, present, reports)
     prefix = bridge.adapters.projector(features, present)
-    prompt = backbone.tokenize([backbone.chat(bridge.config.report_prompt)])[0]
+    prompt = backbone.tokenize([report_prompt(bridge.config.report_prompt)])[0]
     for row, report in enumerate(reports):
         target = [*backbone.tokenize([report], special_tokens=False)[0], backbone.tokenizer.eos_token_id]
         embeds, mask = backbone.prefixed_inputs([prompt + target], prefix[row : row + 1])

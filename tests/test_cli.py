@@ -1,4 +1,4 @@
-"""The `nob` command line: exit codes, one-line errors, and the demo."""
+"""The `nob` command line: exit codes, one-line errors, cards and `nob align`."""
 
 from __future__ import annotations
 
@@ -46,15 +46,6 @@ def test_library_error_exits_2_with_one_line_and_no_traceback() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "unknown backbone 'no-such-backbone'" in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-def test_demo_answers_and_prints_a_similarity_table() -> None:
-    result = run_nob("demo", "--max-new-tokens", "24")
-    assert result.returncode == 0, result.stderr
-    assert "Research use only — not for clinical decision-making." in result.stdout
-    assert "cosine similarity" in result.stdout and "S4" in result.stdout
-    assert "Loading weights" not in result.stderr  # no progress bars when not a terminal
 
 
 def align(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -260,6 +260,7 @@ class TextBackbone:
         batch_size: int = 8,
         prompt_lookup: int = 0,
         stop: Sequence[str] = (),
+        no_repeat_ngram_size: int = 0,
         show_progress: bool | None = None,
     ) -> list[str]:
         """Continue each prompt; return only the new text, one string per prompt.
@@ -267,7 +268,8 @@ class TextBackbone:
         ``prefix_embeds`` ``(n, k, hidden_size)`` are soft tokens placed before each prompt's
         token embeddings (a zero-width prefix gives plain generation). Prompts that would not fit
         the context with the prefix and ``max_new_tokens`` are cut from the left with a warning.
-        Generation of a prompt ends at the first of the ``stop`` strings, which is cut off.
+        Generation of a prompt ends at the first of the ``stop`` strings, which is cut off;
+        ``no_repeat_ngram_size=n`` forbids repeating any n-gram (small models otherwise loop).
         ``prompt_lookup=n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in
         one forward pass (transformers' prompt-lookup decoding), for one greedy prompt without a
         prefix; it keeps the greedy result and pays off on GPUs for summaries that copy from their
@@ -290,6 +292,8 @@ class TextBackbone:
         }
         if stop:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        if no_repeat_ngram_size:
+            options.update(no_repeat_ngram_size=no_repeat_ngram_size)
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
         else:  # unset sampling knobs a checkpoint's generation_config may carry

@@ -1,0 +1,176 @@
+"""The demo's HTML page: metrics, training curves, the aligned space, retrieval, example reports.
+
+Plots are PNG files under ``<out>/plots`` drawn with matplotlib (Agg, no display needed) and
+linked from ``<out>/index.html``; every text on the page is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from neuroomics_bridge.io import atomic_write_text
+from neuroomics_bridge.reports import RESEARCH_NOTICE, Report
+
+if TYPE_CHECKING:
+    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.data.cohort import Cohort, CohortSplit
+
+__all__ = ["write_page"]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+.notice { background: #fff3cd; border: 1px solid #e0b400; padding: .6rem 1rem; font-weight: 600; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: .3rem .6rem; vertical-align: top; }
+img { max-width: 100%; border: 1px solid #eee; } .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+article.report { border: 1px solid #ddd; padding: .5rem 1rem; }
+"""
+
+
+def write_page(
+    out: Path,
+    bridge: Bridge,
+    cohort: Cohort,
+    split: CohortSplit,
+    histories: dict[str, pd.DataFrame],
+    reports: list[Report],
+    test: Cohort,
+    metrics: dict[str, float],
+) -> Path:
+    """Draw the plots and write ``out/index.html``; returns the page's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    images = {
+        "Training curves": _training_curves(histories, plots / "training_curves.png"),
+        "The aligned space (PCA), coloured by diagnosis": _aligned_map(bridge, cohort, plots / "aligned_space.png"),
+        "Gene-brain retrieval: cosine similarity of held-out subjects": _retrieval_matrix(
+            bridge, split.test, plots / "retrieval_matrix.png"
+        ),
+    }
+    body = [
+        "<h1>neuroomics-bridge demo</h1>",
+        f'<p class="notice">{html.escape(RESEARCH_NOTICE)}</p>',
+        f"<p>Backbone <code>{html.escape(bridge.backbone.name)}</code>; adapters {html.escape(bridge.adapter_id)}; "
+        f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, {split.val.n_subjects} validation, "
+        f"{split.test.n_subjects} test).</p>",
+        "<h2>Held-out metrics</h2>",
+        _metrics_table(metrics),
+    ]
+    for title, path in images.items():
+        if path is not None:
+            body += [f"<h2>{html.escape(title)}</h2>", f'<img src="plots/{path.name}" alt="{html.escape(title)}">']
+    body += ["<h2>Generated reports beside the reference reports</h2>", _side_by_side(reports, test)]
+    page = out / "index.html"
+    atomic_write_text(
+        page,
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>neuroomics-bridge demo</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>",
+    )
+    return page
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in metrics.items())
+    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+
+
+def _training_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    usable = {stage: h for stage, h in histories.items() if not h.empty and "train/loss" in h}
+    if not usable:
+        return None
+    figure, axes = plt.subplots(1, len(usable), figsize=(5 * len(usable), 3.5), squeeze=False)
+    for axis, (stage, history) in zip(axes[0], usable.items(), strict=True):
+        for column, label in (("train/loss", "train"), ("val/loss", "validation")):
+            if column in history:
+                curve = history.dropna(subset=[column]).groupby("epoch")[column].mean()
+                axis.plot(curve.index + 1, curve.to_numpy(), marker="o", label=label)
+        axis.set(title=f"{stage} stage", xlabel="epoch", ylabel="loss")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _aligned_map(bridge: Bridge, cohort: Cohort, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    points, labels, kinds = [], [], []
+    for modality in bridge.modalities:
+        rows = cohort.present(modality)
+        points.append(bridge.embed(modality, cohort.features[modality][rows]))
+        labels += [label for label, keep in zip(cohort.labels or [""] * cohort.n_subjects, rows, strict=True) if keep]
+        kinds += [modality] * int(rows.sum())
+    if not points:
+        return None
+    classes = sorted(set(labels))
+    prompts = bridge.embed_text([f"Impression: {c}." for c in classes])
+    pca = PCA(n_components=2).fit(np.concatenate(points))
+    projected, anchors = pca.transform(np.concatenate(points)), pca.transform(prompts)
+    figure, axis = plt.subplots(figsize=(7, 5.5))
+    markers = dict(zip(bridge.modalities, "os^vD", strict=False))
+    colours = plt.get_cmap("tab10")
+    for c, label in enumerate(classes):
+        for modality in bridge.modalities:
+            keep = [
+                i for i, (lab, kind) in enumerate(zip(labels, kinds, strict=True)) if lab == label and kind == modality
+            ]
+            axis.scatter(*projected[keep].T, s=14, alpha=0.6, color=colours(c), marker=markers[modality],
+                         label=f"{label} ({modality})")  # fmt: skip
+        axis.scatter(*anchors[c], s=220, marker="*", color=colours(c), edgecolor="black")
+    axis.set(title="subjects by modality; stars: class prompts", xlabel="PC1", ylabel="PC2")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _retrieval_matrix(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    if len(bridge.modalities) < 2:
+        return None
+    first, second = bridge.modalities[:2]
+    rows = test.present(first) & test.present(second)
+    if rows.sum() < 2:
+        return None
+    labels = np.asarray(test.labels or [""] * test.n_subjects)[rows]
+    order = np.argsort(labels, kind="stable")
+    a = bridge.embed(first, test.features[first][rows])[order]
+    b = bridge.embed(second, test.features[second][rows])[order]
+    figure, axis = plt.subplots(figsize=(6, 5))
+    image = axis.imshow(a @ b.T, cmap="viridis")
+    figure.colorbar(image, ax=axis, label="cosine similarity")
+    axis.set(title=f"{first} (rows) vs {second} (columns), sorted by diagnosis", xlabel=second, ylabel=first)
+    boundaries = np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 0.5
+    for edge in boundaries:
+        axis.axhline(edge, color="white", lw=0.6)
+        axis.axvline(edge, color="white", lw=0.6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _side_by_side(reports: list[Report], test: Cohort) -> str:
+    reference = dict(zip(test.subject_ids, test.reports or [""] * test.n_subjects, strict=True))
+    truth = dict(zip(test.subject_ids, test.labels or [""] * test.n_subjects, strict=True))
+    rows = []
+    for report in reports[:12]:
+        label = html.escape(truth[report.subject_id])
+        rows.append(
+            f'<div class="pair">{report.to_html()}<article class="report"><h3>reference ({label})</h3>'
+            f"<p>{html.escape(reference[report.subject_id])}</p></article></div>"
+        )
+    return "".join(rows)

@@ -1,0 +1,198 @@
+"""The whole pipeline of ``nob demo``, end to end, on the offline default backbone.
+
+encoders (fitted on the training fold) -> contrastive stage -> prefix stage -> faiss reference
+index -> reports for held-out subjects, with a shuffled-embedding control; metrics, an HTML page
+with plots, and a saved bridge that ``nob report`` can reuse on other subjects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuroomics_bridge.data.cohort import Cohort
+from neuroomics_bridge.reports import Report
+
+__all__ = ["DemoSettings", "DemoResult", "run_demo", "FULL", "QUICK"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of a demo run (the full one aims at <= 10 minutes on 2 CPU cores)."""
+
+    subjects: int
+    contrastive_epochs: int
+    prefix_epochs: int
+    prefix_batches: int | None  # training batches per prefix epoch (None: all)
+    reported_subjects: int | None  # held-out subjects reported (None: all)
+
+
+FULL = DemoSettings(subjects=400, contrastive_epochs=30, prefix_epochs=2, prefix_batches=None, reported_subjects=None)
+QUICK = DemoSettings(subjects=160, contrastive_epochs=30, prefix_epochs=1, prefix_batches=6, reported_subjects=12)
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What a demo run produced and measured."""
+
+    out_dir: Path
+    metrics: dict[str, float]
+    reports: list[Report]
+    page: Path
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str] = "nob-demo",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    settings: DemoSettings = FULL,
+    backbone: str = "smollm2-135m-instruct",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run the pipeline and write ``out_dir/index.html``, ``metrics.json``, reports and ``bridge/``.
+
+    ``data_dir`` is a folder in the :meth:`Cohort.to_files` layout (a user's own files); by
+    default a synthetic cohort of ``settings.subjects`` subjects is drawn with ``seed``.
+    """
+    from neuroomics_bridge.backbone import TextBackbone
+    from neuroomics_bridge.backbone.resolve import locate_weights
+    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.dashboard import write_page
+    from neuroomics_bridge.datasets import synthetic_cohort
+    from neuroomics_bridge.reports import ReferenceSet
+    from neuroomics_bridge.training import fit_alignment
+
+    locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def step(message: str) -> None:
+        log(f"[{time.perf_counter() - started:6.1f} s] {message}")
+
+    step("loading the cohort" + (f" from {data_dir}" if data_dir else f" (synthetic, {settings.subjects} subjects)"))
+    raw = Cohort.from_files(data_dir) if data_dir else synthetic_cohort(settings.subjects, seed=seed)
+    encoding = _encoding(raw)
+    split = raw.split(seed=seed)
+    step(f"encoding {', '.join(encoding.encoders)} on the {split.train.n_subjects} training subjects")
+    cohort = encoding.fit_transform(raw, split.train)
+    split = cohort.split(seed=seed)
+    dims = {m: x.shape[1] for m, x in cohort.features.items()}
+
+    step(f"loading the backbone {backbone}")
+    bridge = Bridge(TextBackbone.from_pretrained(backbone), dims)
+    step(f"contrastive stage ({settings.contrastive_epochs} epochs)")
+    contrastive = fit_alignment(
+        bridge,
+        cohort,
+        "contrastive",
+        split=split,
+        max_epochs=settings.contrastive_epochs,
+        root_dir=out / "runs" / "contrastive",
+    )
+    step(f"prefix stage ({settings.prefix_epochs} epoch(s))")
+    prefix = fit_alignment(
+        bridge,
+        cohort,
+        "prefix",
+        split=split,
+        max_epochs=settings.prefix_epochs,
+        root_dir=out / "runs" / "prefix",
+        limit_train_batches=settings.prefix_batches or 1.0,
+    )
+    reference = ReferenceSet.build(bridge, split.train)
+    test = (
+        split.test
+        if settings.reported_subjects is None
+        else split.test.subset(split.test.subject_ids[: settings.reported_subjects])
+    )
+    classes = sorted(set(cohort.labels or []))
+    step(f"writing reports for {test.n_subjects} held-out subjects (and a shuffled-embedding control)")
+    reports = _reports(bridge, test, reference, classes, shuffle=False)
+    control = _reports(bridge, test, reference, classes, shuffle=True)
+    metrics = _metrics(contrastive.metrics, prefix.metrics, reports, control, test, classes)
+
+    step("saving the bridge, the encoders, the reference index and the page")
+    bridge_dir = bridge.save_pretrained(out / "bridge")
+    encoding.save(bridge_dir / "encoders")
+    reference.save(bridge_dir / "references")
+    _write_reports(out, reports)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    page = write_page(
+        out,
+        bridge,
+        cohort,
+        split,
+        {"contrastive": contrastive.history, "prefix": prefix.history},
+        reports,
+        test,
+        metrics,
+    )
+    step(f"done: {page}")
+    return DemoResult(out_dir=out, metrics=metrics, reports=reports, page=page)
+
+
+def _encoding(cohort: Cohort) -> Any:
+    from neuroomics_bridge.data.encoding import CohortEncoder
+    from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
+
+    encoders: dict[str, Any] = {}
+    if cohort.genes is not None:
+        encoders["gene"] = GeneEncoder(n_components=32)
+    if cohort.brains is not None:
+        encoders["brain"] = BrainEncoder("mni-gm-64", n_components=32)
+    covariates = [c for c in ("age", "sex", "site") if cohort.covariates is not None and c in cohort.covariates]
+    return CohortEncoder(encoders, residualize=covariates)
+
+
+def _reports(bridge: Any, cohort: Cohort, reference: Any, classes: list[str], *, shuffle: bool) -> list[Report]:
+    order = np.arange(cohort.n_subjects)
+    if shuffle:  # a cyclic derangement: every subject is described from someone else's vectors
+        cycle = np.random.default_rng(0).permutation(cohort.n_subjects)
+        order[cycle] = np.roll(cycle, -1)
+    inputs = {m: x[order] for m, x in cohort.features.items()}
+    return bridge.generate_report(inputs, subject_ids=cohort.subject_ids, reference=reference, classes=classes)
+
+
+def _metrics(
+    contrastive: dict[str, float],
+    prefix: dict[str, float],
+    reports: list[Report],
+    control: list[Report],
+    test: Cohort,
+    classes: list[str],
+) -> dict[str, float]:
+    from neuroomics_bridge.evaluation import report_label_accuracy, rouge_l
+
+    metrics = {**contrastive, **prefix}
+    if test.labels is not None:
+        metrics["report/label_accuracy"] = report_label_accuracy(reports, test.labels)
+        metrics["report/label_accuracy_shuffled"] = report_label_accuracy(control, test.labels)
+        counts = np.unique(test.labels, return_counts=True)[1]
+        metrics["report/label_accuracy_chance"] = float((counts / counts.sum()).max())
+    if test.reports is not None:
+        generated = [" ".join(r.sections.values()) for r in reports]
+        metrics["report/rouge_l"] = rouge_l(generated, test.reports)
+    metrics["report/parseable"] = float(np.mean([r.label is not None for r in reports])) if classes else float("nan")
+    return metrics
+
+
+def _write_reports(out: Path, reports: list[Report]) -> None:
+    from neuroomics_bridge.io import atomic_write_text
+
+    atomic_write_text(out / "reports.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in reports))
+    atomic_write_text(out / "reports.md", "\n".join(r.to_markdown() for r in reports))
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The metrics as an aligned two-column table."""
+    width = max(len(name) for name in metrics)
+    return "\n".join(f"  {name.ljust(width)}  {value:8.3f}" for name, value in metrics.items())

@@ -1,0 +1,162 @@
+"""Applying a trained bridge to cohort folders: reports, subject vectors, faiss indexes.
+
+These are the functions behind ``nob report``, ``nob encode`` and ``nob index``. A bridge folder
+here is what ``nob demo`` writes: ``save_pretrained`` output plus ``encoders/`` (the fitted
+:class:`CohortEncoder`) and, optionally, ``references/`` (the :class:`ReferenceSet` reports cite).
+Reports are produced ``batch_size`` subjects at a time and streamed to the output file, so memory
+does not grow with the cohort.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.io import atomic_path
+from neuroomics_bridge.progress import progress
+from neuroomics_bridge.reports import RESEARCH_NOTICE
+
+__all__ = ["write_reports", "encode_folder", "build_index", "search_index"]
+
+FORMATS = (".jsonl", ".md", ".html")
+
+
+def write_reports(
+    bridge_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    show_progress: bool | None = None,
+) -> int:
+    """Encode and report every subject of ``data_dir``; returns how many reports were written."""
+    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.data.cohort import Cohort
+    from neuroomics_bridge.data.encoding import CohortEncoder
+    from neuroomics_bridge.reports import ReferenceSet
+
+    target = Path(out)
+    if target.suffix not in FORMATS:
+        raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
+    folder = Path(bridge_dir)
+    encoders = CohortEncoder.load(_required(folder / "encoders", "the fitted encoders (written by nob demo)"))
+    reference = ReferenceSet.load(folder / "references") if (folder / "references").is_dir() else None
+    bridge = Bridge.from_pretrained(folder)
+    cohort = Cohort.from_files(data_dir)
+    classes = sorted({label for label in reference.labels if label}) if reference is not None else []
+    written = 0
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        if target.suffix == ".html":
+            handle.write(f'<!doctype html><html lang="en"><meta charset="utf-8"><title>reports</title><body>'
+                         f"<p><b>{html.escape(RESEARCH_NOTICE)}</b></p>")  # fmt: skip
+        chunks = [cohort.subject_ids[i : i + batch_size] for i in range(0, cohort.n_subjects, batch_size)]
+        for chunk in progress(chunks, desc="report", show=show_progress, unit="batch"):
+            part = encoders.transform(cohort.subset(chunk))
+            inputs = {m: part.features[m] for m in bridge.modalities if m in part.features}
+            for report in bridge.generate_report(inputs, subject_ids=chunk, reference=reference, classes=classes):
+                handle.write(_render(report, target.suffix))
+                written += 1
+        if target.suffix == ".html":
+            handle.write("</body></html>")
+    return written
+
+
+def encode_folder(
+    encoders_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], out: str | os.PathLike[str]
+) -> pd.DataFrame:
+    """Write one row per subject (``subject_id``, ``<modality>_<i>`` columns; NaN where absent)."""
+    from neuroomics_bridge.data.cohort import Cohort
+    from neuroomics_bridge.data.encoding import CohortEncoder
+
+    encoded = CohortEncoder.load(_required(Path(encoders_dir), "a saved CohortEncoder")).transform(
+        Cohort.from_files(data_dir)
+    )
+    columns = {"subject_id": encoded.subject_ids}
+    for modality, matrix in encoded.features.items():
+        columns |= {f"{modality}_{i}": matrix[:, i] for i in range(matrix.shape[1])}
+    table = pd.DataFrame(columns)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+def build_index(
+    vectors: str | os.PathLike[str],
+    modality: str,
+    out: str | os.PathLike[str],
+    *,
+    bridge_dir: str | os.PathLike[str] | None = None,
+    factory: str = "Flat",
+):  # -> EmbeddingIndex
+    """Index one modality's vectors from a ``nob encode`` table (in the aligned space with a bridge)."""
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+
+    ids, matrix = _vectors(vectors, modality, bridge_dir)
+    index = EmbeddingIndex.build(matrix, ids, factory=factory)
+    index.save(out)
+    return index
+
+
+def search_index(
+    index_dir: str | os.PathLike[str],
+    vectors: str | os.PathLike[str],
+    modality: str,
+    *,
+    k: int = 5,
+    bridge_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[str]:
+    """One JSON line per query subject: its ``k`` nearest indexed subjects and their scores."""
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+
+    index = EmbeddingIndex.load(index_dir)
+    ids, matrix = _vectors(vectors, modality, bridge_dir)
+    found = index.search(matrix, k)
+    for query, neighbours, scores in zip(ids, found.ids, found.scores, strict=True):
+        yield json.dumps(
+            {
+                "query": query,
+                "neighbours": [
+                    {"id": n, "score": round(float(s), 4)} for n, s in zip(neighbours, scores, strict=False)
+                ],
+            }
+        )
+
+
+def _vectors(
+    path: str | os.PathLike[str], modality: str, bridge_dir: str | os.PathLike[str] | None
+) -> tuple[list[str], np.ndarray]:
+    file = _required(Path(path), "a vectors table written by nob encode")
+    table = pd.read_parquet(file)
+    columns = [c for c in table.columns if c.startswith(f"{modality}_")]
+    if not columns:
+        found = sorted({c.rsplit("_", 1)[0] for c in table.columns if c != "subject_id"})
+        raise DataError(f"{file}: no columns for modality {modality!r}; modalities found: {found}")
+    matrix = table[columns].to_numpy(np.float32)
+    keep = ~np.isnan(matrix).all(axis=1)
+    ids, matrix = table["subject_id"].astype(str)[keep].tolist(), matrix[keep]
+    if bridge_dir is not None:
+        from neuroomics_bridge.bridge import Bridge
+
+        matrix = Bridge.from_pretrained(bridge_dir).embed(modality, matrix)
+    return ids, matrix
+
+
+def _required(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise MissingFileError(f"{path}: missing; expected {what}")
+    return path
+
+
+def _render(report, suffix: str) -> str:  # report: Report
+    if suffix == ".jsonl":
+        return json.dumps(report.to_dict()) + "\n"
+    if suffix == ".md":
+        return report.to_markdown() + "\n"
+    return report.to_html() + "\n"

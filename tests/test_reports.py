@@ -1,0 +1,126 @@
+"""Reports: label parsing, sections, rendering, and generation on a tiny random backbone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neuroomics_bridge.bridge import Bridge
+from neuroomics_bridge.config import BridgeConfig
+from neuroomics_bridge.reports import (
+    RESEARCH_NOTICE,
+    Evidence,
+    Neighbour,
+    ReferenceSet,
+    Report,
+    parse_label,
+    report_prompt,
+    split_sections,
+)
+
+CLASSES = ["control", "Alzheimer's disease", "Parkinson's disease", "frontotemporal dementia"]
+REPORT = (
+    "73-year-old man with slowness of movement. MRI: Marked striatal volume reduction. "
+    "Transcriptomics: raised SYT11, DNAJC6 expression. Impression: Parkinson's disease."
+)
+
+
+@pytest.mark.parametrize(
+    ("impression", "label"),
+    [
+        ("Parkinson's disease.", "Parkinson's disease"),
+        ("possible early Alzheimer's disease, mild stage", "Alzheimer's disease"),
+        ("findings suggestive of mild Alzheimer’s disease", "Alzheimer's disease"),
+        ("control, no evidence of neurodegeneration.", "control"),
+        ("Frontotemporal dementia, moderate stage.", "frontotemporal dementia"),
+        ("Alzheimer's or Parkinson's disease", None),
+        ("76-year-old man with no complaints.", None),
+    ],
+)
+def test_impressions_parse_to_one_class_or_none(impression: str, label: str | None) -> None:
+    assert parse_label(impression, CLASSES) == label
+
+
+def test_free_text_splits_into_impression_and_profiles() -> None:
+    sections = split_sections(REPORT, ["gene", "brain"], present=["gene", "brain"])
+    assert sections["Impression"] == "Parkinson's disease."
+    assert sections["Imaging profile"] == "MRI: Marked striatal volume reduction."
+    assert sections["Genetic profile"] == "Transcriptomics: raised SYT11, DNAJC6 expression."
+    without_genes = split_sections(REPORT, ["gene", "brain"], present=["brain"])
+    assert without_genes["Genetic profile"] == "No gene expression data for this subject."
+
+
+def sample_report() -> Report:
+    evidence = Evidence(
+        present=["brain"], absent=["gene"], probabilities={"control": 0.7, "Alzheimer's disease": 0.3},
+        neighbours=[Neighbour("sub-9", 0.81, "control", "A <b>bold</b> report.")],
+    )  # fmt: skip
+    sections = split_sections(REPORT, ["gene", "brain"], present=["brain"])
+    return Report("sub-1", sections, evidence, model="tiny (abc)", adapters="sha256:def", label="Parkinson's disease")
+
+
+def test_every_rendering_carries_the_notice_and_the_evidence() -> None:
+    report = sample_report()
+    markdown, page, data = report.to_markdown(), report.to_html(), json.loads(report.to_json())
+    for rendered in (markdown, page):
+        assert RESEARCH_NOTICE in rendered and "sub-9" in rendered and "missing: gene" in rendered
+    assert data["notice"] == RESEARCH_NOTICE and data["evidence"]["absent"] == ["gene"]
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page  # texts are escaped
+
+
+def test_the_prompt_states_the_evidence() -> None:
+    prompt = report_prompt("Clinical reports.", sample_report().evidence)
+    assert "Data missing: gene expression." in prompt and "Report of a similar subject: A <b>bold</b> report." in prompt
+    assert "Diagnosis probabilities: control 0.70, Alzheimer's disease 0.30." in prompt
+    assert prompt.endswith("Report of this subject:") and report_prompt("Clinical reports.").count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_bridge_and_data(tiny_backbone):
+    torch.manual_seed(0)
+    bridge = Bridge(tiny_backbone, {"gene": 4, "brain": 3}, BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2))
+    rng = np.random.default_rng(0)
+    from neuroomics_bridge.data.cohort import Cohort
+
+    reference = Cohort(
+        subject_ids=[f"ref-{i}" for i in range(6)],
+        features={"gene": rng.normal(size=(6, 4)), "brain": rng.normal(size=(6, 3))},
+        reports=[REPORT] * 6,
+        labels=["Parkinson's disease"] * 3 + ["control"] * 3,
+    )
+    inputs = {"gene": rng.normal(size=(3, 4)).astype(np.float32), "brain": rng.normal(size=(3, 3)).astype(np.float32)}
+    inputs["gene"][1] = np.nan  # subject 1 has no expression data
+    return bridge, ReferenceSet.build(bridge, reference), inputs
+
+
+def test_generated_reports_have_sections_evidence_provenance_and_notice(tiny_bridge_and_data) -> None:
+    bridge, reference, inputs = tiny_bridge_and_data
+    reports = bridge.generate_report(
+        inputs, subject_ids=["a", "b", "c"], reference=reference, classes=CLASSES, max_new_tokens=12
+    )
+    assert [r.subject_id for r in reports] == ["a", "b", "c"]
+    for report in reports:
+        assert report.notice == RESEARCH_NOTICE
+        assert list(report.sections) == ["Impression", "Genetic profile", "Imaging profile"]
+        assert len(report.evidence.neighbours) == 3 and set(report.evidence.probabilities) == set(CLASSES)
+        assert report.model.startswith(bridge.backbone.name) and report.adapters == bridge.adapter_id
+    assert reports[1].evidence.absent == ["gene"] and reports[1].evidence.present == ["brain"]
+    assert reports[1].sections["Genetic profile"] == "No gene expression data for this subject."
+
+
+def test_greedy_reports_are_deterministic(tiny_bridge_and_data) -> None:
+    bridge, reference, inputs = tiny_bridge_and_data
+    first = bridge.generate_report(inputs, reference=reference, classes=CLASSES, max_new_tokens=12)
+    second = bridge.generate_report(inputs, reference=reference, classes=CLASSES, max_new_tokens=12)
+    assert [r.to_dict() for r in first] == [r.to_dict() for r in second]
+
+
+def test_reference_set_round_trips(tiny_bridge_and_data, tmp_path) -> None:
+    bridge, reference, inputs = tiny_bridge_and_data
+    reference.save(tmp_path / "refs")
+    restored = ReferenceSet.load(tmp_path / "refs")
+    query = {"brain": bridge.embed("brain", inputs["brain"][:1])[0]}
+    assert restored.neighbours(query, 2) == reference.neighbours(query, 2)
