@@ -7,11 +7,14 @@ with plots, and a saved bridge that ``nob report`` can reuse on other subjects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +71,6 @@ def run_demo(
     from neuroomics_bridge.dashboard import write_page
     from neuroomics_bridge.datasets import synthetic_cohort
     from neuroomics_bridge.reports import ReferenceSet
-    from neuroomics_bridge.training import fit_alignment
 
     locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
     out = Path(out_dir)
@@ -89,25 +91,8 @@ def run_demo(
 
     step(f"loading the backbone {backbone}")
     bridge = Bridge(TextBackbone.from_pretrained(backbone), dims)
-    step(f"contrastive stage ({settings.contrastive_epochs} epochs)")
-    contrastive = fit_alignment(
-        bridge,
-        cohort,
-        "contrastive",
-        split=split,
-        max_epochs=settings.contrastive_epochs,
-        root_dir=out / "runs" / "contrastive",
-    )
-    step(f"prefix stage ({settings.prefix_epochs} epoch(s))")
-    prefix = fit_alignment(
-        bridge,
-        cohort,
-        "prefix",
-        split=split,
-        max_epochs=settings.prefix_epochs,
-        root_dir=out / "runs" / "prefix",
-        limit_train_batches=settings.prefix_batches or 1.0,
-    )
+    with _quiet_lightning():
+        contrastive, prefix = _fit_both_stages(bridge, cohort, split, settings, out, step)
     reference = ReferenceSet.build(bridge, split.train)
     test = (
         split.test
@@ -138,6 +123,50 @@ def run_demo(
     )
     step(f"done: {page}")
     return DemoResult(out_dir=out, metrics=metrics, reports=reports, page=page)
+
+
+def _fit_both_stages(
+    bridge: Any, cohort: Cohort, split: Any, settings: DemoSettings, out: Path, step: Callable[[str], None]
+) -> tuple[Any, Any]:
+    from neuroomics_bridge.training import fit_alignment
+
+    step(f"contrastive stage ({settings.contrastive_epochs} epochs)")
+    contrastive = fit_alignment(
+        bridge,
+        cohort,
+        "contrastive",
+        split=split,
+        max_epochs=settings.contrastive_epochs,
+        root_dir=out / "runs" / "contrastive",
+    )
+    step(f"prefix stage ({settings.prefix_epochs} epoch(s))")
+    prefix = fit_alignment(
+        bridge,
+        cohort,
+        "prefix",
+        split=split,
+        max_epochs=settings.prefix_epochs,
+        root_dir=out / "runs" / "prefix",
+        limit_train_batches=settings.prefix_batches or 1.0,
+    )
+    return contrastive, prefix
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info lines and two known-harmless warnings off; the demo prints its own steps."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # the frozen backbone
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=DeprecationWarning)  # Lightning internals
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _encoding(cohort: Cohort) -> Any:

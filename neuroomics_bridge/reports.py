@@ -2,10 +2,11 @@
 
 A report is written by the backbone from the subject's soft prefix tokens plus a prompt that
 states the evidence: which data the subject has, the zero-shot diagnosis probabilities, and the
-reports of the most similar reference subjects (retrieval-augmented, through faiss). Sections are
-generated one after another under fixed headings (genetic profile, imaging profile,
-impression), so every report has them; a section whose data the subject lacks says so instead
-of being generated. Every report carries the research-use notice and the evidence it used.
+reports of the most similar reference subjects (retrieval-augmented, through faiss). The findings
+are generated first, then the impression on its own, so every report has exactly one; the text
+is split into the impression and one profile per modality (genetic, imaging), and a profile
+whose data the subject lacks says so. Every report carries the research-use notice and the
+evidence it used.
 """
 
 from __future__ import annotations
@@ -304,21 +305,24 @@ def _evidence(
 def report_prompt(task: str, evidence: Evidence | None = None) -> str:
     """The text the backbone continues with a report (after the subject's soft prefix).
 
-    A completion prompt, not a chat turn: the reports of similar subjects come first as
-    in-context examples, then the evidence, then ``Report:``, so even a small base model
-    answers in the examples' style. The prefix stage trains with the same prompt without
-    evidence.
+    A completion prompt, not a chat turn: the evidence (data present and missing, zero-shot
+    probabilities), then the reports of similar subjects as in-context examples right before
+    ``Report of this subject (most likely <top class>):``, so even a small base model answers
+    in the examples' style and keeps the leading diagnosis in view. The prefix stage trains with
+    the same prompt without evidence (``Report of this subject:``).
     """
     lines = [task]
+    final = "Report of this subject:"
     if evidence is not None:
         lines.append("Data available: " + (", ".join(DATA_NAMES.get(m, m) for m in evidence.present) or "none") + ".")
         if evidence.absent:
             lines.append(f"Data missing: {', '.join(DATA_NAMES.get(m, m) for m in evidence.absent)}.")
-        lines += [f"Report of a similar subject: {n.report}" for n in evidence.neighbours]
         if evidence.probabilities:
             top = list(evidence.probabilities.items())[:3]
             lines.append("Diagnosis probabilities: " + ", ".join(f"{label} {p:.2f}" for label, p in top) + ".")
-    lines.append("Report of this subject:")
+            final = f"Report of this subject (most likely {top[0][0]}):"
+        lines += [f"Report of a similar subject: {n.report}" for n in evidence.neighbours]
+    lines.append(final)
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from neuroomics_bridge import DataError, MissingFileError
 from neuroomics_bridge.data import Cohort
+from neuroomics_bridge.data.synthetic import MIN_SEVERITY
 from neuroomics_bridge.datasets import DIAGNOSES, GENE_PROGRAMMES, synthetic_cohort
 from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder, PrecomputedEncoder
 
@@ -135,7 +136,7 @@ def test_synthetic_cohort_is_reproducible_and_has_its_latent_structure() -> None
     assert set(first.labels) == set(DIAGNOSES)
     severity = first.phenotypes["severity"].to_numpy()
     assert (severity[np.asarray(first.labels) == "control"] == 0).all() and (
-        severity[np.asarray(first.labels) != "control"] >= 0.2
+        severity[np.asarray(first.labels) != "control"] >= MIN_SEVERITY
     ).all()
     for report, label in zip(first.reports, first.labels, strict=True):
         assert "Impression:" in report and (label in report or label == "control")

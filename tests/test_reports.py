@@ -75,7 +75,9 @@ def test_the_prompt_states_the_evidence() -> None:
     prompt = report_prompt("Clinical reports.", sample_report().evidence)
     assert "Data missing: gene expression." in prompt and "Report of a similar subject: A <b>bold</b> report." in prompt
     assert "Diagnosis probabilities: control 0.70, Alzheimer's disease 0.30." in prompt
-    assert prompt.endswith("Report of this subject:") and report_prompt("Clinical reports.").count("\n") == 1
+    assert prompt.index("Diagnosis probabilities") < prompt.index("Report of a similar subject")
+    assert prompt.endswith("Report of this subject (most likely control):")
+    assert report_prompt("Clinical reports.") == "Clinical reports.\nReport of this subject:"
 
 
 @pytest.fixture(scope="module")

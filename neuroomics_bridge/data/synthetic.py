@@ -3,7 +3,7 @@
 Generative model (all draws from one ``numpy`` generator seeded by ``seed``):
 
 - **Subjects.** Diagnosis uniform over ``DIAGNOSES`` (control, Alzheimer's disease,
-  Parkinson's disease, frontotemporal dementia). Severity 0 for controls, U(0.2, 1) for patients.
+  Parkinson's disease, frontotemporal dementia). Severity 0 for controls, U(0.3, 1) for patients.
   Age ~ N(68, 8) clipped to [45, 90], with +3 years per unit severity; sex and one of three
   sites uniform.
 - **Genes** (``cells_per_subject`` cells per subject). Counts are negative binomial
@@ -60,6 +60,7 @@ ATROPHY_CENTRES_MM = {
     "frontotemporal dementia": ((-24, 56, 0), (24, 56, 0), (0, 36, 20), (-40, 14, -30), (40, 14, -30)),
 }
 SITES = ("site-A", "site-B", "site-C")
+MIN_SEVERITY = 0.3  # mildest patients: below ~0.3 even a supervised classifier takes them for controls
 GENE_EFFECT = 1.5  # log fold change of a disorder's programme at severity 1 (times a gene weight)
 ATROPHY_EFFECT = 0.45  # grey-matter loss at the centre of a disorder's regions at severity 1
 
@@ -112,7 +113,7 @@ def synthetic_cohort(
     rng = np.random.default_rng(seed)
     subject_ids = [f"sub-{i:04d}" for i in range(n_subjects)]
     diagnosis = rng.choice(len(DIAGNOSES), size=n_subjects)
-    severity = np.where(diagnosis == 0, 0.0, rng.uniform(0.2, 1.0, n_subjects))
+    severity = np.where(diagnosis == 0, 0.0, rng.uniform(MIN_SEVERITY, 1.0, n_subjects))
     age = np.clip(rng.normal(68, 8, n_subjects) + 3 * severity, 45, 90).round()
     sex = rng.choice(["F", "M"], size=n_subjects)
     site = rng.choice(len(SITES), size=n_subjects)
