@@ -38,6 +38,9 @@ _EXPORTS = {
     "BridgeConfig": "neuroomics_bridge.config",
     "Bridge": "neuroomics_bridge.bridge",
     "EmbeddingIndex": "neuroomics_bridge.retrieval",
+    "Report": "neuroomics_bridge.reports",
+    "ReferenceSet": "neuroomics_bridge.reports",
+    "RESEARCH_NOTICE": "neuroomics_bridge.reports",
     "fit_alignment": "neuroomics_bridge.training",
     "AlignmentModule": "neuroomics_bridge.training",
     "CohortDataModule": "neuroomics_bridge.training",
@@ -67,6 +70,9 @@ __all__ = [
     "ModelNotFoundError",
     "NobError",
     "PrecomputedEncoder",
+    "RESEARCH_NOTICE",
+    "ReferenceSet",
+    "Report",
     "Residualizer",
     "SafetensorsCheckpointIO",
     "TextBackbone",
@@ -104,6 +110,7 @@ if TYPE_CHECKING:
         ModelNotFoundError,
         NobError,
     )
+    from neuroomics_bridge.reports import RESEARCH_NOTICE, ReferenceSet, Report
     from neuroomics_bridge.retrieval import EmbeddingIndex
     from neuroomics_bridge.training import AlignmentModule, CohortDataModule, SafetensorsCheckpointIO, fit_alignment
 
