@@ -155,13 +155,15 @@ def _fit_both_stages(
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's info lines and two known-harmless warnings off; the demo prints its own steps."""
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO: import first, then quieten)
+
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # the frozen backbone
-        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=DeprecationWarning)  # Lightning internals
+        warnings.filterwarnings("ignore", message=r".*LeafSpec")  # Lightning internals
         try:
             yield
         finally:

@@ -38,6 +38,7 @@ def demo_dir(tmp_path_factory) -> Path:
     result = nob("demo", "--quick", "--out", "out", cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "report/label_accuracy" in result.stdout and RESEARCH_NOTICE in result.stdout
+    assert "GPU available" not in result.stderr and "Converting" not in result.stderr  # progress lines only
     return folder / "out"
 
 

@@ -7,9 +7,12 @@ SHA-256, so every later load is a sub-second safetensors read.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import struct
+import sys
 from pathlib import Path
 
 from neuroomics_bridge.errors import CorruptFileError
@@ -40,7 +43,7 @@ def convert_gguf(gguf_file: str | os.PathLike[str], *, digest: str | None = None
         return target
     logger.info("De-quantising %s once into %s", source.name, target)
     model, tokenizer = _load_gguf(source)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target) as tmp, quiet_transformers_progress():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
@@ -50,7 +53,9 @@ def _load_gguf(source: Path):  # -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with quiet_transformers_progress():
+        # transformers' GGUF converter draws a plain tqdm bar: off the terminal, it goes nowhere.
+        bar_sink = contextlib.redirect_stderr(io.StringIO()) if not sys.stderr.isatty() else contextlib.nullcontext()
+        with quiet_transformers_progress(), bar_sink:
             model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
     except (ValueError, OSError, KeyError, IndexError, EOFError, struct.error) as err:

@@ -155,6 +155,14 @@ class TextBackbone:
             return resolve.weights_sha256(list(self._weight_files))
         return _state_dict_sha256(self.model)
 
+    def mark_weights_changed(self, name: str | None = None) -> None:
+        """Say the weights were trained in place: the hash is recomputed from the tensors, so an
+        adapter trained on the old weights is no longer taken for one trained on these."""
+        self._weight_files = ()
+        self.__dict__.pop("weights_hash", None)
+        if name is not None:
+            self.name = name
+
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
         return f"TextBackbone({self.name!r}, params={n_params / 1e6:.1f}M, dtype={self.dtype}, device={self.device})"

@@ -1,0 +1,79 @@
+"""Continual pretraining: learns the target domain, records the mix, saves, reloads and resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.training.pretrain import continual_pretrain
+
+SYMPTOMS = ["resting tremor", "memory decline", "bradykinesia", "apathy", "rigidity", "disinhibition"]
+FINDINGS = ["hippocampal atrophy", "striatal volume loss", "frontal atrophy", "no focal atrophy"]
+GENERAL = ["the train left", "a cat sat on the mat", "rain fell all day", "the market opened", "we walked home"]
+
+
+def corpora(seed: int = 0) -> dict[str, list[str]]:
+    rng = np.random.default_rng(seed)
+    clinical = [
+        f"Patient presents with {rng.choice(SYMPTOMS)}. MRI shows {rng.choice(FINDINGS)}. Seen 0{i % 9 + 1}/03/2021."
+        for i in range(120)
+    ]
+    general = [" and ".join(rng.choice(GENERAL, 3)) + "." for _ in range(120)]
+    return {"clinical": clinical, "general": general}
+
+
+def run(tmp_path, model_dir, name: str, **kwargs):
+    backbone = TextBackbone.from_pretrained(model_dir, dtype="float32", device="cpu")
+    options = {
+        "max_steps": 12,
+        "block_size": 64,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "heldout_fraction": 0.2,
+        "scrub": {"clinical"},
+        "root_dir": tmp_path / name,
+        "enable_progress_bar": False,
+        "precision": "32-true",
+        **kwargs,
+    }
+    return backbone, continual_pretrain(backbone, corpora(), {"clinical": 3, "general": 1}, **options)
+
+
+def test_pretraining_lowers_target_perplexity_and_saves_a_reloadable_model(tmp_path, tiny_model_dir) -> None:
+    backbone, result = run(tmp_path, tiny_model_dir, "run", output_dir=tmp_path / "model")
+    assert result.perplexity_after["clinical"] < 0.7 * result.perplexity_before["clinical"], result
+    assert result.mixture["token_shares"]["clinical"] == pytest.approx(0.75, abs=0.1)
+    assert result.mixture["phi_replaced"]["clinical"]["DATE"] > 0  # scrubbed before tokenisation
+    card = yaml.safe_load((tmp_path / "model" / "README.md").read_text().split("---")[1])
+    assert card["mixture"]["weights"] == {"clinical": 0.75, "general": 0.25}
+    assert card["heldout_perplexity"]["after"]["clinical"] == pytest.approx(result.perplexity_after["clinical"])
+    reloaded = TextBackbone.from_pretrained(tmp_path / "model", dtype="float32", device="cpu")
+    ids = torch.tensor([[5, 17, 33, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(ids).logits, backbone.model(ids).logits)
+    base_hash = TextBackbone.from_pretrained(tiny_model_dir).weights_hash
+    assert backbone.weights_hash != base_hash and card["base_weights_sha256"] == base_hash
+
+
+class StopAfterSteps(Callback):
+    """Ends training after ``steps`` optimizer steps, as a preempted job would."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+def test_resuming_from_last_matches_an_uninterrupted_run(tmp_path, tiny_model_dir) -> None:
+    whole, _ = run(tmp_path, tiny_model_dir, "whole", val_check_interval=6)
+    run(tmp_path, tiny_model_dir, "resumed", val_check_interval=6, callbacks=[StopAfterSteps(6)])
+    resumed, _ = run(tmp_path, tiny_model_dir, "resumed", val_check_interval=6, ckpt_path="last")
+    assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").read_bytes()[8:9] == b"{"  # safetensors, no pickle
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
