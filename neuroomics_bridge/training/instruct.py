@@ -1,0 +1,275 @@
+"""Instruction tuning with LoRA (peft) on Lightning, Me-LLaMA's second stage.
+
+Each record becomes ``chat_template(user turn of its task) + output + EOS``; the loss is on the
+response tokens only. LoRA adapters (``LoRAConfig``) are the only trainable weights; the adapter is
+saved alone (peft's ``adapter_model.safetensors``, no base weights) with a card naming its base,
+and :func:`merge_lora` folds it into a plain model. :func:`evaluate_tasks` scores greedy answers
+per task: accuracy for classification, NLI and QA, set F1 over lines for NER and relation
+extraction, ROUGE-L for summaries and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
+from torch.utils.data import DataLoader
+
+from neuroomics_bridge.backbone.text import TextBackbone
+from neuroomics_bridge.config import YamlConfig
+from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
+from neuroomics_bridge.errors import ConfigError, DataError
+from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
+
+__all__ = [
+    "InstructionTuneModule",
+    "InstructionDataModule",
+    "LoRAConfig",
+    "evaluate_tasks",
+    "instruction_tune",
+    "load_lora",
+    "merge_lora",
+    "tokenize_record",
+]
+
+
+@dataclasses.dataclass
+class LoRAConfig(YamlConfig):
+    """LoRA hyper-parameters (Me-LLaMA-chat: rank 8, alpha 16, dropout 0.05 on the attention
+    projections). ``qlora`` loads the base in 4 bits (needs bitsandbytes and a CUDA GPU)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    qlora: bool = False
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+        )
+
+
+def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_length: int) -> dict[str, list[int]]:
+    """Token ids and labels of one record: the chat-formatted prompt is masked (-100), the
+    response and EOS are scored. Overlong records keep the prompt's end and the response."""
+    prompt = backbone.tokenize([backbone.chat(user_turn(record))])[0]  # as generate() tokenizes prompts
+    response = [*backbone.tokenize([record.output], special_tokens=False)[0], backbone.tokenizer.eos_token_id]
+    response = response[: max_length // 2] if len(prompt) + len(response) > max_length else response
+    prompt = prompt[-(max_length - len(response)) :]
+    return {"input_ids": prompt + response, "labels": [-100] * len(prompt) + response}
+
+
+class InstructionDataModule(LightningDataModule):
+    """Tokenised records (training and optional validation), padded on the right per batch."""
+
+    def __init__(
+        self,
+        backbone: TextBackbone,
+        train: Sequence[InstructionRecord],
+        val: Sequence[InstructionRecord] = (),
+        *,
+        batch_size: int = 8,
+        max_length: int = 512,
+    ) -> None:
+        super().__init__()
+        if not train:
+            raise DataError("instruction tuning needs at least one training record")
+        self.pad_id = backbone.tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.train_items = [tokenize_record(backbone, r, max_length) for r in train]
+        self.val_items = [tokenize_record(backbone, r, max_length) for r in val]
+
+    def _loader(self, items: list[dict[str, list[int]]], shuffle: bool) -> DataLoader:
+        return DataLoader(items, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self._collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_items, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_items, shuffle=False) if self.val_items else []
+
+    def _collate(self, items: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(i["input_ids"]) for i in items)
+        pad = [width - len(i["input_ids"]) for i in items]
+        return {
+            "input_ids": torch.tensor([i["input_ids"] + [self.pad_id] * p for i, p in zip(items, pad, strict=True)]),
+            "attention_mask": torch.tensor(
+                [[1] * len(i["input_ids"]) + [0] * p for i, p in zip(items, pad, strict=True)]
+            ),
+            "labels": torch.tensor([i["labels"] + [-100] * p for i, p in zip(items, pad, strict=True)]),
+        }
+
+
+class InstructionTuneModule(LightningModule):
+    """The backbone wrapped by peft with LoRA adapters; only the adapters train."""
+
+    def __init__(
+        self,
+        backbone: TextBackbone,
+        lora: LoRAConfig | None = None,
+        *,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.05,
+    ) -> None:
+        super().__init__()
+        from peft import get_peft_model
+
+        self.lora = lora or LoRAConfig()
+        if self.lora.qlora and not _qlora_available():
+            raise ConfigError("lora.qlora=true needs bitsandbytes and a CUDA GPU; neither is here: set qlora: false")
+        self.backbone = backbone
+        self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
+        self.model = get_peft_model(backbone.model.float(), self.lora.to_peft())
+        self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_cosine_schedule_with_warmup
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Checkpoints hold the adapter weights only (the base is frozen and already on disk)."""
+        from peft import get_peft_model_state_dict
+
+        return {f"adapter.{k}": v for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        from peft import set_peft_model_state_dict
+
+        adapter = {k.removeprefix("adapter."): v for k, v in state_dict.items()}
+        return set_peft_model_state_dict(self.model, adapter)
+
+
+def _qlora_available() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def instruction_tune(
+    backbone: TextBackbone,
+    records: Sequence[InstructionRecord],
+    *,
+    lora: LoRAConfig | None = None,
+    val_records: Sequence[InstructionRecord] = (),
+    max_epochs: int = 3,
+    batch_size: int = 8,
+    max_length: int = 512,
+    lr: float = 2e-4,
+    seed: int = 0,
+    root_dir: str | os.PathLike[str] = "nob-runs/instruct",
+    output_dir: str | os.PathLike[str] | None = None,
+    ckpt_path: str | None = None,
+    **trainer_kwargs: Any,
+) -> InstructionTuneModule:
+    """LoRA-tune ``backbone`` on ``records``; the returned module's ``model`` is the peft model
+    (use it to generate, :func:`merge_lora` to fold it). ``output_dir`` gets the adapter only."""
+    seed_everything(seed, workers=True)
+    data = InstructionDataModule(backbone, records, val_records, batch_size=batch_size, max_length=max_length)
+    module = InstructionTuneModule(backbone, lora, lr=lr)
+    trainer_kwargs.setdefault("precision", mixed_precision())
+    monitor = "val/loss" if val_records else "train/loss"
+    trainer = build_trainer(root_dir, monitor=monitor, max_epochs=max_epochs, **trainer_kwargs)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    module.model.eval()
+    backbone.mark_weights_changed()  # peft injected the adapters into backbone.model itself
+    if output_dir is not None and trainer.is_global_zero:
+        save_lora(module, output_dir)
+    return module
+
+
+def save_lora(module: InstructionTuneModule, directory: str | os.PathLike[str]) -> Path:
+    """Write the adapter (peft format, safetensors, no base weights) and a card, atomically."""
+    from neuroomics_bridge.io import atomic_directory
+    from neuroomics_bridge.reports import RESEARCH_NOTICE
+
+    target = Path(directory)
+    with atomic_directory(target) as tmp:
+        module.model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "README.md").write_text(
+            f"---\nbase_model: {module.base['base_model']}\nbase_weights_sha256: {module.base['base_weights_sha256']}\n"
+            f"library_name: peft\n---\n\n# {target.name}\n\n**{RESEARCH_NOTICE}**\n\nLoRA adapter "
+            f"(r={module.lora.r}, alpha={module.lora.alpha}) instruction-tuned with neuroomics-bridge.\n",
+            encoding="utf-8",
+        )
+    return target
+
+
+def load_lora(backbone: TextBackbone, directory: str | os.PathLike[str]) -> Any:
+    """The backbone's model with a saved adapter applied (a peft model, eval mode)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(backbone.model, str(directory)).eval()
+
+
+def merge_lora(peft_model: Any) -> Any:
+    """A plain transformers model with the adapter folded into its weights."""
+    return peft_model.merge_and_unload()
+
+
+def evaluate_tasks(
+    backbone: TextBackbone, records: Sequence[InstructionRecord], *, max_new_tokens: int = 32, batch_size: int = 8
+) -> dict[str, float]:
+    """Per-task scores of greedy answers against ``output`` (see the module docstring)."""
+    from neuroomics_bridge.evaluation import rouge_l
+
+    scores: dict[str, float] = {}
+    for task, group in iter_tasks(list(records)):
+        prompts = [backbone.chat(user_turn(r)) for r in group]
+        answers = backbone.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        expected = [r.output for r in group]
+        if task in ("classification", "nli", "qa"):
+            scores[f"{task}/accuracy"] = sum(
+                _norm(a) == _norm(e) for a, e in zip(answers, expected, strict=True)
+            ) / len(group)
+        elif task in ("ner", "relation_extraction"):
+            scores[f"{task}/f1"] = sum(_set_f1(a, e) for a, e in zip(answers, expected, strict=True)) / len(group)
+        else:
+            scores[f"{task}/rouge_l"] = rouge_l(answers, expected)
+    return scores
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def _set_f1(answer: str, expected: str) -> float:
+    found = {_norm(line) for line in answer.splitlines() if line.strip()}
+    truth = {_norm(line) for line in expected.splitlines() if line.strip()}
+    if not found or not truth:
+        return float(found == truth)
+    overlap = len(found & truth)
+    return 0.0 if overlap == 0 else 2 * overlap / (len(found) + len(truth))

@@ -1,0 +1,110 @@
+"""Instruction tuning: records, response-only loss, LoRA adapters saved alone, merging, learning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.data.instructions import (
+    TASK_TEMPLATES,
+    InstructionRecord,
+    read_instructions,
+    synthetic_instructions,
+    user_turn,
+)
+from neuroomics_bridge.errors import ConfigError, DataError
+from neuroomics_bridge.training.instruct import (
+    InstructionTuneModule,
+    LoRAConfig,
+    evaluate_tasks,
+    instruction_tune,
+    load_lora,
+    merge_lora,
+    tokenize_record,
+)
+
+RECORD = InstructionRecord("classification", "Diagnosis?", "Resting tremor and rigidity.", "Parkinson's disease")
+
+
+def test_synthetic_records_cover_every_task_and_read_back(tmp_path) -> None:
+    from neuroomics_bridge.data.instructions import write_instructions
+
+    records = synthetic_instructions(20, seed=0)
+    assert {r.task for r in records} == set(TASK_TEMPLATES)
+    path = write_instructions(records, tmp_path / "records.jsonl")
+    assert read_instructions(path) == records
+    assert "Answer with entailment, neutral or contradiction." in user_turn(next(r for r in records if r.task == "nli"))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", r"records.jsonl:2: not valid JSON"),
+        (json.dumps({"task": "qa", "instruction": "x"}), r"records.jsonl:2: .*missing or not text: \['output'\]"),
+        (json.dumps({"task": "poetry", "instruction": "x", "output": "y"}), r"records.jsonl:2: unknown task 'poetry'"),
+    ],
+)
+def test_bad_records_name_the_file_line_and_field(tmp_path, line: str, message: str) -> None:
+    good = json.dumps({"task": "qa", "instruction": "Q?", "input": "", "output": "A"})
+    (tmp_path / "records.jsonl").write_text(f"{good}\n{line}\n")
+    with pytest.raises(DataError, match=message):
+        read_instructions(tmp_path / "records.jsonl")
+
+
+def test_loss_masks_exactly_the_prompt(tiny_backbone) -> None:
+    item = tokenize_record(tiny_backbone, RECORD, max_length=512)
+    prompt = tiny_backbone.tokenize([tiny_backbone.chat(user_turn(RECORD))])[0]
+    response = tiny_backbone.tokenize([RECORD.output], special_tokens=False)[0]
+    assert item["input_ids"] == prompt + response + [tiny_backbone.tokenizer.eos_token_id]
+    assert item["labels"] == [-100] * len(prompt) + response + [tiny_backbone.tokenizer.eos_token_id]
+    short = tokenize_record(tiny_backbone, RECORD, max_length=len(prompt))
+    assert len(short["input_ids"]) <= len(prompt) and short["labels"][-1] == tiny_backbone.tokenizer.eos_token_id
+
+
+def test_adapter_is_saved_alone_reloads_identically_and_merges(tmp_path, tiny_model_dir) -> None:
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    records = [RECORD] * 8
+    options = {"max_epochs": 2, "batch_size": 4, "lr": 1e-2, "enable_progress_bar": False, "precision": "32-true"}
+    module = instruction_tune(
+        backbone, records, lora=LoRAConfig(r=4, alpha=8, dropout=0.0), root_dir=tmp_path / "run",
+        output_dir=tmp_path / "adapter", **options,
+    )  # fmt: skip
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved)  # no base weights
+    base_size = sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < base_size / 4
+    ids = torch.tensor([tokenize_record(backbone, RECORD, 512)["input_ids"]])
+    with torch.no_grad():
+        tuned = module.model(input_ids=ids).logits
+        fresh = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+        untuned = fresh.model(input_ids=ids).logits
+        reloaded = load_lora(fresh, tmp_path / "adapter")
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, tuned)
+        merged = merge_lora(reloaded)
+        torch.testing.assert_close(merged(input_ids=ids).logits, tuned, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(tuned, untuned)  # the adapter changed the model
+    assert "lora_A" not in " ".join(n for n, _ in merged.named_parameters())
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(tiny_model_dir) -> None:
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    with pytest.raises(ConfigError, match="qlora=true needs bitsandbytes and a CUDA GPU"):
+        InstructionTuneModule(backbone, LoRAConfig(qlora=True))
+
+
+@pytest.mark.slow
+def test_a_short_lora_run_raises_classification_and_nli_accuracy(tmp_path) -> None:
+    backbone = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+    records = [r for r in synthetic_instructions(80, seed=0) if r.task in ("classification", "nli")]
+    train, test = records[:120], records[120:]
+    before = evaluate_tasks(backbone, test, max_new_tokens=8)
+    instruction_tune(
+        backbone, train, max_epochs=2, batch_size=8, lr=1e-3, root_dir=tmp_path, enable_progress_bar=False,
+    )  # fmt: skip
+    after = evaluate_tasks(backbone, test, max_new_tokens=8)
+    assert after["classification/accuracy"] >= before["classification/accuracy"] + 0.3, (before, after)
+    assert after["nli/accuracy"] > before["nli/accuracy"], (before, after)
