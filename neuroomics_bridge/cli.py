@@ -77,21 +77,24 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_align(args: argparse.Namespace) -> int:
+def _cmd_lightning(args: argparse.Namespace) -> int:
     import warnings
 
-    from neuroomics_bridge.training.recipes import AlignmentCLI
+    from neuroomics_bridge.training import recipes
 
+    cli_class = {"align": recipes.AlignmentCLI, "pretrain": recipes.PretrainCLI, "instruct": recipes.InstructCLI}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass them on purpose
-        cli = AlignmentCLI(args.lightning_args)
+        cli = cli_class[args.command](args.lightning_args)
     module = cli.model
-    if cli.trainer.is_global_zero and module.metrics:
-        print(f"test-fold metrics ({module.stage} stage):")
-        for name, value in module.metrics.items():
+    metrics = getattr(module, "metrics", None) or getattr(module, "perplexity", None)
+    if cli.trainer.is_global_zero and metrics:
+        print(f"held-out metrics ({args.command}):")
+        for name, value in metrics.items():
             print(f"  {name}: {value:.3f}")
-    if cli.trainer.is_global_zero and module.save_to:
-        print(f"bridge saved to {module.save_to}")
+    saved = getattr(module, "save_to", None) or getattr(module, "output_dir", None)
+    if cli.trainer.is_global_zero and saved:
+        print(f"saved to {saved}")
     return 0
 
 
@@ -130,13 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--k", type=int, default=5, help="neighbours per query (search)")
     index.set_defaults(run=_cmd_index)
 
-    align = commands.add_parser(
-        "align",
-        help="train the bridge's adapters (LightningCLI): nob align fit --config configs/align_contrastive.yaml",
-        add_help=False,
-    )
-    align.add_argument("lightning_args", nargs=argparse.REMAINDER)
-    align.set_defaults(run=_cmd_align)
+    for name, purpose, config in (
+        ("align", "train the bridge's adapters", "align_contrastive.yaml"),
+        ("pretrain", "continual pretraining on a corpus mixture", "pretrain.yaml"),
+        ("instruct", "LoRA instruction tuning", "instruct.yaml"),
+    ):
+        command = commands.add_parser(
+            name, help=f"{purpose} (LightningCLI): nob {name} fit --config configs/{config}", add_help=False
+        )
+        command.add_argument("lightning_args", nargs=argparse.REMAINDER)
+        command.set_defaults(run=_cmd_lightning)
 
     cards = commands.add_parser("cards", help="list, show or validate the backbone model cards")
     cards.add_argument("id", nargs="?", help="show this card in full")

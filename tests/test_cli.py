@@ -113,3 +113,49 @@ def test_two_process_ddp_gives_the_single_process_loss(tmp_path, tiny_model_dir)
         losses[devices] = metrics.dropna(subset=["train/loss"])["train/loss"].to_numpy()
     assert len(losses[2]) == len(losses[1]) == 2  # the second step comes after one optimiser update
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
+
+
+def lightning_cli(command: str, config: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    configs = Path(__file__).parents[1] / "configs"
+    return subprocess.run(
+        [sys.executable, "-m", "neuroomics_bridge.cli", command, "fit", "--config", str(configs / config), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=cwd,
+    )
+
+
+def test_pretrain_and_instruct_run_from_the_shipped_configs_on_the_sample_data(tmp_path, tiny_model_dir) -> None:
+    samples = Path(__file__).parents[1] / "examples" / "data"
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "data").symlink_to(samples)  # the configs' relative paths
+    pretrain = lightning_cli(
+        "pretrain", "pretrain.yaml", "--data.backbone.name", str(tiny_model_dir), "--trainer.max_steps", "3",
+        "--trainer.val_check_interval", "3", "--trainer.accumulate_grad_batches", "1", "--data.block_size", "64",
+        "--trainer.precision", "32-true", cwd=tmp_path,
+    )  # fmt: skip
+    assert pretrain.returncode == 0, pretrain.stderr[-3000:]
+    assert "saved to nob-runs/pretrained" in pretrain.stdout and "general:" in pretrain.stdout
+    card = (tmp_path / "nob-runs" / "pretrained" / "README.md").read_text()
+    assert "token_shares" in card and "phi_replaced" in card and "clinical" in card
+    instruct = lightning_cli(
+        "instruct", "instruct.yaml", "--data.backbone.name", str(tmp_path / "nob-runs" / "pretrained"),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+        "--data.max_length", "128", "--trainer.precision", "32-true", cwd=tmp_path,
+    )  # fmt: skip
+    assert instruct.returncode == 0, instruct.stderr[-3000:]
+    assert (tmp_path / "nob-runs" / "instruct-adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_shipped_sample_data_is_what_the_generator_writes(tmp_path) -> None:
+    from neuroomics_bridge.data.corpus import read_documents
+    from neuroomics_bridge.data.samples import write_samples
+
+    fresh, shipped = write_samples(tmp_path / "samples"), Path(__file__).parents[1] / "examples" / "data"
+    for source in ("corpora/biomedical.jsonl", "corpora/clinical"):
+        assert list(read_documents(fresh / source)) == list(read_documents(shipped / source)), source
+    general = list(read_documents(shipped / "corpora/general.parquet"))  # CPython's own docs: they vary by version
+    assert len(general) > 50 and all(len(text) > 200 for text in general)
+    for name in ("train.jsonl", "val.jsonl"):
+        assert (fresh / "instructions" / name).read_text() == (shipped / "instructions" / name).read_text()

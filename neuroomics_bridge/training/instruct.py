@@ -86,6 +86,7 @@ class InstructionDataModule(LightningDataModule):
         super().__init__()
         if not train:
             raise DataError("instruction tuning needs at least one training record")
+        self.backbone = backbone
         self.pad_id = backbone.tokenizer.pad_token_id
         self.batch_size = batch_size
         self.train_items = [tokenize_record(backbone, r, max_length) for r in train]
@@ -123,6 +124,7 @@ class InstructionTuneModule(LightningModule):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.05,
+        output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         from peft import get_peft_model
@@ -134,6 +136,15 @@ class InstructionTuneModule(LightningModule):
         self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
         self.model = get_peft_model(backbone.model.float(), self.lora.to_peft())
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
+        self.output_dir = output_dir
+
+    def on_fit_end(self) -> None:
+        """peft injected the adapters into ``backbone.model``: say the weights changed; save the
+        adapter alone if asked."""
+        self.model.eval()
+        self.backbone.mark_weights_changed()
+        if self.output_dir is not None and self.trainer.is_global_zero:
+            save_lora(self, self.output_dir)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(
@@ -199,15 +210,11 @@ def instruction_tune(
     (use it to generate, :func:`merge_lora` to fold it). ``output_dir`` gets the adapter only."""
     seed_everything(seed, workers=True)
     data = InstructionDataModule(backbone, records, val_records, batch_size=batch_size, max_length=max_length)
-    module = InstructionTuneModule(backbone, lora, lr=lr)
+    module = InstructionTuneModule(backbone, lora, lr=lr, output_dir=output_dir)
     trainer_kwargs.setdefault("precision", mixed_precision())
     monitor = "val/loss" if val_records else "train/loss"
     trainer = build_trainer(root_dir, monitor=monitor, max_epochs=max_epochs, **trainer_kwargs)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    module.model.eval()
-    backbone.mark_weights_changed()  # peft injected the adapters into backbone.model itself
-    if output_dir is not None and trainer.is_global_zero:
-        save_lora(module, output_dir)
     return module
 
 

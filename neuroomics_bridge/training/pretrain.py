@@ -114,6 +114,10 @@ class PretrainDataModule(LightningDataModule):
     def source_names(self) -> list[str]:
         return list(self.sources)
 
+    def mixture_summary(self) -> dict[str, Any]:
+        """The mixture's target weights and what was drawn (documents, tokens, shares, PHI)."""
+        return {"weights": dict(self.corpus.weights), **self.corpus.stats.to_dict()}
+
     def heldout_blocks(self) -> dict[str, list[PackedBlock]]:
         """Each source's held-out documents, scrubbed like its training text, packed."""
         from neuroomics_bridge.data.phi import scrub_phi
@@ -178,15 +182,19 @@ class ContinualPretrainModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_fraction: float = 0.05,
         gradient_checkpointing: bool = False,
+        output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
+        self.output_dir = output_dir
         self.model = backbone.model.float()  # master weights in float32; mixed precision from the Trainer
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.sources = list(sources)
         self.lr, self.weight_decay, self.betas, self.warmup_fraction = lr, weight_decay, tuple(betas), warmup_fraction
         self.perplexity: dict[str, float] = {}
+        self.perplexity_before: dict[str, float] = {}
         self._sums: dict[int, list[float]] = {}
 
     def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,6 +230,26 @@ class ContinualPretrainModule(LightningModule):
             self.log(f"val/ppl_{name}", self.perplexity[name])
             total = [total[0] + nll, total[1] + count]
         self.log("val/loss", total[0] / max(total[1], 1), prog_bar=True)
+        if self.global_step == 0 and not self.trainer.sanity_checking and not self.perplexity_before:
+            self.perplexity_before = dict(self.perplexity)
+
+    def on_fit_end(self) -> None:
+        """The weights changed in place: say so, and save the model with its card if asked."""
+        self.model.eval()
+        self.backbone.mark_weights_changed()
+        if self.output_dir is not None and self.trainer.is_global_zero:
+            save_pretrained_backbone(self.backbone, self.output_dir, self.card())
+
+    def card(self) -> dict[str, Any]:
+        """Model-card facts: base model, the mixture's accounting, held-out perplexity."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        mixture = data.mixture_summary() if isinstance(data, PretrainDataModule) else {}
+        return {
+            **self.base,
+            "training": "continual pretraining (causal LM) with neuroomics-bridge",
+            "mixture": mixture,
+            "heldout_perplexity": {"before": self.perplexity_before, "after": self.perplexity},
+        }
 
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_cosine_schedule_with_warmup
@@ -288,7 +316,11 @@ def continual_pretrain(
         heldout_fraction=heldout_fraction,
     )
     module = ContinualPretrainModule(
-        backbone, sources=data.source_names, lr=lr, gradient_checkpointing=gradient_checkpointing
+        backbone,
+        sources=data.source_names,
+        lr=lr,
+        gradient_checkpointing=gradient_checkpointing,
+        output_dir=output_dir,
     )
     trainer_kwargs.setdefault("precision", mixed_precision())
     trainer = build_trainer(
@@ -301,20 +333,12 @@ def continual_pretrain(
         use_distributed_sampler=False,
         **trainer_kwargs,
     )
-    base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
     trainer.validate(module, datamodule=data, verbose=False)
-    before = dict(module.perplexity)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    after = dict(module.perplexity)
-    mixture = {"weights": dict(data.corpus.weights), **data.corpus.stats.to_dict()}
-    module.model.eval()
-    backbone.mark_weights_changed()
-    out = None
-    if output_dir is not None and trainer.is_global_zero:
-        card = {**base, "training": "continual pretraining (causal LM)", "mixture": mixture}
-        card["heldout_perplexity"] = {"before": before, "after": after}
-        out = save_pretrained_backbone(backbone, output_dir, card)
-    return PretrainResult(out, Path(root_dir), before, after, mixture)
+    saved = Path(output_dir) if output_dir is not None and trainer.is_global_zero else None
+    return PretrainResult(
+        saved, Path(root_dir), module.perplexity_before, dict(module.perplexity), data.mixture_summary()
+    )
 
 
 def save_pretrained_backbone(

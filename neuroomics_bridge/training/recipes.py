@@ -1,9 +1,9 @@
-"""Config-driven entry points: what ``nob align fit --config configs/....yaml`` builds.
+"""Config-driven entry points: what ``nob align|pretrain|instruct fit --config configs/....yaml`` builds.
 
-LightningCLI instantiates these two factories from YAML (plain, serialisable arguments only)
-and links the data's modality widths into the model. The trainer gets the library's
-conventions: safetensors checkpoints (``last`` and best) under ``trainer.default_root_dir``, a
-CSV logger, a progress bar only on a terminal; ``trainer.strategy`` / ``devices`` /
+LightningCLI instantiates a model and a data factory from YAML (plain, serialisable arguments
+only) and links what the data knows into the model (modality widths; the loaded backbone). The
+trainer gets the library's conventions: safetensors checkpoints (``last`` and best) under
+``trainer.default_root_dir``, a CSV logger, a progress bar only on a terminal; ``trainer.strategy`` / ``devices`` /
 ``num_nodes`` come from the YAML (``ddp``, ``fsdp``, ``deepspeed`` on clusters).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -21,9 +21,23 @@ from neuroomics_bridge.config import BackboneConfig, BridgeConfig
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.training.alignment import AlignmentModule, CohortDataModule, Stage
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
+from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule, LoRAConfig
+from neuroomics_bridge.training.pretrain import ContinualPretrainModule, PretrainDataModule
 from neuroomics_bridge.training.trainer import checkpoint_callback
 
-__all__ = ["alignment_data", "alignment_model", "AlignmentCLI", "DEFAULT_ROOT"]
+__all__ = [
+    "AlignmentCLI",
+    "DEFAULT_ROOT",
+    "InstructCLI",
+    "LibraryCLI",
+    "PretrainCLI",
+    "alignment_data",
+    "alignment_model",
+    "instruct_data",
+    "instruct_model",
+    "pretrain_data",
+    "pretrain_model",
+]
 
 DEFAULT_ROOT = "nob-runs/align"
 
@@ -96,34 +110,155 @@ def alignment_model(
     )
 
 
-class AlignmentCLI(LightningCLI):
-    """LightningCLI for the alignment stages with the library's trainer conventions."""
+class LibraryCLI(LightningCLI):
+    """LightningCLI with the library's trainer conventions; subclasses name the two factories,
+    the default root directory and the arguments linked from data to model."""
+
+    model_factory: Any
+    data_factory: Any
+    default_root: str
+    links: tuple[tuple[str, str], ...] = ()
+    trainer_extra: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, args: Sequence[str] | None = None, *, run: bool = True) -> None:
         super().__init__(
-            alignment_model,
-            alignment_data,
+            type(self).model_factory,
+            type(self).data_factory,
             args=list(args) if args is not None else None,
             run=run,
             trainer_defaults={
-                "default_root_dir": DEFAULT_ROOT,
+                "default_root_dir": self.default_root,
                 "enable_progress_bar": sys.stderr.isatty(),
                 "enable_model_summary": False,
                 "log_every_n_steps": 1,
-                "use_distributed_sampler": False,  # CohortDataModule shards the folds itself
+                **self.trainer_extra,
             },
             save_config_kwargs={"overwrite": True},
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments("data.modality_dims", "model.modality_dims", apply_on="instantiate")
+        for source, target in self.links:
+            parser.link_arguments(source, target, apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         section = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
         trainer = section.get("trainer") or {}
-        root = Path(trainer.get("default_root_dir") or DEFAULT_ROOT)
+        root = Path(trainer.get("default_root_dir") or self.default_root)
         kwargs["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint_callback(root)]
         kwargs["plugins"] = [SafetensorsCheckpointIO(), *(trainer.get("plugins") or [])]
         if trainer.get("logger") in (None, True):
             kwargs["logger"] = CSVLogger(root, name="logs")
         return super().instantiate_trainer(**kwargs)
+
+
+class AlignmentCLI(LibraryCLI):
+    """``nob align fit``: the bridge's contrastive or prefix stage."""
+
+    model_factory = staticmethod(alignment_model)
+    data_factory = staticmethod(alignment_data)
+    default_root = DEFAULT_ROOT
+    links = (("data.modality_dims", "model.modality_dims"),)
+    trainer_extra: ClassVar[dict[str, Any]] = {
+        "use_distributed_sampler": False
+    }  # CohortDataModule shards the folds itself
+
+
+def pretrain_data(
+    sources: dict[str, str],
+    weights: dict[str, float],
+    backbone: BackboneConfig | None = None,
+    block_size: int = 512,
+    batch_size: int = 8,
+    seed: int = 0,
+    scrub: list[str] | None = None,
+    heldout_fraction: float = 0.05,
+    text_field: str = "text",
+) -> PretrainDataModule:
+    """Named corpus paths mixed by token ``weights`` (e.g. 15:1:4), packed into blocks; the
+    backbone is loaded here (its tokenizer packs) and linked into the model."""
+    return PretrainDataModule(
+        (backbone or BackboneConfig()).build(),
+        sources,
+        weights,
+        block_size=block_size,
+        batch_size=batch_size,
+        seed=seed,
+        scrub=scrub or (),
+        heldout_fraction=heldout_fraction,
+        text_field=text_field,
+    )
+
+
+def pretrain_model(
+    backbone: Any = None,
+    sources: list[str] | None = None,
+    lr: float = 2e-5,
+    weight_decay: float = 0.1,
+    warmup_fraction: float = 0.05,
+    gradient_checkpointing: bool = False,
+    output_dir: str | None = "nob-runs/pretrained",
+) -> ContinualPretrainModule:
+    """The continual-pretraining module on the data's backbone (linked); the trained model is
+    saved to ``output_dir`` when fitting ends."""
+    return ContinualPretrainModule(
+        backbone,
+        sources=sources or (),
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_fraction=warmup_fraction,
+        gradient_checkpointing=gradient_checkpointing,
+        output_dir=output_dir,
+    )
+
+
+class PretrainCLI(LibraryCLI):
+    """``nob pretrain fit``: continual pretraining on a corpus mixture."""
+
+    model_factory = staticmethod(pretrain_model)
+    data_factory = staticmethod(pretrain_data)
+    default_root = "nob-runs/pretrain"
+    links = (("data.backbone", "model.backbone"), ("data.source_names", "model.sources"))
+    trainer_extra: ClassVar[dict[str, Any]] = {"use_distributed_sampler": False, "check_val_every_n_epoch": None}
+
+
+def instruct_data(
+    train_file: str,
+    val_file: str | None = None,
+    backbone: BackboneConfig | None = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> InstructionDataModule:
+    """Instruction records from JSONL files, tokenised with the backbone's chat template."""
+    from neuroomics_bridge.data.instructions import read_instructions
+
+    return InstructionDataModule(
+        (backbone or BackboneConfig()).build(),
+        read_instructions(train_file),
+        read_instructions(val_file) if val_file else (),
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+
+
+def instruct_model(
+    backbone: Any = None,
+    lora: LoRAConfig | None = None,
+    lr: float = 2e-4,
+    weight_decay: float = 0.0,
+    warmup_fraction: float = 0.05,
+    output_dir: str | None = "nob-runs/instruct-adapter",
+) -> InstructionTuneModule:
+    """LoRA instruction tuning of the data's backbone (linked); the adapter alone is saved to
+    ``output_dir`` when fitting ends."""
+    return InstructionTuneModule(
+        backbone, lora, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction, output_dir=output_dir
+    )
+
+
+class InstructCLI(LibraryCLI):
+    """``nob instruct fit``: LoRA instruction tuning."""
+
+    model_factory = staticmethod(instruct_model)
+    data_factory = staticmethod(instruct_data)
+    default_root = "nob-runs/instruct"
+    links = (("data.backbone", "model.backbone"),)
