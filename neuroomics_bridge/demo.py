@@ -65,6 +65,8 @@ def run_demo(
     ``data_dir`` is a folder in the :meth:`Cohort.to_files` layout (a user's own files); by
     default a synthetic cohort of ``settings.subjects`` subjects is drawn with ``seed``.
     """
+    import torch
+
     from neuroomics_bridge.backbone import TextBackbone
     from neuroomics_bridge.backbone.resolve import locate_weights
     from neuroomics_bridge.bridge import Bridge
@@ -90,7 +92,9 @@ def run_demo(
     dims = {m: x.shape[1] for m, x in cohort.features.items()}
 
     step(f"loading the backbone {backbone}")
-    bridge = Bridge(TextBackbone.from_pretrained(backbone), dims)
+    text_backbone = TextBackbone.from_pretrained(backbone)
+    torch.manual_seed(seed)  # the adapters' initial weights: the same whether or not the backbone was converted now
+    bridge = Bridge(text_backbone, dims)
     with _quiet_lightning():
         contrastive, prefix = _fit_both_stages(bridge, cohort, split, settings, out, step)
     reference = ReferenceSet.build(bridge, split.train)
