@@ -77,3 +77,11 @@ def test_resuming_from_last_matches_an_uninterrupted_run(tmp_path, tiny_model_di
     assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").read_bytes()[8:9] == b"{"  # safetensors, no pickle
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, tiny_model_dir) -> None:
+    plain, _ = run(tmp_path, tiny_model_dir, "plain", max_steps=2)
+    checkpointed, _ = run(tmp_path, tiny_model_dir, "checkpointed", max_steps=2, gradient_checkpointing=True)
+    assert checkpointed.model.is_gradient_checkpointing
+    for (name, a), b in zip(plain.model.state_dict().items(), checkpointed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

@@ -132,9 +132,19 @@ class InstructionTuneModule(LightningModule):
         self.lora = lora or LoRAConfig()
         if self.lora.qlora and not _qlora_available():
             raise ConfigError("lora.qlora=true needs bitsandbytes and a CUDA GPU; neither is here: set qlora: false")
+        if self.lora.qlora and not getattr(backbone.model, "is_loaded_in_4bit", False):
+            raise ConfigError(
+                "lora.qlora=true needs a backbone loaded in 4 bits (transformers BitsAndBytesConfig); "
+                f"{backbone.name} is loaded in {backbone.dtype}"
+            )
         self.backbone = backbone
         self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
-        self.model = get_peft_model(backbone.model.float(), self.lora.to_peft())
+        base = backbone.model if self.lora.qlora else backbone.model.float()  # float32 LoRA master weights
+        if self.lora.qlora:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base)
+        self.model = get_peft_model(base, self.lora.to_peft())
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
         self.output_dir = output_dir
 
