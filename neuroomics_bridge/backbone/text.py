@@ -277,7 +277,8 @@ class TextBackbone:
         token embeddings (a zero-width prefix gives plain generation). Prompts that would not fit
         the context with the prefix and ``max_new_tokens`` are cut from the left with a warning.
         Generation of a prompt ends at the first of the ``stop`` strings, which is cut off;
-        ``no_repeat_ngram_size=n`` forbids repeating any n-gram (small models otherwise loop).
+        ``no_repeat_ngram_size=n`` forbids repeating any n-gram (small models otherwise loop): of
+        prompt and answer, or, with ``prefix_embeds``, of the answer alone.
         ``prompt_lookup=n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in
         one forward pass (transformers' prompt-lookup decoding), for one greedy prompt without a
         prefix; it keeps the greedy result and pays off on GPUs for summaries that copy from their
@@ -322,7 +323,9 @@ class TextBackbone:
                 new_tokens = out[:, ids.shape[1] :]
             else:
                 embeds, mask = self.prefixed_inputs(rows, prefix_embeds[batch])
-                new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **options)
+                with warnings.catch_warnings():  # n-grams then apply to the new tokens only, as documented
+                    warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
+                    new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **options)
             for i, text in zip(batch, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 texts[i] = _cut_at(text, stop).strip()
         return texts
