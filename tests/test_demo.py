@@ -1,8 +1,9 @@
-"""`nob demo --quick` end to end, then the trained bridge reused by `nob report`, `encode`, `index`."""
+"""`nob demo --quick` end to end, offline, then the trained bridge reused by `nob report`, `encode`, `index`."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -16,9 +17,20 @@ from neuroomics_bridge.reports import RESEARCH_NOTICE
 pytestmark = pytest.mark.slow
 
 
+OFFLINE = Path(__file__).parent / "offline"  # its sitecustomize makes every socket connection fail
+
+
 def nob(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``nob`` offline: Hugging Face told so, and any network connection an error."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "neuroomics_bridge.cli", *args], capture_output=True, text=True, timeout=900, cwd=cwd
+        [sys.executable, "-m", "neuroomics_bridge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=cwd,
+        env=env,
     )
 
 

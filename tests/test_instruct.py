@@ -17,6 +17,7 @@ from neuroomics_bridge.data.instructions import (
     user_turn,
 )
 from neuroomics_bridge.errors import ConfigError, DataError
+from neuroomics_bridge.reports import RESEARCH_NOTICE
 from neuroomics_bridge.training.instruct import (
     InstructionTuneModule,
     LoRAConfig,
@@ -73,6 +74,7 @@ def test_adapter_is_saved_alone_reloads_identically_and_merges(tmp_path, tiny_mo
         backbone, records, lora=LoRAConfig(r=4, alpha=8, dropout=0.0), root_dir=tmp_path / "run",
         output_dir=tmp_path / "adapter", **options,
     )  # fmt: skip
+    assert RESEARCH_NOTICE in (tmp_path / "adapter" / "README.md").read_text()
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert saved and all("lora_" in name for name in saved)  # no base weights
     base_size = sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))

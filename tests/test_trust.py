@@ -1,0 +1,100 @@
+"""Trust: nothing loaded is ever executed, interrupted saves lose nothing, cards carry the notice."""
+
+from __future__ import annotations
+
+import ast
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuroomics_bridge import Bridge, BridgeConfig, GeneEncoder, NobError, PrecomputedEncoder
+from neuroomics_bridge.reports import RESEARCH_NOTICE
+from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
+
+PACKAGE = Path(__file__).parents[1] / "neuroomics_bridge"
+
+
+class Booby:
+    """Unpickling this creates ``path``: the proof that a loader ran code from a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_no_code_path_can_unpickle() -> None:
+    offenders = []
+    for file in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if name in ("pickle.load", "pickle.loads", "joblib.load", "dill.load", "torch.serialization.load"):
+                offenders.append(f"{file.name}: {name}")
+            if name == "torch.load" and keywords.get("weights_only") != "True":
+                offenders.append(f"{file.name}: torch.load without weights_only=True")
+            if name.endswith("np.load") and keywords.get("allow_pickle") not in (None, "False"):
+                offenders.append(f"{file.name}: np.load with allow_pickle")
+    assert not offenders, offenders
+
+
+def test_a_code_running_pickle_is_refused_by_every_loader_and_never_runs(tmp_path, tiny_backbone) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state_dict": Booby(marker)})
+    bridge_dir = Bridge(tiny_backbone, {"gene": 4}, BridgeConfig(embed_dim=8, head_hidden=8)).save_pretrained(
+        tmp_path / "bridge"
+    )
+    (bridge_dir / "adapters.safetensors").write_bytes(payload)
+    attempts = {
+        "checkpoint": lambda p: SafetensorsCheckpointIO().load_checkpoint(p),
+        "encoder": lambda p: GeneEncoder.load(p),
+        "embeddings.npy": lambda p: PrecomputedEncoder(p).transform(["s1"]),
+    }
+    for name, load in attempts.items():
+        path = tmp_path / (name if "." in name else f"{name}.bin")
+        path.write_bytes(payload)
+        with pytest.raises(NobError, match=re.escape(path.name)):
+            load(path)
+    with pytest.raises(NobError, match=r"adapters\.safetensors"):
+        Bridge.from_pretrained(bridge_dir, backbone=tiny_backbone)
+    assert not marker.exists()
+
+
+def test_an_interrupted_save_keeps_the_previous_bridge_and_leaves_no_partial_file(
+    tmp_path, tiny_backbone, monkeypatch
+) -> None:
+    import safetensors.torch
+
+    bridge = Bridge(tiny_backbone, {"gene": 4}, BridgeConfig(embed_dim=8, head_hidden=8))
+    target = bridge.save_pretrained(tmp_path / "bridge")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with torch.no_grad():
+        next(bridge.adapters.parameters()).add_(1.0)
+
+    def dies_half_way(tensors, filename, metadata=None) -> None:
+        Path(filename).write_bytes(b"\x00" * 100)  # a partial file, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        bridge.save_pretrained(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bridge"]  # no temporary sibling left
+    Bridge.from_pretrained(target, backbone=tiny_backbone)  # still loads
+
+
+def test_every_saved_card_carries_the_research_notice(tmp_path, tiny_backbone) -> None:
+    bridge_dir = Bridge(tiny_backbone, {"gene": 4}, BridgeConfig(embed_dim=8, head_hidden=8)).save_pretrained(
+        tmp_path / "bridge"
+    )
+    assert RESEARCH_NOTICE in (bridge_dir / "README.md").read_text()
+    from neuroomics_bridge.training.pretrain import save_pretrained_backbone
+
+    model_dir = save_pretrained_backbone(tiny_backbone, tmp_path / "model", {"base_model": "tiny"})
+    assert RESEARCH_NOTICE in (model_dir / "README.md").read_text()  # the LoRA card: test_instruct
