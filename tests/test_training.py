@@ -83,6 +83,8 @@ def test_contrastive_stage_learns_saves_checkpoints_and_is_seeded(tiny_backbone,
     for key, value in adapter_state(first).items():
         torch.testing.assert_close(adapter_state(second)[key], value, rtol=0, atol=0)
     assert float(first.adapters.gap_gene.abs().sum()) > 0  # calibrated on the training fold
+    saved = [b.save_pretrained(tmp_path / name) / "adapters.safetensors" for b, name in ((first, "x"), (second, "y"))]
+    assert saved[0].read_bytes() == saved[1].read_bytes()  # byte-identical adapter files
 
 
 class StopAfterEpochs(Callback):

@@ -98,3 +98,30 @@ def test_every_saved_card_carries_the_research_notice(tmp_path, tiny_backbone) -
 
     model_dir = save_pretrained_backbone(tiny_backbone, tmp_path / "model", {"base_model": "tiny"})
     assert RESEARCH_NOTICE in (model_dir / "README.md").read_text()  # the LoRA card: test_instruct
+
+
+def test_canaries_in_clinical_notes_never_come_out_after_scrubbing_and_training(tmp_path, tiny_model_dir) -> None:
+    from neuroomics_bridge import TextBackbone
+    from neuroomics_bridge.training.pretrain import continual_pretrain
+
+    canaries = ("MRN: 73519046", "Dr. Zelda Quorra", "zq@canary.org")
+    notes = [
+        f"{canaries[0]}. Seen by {canaries[1]} ({canaries[2]}). Resting tremor; MRI shows atrophy {i}."
+        for i in range(60)
+    ]
+    general = [f"The patient presents with resting tremor and bradykinesia {i}." for i in range(60)]
+
+    def generated(scrub: set[str], name: str) -> str:
+        backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+        continual_pretrain(
+            backbone, {"clinical": notes, "general": general}, {"clinical": 4, "general": 1}, scrub=scrub,
+            max_steps=40, block_size=64, batch_size=4, lr=1e-2, heldout_fraction=0.2, root_dir=tmp_path / name,
+            enable_progress_bar=False, precision="32-true",
+        )  # fmt: skip
+        prompts = ["MRN:", "Seen by", "Seen by Dr.", "(", "MRN: 7351"]
+        return " | ".join(backbone.generate(prompts, max_new_tokens=24))
+
+    leaked = generated(set(), "raw")
+    assert any(c in leaked for c in canaries), leaked  # the control: unscrubbed, the model memorises them
+    clean = generated({"clinical"}, "scrubbed")
+    assert not any(c in clean or c.split()[-1] in clean for c in canaries), clean
