@@ -86,12 +86,19 @@ class EmbeddingIndex:
         self.index.add(matrix)
         self.ids.extend(new_ids)
 
-    def search(self, queries: np.ndarray, k: int = 10, *, nprobe: int | None = None) -> SearchResult:
-        """The ``k`` nearest indexed items of each query row (fewer if the index is smaller)."""
+    def search(
+        self, queries: np.ndarray, k: int = 10, *, nprobe: int | None = None, ef_search: int | None = None
+    ) -> SearchResult:
+        """The ``k`` nearest indexed items of each query row (fewer if the index is smaller).
+
+        ``nprobe`` (IVF: lists visited) and ``ef_search`` (HNSW: candidate list size) trade speed
+        for recall on approximate indexes.
+        """
         import faiss
 
-        if nprobe is not None:
-            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+            if value is not None:
+                faiss.ParameterSpace().set_index_parameter(self.index, name, value)
         matrix = _prepared(queries, self.metric)
         if matrix.shape[1] != self.dim:
             raise DataError(f"queries: expected dimension {self.dim}, got {matrix.shape[1]}")

@@ -45,6 +45,19 @@ def test_ivf_index_with_enough_probes_finds_the_exact_neighbours() -> None:
     ]
 
 
+def test_hnsw_recall_grows_with_ef_search() -> None:
+    keys, queries = vectors(4000), vectors(50, seed=4)
+    truth = [set(map(str, row)) for row in brute_force_cosine(keys, queries, 10)]
+    index = EmbeddingIndex.build(keys, factory="HNSW8")
+
+    def recall(ef: int) -> float:
+        found = index.search(queries, k=10, ef_search=ef).ids
+        return float(np.mean([len(t & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
+
+    low, high = recall(10), recall(400)
+    assert high >= 0.99 and high > low, (low, high)
+
+
 def test_save_and_load_keep_results(tmp_path) -> None:
     index = EmbeddingIndex.build(vectors(100), [f"s{i}" for i in range(100)])
     index.save(tmp_path / "index")
