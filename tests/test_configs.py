@@ -62,3 +62,20 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         BackboneConfig.from_yaml(tmp_path / "broken.yaml")
+
+
+def test_slurm_overrides_name_real_trainer_and_config_keys() -> None:
+    import inspect
+
+    import yaml
+    from lightning.pytorch import Trainer
+
+    root = Path(__file__).parents[1]
+    overrides = yaml.safe_load((root / "examples" / "slurm" / "multinode_fsdp.yaml").read_text())
+    assert set(overrides["trainer"]) <= set(inspect.signature(Trainer.__init__).parameters)
+    base = yaml.safe_load((root / "configs" / "pretrain.yaml").read_text())
+    for section in ("data", "model"):
+        assert set(overrides[section]) <= set(base[section]) | {"gradient_checkpointing"}, section
+    script = (root / "examples" / "slurm" / "pretrain.sbatch").read_text()
+    for config in ("configs/pretrain.yaml", "examples/slurm/multinode_fsdp.yaml"):
+        assert config in script and (root / config).is_file()
