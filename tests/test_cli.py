@@ -71,7 +71,7 @@ def test_align_fit_runs_both_stages_from_the_shipped_configs(tmp_path, tiny_mode
     ]
     first = align("--config", str(configs / "align_contrastive.yaml"), *common, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "zero_shot/gene/accuracy" in first.stdout and "bridge saved to nob-runs/bridge" in first.stdout
+    assert "zero_shot/gene/accuracy" in first.stdout and "saved to nob-runs/bridge" in first.stdout
     assert (tmp_path / "nob-runs" / "align-contrastive" / "checkpoints" / "last.ckpt").is_file()
     second = align(
         "--config", str(configs / "align_prefix.yaml"), *common, "--trainer.limit_train_batches", "2",
