@@ -10,7 +10,7 @@ from neuroomics_bridge import BackboneConfig, ConfigError, TextBackbone
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CONFIG_CLASSES = {"backbone.yaml": BackboneConfig}
-LIGHTNING_CONFIGS = ["align_contrastive.yaml", "align_prefix.yaml"]
+LIGHTNING_CONFIGS = ["align_contrastive.yaml", "align_prefix.yaml", "pretrain.yaml", "instruct.yaml"]
 
 
 def test_every_shipped_config_is_tested() -> None:
@@ -30,6 +30,20 @@ def test_alignment_configs_parse_and_build(tmp_path, tiny_model_dir) -> None:
         ["--config", str(CONFIGS / "align_prefix.yaml"), *small, "--model.init_from", str(saved)], run=False
     )
     assert prefix.model.stage == "prefix" and prefix.trainer.precision in ("bf16-mixed", "32-true")
+
+
+def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypatch) -> None:
+    from neuroomics_bridge.training.recipes import InstructCLI, PretrainCLI
+
+    monkeypatch.chdir(CONFIGS.parent)  # the configs name the sample data relative to the repository
+    tiny = ["--data.backbone.name", str(tiny_model_dir)]
+    pretrain = PretrainCLI(["--config", str(CONFIGS / "pretrain.yaml"), *tiny], run=False)
+    assert pretrain.datamodule.corpus.weights == {"biomedical": 0.75, "clinical": 0.05, "general": 0.2}
+    assert pretrain.model.sources == ["biomedical", "clinical", "general"] and pretrain.trainer.max_steps == 200
+    assert pretrain.datamodule.scrub == {"clinical"}
+    instruct = InstructCLI(["--config", str(CONFIGS / "instruct.yaml"), *tiny], run=False)
+    assert instruct.model.lora.r == 8 and instruct.model.model.peft_config["default"].r == 8
+    assert len(instruct.datamodule.train_items) > len(instruct.datamodule.val_items) > 0
 
 
 @pytest.mark.slow
