@@ -63,6 +63,7 @@ def bridge_dir(root: Path, model_dir: Path) -> Path:
 def peak_rss_mib(bridge: Path, data: Path, out: Path) -> tuple[float, float]:
     command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "neuroomics_bridge.cli", "report"]
     command += ["--bridge", str(bridge), "--data", str(data), "--out", str(out), "--batch-size", "64"]
+    command += ["--max-new-tokens", "8"]  # memory is the point here, not prose
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(result.stderr.strip().splitlines()[-1]) / 1024, time.perf_counter() - start

@@ -31,7 +31,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from neuroomics_bridge.inference import write_reports
 
-    count = write_reports(args.bridge, args.data, args.out, batch_size=args.batch_size)
+    count = write_reports(
+        args.bridge, args.data, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
     print(f"{count} reports written to {args.out} [{RESEARCH_NOTICE}]")
     return 0
 
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--data", required=True, help="a cohort folder (Cohort.to_files layout)")
     report.add_argument("--out", required=True, help="output file: .jsonl, .md or .html")
     report.add_argument("--batch-size", type=int, default=64, help="subjects encoded and reported at a time")
+    report.add_argument("--max-new-tokens", type=int, default=80, help="longest findings text per report")
     report.set_defaults(run=_cmd_report)
 
     encode = commands.add_parser("encode", help="write subject vectors of a cohort folder with saved encoders")

@@ -34,6 +34,7 @@ def write_reports(
     out: str | os.PathLike[str],
     *,
     batch_size: int = 64,
+    max_new_tokens: int = 80,
     show_progress: bool | None = None,
 ) -> int:
     """Encode and report every subject of ``data_dir``; returns how many reports were written."""
@@ -60,7 +61,10 @@ def write_reports(
         for chunk in progress(chunks, desc="report", show=show_progress, unit="batch"):
             part = encoders.transform(cohort.subset(chunk))
             inputs = {m: part.features[m] for m in bridge.modalities if m in part.features}
-            for report in bridge.generate_report(inputs, subject_ids=chunk, reference=reference, classes=classes):
+            reports = bridge.generate_report(
+                inputs, subject_ids=chunk, reference=reference, classes=classes, max_new_tokens=max_new_tokens
+            )
+            for report in reports:
                 handle.write(_render(report, target.suffix))
                 written += 1
         if target.suffix == ".html":
