@@ -92,6 +92,15 @@ def test_text_cache_encodes_each_text_once_and_persists(tiny_backbone, tmp_path)
     assert fresh.encoded_count == 0
 
 
+def test_text_cache_keeps_dtypes_and_poolings_apart(tiny_model_dir) -> None:
+    folders = {
+        CachedTextEncoder(TextBackbone.from_pretrained(tiny_model_dir, dtype=dtype), pooling=pooling).directory
+        for dtype in ("float32", "bfloat16")
+        for pooling in ("last", "mean")
+    }
+    assert len(folders) == 4
+
+
 def test_save_pretrained_writes_adapters_only_and_reloads_identically(bridge, tmp_path) -> None:
     bridge.card_info = {"metrics": {"zero_shot/gene/accuracy": 0.9}, "data_summary": "12 subjects"}
     folder = bridge.save_pretrained(tmp_path / "bridge")

@@ -2,8 +2,8 @@
 
 A frozen backbone maps a text to the same vector every time, so the contrastive stage encodes
 the reports once and an epoch then costs only the small heads. Vectors are stored as
-safetensors shards under the user cache, in a folder keyed by the backbone's weights hash and
-the pooling, and looked up by the SHA-256 of the text; each call appends at most one shard,
+safetensors shards under the user cache, in a folder keyed by the backbone's weights hash, the
+pooling and the dtype, and looked up by the SHA-256 of the text; each call appends at most one shard,
 written atomically.
 """
 
@@ -45,7 +45,8 @@ class CachedTextEncoder:
     @property
     def directory(self) -> Path:
         if self._directory is None:
-            self._directory = cache_root() / "text" / f"{self.backbone.weights_hash[:24]}-{self.pooling}"
+            dtype = str(self.backbone.dtype).removeprefix("torch.")  # bf16 and fp32 embeddings differ slightly
+            self._directory = cache_root() / "text" / f"{self.backbone.weights_hash[:24]}-{self.pooling}-{dtype}"
         return self._directory
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 16, show_progress: bool | None = None) -> torch.Tensor:
