@@ -9,10 +9,11 @@ adapters only (safetensors), a ``config.json`` recording which backbone they wer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -24,7 +25,7 @@ from neuroomics_bridge import __version__
 from neuroomics_bridge.adapters.module import TEXT, BridgeAdapters
 from neuroomics_bridge.backbone.cache import CachedTextEncoder
 from neuroomics_bridge.backbone.text import TextBackbone
-from neuroomics_bridge.config import BridgeConfig
+from neuroomics_bridge.config import BridgeConfig, LoRAConfig
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, check_safetensors
@@ -37,6 +38,7 @@ __all__ = ["Bridge", "BRIDGE_FORMAT"]
 
 BRIDGE_FORMAT = "neuroomics-bridge/bridge-v1"
 ADAPTERS_FILE = "adapters.safetensors"
+LORA_FILE = "backbone_lora.safetensors"  # LoRA inside the backbone, when the prefix stage used it
 
 
 class Bridge:
@@ -57,9 +59,13 @@ class Bridge:
         self.config = config or BridgeConfig()
         self.adapters = BridgeAdapters(modality_dims, backbone.hidden_size, backbone.hidden_size, self.config)
         self.text_encoder = CachedTextEncoder(
-            backbone, pooling=self.config.text_pooling, template=self.config.text_template
+            backbone,
+            pooling=self.config.text_pooling,
+            template=self.config.text_template,
+            base_weights=self.lora_off,
         )
         self.card_info: dict[str, Any] = {}  # training data and metrics, written into the model card
+        self.lora: LoRAConfig | None = None  # LoRA inside the backbone (prefix stage, optional)
 
     @property
     def modality_dims(self) -> dict[str, int]:
@@ -233,6 +239,52 @@ class Bridge:
             raise DataError(f"{modality}: expected shape (n, {self.modality_dims[modality]}), got {tuple(x.shape)}")
         return x
 
+    def add_lora(self, lora: LoRAConfig) -> None:
+        """Put LoRA adapters (peft) inside the frozen backbone, to train with the prefix projector.
+
+        The backbone's own weights stay untouched (and keep their hash); the LoRA weights are
+        saved with the bridge and put back by :meth:`from_pretrained`.
+        """
+        from peft import inject_adapter_in_model
+
+        if self.lora is not None:
+            raise DataError("this bridge's backbone already holds LoRA adapters")
+        _ = self.backbone.weights_hash  # identify the base weights before the adapters go in
+        inject_adapter_in_model(lora.to_peft(), self.backbone.model)
+        self.lora = lora
+
+    @contextlib.contextmanager
+    def lora_off(self) -> Iterator[None]:
+        """Run the backbone without its LoRA adapters (text embeddings live in the base model's space)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.backbone.model.modules() if isinstance(m, BaseTunerLayer)] if self.lora else []
+        trainable = {id(p): p.requires_grad for layer in layers for p in layer.parameters()}
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+                for parameter in layer.parameters():  # peft's enable_adapters also flips requires_grad
+                    parameter.requires_grad_(trainable[id(parameter)])
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights inside the backbone (empty without :meth:`add_lora`)."""
+        state = self.backbone.model.state_dict() if self.lora is not None else {}
+        return {key: value.detach().cpu().contiguous() for key, value in state.items() if "lora_" in key}
+
+    def load_lora_state(self, state: Mapping[str, torch.Tensor], *, source: str = "LoRA weights") -> None:
+        """Load :meth:`lora_state` output; every LoRA weight must be given, nothing else."""
+        expected = set(self.lora_state())
+        if set(state) != expected:
+            raise CorruptFileError(
+                f"{source}: LoRA weights do not match the config (missing {sorted(expected - set(state))[:3]}, "
+                f"unexpected {sorted(set(state) - expected)[:3]})"
+            )
+        self.backbone.model.load_state_dict(dict(state), strict=False)
+
     # ------------------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write adapters (safetensors), ``config.json`` and a model card ``README.md``, atomically."""
@@ -250,10 +302,13 @@ class Bridge:
                 "hidden_size": self.backbone.hidden_size,
             },
             "card": self.card_info,
+            "lora": self.lora.to_dict() if self.lora is not None else None,
         }
         state = {key: value.detach().cpu().contiguous() for key, value in self.adapters.state_dict().items()}
         with atomic_directory(target) as tmp:
             save_file(state, tmp / ADAPTERS_FILE, metadata={"format": BRIDGE_FORMAT})
+            if self.lora is not None:
+                save_file(self.lora_state(), tmp / LORA_FILE, metadata={"format": BRIDGE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             (tmp / "README.md").write_text(_model_card(config))
         return target
@@ -296,6 +351,13 @@ class Bridge:
                 f"{weights_file}: adapter weights do not match the config "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
+        if config.get("lora"):
+            bridge.add_lora(LoRAConfig.from_dict(config["lora"], source=str(config_file)))
+            lora_file = folder / LORA_FILE
+            if not lora_file.is_file():
+                raise MissingFileError(f"{lora_file}: missing; {config_file} records LoRA adapters")
+            check_safetensors(lora_file)
+            bridge.load_lora_state(load_file(lora_file), source=str(lora_file))
         bridge.card_info = config.get("card", {})
         return bridge
 

@@ -24,7 +24,7 @@ from neuroomics_bridge.io import atomic_write_text
 if typing.TYPE_CHECKING:
     from neuroomics_bridge.backbone import TextBackbone
 
-__all__ = ["YamlConfig", "BackboneConfig", "BridgeConfig", "DType"]
+__all__ = ["YamlConfig", "BackboneConfig", "BridgeConfig", "DType", "LoRAConfig"]
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 HeadKind = Literal["linear", "mlp"]
@@ -183,3 +183,26 @@ class BridgeConfig(YamlConfig):
             raise ConfigError(f"BridgeConfig.text_template: must contain '{{text}}', got {self.text_template!r}")
         if not 0 < self.init_temperature <= 1:
             raise ConfigError(f"BridgeConfig.init_temperature: expected 0 < t <= 1, got {self.init_temperature}")
+
+
+@dataclasses.dataclass
+class LoRAConfig(YamlConfig):
+    """LoRA hyper-parameters (Me-LLaMA-chat: rank 8, alpha 16, dropout 0.05 on the attention
+    projections). ``qlora`` loads the base in 4 bits (needs bitsandbytes and a CUDA GPU)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    qlora: bool = False
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+        )

@@ -138,6 +138,39 @@ def test_prefix_stage_trains_only_the_projector(tiny_backbone, encoded, tmp_path
     assert np.isfinite(result.metrics["prefix/perplexity_matched"])
 
 
+def test_prefix_stage_with_lora_trains_it_inside_the_backbone_and_saves_it_with_the_bridge(
+    tiny_model_dir, encoded, tmp_path
+) -> None:
+    from neuroomics_bridge import TextBackbone
+    from neuroomics_bridge.config import LoRAConfig
+
+    cohort, split = encoded
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    base = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    bridge = new_bridge(backbone)
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.0)
+    fit_alignment(
+        bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path / "run", precision="32-true", lora=lora
+    )
+    trained = bridge.lora_state()
+    assert trained and any(float(v.abs().sum()) > 0 for k, v in trained.items() if "lora_B" in k)  # B starts at 0
+    current = {k.replace(".base_layer", ""): v for k, v in backbone.model.state_dict().items() if "lora_" not in k}
+    assert current.keys() == base.keys()
+    for key, value in base.items():  # the backbone's own weights are untouched
+        torch.testing.assert_close(current[key], value, rtol=0, atol=0)
+    saved = bridge.save_pretrained(tmp_path / "bridge")
+    assert (saved / "backbone_lora.safetensors").is_file()
+    reloaded = Bridge.from_pretrained(saved, backbone=TextBackbone.from_pretrained(tiny_model_dir, dtype="float32"))
+    for key, value in trained.items():
+        torch.testing.assert_close(reloaded.lora_state()[key], value, rtol=0, atol=0)
+    bridge.text_encoder._directory = tmp_path / "fresh-cache"  # texts encoded now, after training ...
+    plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")  # ... use the base weights only
+    expected = plain.encode([bridge.config.text_template.format(text="a new text")], pooling=bridge.config.text_pooling)
+    torch.testing.assert_close(bridge.text_encoder.encode(["a new text"]), expected)
+    with pytest.raises(DataError, match="prefix stage only"):
+        fit_alignment(new_bridge(backbone), cohort, "contrastive", split=split, root_dir=tmp_path / "c", lora=lora)
+
+
 def test_a_cohort_that_does_not_fit_the_bridge_is_refused(tiny_backbone, encoded, tmp_path) -> None:
     cohort, split = encoded
     bridge = Bridge(tiny_backbone, {"gene": 8}, SMALL)

@@ -9,10 +9,12 @@ written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,10 @@ class CachedTextEncoder:
         pooling: Pooling = "mean",
         template: str = "{text}",
         directory: str | os.PathLike[str] | None = None,
+        base_weights: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.backbone = backbone
+        self.base_weights = base_weights  # a context in which the backbone runs its own weights only
         self.pooling = pooling
         self.template = template
         self._directory = Path(directory) if directory is not None else None
@@ -56,9 +60,10 @@ class CachedTextEncoder:
         keys = [_key(text) for text in texts]
         todo = {key: text for key, text in zip(keys, texts, strict=True) if key not in vectors}
         if todo:
-            fresh = self.backbone.encode(
-                list(todo.values()), pooling=self.pooling, batch_size=batch_size, show_progress=show_progress
-            ).numpy()
+            with self.base_weights():  # vectors are keyed by the base weights' hash: no adapters may act
+                fresh = self.backbone.encode(
+                    list(todo.values()), pooling=self.pooling, batch_size=batch_size, show_progress=show_progress
+                ).numpy()
             shard = dict(zip(todo, fresh, strict=True))
             self.directory.mkdir(parents=True, exist_ok=True)
             write_arrays(self.directory / f"{uuid.uuid4().hex}.safetensors", shard, {"pooling": self.pooling})

@@ -23,6 +23,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, seed_everyth
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neuroomics_bridge.bridge import Bridge
+from neuroomics_bridge.config import LoRAConfig
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
 from neuroomics_bridge.data.text import report_views, text_ids
 from neuroomics_bridge.errors import DataError
@@ -31,6 +32,7 @@ from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
 __all__ = ["AlignmentModule", "CohortDataModule", "AlignmentResult", "fit_alignment", "Stage"]
 
 Stage = Literal["contrastive", "prefix"]
+LORA_PREFIX = "backbone_lora."  # checkpoint keys of the backbone's LoRA weights
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "contrastive": {"batch_size": 32, "max_epochs": 30, "lr": 1e-3},
     "prefix": {"batch_size": 8, "max_epochs": 6, "lr": 3e-3},
@@ -150,6 +152,7 @@ class AlignmentModule(LightningModule):
         seed: int = 0,
         class_prompt: str | Mapping[str, str] = "Impression: {label}.",
         save_to: str | os.PathLike[str] | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         if stage not in ("contrastive", "prefix"):
@@ -164,6 +167,26 @@ class AlignmentModule(LightningModule):
         for name, parameter in self.adapters.named_parameters():
             parameter.requires_grad_(name.startswith("projector.") == training_prefix)
         bridge.backbone.model.requires_grad_(False)
+        if lora is not None:
+            if stage != "prefix":
+                raise DataError("lora: LoRA inside the backbone trains in the prefix stage only")
+            if bridge.lora is None:
+                bridge.add_lora(lora)
+        for name, parameter in bridge.backbone.model.named_parameters():
+            parameter.requires_grad_(training_prefix and bridge.lora is not None and "lora_" in name)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Adapters, plus the backbone's LoRA weights when it has them (never the backbone itself)."""
+        state = super().state_dict(*args, **kwargs)
+        state.update({f"{LORA_PREFIX}{k}": v for k, v in self.bridge.lora_state().items()})
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        lora = {k.removeprefix(LORA_PREFIX): v for k, v in state_dict.items() if k.startswith(LORA_PREFIX)}
+        if lora or self.bridge.lora is not None:
+            self.bridge.load_lora_state(lora, source="checkpoint")
+        rest = {k: v for k, v in state_dict.items() if not k.startswith(LORA_PREFIX)}
+        return super().load_state_dict(rest, strict=strict, assign=assign)
 
     def setup(self, stage: str) -> None:
         self.adapters.set_distributed(self.global_rank, self.trainer.world_size)
@@ -179,8 +202,9 @@ class AlignmentModule(LightningModule):
         """Put the best weights in the bridge, calibrate, evaluate on the test fold, save if asked."""
         callback = self.trainer.checkpoint_callback
         if callback is not None and callback.best_model_path:
-            state = self.trainer.strategy.checkpoint_io.load_checkpoint(callback.best_model_path)["state_dict"]
-            self.adapters.load_state_dict({k.removeprefix("adapters."): v for k, v in state.items()})
+            self.load_state_dict(
+                self.trainer.strategy.checkpoint_io.load_checkpoint(callback.best_model_path)["state_dict"]
+            )
         datamodule = getattr(self.trainer, "datamodule", None)
         if not isinstance(datamodule, CohortDataModule):
             return
@@ -242,6 +266,7 @@ class AlignmentModule(LightningModule):
         from transformers import get_cosine_schedule_with_warmup
 
         trainable = [p for p in self.adapters.parameters() if p.requires_grad]
+        trainable += [p for p in self.bridge.backbone.model.parameters() if p.requires_grad]  # LoRA, if any
         optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
@@ -272,13 +297,15 @@ def fit_alignment(
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
     class_prompt: str | Mapping[str, str] = "Impression: {label}.",
+    lora: LoRAConfig | None = None,
     **trainer_kwargs: Any,
 ) -> AlignmentResult:
     """Train one stage of ``bridge`` on an encoded ``cohort``; the best weights end up in ``bridge``.
 
     Seeded (``seed``); checkpoints ``last`` and best-on-validation under ``root_dir``
     (default ``nob-runs/<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
-    to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). The test fold's
+    to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). ``lora`` (prefix
+    stage) also trains LoRA adapters inside the backbone, saved with the bridge. The test fold's
     metrics (zero-shot accuracy per modality with one ``class_prompt`` per label, see
     :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
     recorded for the model card.
@@ -291,7 +318,9 @@ def fit_alignment(
         raise DataError(
             f"cohort modalities {sorted(data.modality_dims)} differ from the bridge's {sorted(bridge.modalities)}"
         )
-    module = AlignmentModule(bridge, stage=stage, lr=lr or defaults["lr"], seed=seed, class_prompt=class_prompt)
+    module = AlignmentModule(
+        bridge, stage=stage, lr=lr or defaults["lr"], seed=seed, class_prompt=class_prompt, lora=lora
+    )
     trainer_kwargs.setdefault("precision", "32-true" if stage == "contrastive" else mixed_precision())
     trainer_kwargs.setdefault("use_distributed_sampler", False)  # CohortDataModule shards by itself
     trainer = build_trainer(root, max_epochs=max_epochs or defaults["max_epochs"], **trainer_kwargs)

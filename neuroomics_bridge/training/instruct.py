@@ -10,7 +10,6 @@ extraction, ROUGE-L for summaries and reports.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, seed_everyth
 from torch.utils.data import DataLoader
 
 from neuroomics_bridge.backbone.text import TextBackbone
-from neuroomics_bridge.config import YamlConfig
+from neuroomics_bridge.config import LoRAConfig
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
@@ -36,29 +35,6 @@ __all__ = [
     "merge_lora",
     "tokenize_record",
 ]
-
-
-@dataclasses.dataclass
-class LoRAConfig(YamlConfig):
-    """LoRA hyper-parameters (Me-LLaMA-chat: rank 8, alpha 16, dropout 0.05 on the attention
-    projections). ``qlora`` loads the base in 4 bits (needs bitsandbytes and a CUDA GPU)."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    qlora: bool = False
-
-    def to_peft(self) -> Any:
-        from peft import LoraConfig, TaskType
-
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-        )
 
 
 def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_length: int) -> dict[str, list[int]]:

@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from neuroomics_bridge.config import BackboneConfig, BridgeConfig
+from neuroomics_bridge.config import BackboneConfig, BridgeConfig, LoRAConfig
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.training.alignment import AlignmentModule, CohortDataModule, Stage
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
-from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule, LoRAConfig
+from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule
 from neuroomics_bridge.training.pretrain import ContinualPretrainModule, PretrainDataModule
 from neuroomics_bridge.training.trainer import checkpoint_callback
 
@@ -82,6 +82,7 @@ def alignment_model(
     warmup_fraction: float = 0.05,
     seed: int = 0,
     modality_dims: dict[str, int] | None = None,
+    lora: LoRAConfig | None = None,
 ) -> AlignmentModule:
     """The alignment module of one stage: a new bridge on ``backbone``, or the saved bridge at
     ``init_from`` (e.g. the contrastive stage's output for the prefix stage); the trained bridge
@@ -107,6 +108,7 @@ def alignment_model(
         warmup_fraction=warmup_fraction,
         seed=seed,
         save_to=save_to,
+        lora=lora,
     )
 
 
