@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroomics_bridge.errors import CorruptFileError, MissingFileError
+from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
 
 __all__ = [
     "cache_root",
@@ -83,6 +83,22 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` (UTF-8) through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file, streamed; a line that is
+    not a JSON object is a :class:`DataError` naming ``file:line``."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
 
 
 def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 1 << 22) -> str:

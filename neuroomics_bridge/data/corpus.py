@@ -14,7 +14,6 @@ causal mask, so packed documents do not attend to each other.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from neuroomics_bridge.data.phi import scrub_phi
 from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.io import read_jsonl
 
 __all__ = ["MixtureCorpus", "PackedBlock", "pack", "read_documents"]
 
@@ -53,17 +53,10 @@ def _read_file(file: Path, text_field: str) -> Iterator[str]:
     if file.suffix in (".txt", ".md"):
         yield file.read_text(encoding="utf-8")
     elif file.suffix == ".jsonl":
-        with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{file}:{number}: not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise DataError(f"{file}:{number}: expected an object with a string {text_field!r} field")
-                yield record[text_field]
+        for number, record in read_jsonl(file):
+            if not isinstance(record.get(text_field), str):
+                raise DataError(f"{file}:{number}: expected an object with a string {text_field!r} field")
+            yield record[text_field]
     elif file.suffix in (".parquet", ".csv"):
         yield from _read_table(file, text_field)
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.io import read_jsonl
 
 __all__ = ["TASK_TEMPLATES", "InstructionRecord", "read_instructions", "synthetic_instructions", "user_turn"]
 
@@ -57,26 +58,13 @@ def read_instructions(path: str | os.PathLike[str]) -> list[InstructionRecord]:
     if not file.is_file():
         raise MissingFileError(f"{file}: instruction file does not exist")
     records = []
-    with open(file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{file}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(raw, dict):
-                raise DataError(f"{file}:{number}: expected a JSON object, got {type(raw).__name__}")
-            missing = [k for k in FIELDS if k != "input" and not isinstance(raw.get(k), str)]
-            if missing:
-                raise DataError(
-                    f"{file}:{number}: expected string fields {list(FIELDS)}; missing or not text: {missing}"
-                )
-            if raw["task"] not in TASK_TEMPLATES:
-                raise DataError(
-                    f"{file}:{number}: unknown task {raw['task']!r}; expected one of {sorted(TASK_TEMPLATES)}"
-                )
-            records.append(InstructionRecord(raw["task"], raw["instruction"], str(raw.get("input", "")), raw["output"]))
+    for number, raw in read_jsonl(file):
+        missing = [k for k in FIELDS if k != "input" and not isinstance(raw.get(k), str)]
+        if missing:
+            raise DataError(f"{file}:{number}: expected string fields {list(FIELDS)}; missing or not text: {missing}")
+        if raw["task"] not in TASK_TEMPLATES:
+            raise DataError(f"{file}:{number}: unknown task {raw['task']!r}; expected one of {sorted(TASK_TEMPLATES)}")
+        records.append(InstructionRecord(raw["task"], raw["instruction"], str(raw.get("input", "")), raw["output"]))
     if not records:
         raise DataError(f"{file}: no instruction records")
     return records
