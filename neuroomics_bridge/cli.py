@@ -58,6 +58,42 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from neuroomics_bridge.errors import ConfigError
+    from neuroomics_bridge.evaluation.harness import BenchmarkRun, compare_runs
+    from neuroomics_bridge.io import atomic_write_text
+
+    if args.compare:
+        table = compare_runs(*(BenchmarkRun.load(path) for path in args.compare))
+        if args.out:
+            atomic_write_text(args.out, table)
+        print(table)
+        return 0
+    missing = [
+        flag for flag, value in (("--backbone", args.backbone), ("--data", args.data), ("--out", args.out)) if not value
+    ]
+    if missing:
+        raise ConfigError(f"nob eval needs {', '.join(missing)} (or --compare RUN_A.json RUN_B.json)")
+    from neuroomics_bridge.backbone.text import TextBackbone
+    from neuroomics_bridge.evaluation.harness import run_benchmarks
+    from neuroomics_bridge.evaluation.tasks import TASKS
+
+    backbone = TextBackbone.from_pretrained(args.backbone, local_dir=args.local_dir)
+    if args.lora:
+        from neuroomics_bridge.training.instruct import load_lora
+
+        load_lora(backbone, args.lora)  # peft injects the adapter into backbone.model in place
+    tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    run = run_benchmarks(
+        backbone, tasks, args.data, mode=args.mode, shots=args.shots, seed=args.seed, limit=args.limit,
+        prompt_format=args.prompt_format, batch_size=args.batch_size, adapter=args.lora,
+    )  # fmt: skip
+    path = run.save(args.out)
+    print(run.to_markdown())
+    print(f"results: {path} (+ .md, .predictions.jsonl)")
+    return 0
+
+
 def _cmd_cards(args: argparse.Namespace) -> int:
     from neuroomics_bridge.backbone.cards import get_card, list_cards, validate_cards
 
@@ -146,6 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("lightning_args", nargs=argparse.REMAINDER)
         command.set_defaults(run=_cmd_lightning)
+
+    evaluate = commands.add_parser("eval", help="score a backbone (+ LoRA) on medical benchmarks, or compare two runs")
+    evaluate.add_argument("--backbone", help="registry id, model directory or .gguf")
+    evaluate.add_argument("--local-dir", default=None, help="weights folder of a gated registry backbone")
+    evaluate.add_argument("--lora", default=None, help="a LoRA adapter folder (nob instruct fit) to apply first")
+    evaluate.add_argument("--tasks", default="all", help="comma-separated task names, or all")
+    evaluate.add_argument("--data", help="folder holding <task>.<ext> or <task>/test.<ext> per task")
+    evaluate.add_argument(
+        "--out", help="results .json (a .md and .predictions.jsonl go beside it); with --compare: .md"
+    )
+    evaluate.add_argument(
+        "--mode", choices=["auto", "loglik", "generate"], default="auto",
+        help="auto: log-likelihood for multiple choice, generation for the rest",
+    )  # fmt: skip
+    evaluate.add_argument("--shots", type=int, default=0, help="exemplars per prompt (seeded)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the exemplar draw")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N items per task only")
+    evaluate.add_argument(
+        "--prompt-format", choices=["chat", "plain"], default="chat",
+        help="chat: the backbone's template from its card; plain: Question/Answer completion",
+    )  # fmt: skip
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two results .json files to compare")
+    evaluate.set_defaults(run=_cmd_eval)
 
     cards = commands.add_parser("cards", help="list, show or validate the backbone model cards")
     cards.add_argument("id", nargs="?", help="show this card in full")

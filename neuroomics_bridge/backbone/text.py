@@ -178,13 +178,14 @@ class TextBackbone:
         return f"TextBackbone({self.name!r}, params={n_params / 1e6:.1f}M, dtype={self.dtype}, device={self.device})"
 
     # ----------------------------------------------------------------------------- prompting
-    def chat(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
-        """Format ``messages`` (a string is one user turn) with the backbone's chat template."""
+    def chat(self, messages: Messages, *, add_generation_prompt: bool = True, template: str | None = None) -> str:
+        """Format ``messages`` (a string is one user turn) with the backbone's chat template, or
+        with ``template`` (e.g. :data:`COMPLETION_TEMPLATE` to prompt a chat model as a base model)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         return self.tokenizer.apply_chat_template(
             [dict(m) for m in messages],
-            chat_template=self.chat_template,
+            chat_template=template or self.chat_template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
@@ -231,6 +232,55 @@ class TextBackbone:
             hidden = decoder(input_ids=ids).last_hidden_state.float()
             pooled[batch] = _pool(hidden, mask, pooling).cpu()
         return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    @torch.inference_mode()
+    def loglikelihood(
+        self,
+        contexts: Sequence[str],
+        continuations: Sequence[str],
+        *,
+        batch_size: int = 16,
+        show_progress: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probability of each continuation given its context (lm-eval's ``loglikelihood``).
+
+        Context and continuation are tokenised apart (the context with the tokenizer's special
+        tokens), so the continuation's tokens are the same whatever precedes them. Returns, per
+        pair, the summed log-probability of the continuation's tokens, their number, and whether
+        greedy decoding would have produced exactly them. Contexts that do not fit are cut from the
+        left with a warning. Rows are right-padded with no attention mask (causal attention never
+        looks at the pads after a token) and the LM head runs on continuation positions only.
+        """
+        if len(contexts) != len(continuations):
+            raise DataError(f"loglikelihood: {len(contexts)} contexts but {len(continuations)} continuations")
+        targets = self.tokenize(list(continuations), special_tokens=False)
+        empty = [i for i, ids in enumerate(targets) if not ids]
+        if empty:
+            raise DataError(f"continuations[{empty[0]}] is empty: nothing to score")
+        too_long = [i for i, ids in enumerate(targets) if len(ids) >= self.context_length]
+        if too_long:
+            raise DataError(f"continuations[{too_long[0]}] does not fit the {self.context_length}-token context")
+        prompts = [
+            _truncate([ids], self.context_length - len(target), side="left", what="contexts for loglikelihood")[0]
+            for ids, target in zip(self.tokenize(list(contexts)), targets, strict=True)
+        ]
+        empty = [i for i, ids in enumerate(prompts) if not ids]
+        if empty:
+            raise DataError(f"contexts[{empty[0]}] is empty: a continuation needs something to follow")
+        rows = [prompt + target for prompt, target in zip(prompts, targets, strict=True)]
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        logprob = torch.zeros(len(rows), dtype=torch.float64)
+        greedy = torch.zeros(len(rows), dtype=torch.bool)
+        for batch in _length_sorted_batches(rows, batch_size, show_progress, desc="loglikelihood"):
+            ids, _ = _pad([rows[i] for i in batch], self.tokenizer.pad_token_id, side="right")
+            hidden = decoder(input_ids=ids.to(self.device)).last_hidden_state
+            for row, i in enumerate(batch):
+                start = len(prompts[i])  # position start - 1 predicts the first continuation token
+                scores = head(hidden[row, start - 1 : start - 1 + len(targets[i])]).float().log_softmax(-1)
+                target = torch.tensor(targets[i], device=scores.device)
+                logprob[i] = scores.gather(1, target[:, None]).sum().double().cpu()
+                greedy[i] = bool((scores.argmax(-1) == target).all())
+        return logprob, torch.tensor([len(t) for t in targets]), greedy
 
     # ----------------------------------------------------------------------------- decoding
     def prefixed_inputs(

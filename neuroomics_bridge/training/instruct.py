@@ -237,7 +237,7 @@ def evaluate_tasks(
     backbone: TextBackbone, records: Sequence[InstructionRecord], *, max_new_tokens: int = 32, batch_size: int = 8
 ) -> dict[str, float]:
     """Per-task scores of greedy answers against ``output`` (see the module docstring)."""
-    from neuroomics_bridge.evaluation import rouge_l
+    from neuroomics_bridge.evaluation.metrics import normalize_answer, rouge_l, set_f1
 
     scores: dict[str, float] = {}
     for task, group in iter_tasks(list(records)):
@@ -246,23 +246,10 @@ def evaluate_tasks(
         expected = [r.output for r in group]
         if task in ("classification", "nli", "qa"):
             scores[f"{task}/accuracy"] = sum(
-                _norm(a) == _norm(e) for a, e in zip(answers, expected, strict=True)
+                normalize_answer(a) == normalize_answer(e) for a, e in zip(answers, expected, strict=True)
             ) / len(group)
         elif task in ("ner", "relation_extraction"):
-            scores[f"{task}/f1"] = sum(_set_f1(a, e) for a, e in zip(answers, expected, strict=True)) / len(group)
+            scores[f"{task}/f1"] = sum(set_f1(a, e) for a, e in zip(answers, expected, strict=True)) / len(group)
         else:
             scores[f"{task}/rouge_l"] = rouge_l(answers, expected)
     return scores
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".").split())
-
-
-def _set_f1(answer: str, expected: str) -> float:
-    found = {_norm(line) for line in answer.splitlines() if line.strip()}
-    truth = {_norm(line) for line in expected.splitlines() if line.strip()}
-    if not found or not truth:
-        return float(found == truth)
-    overlap = len(found & truth)
-    return 0.0 if overlap == 0 else 2 * overlap / (len(found) + len(truth))

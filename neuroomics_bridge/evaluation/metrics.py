@@ -1,13 +1,15 @@
-"""Metrics for retrieval, zero-shot classification and generated reports.
+"""Metrics for retrieval, zero-shot classification, generated reports and medical benchmarks.
 
-Classification metrics come from scikit-learn; retrieval recall is computed on cosine
-similarities of paired rows (row i of the queries belongs with row i of the keys).
+Classification metrics come from scikit-learn, ROUGE from torchmetrics; retrieval recall is
+computed on cosine similarities of paired rows (row i of the queries belongs with row i of the
+keys). Benchmark answers are compared after :func:`normalize_answer` (case, spacing, a final
+full stop).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +29,12 @@ __all__ = [
     "report_perplexity",
     "report_label_accuracy",
     "rouge_l",
+    "normalize_answer",
+    "accuracy_stderr",
+    "macro_f1",
+    "set_f1",
+    "entity_f1",
+    "multilabel_f1",
 ]
 
 
@@ -190,3 +198,72 @@ def rouge_l(generated: Sequence[str], references: Sequence[str]) -> float:
         for g, r in zip(generated, references, strict=True)
     ]
     return float(np.mean(scores))
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, single spaces, no surrounding space or final full stop: how answers are compared."""
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def accuracy_stderr(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` items (lm-eval reports the same)."""
+    return float(np.sqrt(accuracy * (1 - accuracy) / (n - 1))) if n > 1 else float("nan")
+
+
+def macro_f1(predicted: Sequence[str | None], truth: Sequence[str], labels: Sequence[str]) -> float:
+    """Macro-F1 over ``labels`` (every label counts, present or not); ``None`` (unparseable) is wrong."""
+    from sklearn.metrics import f1_score
+
+    if len(predicted) != len(truth):
+        raise DataError(f"macro_f1: {len(predicted)} predictions but {len(truth)} answers")
+    outside = "\0unparseable"
+    guesses = [outside if p is None else p for p in predicted]
+    return float(f1_score(truth, guesses, labels=list(labels), average="macro", zero_division=0))
+
+
+def set_f1(answer: str, expected: str) -> float:
+    """F1 between the sets of normalised non-empty lines of two texts (1.0 when both are empty)."""
+    found = {normalize_answer(line) for line in answer.splitlines() if line.strip()}
+    truth = {normalize_answer(line) for line in expected.splitlines() if line.strip()}
+    if not found or not truth:
+        return float(found == truth)
+    overlap = len(found & truth)
+    return 0.0 if overlap == 0 else 2 * overlap / (len(found) + len(truth))
+
+
+def entity_f1(predicted: Sequence[Collection[str]], truth: Sequence[Collection[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1, micro-averaged over the corpus (CoNLL style).
+
+    Each item is a set of entities (e.g. ``"disease: parkinson's disease"``); an entity counts
+    as found only if type and whole span match. An item's duplicates count once.
+    """
+    if len(predicted) != len(truth):
+        raise DataError(f"entity_f1: {len(predicted)} predictions but {len(truth)} answers")
+    hits = found = expected = 0
+    for guess, gold in zip(predicted, truth, strict=True):
+        guess, gold = set(guess), set(gold)
+        hits, found, expected = hits + len(guess & gold), found + len(guess), expected + len(gold)
+    precision = hits / found if found else 0.0
+    recall = hits / expected if expected else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def multilabel_f1(
+    predicted: Sequence[Collection[str]], truth: Sequence[Collection[str]], labels: Sequence[str]
+) -> dict[str, float]:
+    """Macro- and micro-F1 of label sets over the fixed ``labels`` (HoC's protocol)."""
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    if len(predicted) != len(truth):
+        raise DataError(f"multilabel_f1: {len(predicted)} predictions but {len(truth)} answers")
+    binarizer = MultiLabelBinarizer(classes=list(labels))
+    binarizer.fit([])
+    known = set(labels)
+    guesses = binarizer.transform([set(p) & known for p in predicted])
+    gold = binarizer.transform([set(t) & known for t in truth])
+    return {
+        average + "_f1": float(f1_score(gold, guesses, average=average, zero_division=0))
+        for average in ("macro", "micro")
+    }

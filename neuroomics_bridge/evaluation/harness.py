@@ -1,0 +1,204 @@
+"""Run a set of benchmarks on one backbone, save the scores, compare two runs.
+
+A run records what it measured (backbone name and weights hash, LoRA adapter hash, data files'
+hashes, mode, shots, seed, prompt format), so a comparison can say when two runs are not
+comparable. Results are written as JSON (machine-readable), Markdown (a table to read) and a
+JSONL of every item's prediction, each atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
+from neuroomics_bridge.evaluation.tasks import get_task, task_files
+from neuroomics_bridge.io import atomic_write_text, file_sha256
+from neuroomics_bridge.progress import progress
+
+if TYPE_CHECKING:
+    from neuroomics_bridge.backbone.text import TextBackbone
+
+__all__ = ["BenchmarkRun", "run_benchmarks", "compare_runs"]
+
+CAVEAT = (
+    "Exam-style benchmarks do not represent clinical practice. Research use only, not for clinical decision-making."
+)
+
+
+@dataclasses.dataclass
+class BenchmarkRun:
+    """Per-task results of one backbone (plus adapter) under one setting."""
+
+    metadata: dict[str, Any]
+    results: list[TaskResult]
+
+    def headline(self) -> dict[str, tuple[str, float]]:
+        """Task -> (primary metric, value)."""
+        return {r.task: (get_task(r.task).primary, r.metrics[get_task(r.task).primary]) for r in self.results}
+
+    def to_json(self) -> dict[str, Any]:
+        results = {
+            r.task: {"family": r.family, "mode": r.mode, "shots": r.shots, "n": r.n,
+                     "primary": get_task(r.task).primary, "metrics": r.metrics}
+            for r in self.results
+        }  # fmt: skip
+        return {"metadata": self.metadata, "results": results}
+
+    def to_markdown(self) -> str:
+        meta = self.metadata
+        lines = [
+            f"# Benchmarks: {_label(meta)}",
+            "",
+            f"{meta['shots']}-shot, mode {meta['mode']}, {meta['prompt_format']} prompts, seed {meta['seed']}"
+            + (f", first {meta['limit']} items per task" if meta.get("limit") else ""),
+            "",
+            "| task | family | scored by | n | metric | value |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in self.results:
+            primary = get_task(r.task).primary
+            value = f"{r.metrics[primary]:.3f}"
+            if f"{primary}_stderr" in r.metrics:
+                value += f" ± {r.metrics[f'{primary}_stderr']:.3f}"
+            lines.append(f"| {r.task} | {r.family} | {r.mode} | {r.n} | {primary} | {value} |")
+        lines += ["", "All metrics:", ""]
+        for r in self.results:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
+            lines.append(f"- {r.task}: {shown}")
+        return "\n".join([*lines, "", f"_{CAVEAT}_", ""])
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path`` (.json), the same name with .md, and .predictions.jsonl beside it."""
+        target = Path(path)
+        if target.suffix != ".json":
+            raise DataError(f"{target}: the results file must end in .json (a .md and .predictions.jsonl go beside it)")
+        rows = [{"task": r.task, **p} for r in self.results for p in r.predictions]
+        atomic_write_text(target.with_suffix(".predictions.jsonl"), "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(target.with_suffix(".md"), self.to_markdown())
+        atomic_write_text(target, json.dumps(self.to_json(), indent=2) + "\n")
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> BenchmarkRun:
+        """A saved run (scores and metadata; predictions stay in their JSONL)."""
+        file = Path(path)
+        if not file.is_file():
+            raise MissingFileError(f"{file}: benchmark results file does not exist")
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8"))
+            results = [
+                TaskResult(task, r["family"], r["mode"], r["shots"], r["n"], r["metrics"], [])
+                for task, r in saved["results"].items()
+            ]
+            return cls(saved["metadata"], results)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{file}: not a results file written by nob eval ({type(err).__name__}: {err})") from None
+
+
+def run_benchmarks(
+    backbone: TextBackbone,
+    tasks: Sequence[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    mode: Mode = "auto",
+    shots: int = 0,
+    seed: int = 0,
+    limit: int | None = None,
+    prompt_format: PromptFormat = "chat",
+    batch_size: int = 8,
+    adapter: str | os.PathLike[str] | None = None,
+    show_progress: bool | None = None,
+) -> BenchmarkRun:
+    """Score ``backbone`` on each of ``tasks`` read from ``data_dir``.
+
+    ``limit`` keeps the first items of each task (for quick looks; the comparison then says so).
+    ``adapter`` names the LoRA folder already applied to the backbone, so it is recorded.
+    """
+    from neuroomics_bridge import __version__
+
+    chosen = [get_task(name) for name in tasks]  # unknown names fail before any work
+    located = {task.name: task_files(data_dir, task) for task in chosen}
+    files: dict[str, Any] = {}
+    results = []
+    for task in progress(chosen, desc="benchmarks", show=show_progress, unit="task"):
+        evaluation, train = located[task.name]
+        examples = task.reader(evaluation)[:limit]
+        pool = task.reader(train) if train is not None else None
+        files[task.name] = {"file": str(evaluation), "sha256": file_sha256(evaluation), "n": len(examples)}
+        results.append(
+            evaluate_task(
+                backbone, task, examples, mode=mode, shots=shots, pool=pool, seed=seed,
+                prompt_format=prompt_format, batch_size=batch_size,
+            )
+        )  # fmt: skip
+    metadata = {
+        "backbone": backbone.name,
+        "weights_sha256": backbone.weights_hash,
+        "adapter": None if adapter is None else str(adapter),
+        "adapter_sha256": None if adapter is None else _adapter_hash(Path(adapter)),
+        "mode": mode,
+        "shots": shots,
+        "seed": seed,
+        "limit": limit,
+        "prompt_format": prompt_format,
+        "data": files,
+        "library_version": __version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return BenchmarkRun(metadata, results)
+
+
+def _adapter_hash(directory: Path) -> str:
+    weights = directory / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise MissingFileError(f"{directory}: no adapter_model.safetensors (a peft LoRA folder was expected)")
+    return file_sha256(weights)
+
+
+def _label(metadata: dict[str, Any]) -> str:
+    adapter = metadata.get("adapter")
+    return metadata["backbone"] + (f" + LoRA {Path(adapter).name}" if adapter else "")
+
+
+def compare_runs(before: BenchmarkRun, after: BenchmarkRun) -> str:
+    """A Markdown table of two runs side by side, with the change per metric.
+
+    A change in accuracy larger than 1.96 combined standard errors is marked ``*``; rows whose
+    data files or settings differ between the runs are flagged, since their numbers are not
+    comparable.
+    """
+    a, b = before.metadata, after.metadata
+    lines = [
+        f"# Benchmarks: {_label(a)} (A) vs {_label(b)} (B)",
+        "",
+        "| task | metric | A | B | B - A | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    settings = [k for k in ("mode", "shots", "seed", "limit", "prompt_format") if a.get(k) != b.get(k)]
+    ra, rb = {r.task: r for r in before.results}, {r.task: r for r in after.results}
+    for task in [t for t in ra if t in rb]:
+        notes = []
+        if a["data"][task]["sha256"] != b["data"][task]["sha256"]:
+            notes.append("different data")
+        notes += [f"{k} differs" for k in settings]
+        for metric in [m for m in ra[task].metrics if m in rb[task].metrics and not m.endswith("_stderr")]:
+            va, vb = ra[task].metrics[metric], rb[task].metrics[metric]
+            mark = ""
+            if f"{metric}_stderr" in ra[task].metrics and f"{metric}_stderr" in rb[task].metrics:
+                noise = 1.96 * np.hypot(ra[task].metrics[f"{metric}_stderr"], rb[task].metrics[f"{metric}_stderr"])
+                mark = " *" if abs(vb - va) > noise else ""
+            lines.append(f"| {task} | {metric} | {va:.3f} | {vb:.3f} | {vb - va:+.3f}{mark} | {'; '.join(notes)} |")
+    missing = sorted(set(ra) ^ set(rb))
+    if missing:
+        lines += ["", f"Only in one run: {', '.join(missing)}"]
+    lines += ["", "`*`: beyond 1.96 combined binomial standard errors.", "", f"_{CAVEAT}_", ""]
+    return "\n".join(lines)

@@ -1,0 +1,335 @@
+"""Readers for the published file formats of medical NLP benchmarks.
+
+Nothing here downloads: users fetch each dataset under its own licence and point the harness at
+the files. Every reader returns :class:`Example` items; a missing field, an unknown label or a
+broken line is a :class:`DataError` naming the file, the line (or key) and what was expected.
+
+Formats read (JSON files may also be JSON lines, as MedMCQA's are):
+
+- PubMedQA ``ori_pqal.json``: ``{pmid: {QUESTION, CONTEXTS, final_decision}}``, or records
+  ``{question, context, final_decision}`` (the Hugging Face export).
+- MedQA-USMLE JSONL: ``{question, options: {A: .., B: ..}, answer_idx}`` (4 or 5 options).
+- MedMCQA: ``{question, opa, opb, opc, opd, cop}`` with ``cop`` 1-4 in the original JSON files
+  and 0-3 in the Hugging Face parquet export.
+- NLI (MedNLI, BioNLI): ``{sentence1, sentence2, gold_label}`` or ``{premise, hypothesis, label}``.
+- NER (BC5CDR, NCBI-disease): CoNLL-style BIO (``token<TAB>tag`` lines, blank line between
+  sentences; tags ``B-Type``/``I-Type``/``O`` or untyped ``B``/``I``/``O``), or span JSON lines
+  ``{text, entities: [{start, end, type}]}``.
+- Relation extraction (DDI-2013 as in BLUE): ``index, sentence, label`` TSV with a header, drugs
+  masked as ``@DRUG$``, labels ``DDI-mechanism`` ... ``DDI-false``; or JSON lines.
+- Multi-label classification (HoC): ``{text, labels}`` with a list or a ``;``-separated string.
+- Summarisation pairs: ``{document|text|article|findings, summary|abstract|impression}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.evaluation.metrics import normalize_answer
+
+__all__ = [
+    "Example",
+    "read_records",
+    "read_pubmedqa",
+    "read_medqa",
+    "read_medmcqa",
+    "read_nli",
+    "read_ner",
+    "read_relations",
+    "read_multilabel",
+    "read_summaries",
+]
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One benchmark item.
+
+    ``text`` is what the model reads (question, sentence, document); ``context`` a passage shown
+    before it (an abstract, an NLI premise). Choice tasks have ``options`` and the correct one in
+    ``answer``; summaries have the reference in ``answer``; NER and multi-label tasks have the
+    gold set in ``answer_set`` (entities as ``"type: span"``).
+    """
+
+    id: str
+    text: str
+    context: str = ""
+    options: tuple[str, ...] = ()
+    answer: str = ""
+    answer_set: tuple[str, ...] = ()
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` pairs of a JSON, JSON-lines, CSV, TSV or parquet file; ``where`` is
+    ``file:line`` or ``file[key]`` for error messages."""
+    file = Path(path)
+    if not file.is_file():
+        raise MissingFileError(f"{file}: benchmark file does not exist")
+    suffix = file.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        import pandas as pd
+
+        if suffix == ".parquet":
+            frame = pd.read_parquet(file)
+        else:
+            frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        for row, record in enumerate(frame.to_dict(orient="records")):
+            yield (f"{file}[row {row}]" if suffix == ".parquet" else f"{file}:{row + 2}"), record  # line 1: header
+        return
+    if suffix not in (".json", ".jsonl"):
+        raise DataError(f"{file}: expected a .json, .jsonl, .csv, .tsv or .parquet file, got {suffix or 'no suffix'}")
+    text = file.read_text(encoding="utf-8")
+    if suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError as err:
+            if "Extra data" not in str(err):  # anything but JSON lines in a .json file
+                raise DataError(f"{file}: not valid JSON ({err})") from None
+        else:
+            if isinstance(whole, list):
+                yield from ((f"{file}[{i}]", _mapping(r, f"{file}[{i}]")) for i, r in enumerate(whole))
+            elif isinstance(whole, dict):
+                yield from ((f"{file}[{k}]", {"id": k, **_mapping(r, f"{file}[{k}]")}) for k, r in whole.items())
+            else:
+                raise DataError(f"{file}: expected a JSON list or object of records, got {type(whole).__name__}")
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{file}:{number}: not valid JSON ({err.msg})") from None
+        yield f"{file}:{number}", _mapping(record, f"{file}:{number}")
+
+
+def _mapping(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """Lists as JSON gives them and as parquet does (numpy arrays); anything else is ``None``."""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
+    return list(value) if isinstance(value, list | tuple) else None
+
+
+def _text(record: Mapping[str, Any], where: str, keys: Sequence[str]) -> str:
+    """The first of ``keys`` present as non-empty text."""
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    found = sorted(record)
+    raise DataError(f"{where}: expected a text field {' or '.join(map(repr, keys))}; the record has {found}")
+
+
+def _label(raw: Any, where: str, key: str, aliases: Mapping[str, str]) -> str:
+    """``raw`` mapped onto the task's label set through ``aliases`` (normalised name -> label)."""
+    label = aliases.get(normalize_answer(str(raw)))
+    if label is None:
+        raise DataError(f"{where}: {key} {raw!r} is not one of {sorted(set(aliases.values()))}")
+    return label
+
+
+def _check_nonempty(examples: list[Example], file: Path) -> list[Example]:
+    if not examples:
+        raise DataError(f"{file}: no examples")
+    return examples
+
+
+def read_pubmedqa(path: str | os.PathLike[str]) -> list[Example]:
+    """PubMedQA: the question, its abstract's sentences as context, yes / no / maybe."""
+    aliases = {name: name for name in ("yes", "no", "maybe")}
+    examples = []
+    for where, record in read_records(path):
+        question = _text(record, where, ("QUESTION", "question"))
+        contexts = record.get("CONTEXTS", record.get("context"))
+        if isinstance(contexts, dict):  # Hugging Face export: {"contexts": [...], "labels": [...]}
+            contexts = contexts.get("contexts")
+        contexts = [contexts] if isinstance(contexts, str) else _as_list(contexts)
+        if contexts is None or not all(isinstance(c, str) for c in contexts):
+            raise DataError(f"{where}: expected 'CONTEXTS' (a list of sentences); the record has {sorted(record)}")
+        decision = record.get("final_decision")
+        if decision is None:
+            raise DataError(f"{where}: expected 'final_decision' (yes, no or maybe); the record has {sorted(record)}")
+        answer = _label(decision, where, "final_decision", aliases)
+        item_id = str(record.get("id", record.get("pubid", where)))
+        examples.append(Example(item_id, question, " ".join(contexts), ("yes", "no", "maybe"), answer))
+    return _check_nonempty(examples, Path(path))
+
+
+def read_medqa(path: str | os.PathLike[str]) -> list[Example]:
+    """MedQA-USMLE: a vignette, lettered options (4 or 5), the correct letter."""
+    examples = []
+    for where, record in read_records(path):
+        question = _text(record, where, ("question",))
+        options = record.get("options")
+        if not isinstance(options, dict) or len(options) < 2:
+            raise DataError(f"{where}: expected 'options' as {{'A': text, 'B': text, ...}}, got {options!r}")
+        letters = sorted(options)
+        if letters != [chr(ord("A") + i) for i in range(len(letters))]:
+            raise DataError(f"{where}: option keys must be A, B, C...; got {letters}")
+        texts = tuple(str(options[letter]).strip() for letter in letters)
+        if "answer_idx" in record:
+            letter = str(record["answer_idx"]).strip()
+            if letter not in options:
+                raise DataError(f"{where}: answer_idx {letter!r} is not one of the options {letters}")
+            answer = texts[letters.index(letter)]
+        else:
+            answer = _text(record, where, ("answer",))
+            if answer not in texts:
+                raise DataError(f"{where}: answer {answer!r} is not one of the options")
+        examples.append(Example(str(record.get("id", where)), question, "", texts, answer))
+    return _check_nonempty(examples, Path(path))
+
+
+def read_medmcqa(path: str | os.PathLike[str]) -> list[Example]:
+    """MedMCQA: a question, options ``opa``-``opd``, the correct option ``cop``."""
+    file = Path(path)
+    first = 0 if file.suffix.lower() == ".parquet" else 1  # the Hugging Face export counts from 0
+    examples = []
+    for where, record in read_records(file):
+        question = _text(record, where, ("question",))
+        texts = tuple(_text(record, where, (key,)) for key in ("opa", "opb", "opc", "opd"))
+        try:
+            index = int(record["cop"]) - first
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"{where}: expected 'cop' (the correct option, {first}-{first + 3}); got {record.get('cop')!r} "
+                "(MedMCQA's test split has no answers: evaluate on dev.json)"
+            ) from None
+        if not 0 <= index < 4:
+            raise DataError(f"{where}: cop {record['cop']!r} is outside {first}-{first + 3} for {file.suffix} files")
+        examples.append(Example(str(record.get("id", where)), question, "", texts, texts[index]))
+    return _check_nonempty(examples, file)
+
+
+def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list[Example]:
+    """Premise / hypothesis pairs; ``labels`` maps each accepted label name to the task's label."""
+    options = tuple(dict.fromkeys(labels.values()))
+    examples = []
+    for where, record in read_records(path):
+        premise = _text(record, where, ("sentence1", "premise"))
+        hypothesis = _text(record, where, ("sentence2", "hypothesis"))
+        key = "gold_label" if "gold_label" in record else "label"
+        if key not in record:
+            raise DataError(f"{where}: expected 'gold_label' or 'label'; the record has {sorted(record)}")
+        answer = _label(record[key], where, key, labels)
+        item_id = str(record.get("pairID", record.get("id", where)))
+        examples.append(Example(item_id, hypothesis, premise, options, answer))
+    return _check_nonempty(examples, Path(path))
+
+
+def read_ner(path: str | os.PathLike[str], *, default_type: str) -> list[Example]:
+    """Sentences with their gold entities as ``"type: span"``; untyped BIO tags get ``default_type``."""
+    file = Path(path)
+    if file.suffix.lower() in (".json", ".jsonl"):
+        return _check_nonempty(_read_entity_spans(file), file)
+    examples, tokens, entities = [], [], []
+    current: list[str] | None = None  # tokens of the entity being read
+    kind = ""
+
+    def close() -> None:
+        nonlocal current
+        if current:
+            entities.append(f"{kind}: {' '.join(current)}")
+        current = None
+
+    lines = [*file.read_text(encoding="utf-8").splitlines(), ""] if file.is_file() else None
+    if lines is None:
+        raise MissingFileError(f"{file}: benchmark file does not exist")
+    start = 1
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            close()
+            if tokens:
+                examples.append(Example(f"{file.name}:{start}", " ".join(tokens), answer_set=tuple(entities)))
+            tokens, entities, start = [], [], number + 1
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) < 2:
+            raise DataError(f"{file}:{number}: expected 'token<TAB>tag' (BIO), got {line!r}")
+        token, tag = parts[0], parts[-1].strip()
+        if tag == "O":
+            close()
+        elif tag[:1] in "BI" and (len(tag) == 1 or tag[1] == "-"):
+            tag_type = tag[2:] or default_type
+            if tag[0] == "B" or current is None or tag_type != kind:
+                close()
+                current, kind = [], tag_type
+            current.append(token)
+        else:
+            raise DataError(f"{file}:{number}: tag {tag!r} is not O, B, I, B-<type> or I-<type>")
+        tokens.append(token)
+    return _check_nonempty(examples, file)
+
+
+def _read_entity_spans(file: Path) -> list[Example]:
+    examples = []
+    for where, record in read_records(file):
+        text = _text(record, where, ("text", "sentence"))
+        spans = record.get("entities")
+        if not isinstance(spans, list):
+            raise DataError(f"{where}: expected 'entities' as a list of {{start, end, type}}; got {spans!r}")
+        entities = []
+        for i, span in enumerate(spans):
+            try:
+                start, end, kind = int(span["start"]), int(span["end"]), str(span["type"])
+            except (KeyError, TypeError, ValueError):
+                raise DataError(
+                    f"{where}: entities[{i}] needs integer 'start', 'end' and a 'type'; got {span!r}"
+                ) from None
+            if not 0 <= start < end <= len(text):
+                raise DataError(f"{where}: entities[{i}] span {start}:{end} is outside the {len(text)}-character text")
+            entities.append(f"{kind}: {text[start:end]}")
+        examples.append(Example(str(record.get("id", where)), text, answer_set=tuple(entities)))
+    return examples
+
+
+def read_relations(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list[Example]:
+    """Relation classification of a sentence with masked arguments (DDI-2013 as in BLUE)."""
+    options = tuple(dict.fromkeys(labels.values()))
+    examples = []
+    for where, record in read_records(path):
+        sentence = _text(record, where, ("sentence", "text"))
+        if "label" not in record:
+            raise DataError(f"{where}: expected 'label'; the record has {sorted(record)}")
+        answer = _label(record["label"], where, "label", labels)
+        examples.append(Example(str(record.get("index", record.get("id", where))), sentence, "", options, answer))
+    return _check_nonempty(examples, Path(path))
+
+
+def read_multilabel(path: str | os.PathLike[str], *, labels: Sequence[str]) -> list[Example]:
+    """Texts with a set of labels from ``labels`` (an empty set is allowed)."""
+    known = {normalize_answer(label): label for label in labels}
+    examples = []
+    for where, record in read_records(path):
+        text = _text(record, where, ("text", "sentence", "abstract"))
+        raw = record.get("labels")
+        raw = [part for part in raw.split(";") if part.strip()] if isinstance(raw, str) else _as_list(raw)
+        if raw is None:
+            raise DataError(f"{where}: expected 'labels' as a list or a ';'-separated string; got {raw!r}")
+        gold = tuple(_label(label, where, "label", known) for label in raw)
+        examples.append(Example(str(record.get("id", where)), text, answer_set=gold))
+    return _check_nonempty(examples, Path(path))
+
+
+def read_summaries(path: str | os.PathLike[str]) -> list[Example]:
+    """Document / reference-summary pairs."""
+    examples = []
+    for where, record in read_records(path):
+        document = _text(record, where, ("document", "text", "article", "findings", "source"))
+        summary = _text(record, where, ("summary", "abstract", "impression", "target"))
+        examples.append(Example(str(record.get("id", where)), document, answer=summary))
+    return _check_nonempty(examples, Path(path))
