@@ -260,10 +260,20 @@ class TextBackbone:
         too_long = [i for i, ids in enumerate(targets) if len(ids) >= self.context_length]
         if too_long:
             raise DataError(f"continuations[{too_long[0]}] does not fit the {self.context_length}-token context")
-        prompts = [
-            _truncate([ids], self.context_length - len(target), side="left", what="contexts for loglikelihood")[0]
-            for ids, target in zip(self.tokenize(list(contexts)), targets, strict=True)
+        prompts = self.tokenize(list(contexts))
+        cut = [
+            i
+            for i, (ids, t) in enumerate(zip(prompts, targets, strict=True))
+            if len(ids) + len(t) > self.context_length
         ]
+        if cut:
+            warnings.warn(
+                f"{len(cut)} of {len(prompts)} contexts for loglikelihood do not fit the {self.context_length}-token "
+                "context with their continuation; cut from the left to fit",
+                stacklevel=3,  # the caller, past inference_mode's wrapper
+            )
+            for i in cut:
+                prompts[i] = prompts[i][len(prompts[i]) + len(targets[i]) - self.context_length :]
         empty = [i for i, ids in enumerate(prompts) if not ids]
         if empty:
             raise DataError(f"contexts[{empty[0]}] is empty: a continuation needs something to follow")

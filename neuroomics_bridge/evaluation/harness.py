@@ -131,8 +131,9 @@ def run_benchmarks(
     results = []
     for task in progress(chosen, desc="benchmarks", show=show_progress, unit="task"):
         evaluation, train = located[task.name]
-        examples = task.reader(evaluation)[:limit]
-        pool = task.reader(train) if train is not None else None
+        every = task.reader(evaluation)
+        examples = every[:limit]
+        pool = task.reader(train) if train is not None else every  # the full set: limit keeps each item's shots
         files[task.name] = {"file": str(evaluation), "sha256": file_sha256(evaluation), "n": len(examples)}
         results.append(
             evaluate_task(

@@ -96,8 +96,10 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
         else:
             if isinstance(whole, list):
                 yield from ((f"{file}[{i}]", _mapping(r, f"{file}[{i}]")) for i, r in enumerate(whole))
+            elif isinstance(whole, dict) and whole and all(isinstance(r, dict) for r in whole.values()):
+                yield from ((f"{file}[{k}]", {"id": k, **r}) for k, r in whole.items())  # keyed records (PubMedQA)
             elif isinstance(whole, dict):
-                yield from ((f"{file}[{k}]", {"id": k, **_mapping(r, f"{file}[{k}]")}) for k, r in whole.items())
+                yield f"{file}:1", whole  # JSON lines holding one record
             else:
                 raise DataError(f"{file}: expected a JSON list or object of records, got {type(whole).__name__}")
             return
@@ -204,6 +206,8 @@ def read_medmcqa(path: str | os.PathLike[str]) -> list[Example]:
         texts = tuple(_text(record, where, (key,)) for key in ("opa", "opb", "opc", "opd"))
         try:
             index = int(record["cop"]) - first
+            if int(record["cop"]) < 0:
+                raise ValueError("no answer")
         except (KeyError, TypeError, ValueError):
             raise DataError(
                 f"{where}: expected 'cop' (the correct option, {first}-{first + 3}); got {record.get('cop')!r} "

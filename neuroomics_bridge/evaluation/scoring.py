@@ -6,8 +6,8 @@
 - Any task by **generation + parsing**: greedy answers, parsed by fixed rules; an answer that
   names no option counts as wrong (Meditron's rule), and the unparseable share is reported.
 - **k-shot**: exemplars drawn from the task's train file, else from the evaluation items other
-  than the one asked, seeded by ``(seed, item id)`` so the draw does not depend on order or
-  on ``limit``; they are earlier user/assistant turns of the same chat.
+  than the one asked, seeded by ``(seed, item id)``, so an item gets the same exemplars whatever
+  its batch or position; they are earlier user/assistant turns of the same chat.
 - **Prompt format**: ``"chat"`` uses the backbone's template from its card (Me-LLaMA's
   ``Human:/Assistant:``, ChatML for SmolLM2, Question/Answer for base models); ``"plain"``
   prompts any model completion-style (:data:`~neuroomics_bridge.backbone.text.COMPLETION_TEMPLATE`).
@@ -43,6 +43,7 @@ __all__ = [
     "TaskResult",
     "build_prompts",
     "shot_indices",
+    "answer_continuation",
     "choose_by_loglikelihood",
     "parse_choice",
     "parse_entities",
@@ -68,13 +69,15 @@ class TaskResult:
     predictions: list[dict[str, Any]]
 
 
-def shot_indices(pool: Sequence[Example], k: int, seed: int, item: Example) -> list[int]:
-    """``k`` exemplar positions in ``pool``, never ``item`` itself, seeded by seed and item id."""
-    candidates = [i for i, example in enumerate(pool) if example.id != item.id]
-    if k > len(candidates):
-        raise DataError(f"{k}-shot needs {k} exemplars besides the item; the pool has {len(candidates)}")
-    rng = np.random.default_rng([seed, zlib.crc32(item.id.encode())])
-    return [candidates[i] for i in rng.choice(len(candidates), size=k, replace=False)]
+def shot_indices(pool_size: int, k: int, seed: int, item_id: str, *, skip: int | None = None) -> list[int]:
+    """``k`` exemplar positions in a pool of ``pool_size``, never ``skip`` (the item itself when the
+    pool is the evaluation set), drawn by a generator seeded with ``(seed, item id)``."""
+    available = pool_size - (skip is not None)
+    if k > available:
+        raise DataError(f"{k}-shot needs {k} exemplars besides the item; the pool has {available}")
+    rng = np.random.default_rng([seed, zlib.crc32(item_id.encode())])
+    drawn = rng.choice(pool_size, size=min(k + 1, pool_size), replace=False).tolist()
+    return [i for i in drawn if i != skip][:k]
 
 
 def build_prompts(
@@ -92,10 +95,11 @@ def build_prompts(
         raise DataError(f"prompt_format: expected 'chat' or 'plain', got {prompt_format!r}")
     template = COMPLETION_TEMPLATE if prompt_format == "plain" else None
     pool = examples if pool is None else pool
+    position = {example.id: i for i, example in enumerate(pool)}
     prompts = []
     for example in examples:
         messages = []
-        for i in shot_indices(pool, shots, seed, example) if shots else []:
+        for i in shot_indices(len(pool), shots, seed, example.id, skip=position.get(example.id)) if shots else []:
             messages += [
                 {"role": "user", "content": user_message(task, pool[i])},
                 {"role": "assistant", "content": reference_answer(task, pool[i])},
@@ -103,6 +107,12 @@ def build_prompts(
         messages.append({"role": "user", "content": user_message(task, example)})
         prompts.append(backbone.chat(messages, template=template))
     return prompts
+
+
+def answer_continuation(prompt: str, answer: str) -> str:
+    """The answer as scored after ``prompt``: a space first unless the prompt ends in whitespace
+    (lm-eval's target delimiter; chat templates end their assistant header with a newline)."""
+    return answer if prompt[-1:].isspace() else " " + answer
 
 
 def choose_by_loglikelihood(
@@ -119,7 +129,7 @@ def choose_by_loglikelihood(
     for row, (example, prompt) in enumerate(zip(examples, prompts, strict=True)):
         for answer in task.choices(example):
             contexts.append(prompt)
-            continuations.append(answer if prompt[-1:].isspace() else " " + answer)  # lm-eval's target delimiter
+            continuations.append(answer_continuation(prompt, answer))
             owners.append(row)
     logprob, _, _ = backbone.loglikelihood(contexts, continuations, batch_size=batch_size)
     owners_array, scores = np.array(owners), logprob.numpy()
@@ -210,7 +220,7 @@ def evaluate_task(
     if mode not in ("auto", "loglik", "generate"):
         raise DataError(f"mode: expected 'auto', 'loglik' or 'generate', got {mode!r}")
     if mode == "loglik" and task.kind != "choice":
-        raise DataError(f"{task.name}: log-likelihood scoring needs options; this is a {task.kind} task")
+        raise DataError(f"{task.name}: log-likelihood scoring needs options, and its answers are {task.kind}")
     used = "loglik" if task.kind == "choice" and mode != "generate" else "generate"
     prompts = build_prompts(backbone, task, examples, shots=shots, pool=pool, seed=seed, prompt_format=prompt_format)
     if used == "loglik":
