@@ -32,6 +32,7 @@ from typing import Any
 
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.metrics import normalize_answer
+from neuroomics_bridge.io import read_jsonl
 
 __all__ = [
     "Example",
@@ -86,10 +87,9 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
         return
     if suffix not in (".json", ".jsonl"):
         raise DataError(f"{file}: expected a .json, .jsonl, .csv, .tsv or .parquet file, got {suffix or 'no suffix'}")
-    text = file.read_text(encoding="utf-8")
     if suffix == ".json":
         try:
-            whole = json.loads(text)
+            whole = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             if "Extra data" not in str(err):  # anything but JSON lines in a .json file
                 raise DataError(f"{file}: not valid JSON ({err})") from None
@@ -103,14 +103,8 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
             else:
                 raise DataError(f"{file}: expected a JSON list or object of records, got {type(whole).__name__}")
             return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{file}:{number}: not valid JSON ({err.msg})") from None
-        yield f"{file}:{number}", _mapping(record, f"{file}:{number}")
+    for number, record in read_jsonl(file):
+        yield f"{file}:{number}", record
 
 
 def _mapping(record: Any, where: str) -> dict[str, Any]:

@@ -1,0 +1,78 @@
+"""Multiple-choice scoring speed of the benchmark harness, as a ratio against a baseline run here.
+
+``TextBackbone.loglikelihood`` (length-sorted batches, right padding without a mask, the LM head
+on continuation positions only) vs the plain way: one pair at a time, ``model(input_ids).logits``
+over every position, ``log_softmax``, sum the continuation's entries. Same prompts and options
+(the shipped PubMedQA, MedQA and MedMCQA samples, chat format, on the default backbone); the
+scores must agree, which the script checks before it reports a ratio (goal >= 2x).
+
+Run: ``python benchmarks/bench_eval.py``. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SAMPLES = Path(__file__).parents[1] / "examples" / "data" / "benchmarks"
+
+
+def pairs(backbone) -> tuple[list[str], list[str]]:
+    from neuroomics_bridge.evaluation.scoring import answer_continuation, build_prompts
+    from neuroomics_bridge.evaluation.tasks import TASKS, task_files
+
+    contexts, continuations = [], []
+    for name in ("pubmedqa", "medqa", "medmcqa"):
+        task = TASKS[name]
+        examples = task.reader(task_files(SAMPLES, task)[0])
+        for example, prompt in zip(examples, build_prompts(backbone, task, examples), strict=True):
+            for answer in task.choices(example):
+                contexts.append(prompt)
+                continuations.append(answer_continuation(prompt, answer))
+    return contexts, continuations
+
+
+@torch.inference_mode()
+def plain_loglikelihood(backbone, contexts: list[str], continuations: list[str]) -> torch.Tensor:
+    scores = []
+    for context, continuation in zip(contexts, continuations, strict=True):
+        ctx = backbone.tokenize([context])[0]
+        cont = backbone.tokenize([continuation], special_tokens=False)[0]
+        logits = backbone.model(torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
+        scores.append(sum(float(logits[len(ctx) - 1 + j, token]) for j, token in enumerate(cont)))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def best_of(repeats: int, run) -> tuple[float, torch.Tensor]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    from neuroomics_bridge import TextBackbone
+
+    backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
+    contexts, continuations = pairs(backbone)
+    backbone.loglikelihood(contexts[:8], continuations[:8])  # warm-up
+    ours_s, (ours, _, _) = best_of(3, lambda: backbone.loglikelihood(contexts, continuations, batch_size=16))
+    plain_s, plain = best_of(3, lambda: plain_loglikelihood(backbone, contexts, continuations))
+    agree = float((ours - plain).abs().max())
+    tolerance = 0.05 if backbone.dtype == torch.bfloat16 else 1e-3  # bf16 rounding differs with padding
+    if agree > tolerance:
+        raise SystemExit(f"scores disagree by {agree:.4f} > {tolerance}: the ratio would not compare like with like")
+    print(json.dumps({
+        "benchmark": "mc_loglikelihood_vs_plain_forward", "ratio": round(plain_s / ours_s, 3),
+        "pairs": len(contexts), "ours_s": round(ours_s, 3), "plain_s": round(plain_s, 3),
+        "max_abs_diff": round(agree, 5), "dtype": str(backbone.dtype),
+    }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
