@@ -59,14 +59,18 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from neuroomics_bridge.errors import ConfigError
-    from neuroomics_bridge.evaluation.harness import BenchmarkRun, compare_runs
+    from neuroomics_bridge.evaluation.harness import BenchmarkRun, compare_runs, plot_runs
     from neuroomics_bridge.io import atomic_write_text
 
     if args.compare:
-        table = compare_runs(*(BenchmarkRun.load(path) for path in args.compare))
+        runs = [BenchmarkRun.load(path) for path in args.compare]
+        table = compare_runs(*runs)
         if args.out:
             atomic_write_text(args.out, table)
+            plot_runs(runs, Path(args.out).with_suffix(".png"))
         print(table)
         return 0
     missing = [
@@ -190,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tasks", default="all", help="comma-separated task names, or all")
     evaluate.add_argument("--data", help="folder holding <task>.<ext> or <task>/test.<ext> per task")
     evaluate.add_argument(
-        "--out", help="results .json (a .md and .predictions.jsonl go beside it); with --compare: .md"
+        "--out", help="results .json (.md, .png, .predictions.jsonl go beside it); with --compare: .md (+ .png)"
     )
     evaluate.add_argument(
         "--mode", choices=["auto", "loglik", "generate"], default="auto",

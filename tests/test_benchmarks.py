@@ -108,6 +108,7 @@ def test_parquet_medmcqa_counts_from_zero_and_span_json_ner(tmp_path: Path) -> N
         ("pubmedqa", "pubmedqa.json", '{"1": {"QUESTION": "Q", "CONTEXTS": ["c"]}}',
          r"pubmedqa.json\[1\]: expected 'final_decision'"),
         ("bc5cdr", "bc5cdr.tsv", "Lithium\tB-Chemical\ncaused\tX-Disease\n", r"bc5cdr.tsv:2: tag 'X-Disease'"),
+        ("bc5cdr", "bc5cdr.tsv", "Lithium\tB\n", r"bc5cdr.tsv:1: untyped tag 'B', but this task has several entity"),
         ("ddi", "ddi.tsv", "index\tsentence\tlabel\n0\t@DRUG$ and @DRUG$\tDDI-other\n",
          r"ddi.tsv:2: label 'DDI-other' is not one of"),
         ("hoc", "hoc.jsonl", '{"text": "t", "labels": ["cell death"]}', r"hoc.jsonl:1: label 'cell death'"),
@@ -300,6 +301,7 @@ def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, sampl
         again.metadata["data"]["pubmedqa"]["n"] == 3 and again.metadata["weights_sha256"] == tiny_backbone.weights_hash
     )
     assert "research use only, not for clinical decision-making" in path.with_suffix(".md").read_text().lower()
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     predictions = [json.loads(line) for line in path.with_suffix(".predictions.jsonl").read_text().splitlines()]
     assert [p["task"] for p in predictions] == ["pubmedqa"] * 3 + ["ncbi-disease"] * 3
     with pytest.raises(DataError, match=r"must end in \.json"):
@@ -346,3 +348,4 @@ def test_nob_eval_end_to_end_on_the_default_backbone(samples: Path, tmp_path: Pa
     assert "| medqa | qa | loglik | 4 | accuracy |" in done.stdout
     compared = nob("eval", "--compare", str(out), str(out), "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
     assert compared.returncode == 0 and "| medqa | accuracy |" in (tmp_path / "cmp.md").read_text()
+    assert (tmp_path / "cmp.png").is_file()

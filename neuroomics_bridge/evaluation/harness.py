@@ -21,13 +21,13 @@ import numpy as np
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
-from neuroomics_bridge.io import atomic_write_text, file_sha256
+from neuroomics_bridge.io import atomic_path, atomic_write_text, file_sha256
 from neuroomics_bridge.progress import progress
 
 if TYPE_CHECKING:
     from neuroomics_bridge.backbone.text import TextBackbone
 
-__all__ = ["BenchmarkRun", "run_benchmarks", "compare_runs"]
+__all__ = ["BenchmarkRun", "run_benchmarks", "compare_runs", "plot_runs"]
 
 CAVEAT = (
     "Exam-style benchmarks do not represent clinical practice. Research use only, not for clinical decision-making."
@@ -77,13 +77,17 @@ class BenchmarkRun:
         return "\n".join([*lines, "", f"_{CAVEAT}_", ""])
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (.json), the same name with .md, and .predictions.jsonl beside it."""
+        """Write ``path`` (.json), and beside it the same name as .md, .png (headline metrics) and
+        .predictions.jsonl."""
         target = Path(path)
         if target.suffix != ".json":
-            raise DataError(f"{target}: the results file must end in .json (a .md and .predictions.jsonl go beside it)")
+            raise DataError(
+                f"{target}: the results file must end in .json (.md, .png and .predictions.jsonl go beside it)"
+            )
         rows = [{"task": r.task, **p} for r in self.results for p in r.predictions]
         atomic_write_text(target.with_suffix(".predictions.jsonl"), "".join(json.dumps(row) + "\n" for row in rows))
         atomic_write_text(target.with_suffix(".md"), self.to_markdown())
+        plot_runs([self], target.with_suffix(".png"))
         atomic_write_text(target, json.dumps(self.to_json(), indent=2) + "\n")
         return target
 
@@ -203,3 +207,35 @@ def compare_runs(before: BenchmarkRun, after: BenchmarkRun) -> str:
         lines += ["", f"Only in one run: {', '.join(missing)}"]
     lines += ["", "`*`: beyond 1.96 combined binomial standard errors.", "", f"_{CAVEAT}_", ""]
     return "\n".join(lines)
+
+
+def plot_runs(runs: Sequence[BenchmarkRun], path: str | os.PathLike[str]) -> Path:
+    """Each task's headline metric as grouped bars, one colour per run (PNG), with the binomial
+    standard error where there is one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r.task for run in runs for r in run.results))
+    width = 0.8 / len(runs)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(tasks) + 2), 3.6))
+    for i, run in enumerate(runs):
+        by_task = {r.task: r for r in run.results}
+        values, errors = [], []
+        for task in tasks:
+            result, primary = by_task.get(task), get_task(task).primary
+            values.append(result.metrics[primary] if result else np.nan)
+            errors.append(result.metrics.get(f"{primary}_stderr", 0.0) if result else 0.0)
+        offsets = np.arange(len(tasks)) + (i - (len(runs) - 1) / 2) * width
+        axis.bar(offsets, values, width, yerr=errors, capsize=2, label=_label(run.metadata))
+    axis.set_xticks(np.arange(len(tasks)), [f"{t}\n({get_task(t).primary})" for t in tasks], fontsize=7)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("headline metric")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return target

@@ -229,8 +229,9 @@ def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list
     return _check_nonempty(examples, Path(path))
 
 
-def read_ner(path: str | os.PathLike[str], *, default_type: str) -> list[Example]:
-    """Sentences with their gold entities as ``"type: span"``; untyped BIO tags get ``default_type``."""
+def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[Example]:
+    """Sentences with their gold entities as ``"type: span"``; untyped BIO tags get
+    ``default_type`` (``None``: the task has several types, so untyped tags are an error)."""
     file = Path(path)
     if file.suffix.lower() in (".json", ".jsonl"):
         return _check_nonempty(_read_entity_spans(file), file)
@@ -263,6 +264,8 @@ def read_ner(path: str | os.PathLike[str], *, default_type: str) -> list[Example
             close()
         elif tag[:1] in "BI" and (len(tag) == 1 or tag[1] == "-"):
             tag_type = tag[2:] or default_type
+            if tag_type is None:
+                raise DataError(f"{file}:{number}: untyped tag {tag!r}, but this task has several entity types")
             if tag[0] == "B" or current is None or tag_type != kind:
                 close()
                 current, kind = [], tag_type

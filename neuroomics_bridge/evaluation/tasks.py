@@ -132,7 +132,7 @@ TASKS: dict[str, BenchmarkTask] = {
             kind="entities",
             primary="f1",
             labels=("Chemical", "Disease"),
-            reader=functools.partial(loaders.read_ner, default_type="Entity"),
+            reader=functools.partial(loaders.read_ner, default_type=None),
             max_new_tokens=96,
             instruction="Find the chemicals and diseases mentioned in the sentence.",
             source="BC5CDR (BioCreative V CDR) in BIO or span-JSON form",
