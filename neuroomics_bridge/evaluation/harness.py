@@ -226,9 +226,10 @@ def plot_runs(runs: Sequence[BenchmarkRun], path: str | os.PathLike[str]) -> Pat
         for task in tasks:
             result, primary = by_task.get(task), get_task(task).primary
             values.append(result.metrics[primary] if result else np.nan)
-            errors.append(result.metrics.get(f"{primary}_stderr", 0.0) if result else 0.0)
+            errors.append(result.metrics.get(f"{primary}_stderr", np.nan) if result else np.nan)  # nan: no bar
         offsets = np.arange(len(tasks)) + (i - (len(runs) - 1) / 2) * width
-        axis.bar(offsets, values, width, yerr=errors, capsize=2, label=_label(run.metadata))
+        label = f"{_label(run.metadata)} ({run.metadata['shots']}-shot, {run.metadata['prompt_format']})"
+        axis.bar(offsets, values, width, yerr=errors, capsize=2, label=label)
     axis.set_xticks(np.arange(len(tasks)), [f"{t}\n({get_task(t).primary})" for t in tasks], fontsize=7)
     axis.set_ylim(0, 1)
     axis.set_ylabel("headline metric")
