@@ -202,12 +202,12 @@ def test_k_shot_prompts_are_earlier_chat_turns(tiny_backbone) -> None:
     assert build_prompts(tiny_backbone, task, pool[3:], shots=2, seed=7, pool=pool) == every[3:]  # position-free
 
 
-def test_loglikelihood_equals_a_plain_forward_and_ignores_batching(tiny_backbone) -> None:
-    contexts = ["The patient presents with", "MRI shows hippocampal", "No focal"]
-    continuations = [" resting tremor", " atrophy consistent with it", " deficit"]
-    scores, counts, _ = tiny_backbone.loglikelihood(contexts, continuations, batch_size=3)
-    single, _, _ = tiny_backbone.loglikelihood(contexts, continuations, batch_size=1)
-    torch.testing.assert_close(scores, single, rtol=0, atol=1e-4)
+def test_loglikelihood_equals_a_plain_forward_shared_context_or_not(tiny_backbone) -> None:
+    contexts = ["The patient presents with", "The patient presents with", "MRI shows hippocampal", "No focal"]
+    continuations = [" resting tremor", " bradykinesia", " atrophy consistent with it", " deficit"]
+    scores, counts = tiny_backbone.loglikelihood(contexts, continuations)  # the first two share a forward pass
+    alone = torch.cat([tiny_backbone.loglikelihood([c], [k])[0] for c, k in zip(contexts, continuations, strict=True)])
+    torch.testing.assert_close(scores, alone, rtol=0, atol=1e-4)
     for i, (context, continuation) in enumerate(zip(contexts, continuations, strict=True)):
         ctx = tiny_backbone.tokenize([context])[0]
         cont = tiny_backbone.tokenize([continuation], special_tokens=False)[0]

@@ -239,17 +239,19 @@ class TextBackbone:
         contexts: Sequence[str],
         continuations: Sequence[str],
         *,
-        batch_size: int = 16,
         show_progress: bool | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of each continuation given its context (lm-eval's ``loglikelihood``).
 
         Context and continuation are tokenised apart (the context with the tokenizer's special
         tokens), so the continuation's tokens are the same whatever precedes them. Returns, per
-        pair, the summed log-probability of the continuation's tokens, their number, and whether
-        greedy decoding would have produced exactly them. Contexts that do not fit are cut from the
-        left with a warning. Rows are right-padded with no attention mask (causal attention never
-        looks at the pads after a token) and the LM head runs on continuation positions only.
+        pair, the summed log-probability of the continuation's tokens (float64) and their number.
+        Contexts that do not fit are cut from the left with a warning.
+
+        Pairs that share a context (the options of one question) share its forward pass: the
+        context runs once, its last hidden state scores every continuation's first token, and
+        longer continuations run together on the context's key/value cache. The LM head runs on
+        continuation positions only.
         """
         if len(contexts) != len(continuations):
             raise DataError(f"loglikelihood: {len(contexts)} contexts but {len(continuations)} continuations")
@@ -277,20 +279,38 @@ class TextBackbone:
         empty = [i for i, ids in enumerate(prompts) if not ids]
         if empty:
             raise DataError(f"contexts[{empty[0]}] is empty: a continuation needs something to follow")
-        rows = [prompt + target for prompt, target in zip(prompts, targets, strict=True)]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(tuple(prompt), []).append(i)
+        logprob = torch.zeros(len(prompts), dtype=torch.float64)
+        for context in progress(
+            sorted(groups, key=len, reverse=True), desc="loglikelihood", show=show_progress, unit="context"
+        ):
+            members = groups[context]
+            for i, scores in zip(
+                members, self._score_continuations(context, [targets[i] for i in members]), strict=True
+            ):
+                logprob[i] = scores
+        return logprob, torch.tensor([len(t) for t in targets])
+
+    def _score_continuations(self, context: Sequence[int], continuations: list[list[int]]) -> list[float]:
+        """Summed log-probabilities of several continuations of one context (see :meth:`loglikelihood`)."""
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        logprob = torch.zeros(len(rows), dtype=torch.float64)
-        greedy = torch.zeros(len(rows), dtype=torch.bool)
-        for batch in _length_sorted_batches(rows, batch_size, show_progress, desc="loglikelihood"):
-            ids, _ = _pad([rows[i] for i in batch], self.tokenizer.pad_token_id, side="right")
-            hidden = decoder(input_ids=ids.to(self.device)).last_hidden_state
-            for row, i in enumerate(batch):
-                start = len(prompts[i])  # position start - 1 predicts the first continuation token
-                scores = head(hidden[row, start - 1 : start - 1 + len(targets[i])]).float().log_softmax(-1)
-                target = torch.tensor(targets[i], device=scores.device)
-                logprob[i] = scores.gather(1, target[:, None]).sum().double().cpu()
-                greedy[i] = bool((scores.argmax(-1) == target).all())
-        return logprob, torch.tensor([len(t) for t in targets]), greedy
+        out = decoder(input_ids=torch.tensor([list(context)], device=self.device), use_cache=True)
+        first = head(out.last_hidden_state[0, -1]).float().log_softmax(-1)
+        sums = [float(first[ids[0]]) for ids in continuations]
+        longer = [j for j, ids in enumerate(continuations) if len(ids) > 1]
+        if longer:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(longer))
+            # Right padding needs no mask: causal attention never looks at the pads after a token.
+            ids, _ = _pad([continuations[j][:-1] for j in longer], self.tokenizer.pad_token_id, side="right")
+            hidden = decoder(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True).last_hidden_state
+            for row, j in enumerate(longer):
+                rest = torch.tensor(continuations[j][1:], device=hidden.device)
+                scores = head(hidden[row, : len(rest)]).float().log_softmax(-1)
+                sums[j] += float(scores.gather(1, rest[:, None]).sum())
+        return sums
 
     # ----------------------------------------------------------------------------- decoding
     def prefixed_inputs(

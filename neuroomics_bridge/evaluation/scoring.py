@@ -120,8 +120,6 @@ def choose_by_loglikelihood(
     task: BenchmarkTask,
     examples: Sequence[Example],
     prompts: Sequence[str],
-    *,
-    batch_size: int = 8,
 ) -> tuple[list[int], list[int], list[list[float]]]:
     """Per example: the option whose answer is likeliest, the same per character of the answer,
     and every option's log-probability."""
@@ -131,7 +129,7 @@ def choose_by_loglikelihood(
             contexts.append(prompt)
             continuations.append(answer_continuation(prompt, answer))
             owners.append(row)
-    logprob, _, _ = backbone.loglikelihood(contexts, continuations, batch_size=batch_size)
+    logprob, _ = backbone.loglikelihood(contexts, continuations)
     owners_array, scores = np.array(owners), logprob.numpy()
     lengths = np.array([len(c) for c in continuations], dtype=np.float64)
     best, best_norm, every = [], [], []
@@ -224,7 +222,7 @@ def evaluate_task(
     used = "loglik" if task.kind == "choice" and mode != "generate" else "generate"
     prompts = build_prompts(backbone, task, examples, shots=shots, pool=pool, seed=seed, prompt_format=prompt_format)
     if used == "loglik":
-        metrics, predictions = _score_loglik(backbone, task, examples, prompts, batch_size)
+        metrics, predictions = _score_loglik(backbone, task, examples, prompts)
     else:
         answers = backbone.generate(prompts, max_new_tokens=task.max_new_tokens, batch_size=batch_size, stop=STOP)
         metrics, predictions = _score_generated(task, examples, answers)
@@ -242,9 +240,9 @@ def _choice_metrics(task: BenchmarkTask, examples: Sequence[Example], picked: Se
 
 
 def _score_loglik(
-    backbone: TextBackbone, task: BenchmarkTask, examples: Sequence[Example], prompts: Sequence[str], batch_size: int
+    backbone: TextBackbone, task: BenchmarkTask, examples: Sequence[Example], prompts: Sequence[str]
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    best, best_norm, every = choose_by_loglikelihood(backbone, task, examples, prompts, batch_size=batch_size)
+    best, best_norm, every = choose_by_loglikelihood(backbone, task, examples, prompts)
     metrics = _choice_metrics(task, examples, best)
     metrics["accuracy_norm"] = _choice_metrics(task, examples, best_norm)["accuracy"]
     predictions = [
