@@ -148,6 +148,7 @@ def run_benchmarks(
     metadata = {
         "backbone": backbone.name,
         "weights_sha256": backbone.weights_hash,
+        "dtype": str(backbone.dtype).removeprefix("torch."),  # bf16 and float32 scores differ slightly
         "adapter": None if adapter is None else str(adapter),
         "adapter_sha256": None if adapter is None else _adapter_hash(Path(adapter)),
         "mode": mode,
@@ -188,7 +189,7 @@ def compare_runs(before: BenchmarkRun, after: BenchmarkRun) -> str:
         "| task | metric | A | B | B - A | note |",
         "|---|---|---|---|---|---|",
     ]
-    settings = [k for k in ("mode", "shots", "seed", "limit", "prompt_format") if a.get(k) != b.get(k)]
+    settings = [k for k in ("mode", "shots", "seed", "limit", "prompt_format", "dtype") if a.get(k) != b.get(k)]
     ra, rb = {r.task: r for r in before.results}, {r.task: r for r in after.results}
     for task in [t for t in ra if t in rb]:
         notes = []
