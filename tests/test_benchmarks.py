@@ -349,3 +349,17 @@ def test_nob_eval_end_to_end_on_the_default_backbone(samples: Path, tmp_path: Pa
     compared = nob("eval", "--compare", str(out), str(out), "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
     assert compared.returncode == 0 and "| medqa | accuracy |" in (tmp_path / "cmp.md").read_text()
     assert (tmp_path / "cmp.png").is_file()
+
+
+def test_prompts_follow_the_card_format_me_llama_or_plain(tiny_model_dir) -> None:
+    from neuroomics_bridge import TextBackbone, get_card
+
+    plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    me_llama = TextBackbone(plain.model, plain.tokenizer, name="me-llama-13b-chat", card=get_card("me-llama-13b-chat"))
+    item = Example("1", "Is it?", options=("yes", "no", "maybe"), answer="yes")
+    [chat] = build_prompts(me_llama, TASKS["pubmedqa"], [item])
+    assert chat.startswith("Human: \nAnswer the biomedical") and chat.endswith("\n\nAssistant: \n")
+    assert answer_continuation(chat, "yes") == "yes"  # the header ends the line: no leading space
+    [completion] = build_prompts(me_llama, TASKS["pubmedqa"], [item], prompt_format="plain")
+    assert completion.startswith("Question: Answer the biomedical") and completion.endswith("Answer:")
+    assert answer_continuation(completion, "yes") == " yes"
