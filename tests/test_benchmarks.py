@@ -271,14 +271,15 @@ def test_loglik_mode_refuses_tasks_without_options(tiny_backbone) -> None:
 
 
 # ----------------------------------------------------------------------------------- runs
-def _run(task_metrics: dict[str, dict[str, float]], sha: str = "abc", shots: int = 0) -> BenchmarkRun:
+def _run(task_metrics: dict[str, dict[str, float]], sha: str = "abc", shots: int = 0, right=None) -> BenchmarkRun:
     meta = {"backbone": "m", "adapter": None, "mode": "auto", "shots": shots, "seed": 0, "limit": None,
             "prompt_format": "chat", "data": {t: {"sha256": sha} for t in task_metrics}}  # fmt: skip
-    results = [TaskResult(t, get_task(t).family, "loglik", shots, 100, m, []) for t, m in task_metrics.items()]
+    predictions = [] if right is None else [{"id": str(i), "correct": ok} for i, ok in enumerate(right)]
+    results = [TaskResult(t, get_task(t).family, "loglik", shots, 100, m, predictions) for t, m in task_metrics.items()]
     return BenchmarkRun(meta, results)
 
 
-def test_comparison_marks_real_changes_and_flags_incomparable_rows() -> None:
+def test_comparison_tests_changes_and_flags_incomparable_rows() -> None:
     before = _run(
         {"medqa": {"accuracy": 0.30, "accuracy_stderr": 0.046}, "pubmedqa": {"accuracy": 0.5, "accuracy_stderr": 0.05}}
     )
@@ -286,10 +287,24 @@ def test_comparison_marks_real_changes_and_flags_incomparable_rows() -> None:
         {"medqa": {"accuracy": 0.50, "accuracy_stderr": 0.05}, "pubmedqa": {"accuracy": 0.52, "accuracy_stderr": 0.05}}
     )
     table = compare_runs(before, after)
-    assert "| medqa | accuracy | 0.300 | 0.500 | +0.200 * |" in table  # 0.2 > 1.96 * hypot(0.046, 0.05) = 0.136
-    assert "| pubmedqa | accuracy | 0.500 | 0.520 | +0.020 |" in table
+    # z = 0.2 / hypot(0.046, 0.05) = 2.95 -> two-sided p = 0.00324; z = 0.02 / 0.0707 -> p = 0.777
+    assert "| medqa | accuracy | 0.300 | 0.500 | +0.200 | p=0.00324 (standard errors) * |" in table
+    assert "| pubmedqa | accuracy | 0.500 | 0.520 | +0.020 | p=0.777 (standard errors) |" in table
     other = compare_runs(before, _run({"medqa": {"accuracy": 0.3}}, sha="def", shots=3))
     assert "different data; shots differs" in other and "Only in one run: pubmedqa" in other
+
+
+def test_comparison_pairs_items_with_mcnemar_when_predictions_are_there() -> None:
+    a_right = [True] * 10 + [False] * 10
+    b_right = [True] * 18 + [False] * 2  # B also right on 10..17: 0 only-A, 8 only-B -> p = 2 / 2**8
+    table = compare_runs(
+        _run({"medqa": {"accuracy": 0.5}}, right=a_right), _run({"medqa": {"accuracy": 0.9}}, right=b_right)
+    )
+    assert "McNemar p=0.00781 (0 only A right, 8 only B right) *" in table
+    same = compare_runs(
+        _run({"medqa": {"accuracy": 0.5}}, right=a_right), _run({"medqa": {"accuracy": 0.5}}, right=a_right)
+    )
+    assert "McNemar p=1 (0 only A right, 0 only B right) |" in same
 
 
 def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, samples: Path, tmp_path: Path) -> None:
@@ -297,6 +312,7 @@ def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, sampl
     path = run.save(tmp_path / "run.json")
     again = BenchmarkRun.load(path)
     assert again.to_json() == run.to_json()
+    assert [r.predictions for r in again.results] == [r.predictions for r in run.results]
     assert (
         again.metadata["data"]["pubmedqa"]["n"] == 3 and again.metadata["weights_sha256"] == tiny_backbone.weights_hash
     )

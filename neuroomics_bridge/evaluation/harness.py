@@ -1,9 +1,9 @@
 """Run a set of benchmarks on one backbone, save the scores, compare two runs.
 
-A run records what it measured (backbone name and weights hash, LoRA adapter hash, data files'
-hashes, mode, shots, seed, prompt format), so a comparison can say when two runs are not
-comparable. Results are written as JSON (machine-readable), Markdown (a table to read) and a
-JSONL of every item's prediction, each atomically.
+A run records what it measured (backbone name, weights hash and dtype, LoRA adapter hash, data
+files' hashes, mode, shots, seed, prompt format), so a comparison can say when two runs are not
+comparable. Results are written as JSON (machine-readable), Markdown (a table to read), a PNG of
+the headline metrics and a JSONL of every item's prediction, each atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
-from neuroomics_bridge.io import atomic_path, atomic_write_text, file_sha256
+from neuroomics_bridge.io import atomic_path, atomic_write_text, file_sha256, read_jsonl
 from neuroomics_bridge.progress import progress
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ class BenchmarkRun:
         lines = [
             f"# Benchmarks: {_label(meta)}",
             "",
-            f"{meta['shots']}-shot, mode {meta['mode']}, {meta['prompt_format']} prompts, seed {meta['seed']}"
+            f"{meta['shots']}-shot, mode {meta['mode']}, {meta['prompt_format']} prompts, seed {meta['seed']}, "
+            f"{meta.get('dtype', 'unknown dtype')}"
             + (f", first {meta['limit']} items per task" if meta.get("limit") else ""),
             "",
             "| task | family | scored by | n | metric | value |",
@@ -93,14 +94,18 @@ class BenchmarkRun:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchmarkRun:
-        """A saved run (scores and metadata; predictions stay in their JSONL)."""
+        """A saved run: scores and metadata, and the predictions if their JSONL is beside it."""
         file = Path(path)
         if not file.is_file():
             raise MissingFileError(f"{file}: benchmark results file does not exist")
+        predictions: dict[str, list[dict[str, Any]]] = {}
+        if file.with_suffix(".predictions.jsonl").is_file():
+            for _, row in read_jsonl(file.with_suffix(".predictions.jsonl")):
+                predictions.setdefault(str(row.pop("task", "")), []).append(row)
         try:
             saved = json.loads(file.read_text(encoding="utf-8"))
             results = [
-                TaskResult(task, r["family"], r["mode"], r["shots"], r["n"], r["metrics"], [])
+                TaskResult(task, r["family"], r["mode"], r["shots"], r["n"], r["metrics"], predictions.get(task, []))
                 for task, r in saved["results"].items()
             ]
             return cls(saved["metadata"], results)
@@ -178,9 +183,11 @@ def _label(metadata: dict[str, Any]) -> str:
 def compare_runs(before: BenchmarkRun, after: BenchmarkRun) -> str:
     """A Markdown table of two runs side by side, with the change per metric.
 
-    A change in accuracy larger than 1.96 combined standard errors is marked ``*``; rows whose
-    data files or settings differ between the runs are flagged, since their numbers are not
-    comparable.
+    An accuracy change is tested when both runs carry their predictions on the same items: an
+    exact McNemar test on the items one run got right and the other wrong (paired, as the items
+    are the same); otherwise it is set against 1.96 combined binomial standard errors, which is
+    conservative for paired data. ``*`` marks p < 0.05. Rows whose data files or settings differ
+    between the runs are flagged, since their numbers are not comparable.
     """
     a, b = before.metadata, after.metadata
     lines = [
@@ -198,16 +205,33 @@ def compare_runs(before: BenchmarkRun, after: BenchmarkRun) -> str:
         notes += [f"{k} differs" for k in settings]
         for metric in [m for m in ra[task].metrics if m in rb[task].metrics and not m.endswith("_stderr")]:
             va, vb = ra[task].metrics[metric], rb[task].metrics[metric]
-            mark = ""
-            if f"{metric}_stderr" in ra[task].metrics and f"{metric}_stderr" in rb[task].metrics:
-                noise = 1.96 * np.hypot(ra[task].metrics[f"{metric}_stderr"], rb[task].metrics[f"{metric}_stderr"])
-                mark = " *" if abs(vb - va) > noise else ""
-            lines.append(f"| {task} | {metric} | {va:.3f} | {vb:.3f} | {vb - va:+.3f}{mark} | {'; '.join(notes)} |")
+            test = _accuracy_test(ra[task], rb[task]) if metric == "accuracy" else ""
+            note = "; ".join([*notes, test] if test else notes)
+            lines.append(f"| {task} | {metric} | {va:.3f} | {vb:.3f} | {vb - va:+.3f} | {note} |")
     missing = sorted(set(ra) ^ set(rb))
     if missing:
         lines += ["", f"Only in one run: {', '.join(missing)}"]
-    lines += ["", "`*`: beyond 1.96 combined binomial standard errors.", "", f"_{CAVEAT}_", ""]
+    lines += ["", "`*`: p < 0.05 (McNemar on paired items, else binomial standard errors).", "", f"_{CAVEAT}_", ""]
     return "\n".join(lines)
+
+
+def _accuracy_test(a: TaskResult, b: TaskResult) -> str:
+    """The significance note of an accuracy change (see :func:`compare_runs`)."""
+    from scipy.stats import binomtest, norm
+
+    right_a = {p["id"]: bool(p["correct"]) for p in a.predictions if "correct" in p}
+    right_b = {p["id"]: bool(p["correct"]) for p in b.predictions if "correct" in p}
+    if right_a and right_a.keys() == right_b.keys():
+        only_a = sum(right_a[i] and not right_b[i] for i in right_a)
+        only_b = sum(right_b[i] and not right_a[i] for i in right_a)
+        p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        return f"McNemar p={p:.3g} ({only_a} only A right, {only_b} only B right){' *' if p < 0.05 else ''}"
+    errors = [r.metrics.get("accuracy_stderr") for r in (a, b)]
+    if None in errors or not np.isfinite(errors).all():
+        return ""
+    z = abs(b.metrics["accuracy"] - a.metrics["accuracy"]) / max(float(np.hypot(*errors)), 1e-12)
+    p = 2 * norm.sf(z)
+    return f"p={p:.3g} (standard errors){' *' if p < 0.05 else ''}"
 
 
 def plot_runs(runs: Sequence[BenchmarkRun], path: str | os.PathLike[str]) -> Path:
