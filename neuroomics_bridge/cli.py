@@ -82,7 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from neuroomics_bridge.evaluation.harness import run_benchmarks
     from neuroomics_bridge.evaluation.tasks import TASKS
 
-    backbone = TextBackbone.from_pretrained(args.backbone, local_dir=args.local_dir)
+    backbone = TextBackbone.from_pretrained(args.backbone, local_dir=args.local_dir, dtype=args.dtype)
     if args.lora:
         from neuroomics_bridge.training.instruct import load_lora
 
@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a backbone (+ LoRA) on medical benchmarks, or compare two runs")
     evaluate.add_argument("--backbone", help="registry id, model directory or .gguf")
     evaluate.add_argument("--local-dir", default=None, help="weights folder of a gated registry backbone")
+    evaluate.add_argument(
+        "--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+        help="weights dtype (default: bf16 where the hardware runs it natively); float32 scores are exact",
+    )  # fmt: skip
     evaluate.add_argument("--lora", default=None, help="a LoRA adapter folder (nob instruct fit) to apply first")
     evaluate.add_argument("--tasks", default="all", help="comma-separated task names, or all")
     evaluate.add_argument("--data", help="folder holding <task>.<ext> or <task>/test.<ext> per task")

@@ -335,11 +335,13 @@ def test_cli_applies_a_lora_adapter_and_records_it(tiny_model_dir, samples: Path
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     adapter = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter.save_pretrained(tmp_path / "adapter")
-    common = ["eval", "--backbone", str(tiny_model_dir), "--tasks", "pubmedqa", "--data", str(samples), "--limit", "4"]
+    common = ["eval", "--backbone", str(tiny_model_dir), "--tasks", "pubmedqa", "--data", str(samples), "--limit", "4",
+              "--dtype", "float32"]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "base.json")]) == 0
     assert main([*common, "--lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "lora.json")]) == 0
     base, tuned = BenchmarkRun.load(tmp_path / "base.json"), BenchmarkRun.load(tmp_path / "lora.json")
     assert base.metadata["adapter_sha256"] is None and len(tuned.metadata["adapter_sha256"]) == 64
+    assert base.metadata["dtype"] == tuned.metadata["dtype"] == "float32"
     logprobs = [
         [json.loads(line)["logprobs"] for line in (tmp_path / f"{name}.predictions.jsonl").read_text().splitlines()]
         for name in ("base", "lora")
