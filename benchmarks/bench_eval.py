@@ -28,11 +28,12 @@ def pairs(backbone) -> tuple[list[str], list[str], list[int]]:
     from neuroomics_bridge.evaluation.tasks import TASKS, task_files
 
     contexts, continuations, questions = [], [], []
+    question = 0
     for name in ("pubmedqa", "medqa", "medmcqa"):
         task = TASKS[name]
         examples = task.reader(task_files(SAMPLES, task)[0])
         for example, prompt in zip(examples, build_prompts(backbone, task, examples), strict=True):
-            question = len(set(questions))
+            question += 1
             for answer in task.choices(example):
                 contexts.append(prompt)
                 continuations.append(answer_continuation(prompt, answer))

@@ -94,7 +94,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )  # fmt: skip
     path = run.save(args.out)
     print(run.to_markdown())
-    print(f"results: {path} (+ .md, .predictions.jsonl)")
+    print(f"results: {path} (+ .md, .png, .predictions.jsonl)")
     return 0
 
 

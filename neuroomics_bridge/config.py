@@ -188,7 +188,7 @@ class BridgeConfig(YamlConfig):
 @dataclasses.dataclass
 class LoRAConfig(YamlConfig):
     """LoRA hyper-parameters (Me-LLaMA-chat: rank 8, alpha 16, dropout 0.05 on the attention
-    projections). ``qlora`` loads the base in 4 bits (needs bitsandbytes and a CUDA GPU)."""
+    projections). ``qlora`` trains on a backbone already loaded in 4 bits (bitsandbytes, CUDA GPU)."""
 
     r: int = 8
     alpha: int = 16

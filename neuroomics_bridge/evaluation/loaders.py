@@ -245,9 +245,9 @@ def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[
             entities.append(f"{kind}: {' '.join(current)}")
         current = None
 
-    lines = [*file.read_text(encoding="utf-8").splitlines(), ""] if file.is_file() else None
-    if lines is None:
+    if not file.is_file():
         raise MissingFileError(f"{file}: benchmark file does not exist")
+    lines = [*file.read_text(encoding="utf-8").splitlines(), ""]  # the blank line closes the last sentence
     start = 1
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("-DOCSTART-"):

@@ -123,22 +123,19 @@ def choose_by_loglikelihood(
 ) -> tuple[list[int], list[int], list[list[float]]]:
     """Per example: the option whose answer is likeliest, the same per character of the answer,
     and every option's log-probability."""
-    contexts, continuations, owners = [], [], []
-    for row, (example, prompt) in enumerate(zip(examples, prompts, strict=True)):
+    contexts, continuations, spans = [], [], []
+    for example, prompt in zip(examples, prompts, strict=True):
+        start = len(continuations)
         for answer in task.choices(example):
             contexts.append(prompt)
             continuations.append(answer_continuation(prompt, answer))
-            owners.append(row)
+        spans.append(slice(start, len(continuations)))
     logprob, _ = backbone.loglikelihood(contexts, continuations)
-    owners_array, scores = np.array(owners), logprob.numpy()
+    scores = logprob.numpy()
     lengths = np.array([len(c) for c in continuations], dtype=np.float64)
-    best, best_norm, every = [], [], []
-    for row in range(len(examples)):
-        mine = owners_array == row
-        best.append(int(scores[mine].argmax()))
-        best_norm.append(int((scores[mine] / lengths[mine]).argmax()))
-        every.append([float(s) for s in scores[mine]])
-    return best, best_norm, every
+    best = [int(scores[span].argmax()) for span in spans]
+    best_norm = [int((scores[span] / lengths[span]).argmax()) for span in spans]
+    return best, best_norm, [scores[span].tolist() for span in spans]
 
 
 def parse_choice(task: BenchmarkTask, example: Example, text: str) -> int | None:

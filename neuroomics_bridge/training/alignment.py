@@ -166,13 +166,12 @@ class AlignmentModule(LightningModule):
         training_prefix = stage == "prefix"
         for name, parameter in self.adapters.named_parameters():
             parameter.requires_grad_(name.startswith("projector.") == training_prefix)
-        bridge.backbone.model.requires_grad_(False)
         if lora is not None:
             if stage != "prefix":
                 raise DataError("lora: LoRA inside the backbone trains in the prefix stage only")
             if bridge.lora is None:
                 bridge.add_lora(lora)
-        for name, parameter in bridge.backbone.model.named_parameters():
+        for name, parameter in bridge.backbone.model.named_parameters():  # frozen, except LoRA in the prefix stage
             parameter.requires_grad_(training_prefix and bridge.lora is not None and "lora_" in name)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
