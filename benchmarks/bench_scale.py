@@ -45,7 +45,7 @@ def tiny_backbone_dir(root: Path) -> Path:
 def bridge_dir(root: Path, model_dir: Path) -> Path:
     from neuroomics_bridge import Bridge, BridgeConfig, CohortEncoder, TextBackbone, datasets
     from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
-    from neuroomics_bridge.reports import ReferenceSet
+    from neuroomics_bridge.retrieval import ReferenceSet
 
     cohort = datasets.synthetic_cohort(200, seed=0, cells_per_subject=2, brain_resolution_mm=8)
     encoders = CohortEncoder(

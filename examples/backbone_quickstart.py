@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from neuroomics_bridge import TextBackbone
-from neuroomics_bridge.reports import RESEARCH_NOTICE
+from neuroomics_bridge import RESEARCH_NOTICE, TextBackbone
 
 FINDINGS = [
     "Resting tremor, bradykinesia and rigidity.",

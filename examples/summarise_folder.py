@@ -16,7 +16,7 @@ from pathlib import Path
 
 from neuroomics_bridge import Bridge, Cohort, CohortEncoder, datasets
 from neuroomics_bridge.demo import DemoSettings, run_demo
-from neuroomics_bridge.reports import ReferenceSet
+from neuroomics_bridge.retrieval import ReferenceSet
 
 
 def main() -> None:

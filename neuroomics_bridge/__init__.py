@@ -6,19 +6,20 @@ first use, so ``import neuroomics_bridge`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from neuroomics_bridge.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TextBackbone": "neuroomics_bridge.backbone",
-    "ModelCard": "neuroomics_bridge.backbone",
-    "get_card": "neuroomics_bridge.backbone",
-    "list_cards": "neuroomics_bridge.backbone",
-    "validate_cards": "neuroomics_bridge.backbone",
-    "BackboneConfig": "neuroomics_bridge.config",
-    "YamlConfig": "neuroomics_bridge.config",
+    "datasets": "neuroomics_bridge.datasets",
+    "evaluation": "neuroomics_bridge.evaluation",
+    "TextBackbone": "neuroomics_bridge.backbone.text",
+    "ModelCard": "neuroomics_bridge.backbone.cards",
+    "get_card": "neuroomics_bridge.backbone.cards",
+    "list_cards": "neuroomics_bridge.backbone.cards",
+    "validate_cards": "neuroomics_bridge.backbone.cards",
+    "BackboneConfig": "neuroomics_bridge.backbone.config",
+    "YamlConfig": "neuroomics_bridge.yamlconfig",
     "NobError": "neuroomics_bridge.errors",
     "ConfigError": "neuroomics_bridge.errors",
     "ModelNotFoundError": "neuroomics_bridge.errors",
@@ -26,106 +27,27 @@ _EXPORTS = {
     "CorruptFileError": "neuroomics_bridge.errors",
     "DataError": "neuroomics_bridge.errors",
     "MissingFileError": "neuroomics_bridge.errors",
-    "GeneEncoder": "neuroomics_bridge.encoders",
-    "BrainEncoder": "neuroomics_bridge.encoders",
-    "PrecomputedEncoder": "neuroomics_bridge.encoders",
-    "Residualizer": "neuroomics_bridge.encoders",
-    "residualize": "neuroomics_bridge.encoders",
-    "Atlas": "neuroomics_bridge.encoders",
-    "Cohort": "neuroomics_bridge.data",
-    "CohortSplit": "neuroomics_bridge.data",
-    "CohortEncoder": "neuroomics_bridge.data",
-    "BridgeConfig": "neuroomics_bridge.config",
-    "Bridge": "neuroomics_bridge.bridge",
+    "GeneEncoder": "neuroomics_bridge.encoders.gene",
+    "BrainEncoder": "neuroomics_bridge.encoders.brain",
+    "PrecomputedEncoder": "neuroomics_bridge.encoders.precomputed",
+    "Residualizer": "neuroomics_bridge.encoders.covariates",
+    "residualize": "neuroomics_bridge.encoders.covariates",
+    "Atlas": "neuroomics_bridge.encoders.atlases",
+    "CohortEncoder": "neuroomics_bridge.encoders.cohort",
+    "Cohort": "neuroomics_bridge.data.cohort",
+    "CohortSplit": "neuroomics_bridge.data.cohort",
+    "BridgeConfig": "neuroomics_bridge.adapters.config",
+    "LoRAConfig": "neuroomics_bridge.adapters.config",
+    "Bridge": "neuroomics_bridge.bridge.model",
+    "BridgeBundle": "neuroomics_bridge.bridge.bundle",
     "EmbeddingIndex": "neuroomics_bridge.retrieval",
-    "Report": "neuroomics_bridge.reports",
-    "ReferenceSet": "neuroomics_bridge.reports",
-    "RESEARCH_NOTICE": "neuroomics_bridge.reports",
-    "fit_alignment": "neuroomics_bridge.training",
-    "AlignmentModule": "neuroomics_bridge.training",
-    "CohortDataModule": "neuroomics_bridge.training",
-    "SafetensorsCheckpointIO": "neuroomics_bridge.training",
+    "ReferenceSet": "neuroomics_bridge.retrieval",
+    "Report": "neuroomics_bridge.reports.report",
+    "RESEARCH_NOTICE": "neuroomics_bridge.notice",
+    "fit_alignment": "neuroomics_bridge.training.alignment",
+    "AlignmentModule": "neuroomics_bridge.training.alignment",
+    "CohortDataModule": "neuroomics_bridge.training.alignment",
+    "SafetensorsCheckpointIO": "neuroomics_bridge.training.checkpoint",
 }
-_SUBMODULES = {"datasets", "evaluation"}
-
-__all__ = [
-    "AlignmentModule",
-    "Atlas",
-    "BackboneConfig",
-    "Bridge",
-    "BridgeConfig",
-    "BrainEncoder",
-    "Cohort",
-    "CohortDataModule",
-    "CohortEncoder",
-    "CohortSplit",
-    "ConfigError",
-    "CorruptFileError",
-    "DataError",
-    "EmbeddingIndex",
-    "GeneEncoder",
-    "InvalidModelError",
-    "MissingFileError",
-    "ModelCard",
-    "ModelNotFoundError",
-    "NobError",
-    "PrecomputedEncoder",
-    "RESEARCH_NOTICE",
-    "ReferenceSet",
-    "Report",
-    "Residualizer",
-    "SafetensorsCheckpointIO",
-    "TextBackbone",
-    "YamlConfig",
-    "__version__",
-    "datasets",
-    "evaluation",
-    "fit_alignment",
-    "get_card",
-    "list_cards",
-    "residualize",
-    "validate_cards",
-]
-
-if TYPE_CHECKING:
-    from neuroomics_bridge import datasets, evaluation
-    from neuroomics_bridge.backbone import ModelCard, TextBackbone, get_card, list_cards, validate_cards
-    from neuroomics_bridge.bridge import Bridge
-    from neuroomics_bridge.config import BackboneConfig, BridgeConfig, YamlConfig
-    from neuroomics_bridge.data import Cohort, CohortEncoder, CohortSplit
-    from neuroomics_bridge.encoders import (
-        Atlas,
-        BrainEncoder,
-        GeneEncoder,
-        PrecomputedEncoder,
-        Residualizer,
-        residualize,
-    )
-    from neuroomics_bridge.errors import (
-        ConfigError,
-        CorruptFileError,
-        DataError,
-        InvalidModelError,
-        MissingFileError,
-        ModelNotFoundError,
-        NobError,
-    )
-    from neuroomics_bridge.reports import RESEARCH_NOTICE, ReferenceSet, Report
-    from neuroomics_bridge.retrieval import EmbeddingIndex
-    from neuroomics_bridge.training import AlignmentModule, CohortDataModule, SafetensorsCheckpointIO, fit_alignment
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"neuroomics_bridge.{name}")
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'neuroomics_bridge' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = sorted([*_EXPORTS, "__version__"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

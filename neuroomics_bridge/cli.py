@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from neuroomics_bridge.errors import NobError
-from neuroomics_bridge.reports import RESEARCH_NOTICE
+from neuroomics_bridge.notice import RESEARCH_NOTICE
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

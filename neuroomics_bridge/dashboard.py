@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from neuroomics_bridge.io import atomic_write_text
-from neuroomics_bridge.reports import RESEARCH_NOTICE, Report
+from neuroomics_bridge.notice import RESEARCH_NOTICE
+from neuroomics_bridge.reports.report import Report
 
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge import Bridge

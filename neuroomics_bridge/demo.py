@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from neuroomics_bridge.data.cohort import Cohort
-from neuroomics_bridge.reports import Report
+from neuroomics_bridge.reports.report import Report
 
 __all__ = ["DemoSettings", "DemoResult", "run_demo", "FULL", "QUICK"]
 
@@ -70,9 +70,11 @@ def run_demo(
     from neuroomics_bridge.backbone import TextBackbone
     from neuroomics_bridge.backbone.resolve import locate_weights
     from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.bridge.bundle import BridgeBundle
     from neuroomics_bridge.dashboard import write_page
     from neuroomics_bridge.datasets import synthetic_cohort
-    from neuroomics_bridge.reports import ReferenceSet
+    from neuroomics_bridge.encoders.cohort import default_cohort_encoder
+    from neuroomics_bridge.retrieval import ReferenceSet
 
     locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
     out = Path(out_dir)
@@ -84,7 +86,7 @@ def run_demo(
 
     step("loading the cohort" + (f" from {data_dir}" if data_dir else f" (synthetic, {settings.subjects} subjects)"))
     raw = Cohort.from_files(data_dir) if data_dir else synthetic_cohort(settings.subjects, seed=seed)
-    encoding = _encoding(raw)
+    encoding = default_cohort_encoder(raw)
     split = raw.split(seed=seed)
     step(f"encoding {', '.join(encoding.encoders)} on the {split.train.n_subjects} training subjects")
     cohort = encoding.fit_transform(raw, split.train)
@@ -110,9 +112,7 @@ def run_demo(
     metrics = _metrics(contrastive.metrics, prefix.metrics, reports, control, test, classes)
 
     step("saving the bridge, the encoders, the reference index and the page")
-    bridge_dir = bridge.save_pretrained(out / "bridge")
-    encoding.save(bridge_dir / "encoders")
-    reference.save(bridge_dir / "references")
+    BridgeBundle(bridge, encoding, reference).save(out / "bridge")
     _write_reports(out, reports)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     page = write_page(
@@ -173,19 +173,6 @@ def _quiet_lightning() -> Iterator[None]:
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
-
-
-def _encoding(cohort: Cohort) -> Any:
-    from neuroomics_bridge.data.encoding import CohortEncoder
-    from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
-
-    encoders: dict[str, Any] = {}
-    if cohort.genes is not None:
-        encoders["gene"] = GeneEncoder(n_components=32)
-    if cohort.brains is not None:
-        encoders["brain"] = BrainEncoder("mni-gm-64", n_components=32)
-    covariates = [c for c in ("age", "sex", "site") if cohort.covariates is not None and c in cohort.covariates]
-    return CohortEncoder(encoders, residualize=covariates)
 
 
 def _reports(bridge: Any, cohort: Cohort, reference: Any, classes: list[str], *, shuffle: bool) -> list[Report]:

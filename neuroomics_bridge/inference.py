@@ -1,8 +1,8 @@
 """Applying a trained bridge to cohort folders: reports, subject vectors, faiss indexes.
 
 These are the functions behind ``nob report``, ``nob encode`` and ``nob index``. A bridge folder
-here is what ``nob demo`` writes: ``save_pretrained`` output plus ``encoders/`` (the fitted
-:class:`CohortEncoder`) and, optionally, ``references/`` (the :class:`ReferenceSet` reports cite).
+here is a :class:`BridgeBundle` (what ``nob demo`` writes: the adapters, the fitted
+:class:`CohortEncoder` and, optionally, the :class:`ReferenceSet` reports cite).
 Reports are produced ``batch_size`` subjects at a time and streamed to the output file, so memory
 does not grow with the cohort.
 """
@@ -20,8 +20,8 @@ import pandas as pd
 
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import atomic_path
+from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress
-from neuroomics_bridge.reports import RESEARCH_NOTICE
 
 __all__ = ["write_reports", "encode_folder", "build_index", "search_index"]
 
@@ -38,18 +38,14 @@ def write_reports(
     show_progress: bool | None = None,
 ) -> int:
     """Encode and report every subject of ``data_dir``; returns how many reports were written."""
-    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.bridge.bundle import BridgeBundle
     from neuroomics_bridge.data.cohort import Cohort
-    from neuroomics_bridge.data.encoding import CohortEncoder
-    from neuroomics_bridge.reports import ReferenceSet
 
     target = Path(out)
     if target.suffix not in FORMATS:
         raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
-    folder = Path(bridge_dir)
-    encoders = CohortEncoder.load(_required(folder / "encoders", "the fitted encoders (written by nob demo)"))
-    reference = ReferenceSet.load(folder / "references") if (folder / "references").is_dir() else None
-    bridge = Bridge.from_pretrained(folder)
+    bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
+    bridge, encoders, reference = bundle.bridge, bundle.encoders, bundle.references
     cohort = Cohort.from_files(data_dir)
     classes = sorted({label for label in reference.labels if label}) if reference is not None else []
     written = 0
@@ -77,7 +73,7 @@ def encode_folder(
 ) -> pd.DataFrame:
     """Write one row per subject (``subject_id``, ``<modality>_<i>`` columns; NaN where absent)."""
     from neuroomics_bridge.data.cohort import Cohort
-    from neuroomics_bridge.data.encoding import CohortEncoder
+    from neuroomics_bridge.encoders.cohort import CohortEncoder
 
     encoded = CohortEncoder.load(_required(Path(encoders_dir), "a saved CohortEncoder")).transform(
         Cohort.from_files(data_dir)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
+from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError, NobError
 
 __all__ = [
     "cache_root",
@@ -169,3 +169,32 @@ def read_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], di
     except json.JSONDecodeError as err:
         raise CorruptFileError(f"{file}: metadata is not valid JSON ({err})") from None
     return arrays, metadata
+
+
+def read_manifest(
+    file: str | os.PathLike[str], expected_format: str, *, error: type[NobError] = CorruptFileError
+) -> dict[str, Any]:
+    """The JSON manifest of a saved folder, checked to be of ``expected_format``.
+
+    Parameters
+    ----------
+    file
+        The manifest (``config.json``, ``manifest.json``, ``cohort.json`` ...).
+    expected_format
+        The ``"format"`` value it must hold (``neuroomics-bridge/<kind>-v<N>``).
+    error
+        Raised, naming the file, when it is missing, not JSON, or of another format:
+        :class:`CorruptFileError` for folders the library writes, :class:`DataError` for folders
+        users assemble by hand.
+    """
+    path = Path(file)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing; expected a {expected_format!r} manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise error(f"{path}: expected format {expected_format!r}, got {found!r}")
+    return manifest

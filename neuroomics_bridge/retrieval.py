@@ -1,4 +1,7 @@
-"""EmbeddingIndex: nearest-neighbour search over aligned vectors with faiss.
+"""Retrieval: nearest-neighbour search over aligned vectors with faiss, and the reference set.
+
+:class:`EmbeddingIndex` is the faiss index; :class:`ReferenceSet` holds the reference subjects
+(reports, labels, one index per modality) whose reports a generated report may cite.
 
 The faiss way: an index factory string (``"Flat"`` exact, ``"IVF1024,Flat"`` or ``"HNSW32"``
 for millions of vectors, ``"IVF4096,PQ32"`` to compress), cosine similarity as inner product
@@ -12,16 +15,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import numpy as np
 
 from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
 from neuroomics_bridge.io import atomic_directory
+from neuroomics_bridge.reports.report import Neighbour
 
-__all__ = ["EmbeddingIndex", "SearchResult", "Metric"]
+if TYPE_CHECKING:
+    from neuroomics_bridge.data.cohort import Cohort
+
+__all__ = ["EmbeddingIndex", "Embedder", "Metric", "ReferenceSet", "SearchResult"]
 
 Metric = Literal["cosine", "ip", "l2"]
 INDEX_FORMAT = "neuroomics-bridge/index-v1"
@@ -161,3 +168,67 @@ def _prepared(vectors: np.ndarray, metric: Metric) -> np.ndarray:
         matrix = matrix.copy()
         faiss.normalize_L2(matrix)
     return matrix
+
+
+class Embedder(Protocol):
+    """What :meth:`ReferenceSet.build` needs of a bridge: its modalities and aligned embeddings."""
+
+    @property
+    def modalities(self) -> list[str]: ...
+
+    def embed(self, modality: str, X: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class ReferenceSet:
+    """Reference subjects a report may cite: reports, labels and a faiss index per modality."""
+
+    subject_ids: list[str]
+    reports: list[str]
+    labels: list[str | None]
+    indexes: dict[str, EmbeddingIndex]
+
+    @classmethod
+    def build(cls, bridge: Embedder, cohort: Cohort) -> Self:
+        """Index the aligned embeddings of ``cohort``'s subjects (usually the training fold)."""
+        if cohort.reports is None:
+            raise DataError("ReferenceSet: the reference cohort needs reports")
+        indexes = {}
+        for modality in bridge.modalities:
+            rows = cohort.present(modality)
+            if rows.any():
+                ids = [s for s, keep in zip(cohort.subject_ids, rows, strict=True) if keep]
+                indexes[modality] = EmbeddingIndex.build(bridge.embed(modality, cohort.features[modality][rows]), ids)
+        labels = list(cohort.labels) if cohort.labels is not None else [None] * cohort.n_subjects
+        return cls(list(cohort.subject_ids), list(cohort.reports), labels, indexes)
+
+    def neighbours(self, embeddings: Mapping[str, np.ndarray], k: int) -> list[Neighbour]:
+        """The ``k`` reference subjects most similar over the given modalities' unit vectors."""
+        scores: dict[str, list[float]] = {}
+        for modality, vector in embeddings.items():
+            if modality in self.indexes:
+                found = self.indexes[modality].search(vector[None], k=max(k * 3, k))
+                for subject, score in zip(found.ids[0], found.scores[0], strict=False):
+                    scores.setdefault(subject, []).append(float(score))
+        ranked = sorted(scores, key=lambda s: -float(np.mean(scores[s])))[:k]
+        row = {s: i for i, s in enumerate(self.subject_ids)}
+        return [Neighbour(s, float(np.mean(scores[s])), self.labels[row[s]], self.reports[row[s]]) for s in ranked]
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write reports, labels and one faiss index per modality, atomically."""
+        target = Path(directory)
+        with atomic_directory(target) as tmp:
+            table = {"subject_ids": self.subject_ids, "reports": self.reports, "labels": self.labels}
+            (tmp / "references.json").write_text(json.dumps(table))
+            for modality, index in self.indexes.items():
+                index.save(tmp / modality)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Self:
+        folder = Path(directory)
+        if not (folder / "references.json").is_file():
+            raise MissingFileError(f"{folder / 'references.json'}: missing; not a saved ReferenceSet")
+        table = json.loads((folder / "references.json").read_text())
+        indexes = {p.name: EmbeddingIndex.load(p) for p in sorted(folder.iterdir()) if p.is_dir()}
+        return cls(table["subject_ids"], table["reports"], table["labels"], indexes)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from neuroomics_bridge import RESEARCH_NOTICE
 from neuroomics_bridge.datasets import synthetic_cohort
-from neuroomics_bridge.reports import RESEARCH_NOTICE
 
 pytestmark = pytest.mark.slow
 

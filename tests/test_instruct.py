@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from neuroomics_bridge import TextBackbone
+from neuroomics_bridge import RESEARCH_NOTICE, TextBackbone
 from neuroomics_bridge.data.instructions import (
     TASK_TEMPLATES,
     InstructionRecord,
@@ -17,7 +18,7 @@ from neuroomics_bridge.data.instructions import (
     user_turn,
 )
 from neuroomics_bridge.errors import ConfigError, DataError
-from neuroomics_bridge.reports import RESEARCH_NOTICE
+from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER
 from neuroomics_bridge.training.instruct import (
     InstructionTuneModule,
     LoRAConfig,
@@ -69,7 +70,13 @@ def test_loss_masks_exactly_the_prompt(tiny_backbone) -> None:
 def test_adapter_is_saved_alone_reloads_identically_and_merges(tmp_path, tiny_model_dir) -> None:
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
     records = [RECORD] * 8
-    options = {"max_epochs": 2, "batch_size": 4, "lr": 1e-2, "enable_progress_bar": False, "precision": "32-true"}
+    options = {
+        "max_epochs": 2,
+        "batch_size": 4,
+        "optimizer": dataclasses.replace(INSTRUCT_OPTIMIZER, lr=1e-2),
+        "enable_progress_bar": False,
+        "precision": "32-true",
+    }
     module = instruction_tune(
         backbone, records, lora=LoRAConfig(r=4, alpha=8, dropout=0.0), root_dir=tmp_path / "run",
         output_dir=tmp_path / "adapter", **options,
@@ -104,8 +111,9 @@ def test_a_short_lora_run_raises_classification_and_nli_accuracy(tmp_path) -> No
     records = [r for r in synthetic_instructions(80, seed=0) if r.task in ("classification", "nli")]
     train, test = records[:120], records[120:]
     before = evaluate_tasks(backbone, test, max_new_tokens=8)
+    optimizer = dataclasses.replace(INSTRUCT_OPTIMIZER, lr=1e-3)
     instruction_tune(
-        backbone, train, max_epochs=2, batch_size=8, lr=1e-3, root_dir=tmp_path, enable_progress_bar=False,
+        backbone, train, max_epochs=2, batch_size=8, optimizer=optimizer, root_dir=tmp_path, enable_progress_bar=False,
     )  # fmt: skip
     after = evaluate_tasks(backbone, test, max_new_tokens=8)
     assert after["classification/accuracy"] >= before["classification/accuracy"] + 0.3, (before, after)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import yaml
 from lightning.pytorch import Callback
 
 from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER
 from neuroomics_bridge.training.pretrain import continual_pretrain
 
 SYMPTOMS = ["resting tremor", "memory decline", "bradykinesia", "apathy", "rigidity", "disinhibition"]
@@ -32,7 +35,7 @@ def run(tmp_path, model_dir, name: str, **kwargs):
         "max_steps": 12,
         "block_size": 64,
         "batch_size": 4,
-        "lr": 3e-3,
+        "optimizer": dataclasses.replace(PRETRAIN_OPTIMIZER, lr=3e-3),
         "heldout_fraction": 0.2,
         "scrub": {"clinical"},
         "root_dir": tmp_path / name,

@@ -14,12 +14,12 @@ from neuroomics_bridge.reports import (
     RESEARCH_NOTICE,
     Evidence,
     Neighbour,
-    ReferenceSet,
     Report,
     parse_label,
     report_prompt,
     split_sections,
 )
+from neuroomics_bridge.retrieval import ReferenceSet
 
 CLASSES = ["control", "Alzheimer's disease", "Parkinson's disease", "frontotemporal dementia"]
 REPORT = (

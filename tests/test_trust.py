@@ -5,13 +5,14 @@ from __future__ import annotations
 import ast
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from neuroomics_bridge import Bridge, BridgeConfig, GeneEncoder, NobError, PrecomputedEncoder
-from neuroomics_bridge.reports import RESEARCH_NOTICE
+from neuroomics_bridge import RESEARCH_NOTICE, Bridge, BridgeConfig, GeneEncoder, NobError, PrecomputedEncoder
+from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
 PACKAGE = Path(__file__).parents[1] / "neuroomics_bridge"
@@ -113,10 +114,11 @@ def test_canaries_in_clinical_notes_never_come_out_after_scrubbing_and_training(
 
     def generated(scrub: set[str], name: str) -> str:
         backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+        optimizer = replace(PRETRAIN_OPTIMIZER, lr=1e-2)
         continual_pretrain(
             backbone, {"clinical": notes, "general": general}, {"clinical": 4, "general": 1}, scrub=scrub,
-            max_steps=40, block_size=64, batch_size=4, lr=1e-2, heldout_fraction=0.2, root_dir=tmp_path / name,
-            enable_progress_bar=False, precision="32-true",
+            max_steps=40, block_size=64, batch_size=4, optimizer=optimizer, heldout_fraction=0.2,
+            root_dir=tmp_path / name, enable_progress_bar=False, precision="32-true",
         )  # fmt: skip
         prompts = ["MRN:", "Seen by", "Seen by Dr.", "(", "MRN: 7351"]
         return " | ".join(backbone.generate(prompts, max_new_tokens=24))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuroomics_bridge.config import HeadKind
+from neuroomics_bridge.adapters.config import HeadKind
 
 __all__ = ["ContrastiveHead"]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss, gather_features
 from torch import nn
 
-from neuroomics_bridge.config import LossKind
+from neuroomics_bridge.adapters.config import LossKind
 
 __all__ = ["PairLoss"]
 

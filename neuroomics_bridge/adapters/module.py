@@ -13,10 +13,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from neuroomics_bridge.adapters.config import BridgeConfig
 from neuroomics_bridge.adapters.heads import ContrastiveHead
 from neuroomics_bridge.adapters.losses import PairLoss
 from neuroomics_bridge.adapters.prefix import PrefixProjector
-from neuroomics_bridge.config import BridgeConfig
 from neuroomics_bridge.errors import ConfigError
 
 __all__ = ["BridgeAdapters", "ContrastiveOutput", "TEXT"]

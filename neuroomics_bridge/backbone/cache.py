@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuroomics_bridge.backbone.text import Pooling, TextBackbone
+from neuroomics_bridge.backbone.config import Pooling
+from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.io import cache_root, read_arrays, write_arrays
 
 __all__ = ["CachedTextEncoder"]

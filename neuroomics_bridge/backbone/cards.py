@@ -20,10 +20,11 @@ from typing import Literal, get_args
 import jinja2
 import jinja2.sandbox
 
-from neuroomics_bridge.config import YamlConfig, check_choice
 from neuroomics_bridge.errors import ConfigError, ModelNotFoundError
+from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
 __all__ = [
+    "COMPLETION_TEMPLATE",
     "Arch",
     "Weights",
     "License",
@@ -35,6 +36,14 @@ __all__ = [
     "validate_cards",
     "cards_dir",
 ]
+
+COMPLETION_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n"
+    "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+"""Prompt format for base models that ship no chat template (LLaMA-2, Meditron)."""
 
 WeightsSource = Literal["bundled", "local", "gated"]
 CardDType = Literal["bfloat16", "float16", "float32"]

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from neuroomics_bridge.backbone import resolve
-from neuroomics_bridge.backbone.cards import ModelCard
+from neuroomics_bridge.backbone.cards import COMPLETION_TEMPLATE, ModelCard
+from neuroomics_bridge.backbone.config import BackboneConfig, Pooling
 from neuroomics_bridge.backbone.gguf import convert_gguf
 from neuroomics_bridge.backbone.hardware import (
     default_device,
@@ -36,15 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TextBackbone", "COMPLETION_TEMPLATE", "Pooling"]
 
-Pooling = Literal["mean", "last"]
-
-COMPLETION_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n"
-    "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}Answer:{% endif %}"
-)
-"""Prompt format for base models that ship no chat template (LLaMA-2, Meditron)."""
 
 Messages = str | Sequence[Mapping[str, str]]
 
@@ -73,6 +65,16 @@ class TextBackbone:
         route_single_row_matmuls_to_aten(self.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig) -> Self:
+        """Load the backbone a :class:`BackboneConfig` (e.g. a YAML recipe's ``backbone:``) describes."""
+        return cls.from_pretrained(
+            config.name,
+            local_dir=config.local_dir,
+            dtype=None if config.dtype == "auto" else config.dtype,
+            device=None if config.device == "auto" else config.device,
+        )
 
     @classmethod
     def from_pretrained(

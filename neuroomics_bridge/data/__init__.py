@@ -1,6 +1,6 @@
-"""Cohorts of subjects and the data sets the library ships or generates."""
+"""Cohorts of subjects, corpora, instruction records and PHI scrubbing."""
 
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
-from neuroomics_bridge.data.encoding import CohortEncoder
+from neuroomics_bridge.encoders.cohort import CohortEncoder
 
 __all__ = ["Cohort", "CohortEncoder", "CohortSplit"]

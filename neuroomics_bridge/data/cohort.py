@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from neuroomics_bridge.errors import DataError, MissingFileError
-from neuroomics_bridge.io import atomic_directory
+from neuroomics_bridge.io import atomic_directory, read_manifest
 
 __all__ = ["Cohort", "CohortSplit", "COHORT_FORMAT"]
 
@@ -82,17 +82,22 @@ class Cohort:
         for name, values in (("reports", self.reports), ("labels", self.labels), ("brains", self.brains)):
             if values is not None and len(values) != n:
                 raise DataError(f"Cohort.{name}: expected {n} entries (one per subject), got {len(values)}")
+        # The cohort holds its own copies: the caller's dict and tables are never rewritten.
+        features = {}
         for modality, matrix in self.features.items():
             matrix = np.asarray(matrix, dtype=np.float32)
             if matrix.ndim != 2 or matrix.shape[0] != n:
                 raise DataError(f"Cohort.features['{modality}']: expected shape ({n}, d), got {matrix.shape}")
-            self.features[modality] = matrix
+            features[modality] = matrix
+        self.features = features
         for name in ("covariates", "phenotypes"):
             table = getattr(self, name)
             if table is not None:
                 if list(map(str, table.index)) != self.subject_ids:
                     raise DataError(f"Cohort.{name}: index must equal subject_ids (same ids, same order)")
+                table = table.copy(deep=False)
                 table.index = pd.Index(self.subject_ids, name="subject_id")
+                setattr(self, name, table)
         if self.genes is not None and self.gene_groupby not in self.genes.obs:
             raise DataError(f"Cohort.genes: obs['{self.gene_groupby}'] (the subject column) not found")
 
@@ -168,7 +173,7 @@ class Cohort:
         every modality, fitted on the same subjects. To keep the fitted pipeline (to encode new
         subjects the same way later), use :class:`CohortEncoder` directly.
         """
-        from neuroomics_bridge.data.encoding import CohortEncoder
+        from neuroomics_bridge.encoders.cohort import CohortEncoder
 
         return CohortEncoder(encoders, residualize=residualize).fit_transform(self, fit_on)
 
@@ -295,16 +300,9 @@ def _hash_unit(seed: int, subject: str) -> float:
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
+    """``cohort.json`` if the folder has one (a folder assembled by hand may not)."""
     file = folder / "cohort.json"
-    if not file.is_file():
-        return {}
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file}: not valid JSON ({err})") from None
-    if manifest.get("format") != COHORT_FORMAT:
-        raise DataError(f"{file}: expected format {COHORT_FORMAT!r}, got {manifest.get('format')!r}")
-    return manifest
+    return read_manifest(file, COHORT_FORMAT, error=DataError) if file.is_file() else {}
 
 
 def _read_table(file: Path, subject_ids: list[str]) -> pd.DataFrame | None:

@@ -36,7 +36,7 @@ import pandas as pd
 
 from neuroomics_bridge.data.cohort import Cohort
 
-__all__ = ["DIAGNOSES", "GENE_PROGRAMMES", "synthetic_cohort"]
+__all__ = ["DIAGNOSES", "GENE_PROGRAMMES", "severity_grade", "synthetic_cohort"]
 
 DIAGNOSES = ("control", "Alzheimer's disease", "Parkinson's disease", "frontotemporal dementia")
 SHORT = {"control": "CN", "Alzheimer's disease": "AD", "Parkinson's disease": "PD", "frontotemporal dementia": "FTD"}
@@ -215,8 +215,16 @@ def _brains(rng, labels, severity, age, site, resolution, has_brain):
     return images
 
 
+def severity_grade(severity: float) -> str | None:
+    """The word a report uses for a severity: ``None`` without disease (0, as for controls; also
+    negative or NaN), ``"mild"`` below 0.45, ``"moderate"`` below 0.75, else ``"marked"``."""
+    if not severity > 0:
+        return None
+    return "mild" if severity < 0.45 else "moderate" if severity < 0.75 else "marked"
+
+
 def _report(rng: np.random.Generator, label: str, severity: float, age: float, sex: str) -> str:
-    grade = "mild" if severity < 0.45 else "moderate" if severity < 0.75 else "marked"
+    grade = severity_grade(severity)
     person = "woman" if sex == "F" else "man"
     history = rng.choice(_HISTORY[label])
     imaging = str(rng.choice(_IMAGING[label])).format(s=grade).capitalize()

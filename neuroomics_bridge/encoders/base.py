@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from neuroomics_bridge.errors import CorruptFileError, DataError
 from neuroomics_bridge.io import read_arrays, write_arrays
 
-__all__ = ["PersistentEstimator", "FORMAT"]
+__all__ = ["PersistentEstimator", "FORMAT", "cohort_genes", "cohort_images"]
 
 FORMAT = "neuroomics-bridge/estimator-v1"
 
@@ -76,3 +76,17 @@ class PersistentEstimator(BaseEstimator):
     @classmethod
     def _params_from_json(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return {key: tuple(value) if isinstance(value, list) else value for key, value in params.items()}
+
+
+def cohort_genes(cohort: Any, modality: str) -> Any:
+    """A cohort's expression AnnData (``cohort.genes``), or a :class:`DataError` naming the modality."""
+    if cohort.genes is None:
+        raise DataError(f"modality {modality!r}: this cohort has no expression data (genes.h5ad)")
+    return cohort.genes
+
+
+def cohort_images(cohort: Any, modality: str) -> list[tuple[str, Any]]:
+    """``(subject id, image)`` for each subject of a cohort that has a brain image."""
+    if cohort.brains is None:
+        raise DataError(f"modality {modality!r}: this cohort has no brain images (brain/<subject>.nii.gz)")
+    return [(s, image) for s, image in zip(cohort.subject_ids, cohort.brains, strict=True) if image is not None]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal, Self
 
 import numpy as np
 from sklearn.base import TransformerMixin
 
 from neuroomics_bridge.encoders.atlases import Atlas, load_image
-from neuroomics_bridge.encoders.base import PersistentEstimator
+from neuroomics_bridge.encoders.base import PersistentEstimator, cohort_images
 from neuroomics_bridge.errors import CorruptFileError, DataError
 from neuroomics_bridge.progress import progress
 
@@ -61,6 +61,20 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
         self.chunk_volumes = chunk_volumes
 
     # ------------------------------------------------------------------------------ public API
+
+    # ------------------------------------------------------------------------------ cohort protocol
+    def fit_cohort(self, cohort: Any, subject_ids: Collection[str], *, modality: str = "brain") -> Self:
+        """Fit on the images of ``subject_ids`` in ``cohort.brains``."""
+        chosen = set(subject_ids)
+        return self.fit([image for subject, image in cohort_images(cohort, modality) if subject in chosen])
+
+    def transform_cohort(self, cohort: Any, *, modality: str = "brain") -> np.ndarray:
+        """``(n_subjects, n_components)`` in cohort order; NaN rows for subjects without an image."""
+        pairs = cohort_images(cohort, modality)
+        if not pairs:
+            return np.full((cohort.n_subjects, len(self.components_)), np.nan, dtype=np.float32)
+        return cohort.scatter([s for s, _ in pairs], self.transform([image for _, image in pairs]))
+
     def fit(self, images: Sequence[ImageLike], y: Any = None) -> Self:
         """Learn feature scaling (and PCA) from the training images."""
         from sklearn.decomposition import PCA

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import TransformerMixin
 
-from neuroomics_bridge.encoders.base import PersistentEstimator
+from neuroomics_bridge.encoders.base import PersistentEstimator, cohort_genes
 from neuroomics_bridge.errors import DataError
 
 __all__ = ["GeneEncoder", "gene_id_type"]
@@ -89,6 +89,19 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------ fitting
+
+    # ------------------------------------------------------------------------------ cohort protocol
+    def fit_cohort(self, cohort: Any, subject_ids: Collection[str], *, modality: str = "gene") -> Self:
+        """Fit on the cells of ``subject_ids`` in ``cohort.genes`` (grouped by ``cohort.gene_groupby``)."""
+        genes = cohort_genes(cohort, modality)
+        self.set_params(groupby=cohort.gene_groupby)
+        return self.fit(genes[genes.obs[cohort.gene_groupby].astype(str).isin(set(subject_ids)).to_numpy()])
+
+    def transform_cohort(self, cohort: Any, *, modality: str = "gene") -> np.ndarray:
+        """``(n_subjects, n_components)`` in cohort order; NaN rows for subjects without cells."""
+        genes = cohort_genes(cohort, modality)
+        return cohort.scatter(self.row_ids(genes), self.transform(genes))
+
     def fit(self, adata: Any, y: Any = None) -> Self:
         """Learn genes, scaling and loadings from ``adata`` (the training fold only)."""
         import anndata as ad

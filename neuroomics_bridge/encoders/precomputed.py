@@ -8,7 +8,7 @@ looks rows up by subject id, so the embedding file's row order never matters.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -57,6 +57,15 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         self.id_column = id_column
         self.ids = ids
         self.missing = missing
+
+    # ------------------------------------------------------------------------------ cohort protocol
+    def fit_cohort(self, cohort: Any, subject_ids: Collection[str], *, modality: str = "") -> Self:
+        """Read the table; subjects of the cohort it lacks become NaN rows (``missing="nan"``)."""
+        return self.set_params(missing="nan").fit()
+
+    def transform_cohort(self, cohort: Any, *, modality: str = "") -> np.ndarray:
+        """``(n_subjects, d)`` rows for ``cohort.subject_ids``, in cohort order."""
+        return self.transform(cohort.subject_ids)
 
     def fit(self, subject_ids: Sequence[str] | None = None, y: Any = None) -> Self:
         """Load and validate the embedding table (nothing is learned)."""

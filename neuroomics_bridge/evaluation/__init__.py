@@ -1,51 +1,44 @@
-"""Evaluation: bridge metrics (retrieval, zero-shot, reports) and the medical benchmark harness.
+"""Evaluation: metrics, bridge evaluation, and the medical benchmark harness.
 
-``metrics`` holds the metric functions; ``loaders``, ``tasks``, ``scoring`` and ``harness``
-score any backbone, with or without a LoRA adapter, on PubMedQA, MedQA, MedMCQA, MedNLI,
-BioNLI, BC5CDR, NCBI-disease, DDI, HoC and summarisation pairs (``nob eval``).
+``metrics`` holds the metric functions (no model needed); ``bridge_metrics`` evaluates a trained
+bridge on a labelled cohort (zero-shot, retrieval, report likelihood); ``factuality`` scores
+generated reports fact by fact; ``loaders``, ``tasks``, ``scoring`` and ``harness`` score any
+backbone, with or without a LoRA adapter, on PubMedQA, MedQA, MedMCQA, MedNLI, BioNLI, BC5CDR,
+NCBI-disease, DDI, HoC and summarisation pairs (``nob eval``). Names load lazily: comparing two
+saved benchmark runs imports no torch.
 """
 
-from neuroomics_bridge.evaluation.harness import BenchmarkRun, compare_runs, run_benchmarks
-from neuroomics_bridge.evaluation.loaders import Example
-from neuroomics_bridge.evaluation.metrics import (
-    accuracy_stderr,
-    classification_metrics,
-    entity_f1,
-    evaluate_bridge,
-    macro_f1,
-    multilabel_f1,
-    normalize_answer,
-    recall_at_k,
-    report_label_accuracy,
-    report_perplexity,
-    rouge_l,
-    set_f1,
-    zero_shot_accuracy,
-)
-from neuroomics_bridge.evaluation.scoring import TaskResult, evaluate_task
-from neuroomics_bridge.evaluation.tasks import TASKS, BenchmarkTask, get_task
+from neuroomics_bridge.lazy import lazy_exports
 
-__all__ = [
-    "TASKS",
-    "BenchmarkRun",
-    "BenchmarkTask",
-    "Example",
-    "TaskResult",
-    "accuracy_stderr",
-    "classification_metrics",
-    "compare_runs",
-    "entity_f1",
-    "evaluate_bridge",
-    "evaluate_task",
-    "get_task",
-    "macro_f1",
-    "multilabel_f1",
-    "normalize_answer",
-    "recall_at_k",
-    "report_label_accuracy",
-    "report_perplexity",
-    "rouge_l",
-    "run_benchmarks",
-    "set_f1",
-    "zero_shot_accuracy",
-]
+_METRICS = "neuroomics_bridge.evaluation.metrics"
+_EXPORTS = {
+    "BenchmarkRun": "neuroomics_bridge.evaluation.harness",
+    "compare_runs": "neuroomics_bridge.evaluation.harness",
+    "run_benchmarks": "neuroomics_bridge.evaluation.harness",
+    "Example": "neuroomics_bridge.evaluation.loaders",
+    "TaskResult": "neuroomics_bridge.evaluation.scoring",
+    "evaluate_task": "neuroomics_bridge.evaluation.scoring",
+    "TASKS": "neuroomics_bridge.evaluation.tasks",
+    "BenchmarkTask": "neuroomics_bridge.evaluation.tasks",
+    "get_task": "neuroomics_bridge.evaluation.tasks",
+    "evaluate_bridge": "neuroomics_bridge.evaluation.bridge_metrics",
+    "report_perplexity": "neuroomics_bridge.evaluation.bridge_metrics",
+    **{
+        name: _METRICS
+        for name in (
+            "accuracy_stderr",
+            "classification_metrics",
+            "entity_f1",
+            "macro_f1",
+            "multilabel_f1",
+            "normalize_answer",
+            "recall_at_k",
+            "report_label_accuracy",
+            "rouge_l",
+            "set_f1",
+            "zero_shot_accuracy",
+        )
+    },
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -10,7 +10,7 @@
   its batch or position; they are earlier user/assistant turns of the same chat.
 - **Prompt format**: ``"chat"`` uses the backbone's template from its card (Me-LLaMA's
   ``Human:/Assistant:``, ChatML for SmolLM2, Question/Answer for base models); ``"plain"``
-  prompts any model completion-style (:data:`~neuroomics_bridge.backbone.text.COMPLETION_TEMPLATE`).
+  prompts any model completion-style (:data:`~neuroomics_bridge.backbone.cards.COMPLETION_TEMPLATE`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from neuroomics_bridge.backbone.text import COMPLETION_TEMPLATE
+from neuroomics_bridge.backbone.cards import COMPLETION_TEMPLATE
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.evaluation.loaders import Example
 from neuroomics_bridge.evaluation.metrics import (

@@ -14,7 +14,7 @@ import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,21 +22,18 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from neuroomics_bridge.adapters.config import LoRAConfig
 from neuroomics_bridge.bridge import Bridge
-from neuroomics_bridge.config import LoRAConfig
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
 from neuroomics_bridge.data.text import report_views, text_ids
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
+from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt
+from neuroomics_bridge.training.args import Stage, optimizer_args, run_dir, stage_args
+from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
-__all__ = ["AlignmentModule", "CohortDataModule", "AlignmentResult", "fit_alignment", "Stage"]
+__all__ = ["AlignmentModule", "AlignmentResult", "CohortDataModule", "Stage", "fit_alignment"]
 
-Stage = Literal["contrastive", "prefix"]
 LORA_PREFIX = "backbone_lora."  # checkpoint keys of the backbone's LoRA weights
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "contrastive": {"batch_size": 32, "max_epochs": 30, "lr": 1e-3},
-    "prefix": {"batch_size": 8, "max_epochs": 6, "lr": 3e-3},
-}
 
 
 class SubjectDataset(Dataset):
@@ -145,34 +142,44 @@ class AlignmentModule(LightningModule):
         bridge: Bridge,
         *,
         stage: Stage = "contrastive",
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_fraction: float = 0.05,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        warmup_fraction: float | None = None,
         text_views: bool = True,
         seed: int = 0,
-        class_prompt: str | Mapping[str, str] = "Impression: {label}.",
+        class_prompt: ClassPrompt = CLASS_PROMPT,
         save_to: str | os.PathLike[str] | None = None,
         lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
-        if stage not in ("contrastive", "prefix"):
-            raise DataError(f"stage: expected 'contrastive' or 'prefix', got {stage!r}")
+        self.optimizer_args = optimizer_args(
+            stage_args(stage).optimizer, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction
+        )
         self.bridge, self.stage = bridge, stage
         self.adapters = bridge.adapters  # the only registered (trainable) module: checkpoints hold adapters only
-        self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
         self.text_views, self.seed = text_views, seed
         self.class_prompt, self.save_to = class_prompt, save_to
         self.metrics: dict[str, float] = {}
-        training_prefix = stage == "prefix"
-        for name, parameter in self.adapters.named_parameters():
-            parameter.requires_grad_(name.startswith("projector.") == training_prefix)
         if lora is not None:
             if stage != "prefix":
                 raise DataError("lora: LoRA inside the backbone trains in the prefix stage only")
             if bridge.lora is None:
                 bridge.add_lora(lora)
-        for name, parameter in bridge.backbone.model.named_parameters():  # frozen, except LoRA in the prefix stage
-            parameter.requires_grad_(training_prefix and bridge.lora is not None and "lora_" in name)
+        self._callers_flags: list[TrainableState] = []
+
+    def _set_trainable(self) -> None:
+        """This stage's ``requires_grad`` flags; the caller's are put back at :meth:`teardown`."""
+        modules = (self.adapters, self.bridge.backbone.model)
+        self._callers_flags = [TrainableState.capture(module) for module in modules]
+        training_prefix = self.stage == "prefix"
+        for name, parameter in self.adapters.named_parameters():
+            parameter.requires_grad_(name.startswith("projector.") == training_prefix)
+        for name, parameter in self.bridge.backbone.model.named_parameters():  # frozen, but LoRA in the prefix stage
+            parameter.requires_grad_(training_prefix and self.bridge.lora is not None and "lora_" in name)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer_args.lr
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Adapters, plus the backbone's LoRA weights when it has them (never the backbone itself)."""
@@ -189,6 +196,13 @@ class AlignmentModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         self.adapters.set_distributed(self.global_rank, self.trainer.world_size)
+        if stage == "fit":
+            self._set_trainable()
+
+    def teardown(self, stage: str) -> None:
+        for state in self._callers_flags:
+            state.restore()
+        self._callers_flags = []
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -266,9 +280,10 @@ class AlignmentModule(LightningModule):
 
         trainable = [p for p in self.adapters.parameters() if p.requires_grad]
         trainable += [p for p in self.bridge.backbone.model.parameters() if p.requires_grad]  # LoRA, if any
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        args = self.optimizer_args
+        optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, betas=args.betas)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -292,37 +307,51 @@ def fit_alignment(
     batch_size: int | None = None,
     max_epochs: int | None = None,
     lr: float | None = None,
+    weight_decay: float | None = None,
+    warmup_fraction: float | None = None,
+    text_views: bool = True,
     seed: int = 0,
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
-    class_prompt: str | Mapping[str, str] = "Impression: {label}.",
+    class_prompt: ClassPrompt = CLASS_PROMPT,
     lora: LoRAConfig | None = None,
     **trainer_kwargs: Any,
 ) -> AlignmentResult:
     """Train one stage of ``bridge`` on an encoded ``cohort``; the best weights end up in ``bridge``.
 
+    Defaults (batch size, epochs, optimiser) are the stage's in :data:`training.args.ALIGNMENT`.
     Seeded (``seed``); checkpoints ``last`` and best-on-validation under ``root_dir``
-    (default ``nob-runs/<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
+    (default ``nob-runs/align-<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
     to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). ``lora`` (prefix
     stage) also trains LoRA adapters inside the backbone, saved with the bridge. The test fold's
     metrics (zero-shot accuracy per modality with one ``class_prompt`` per label, see
     :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
     recorded for the model card.
     """
-    defaults = STAGE_DEFAULTS[stage]
+    defaults = stage_args(stage)
     seed_everything(seed, workers=True)
-    root = Path(root_dir) if root_dir is not None else Path("nob-runs") / stage
-    data = CohortDataModule(cohort, split=split, batch_size=batch_size or defaults["batch_size"], seed=seed)
+    root = Path(root_dir) if root_dir is not None else run_dir(f"align-{stage}")
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    data = CohortDataModule(cohort, split=split, batch_size=batch_size, seed=seed)
     if set(data.modality_dims) != set(bridge.modalities):
         raise DataError(
             f"cohort modalities {sorted(data.modality_dims)} differ from the bridge's {sorted(bridge.modalities)}"
         )
     module = AlignmentModule(
-        bridge, stage=stage, lr=lr or defaults["lr"], seed=seed, class_prompt=class_prompt, lora=lora
+        bridge,
+        stage=stage,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_fraction=warmup_fraction,
+        text_views=text_views,
+        seed=seed,
+        class_prompt=class_prompt,
+        lora=lora,
     )
     trainer_kwargs.setdefault("precision", "32-true" if stage == "contrastive" else mixed_precision())
     trainer_kwargs.setdefault("use_distributed_sampler", False)  # CohortDataModule shards by itself
-    trainer = build_trainer(root, max_epochs=max_epochs or defaults["max_epochs"], **trainer_kwargs)
+    epochs = defaults.max_epochs if max_epochs is None else max_epochs
+    trainer = build_trainer(root, max_epochs=epochs, **trainer_kwargs)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     callback = trainer.checkpoint_callback
     log_dir = Path(trainer.logger.log_dir) if trainer.logger else root

@@ -19,11 +19,12 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
 from torch.utils.data import DataLoader
 
+from neuroomics_bridge.adapters.config import LoRAConfig
 from neuroomics_bridge.backbone.text import TextBackbone
-from neuroomics_bridge.config import LoRAConfig
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, DataError
-from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
+from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, OptimizerArgs
+from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
 __all__ = [
     "InstructionTuneModule",
@@ -97,9 +98,9 @@ class InstructionTuneModule(LightningModule):
         backbone: TextBackbone,
         lora: LoRAConfig | None = None,
         *,
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        warmup_fraction: float = 0.05,
+        lr: float = INSTRUCT_OPTIMIZER.lr,
+        weight_decay: float = INSTRUCT_OPTIMIZER.weight_decay,
+        warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
         output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
@@ -115,7 +116,9 @@ class InstructionTuneModule(LightningModule):
             )
         self.backbone = backbone
         self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
-        base = backbone.model if self.lora.qlora else backbone.model.float()  # float32 LoRA master weights
+        # float32 LoRA master weights; the base weights' dtype and flags come back at teardown.
+        self._callers_state = TrainableState.capture(backbone.model)
+        base = backbone.model if self.lora.qlora else backbone.model.float()
         if self.lora.qlora:
             from peft import prepare_model_for_kbit_training
 
@@ -123,6 +126,10 @@ class InstructionTuneModule(LightningModule):
         self.model = get_peft_model(base, self.lora.to_peft())
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
         self.output_dir = output_dir
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._callers_state.restore()
 
     def on_fit_end(self) -> None:
         """peft injected the adapters into ``backbone.model``: say the weights changed; save the
@@ -185,7 +192,7 @@ def instruction_tune(
     max_epochs: int = 3,
     batch_size: int = 8,
     max_length: int = 512,
-    lr: float = 2e-4,
+    optimizer: OptimizerArgs = INSTRUCT_OPTIMIZER,
     seed: int = 0,
     root_dir: str | os.PathLike[str] = "nob-runs/instruct",
     output_dir: str | os.PathLike[str] | None = None,
@@ -196,7 +203,14 @@ def instruction_tune(
     (use it to generate, :func:`merge_lora` to fold it). ``output_dir`` gets the adapter only."""
     seed_everything(seed, workers=True)
     data = InstructionDataModule(backbone, records, val_records, batch_size=batch_size, max_length=max_length)
-    module = InstructionTuneModule(backbone, lora, lr=lr, output_dir=output_dir)
+    module = InstructionTuneModule(
+        backbone,
+        lora,
+        lr=optimizer.lr,
+        weight_decay=optimizer.weight_decay,
+        warmup_fraction=optimizer.warmup_fraction,
+        output_dir=output_dir,
+    )
     trainer_kwargs.setdefault("precision", mixed_precision())
     monitor = "val/loss" if val_records else "train/loss"
     trainer = build_trainer(root_dir, monitor=monitor, max_epochs=max_epochs, **trainer_kwargs)
@@ -207,7 +221,7 @@ def instruction_tune(
 def save_lora(module: InstructionTuneModule, directory: str | os.PathLike[str]) -> Path:
     """Write the adapter (peft format, safetensors, no base weights) and a card, atomically."""
     from neuroomics_bridge.io import atomic_directory
-    from neuroomics_bridge.reports import RESEARCH_NOTICE
+    from neuroomics_bridge.notice import RESEARCH_NOTICE
 
     target = Path(directory)
     with atomic_directory(target) as tmp:

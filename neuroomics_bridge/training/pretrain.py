@@ -28,8 +28,9 @@ from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.corpus import MixtureCorpus, PackedBlock, Source, pack, read_documents
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.io import atomic_directory
-from neuroomics_bridge.reports import RESEARCH_NOTICE
-from neuroomics_bridge.training.trainer import build_trainer, mixed_precision
+from neuroomics_bridge.notice import RESEARCH_NOTICE
+from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER, OptimizerArgs
+from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
 __all__ = ["ContinualPretrainModule", "PretrainDataModule", "PretrainResult", "continual_pretrain", "is_heldout"]
 
@@ -177,10 +178,10 @@ class ContinualPretrainModule(LightningModule):
         backbone: TextBackbone,
         *,
         sources: Sequence[str] = (),
-        lr: float = 2e-5,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_fraction: float = 0.05,
+        lr: float = PRETRAIN_OPTIMIZER.lr,
+        weight_decay: float = PRETRAIN_OPTIMIZER.weight_decay,
+        betas: tuple[float, float] = PRETRAIN_OPTIMIZER.betas,
+        warmup_fraction: float = PRETRAIN_OPTIMIZER.warmup_fraction,
         gradient_checkpointing: bool = False,
         output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -188,7 +189,10 @@ class ContinualPretrainModule(LightningModule):
         self.backbone = backbone
         self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
         self.output_dir = output_dir
-        self.model = backbone.model.float()  # master weights in float32; mixed precision from the Trainer
+        # Master weights in float32 (mixed precision comes from the Trainer); the caller's dtype and
+        # requires_grad flags come back when fitting ends (teardown).
+        self._callers_state = TrainableState.capture(backbone.model)
+        self.model = backbone.model.float()
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.sources = list(sources)
@@ -232,6 +236,10 @@ class ContinualPretrainModule(LightningModule):
         self.log("val/loss", total[0] / max(total[1], 1), prog_bar=True)
         if self.global_step == 0 and not self.trainer.sanity_checking and not self.perplexity_before:
             self.perplexity_before = dict(self.perplexity)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._callers_state.restore()
 
     def on_fit_end(self) -> None:
         """The weights changed in place: say so, and save the model with its card if asked."""
@@ -284,11 +292,13 @@ def continual_pretrain(
     block_size: int = 512,
     batch_size: int = 8,
     accumulate_grad_batches: int = 1,
-    lr: float = 2e-5,
+    optimizer: OptimizerArgs = PRETRAIN_OPTIMIZER,
     gradient_clip_val: float = 1.0,
     gradient_checkpointing: bool = False,
     scrub: Collection[str] = (),
     heldout_fraction: float = 0.05,
+    max_heldout_blocks: int = 16,
+    text_field: str = "text",
     val_check_interval: int | None = None,
     seed: int = 0,
     root_dir: str | os.PathLike[str] = "nob-runs/pretrain",
@@ -299,7 +309,8 @@ def continual_pretrain(
     """Continue pretraining ``backbone`` on ``corpora`` mixed by ``weights`` (by tokens).
 
     ``corpora`` maps source names to paths or document lists (see :class:`MixtureCorpus`);
-    sources in ``scrub`` are PHI-scrubbed first. Trains ``max_steps`` optimizer steps of
+    sources in ``scrub`` are PHI-scrubbed first; ``optimizer`` (AdamW and its warm-up/cosine
+    schedule) defaults to :data:`training.args.PRETRAIN_OPTIMIZER`. Trains ``max_steps`` optimizer steps of
     ``batch_size * accumulate_grad_batches`` blocks of ``block_size`` tokens; held-out
     perplexity per source is measured before and after. ``output_dir`` receives the model
     (``save_pretrained``), tokenizer and a model card; resume with ``ckpt_path="last"``.
@@ -314,11 +325,16 @@ def continual_pretrain(
         seed=seed,
         scrub=scrub,
         heldout_fraction=heldout_fraction,
+        max_heldout_blocks=max_heldout_blocks,
+        text_field=text_field,
     )
     module = ContinualPretrainModule(
         backbone,
         sources=data.source_names,
-        lr=lr,
+        lr=optimizer.lr,
+        weight_decay=optimizer.weight_decay,
+        betas=optimizer.betas,
+        warmup_fraction=optimizer.warmup_fraction,
         gradient_checkpointing=gradient_checkpointing,
         output_dir=output_dir,
     )

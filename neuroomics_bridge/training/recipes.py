@@ -17,9 +17,12 @@ from typing import Any, ClassVar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from neuroomics_bridge.config import BackboneConfig, BridgeConfig, LoRAConfig
+from neuroomics_bridge.adapters.config import BridgeConfig, LoRAConfig
+from neuroomics_bridge.backbone.config import BackboneConfig
+from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.training.alignment import AlignmentModule, CohortDataModule, Stage
+from neuroomics_bridge.training.alignment import AlignmentModule, CohortDataModule
+from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, PRETRAIN_OPTIMIZER, Stage, run_dir, stage_args
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule
 from neuroomics_bridge.training.pretrain import ContinualPretrainModule, PretrainDataModule
@@ -27,7 +30,6 @@ from neuroomics_bridge.training.trainer import checkpoint_callback
 
 __all__ = [
     "AlignmentCLI",
-    "DEFAULT_ROOT",
     "InstructCLI",
     "LibraryCLI",
     "PretrainCLI",
@@ -39,8 +41,6 @@ __all__ = [
     "pretrain_model",
 ]
 
-DEFAULT_ROOT = "nob-runs/align"
-
 
 def alignment_data(
     data_dir: str | None = None,
@@ -51,24 +51,29 @@ def alignment_data(
     brain_atlas: str = "mni-gm-64",
     brain_components: int = 32,
     residualize: Sequence[str] = ("age", "sex", "site"),
-    batch_size: int = 32,
+    batch_size: int | None = None,
+    stage: Stage = "contrastive",
 ) -> CohortDataModule:
     """A cohort folder (``Cohort.to_files`` layout) or, without ``data_dir``, a synthetic cohort,
-    encoded with encoders fitted on its training fold and residualised for ``residualize``."""
+    encoded with :func:`default_cohort_encoder` fitted on its training fold; ``batch_size``
+    defaults to the ``stage``'s (:data:`training.args.ALIGNMENT`)."""
     from neuroomics_bridge.data.cohort import Cohort
     from neuroomics_bridge.datasets import synthetic_cohort
-    from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
+    from neuroomics_bridge.encoders.cohort import default_cohort_encoder
 
     cohort = Cohort.from_files(data_dir) if data_dir else synthetic_cohort(synthetic_subjects, seed=seed)
     split = cohort.split(seed=seed)
-    encoders: dict[str, Any] = {}
-    if cohort.genes is not None:
-        encoders["gene"] = GeneEncoder(n_components=gene_components, n_top_genes=gene_top_genes)
-    if cohort.brains is not None:
-        encoders["brain"] = BrainEncoder(brain_atlas, n_components=brain_components)
-    covariates = [c for c in residualize if cohort.covariates is not None and c in cohort.covariates]
-    cohort = cohort.encode(encoders, fit_on=split.train, residualize=covariates)
-    return CohortDataModule(cohort, split=cohort.split(seed=seed), batch_size=batch_size, seed=seed)
+    encoder = default_cohort_encoder(
+        cohort,
+        gene_components=gene_components,
+        gene_top_genes=gene_top_genes,
+        brain_atlas=brain_atlas,
+        brain_components=brain_components,
+        residualize=residualize,
+    )
+    cohort = encoder.fit_transform(cohort, split.train)
+    size = stage_args(stage).batch_size if batch_size is None else batch_size
+    return CohortDataModule(cohort, split=cohort.split(seed=seed), batch_size=size, seed=seed)
 
 
 def alignment_model(
@@ -77,19 +82,19 @@ def alignment_model(
     stage: Stage = "contrastive",
     init_from: str | None = None,
     save_to: str = "nob-runs/bridge",
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    warmup_fraction: float = 0.05,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    warmup_fraction: float | None = None,
     seed: int = 0,
     modality_dims: dict[str, int] | None = None,
     lora: LoRAConfig | None = None,
 ) -> AlignmentModule:
     """The alignment module of one stage: a new bridge on ``backbone``, or the saved bridge at
     ``init_from`` (e.g. the contrastive stage's output for the prefix stage); the trained bridge
-    is saved to ``save_to`` when fitting ends."""
+    is saved to ``save_to`` when fitting ends; unset hyper-parameters are the stage's defaults."""
     from neuroomics_bridge.bridge import Bridge
 
-    backbone_model = (backbone or BackboneConfig()).build()
+    backbone_model = TextBackbone.from_config(backbone or BackboneConfig())
     if init_from:
         model = Bridge.from_pretrained(init_from, backbone=backbone_model)
         if modality_dims and modality_dims != model.modality_dims:
@@ -118,7 +123,8 @@ class LibraryCLI(LightningCLI):
 
     model_factory: Any
     data_factory: Any
-    default_root: str
+    run_name: str
+    parse_links: tuple[tuple[str, str], ...] = ()
     links: tuple[tuple[str, str], ...] = ()
     trainer_extra: ClassVar[dict[str, Any]] = {}
 
@@ -129,7 +135,6 @@ class LibraryCLI(LightningCLI):
             args=list(args) if args is not None else None,
             run=run,
             trainer_defaults={
-                "default_root_dir": self.default_root,
                 "enable_progress_bar": sys.stderr.isatty(),
                 "enable_model_summary": False,
                 "log_every_n_steps": 1,
@@ -138,14 +143,21 @@ class LibraryCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
         )
 
+    def default_root(self) -> Path:
+        """Where checkpoints and logs go when the YAML sets no ``trainer.default_root_dir``."""
+        return run_dir(self.run_name)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
+        for source, target in self.parse_links:
+            parser.link_arguments(source, target, apply_on="parse")
         for source, target in self.links:
             parser.link_arguments(source, target, apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         section = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
         trainer = section.get("trainer") or {}
-        root = Path(trainer.get("default_root_dir") or self.default_root)
+        root = Path(trainer.get("default_root_dir") or self.default_root())
+        kwargs["default_root_dir"] = root
         kwargs["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint_callback(root)]
         kwargs["plugins"] = [SafetensorsCheckpointIO(), *(trainer.get("plugins") or [])]
         if trainer.get("logger") in (None, True):
@@ -158,8 +170,13 @@ class AlignmentCLI(LibraryCLI):
 
     model_factory = staticmethod(alignment_model)
     data_factory = staticmethod(alignment_data)
-    default_root = DEFAULT_ROOT
+    run_name = "align"
+    parse_links = (("model.stage", "data.stage"),)  # the data's batch size default is the stage's
     links = (("data.modality_dims", "model.modality_dims"),)
+
+    def default_root(self) -> Path:
+        return run_dir(f"{self.run_name}-{self.model.stage}")
+
     trainer_extra: ClassVar[dict[str, Any]] = {
         "use_distributed_sampler": False
     }  # CohortDataModule shards the folds itself
@@ -179,7 +196,7 @@ def pretrain_data(
     """Named corpus paths mixed by token ``weights`` (e.g. 15:1:4), packed into blocks; the
     backbone is loaded here (its tokenizer packs) and linked into the model."""
     return PretrainDataModule(
-        (backbone or BackboneConfig()).build(),
+        TextBackbone.from_config(backbone or BackboneConfig()),
         sources,
         weights,
         block_size=block_size,
@@ -194,9 +211,9 @@ def pretrain_data(
 def pretrain_model(
     backbone: Any = None,
     sources: list[str] | None = None,
-    lr: float = 2e-5,
-    weight_decay: float = 0.1,
-    warmup_fraction: float = 0.05,
+    lr: float = PRETRAIN_OPTIMIZER.lr,
+    weight_decay: float = PRETRAIN_OPTIMIZER.weight_decay,
+    warmup_fraction: float = PRETRAIN_OPTIMIZER.warmup_fraction,
     gradient_checkpointing: bool = False,
     output_dir: str | None = "nob-runs/pretrained",
 ) -> ContinualPretrainModule:
@@ -218,7 +235,7 @@ class PretrainCLI(LibraryCLI):
 
     model_factory = staticmethod(pretrain_model)
     data_factory = staticmethod(pretrain_data)
-    default_root = "nob-runs/pretrain"
+    run_name = "pretrain"
     links = (("data.backbone", "model.backbone"), ("data.source_names", "model.sources"))
     trainer_extra: ClassVar[dict[str, Any]] = {"use_distributed_sampler": False, "check_val_every_n_epoch": None}
 
@@ -234,7 +251,7 @@ def instruct_data(
     from neuroomics_bridge.data.instructions import read_instructions
 
     return InstructionDataModule(
-        (backbone or BackboneConfig()).build(),
+        TextBackbone.from_config(backbone or BackboneConfig()),
         read_instructions(train_file),
         read_instructions(val_file) if val_file else (),
         batch_size=batch_size,
@@ -245,9 +262,9 @@ def instruct_data(
 def instruct_model(
     backbone: Any = None,
     lora: LoRAConfig | None = None,
-    lr: float = 2e-4,
-    weight_decay: float = 0.0,
-    warmup_fraction: float = 0.05,
+    lr: float = INSTRUCT_OPTIMIZER.lr,
+    weight_decay: float = INSTRUCT_OPTIMIZER.weight_decay,
+    warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
     output_dir: str | None = "nob-runs/instruct-adapter",
 ) -> InstructionTuneModule:
     """LoRA instruction tuning of the data's backbone (linked); the adapter alone is saved to
@@ -262,5 +279,5 @@ class InstructCLI(LibraryCLI):
 
     model_factory = staticmethod(instruct_model)
     data_factory = staticmethod(instruct_data)
-    default_root = "nob-runs/instruct"
+    run_name = "instruct"
     links = (("data.backbone", "model.backbone"),)

@@ -8,6 +8,7 @@ from the caller's keyword arguments (and from YAML through LightningCLI), never 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from neuroomics_bridge.backbone.hardware import cpu_has_native_bf16
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
-__all__ = ["build_trainer", "mixed_precision", "checkpoint_callback"]
+__all__ = ["TrainableState", "build_trainer", "checkpoint_callback", "mixed_precision"]
 
 
 def mixed_precision() -> str:
@@ -58,3 +59,34 @@ def build_trainer(root_dir: str | os.PathLike[str], *, monitor: str = "val/loss"
         plugins=[SafetensorsCheckpointIO(), *trainer_kwargs.pop("plugins", [])],
         **trainer_kwargs,
     )
+
+
+@dataclasses.dataclass
+class TrainableState:
+    """A module's ``requires_grad`` flags and floating dtype, to hand the module back as it came.
+
+    Training sets flags (and may keep float32 master weights) on the caller's objects; a
+    trainer captures this state first and calls :meth:`restore` when fitting ends. Parameters
+    added during training (LoRA weights) keep their own flags.
+    """
+
+    module: torch.nn.Module
+    flags: dict[str, bool]
+    dtype: torch.dtype | None
+
+    @classmethod
+    def capture(cls, module: torch.nn.Module) -> TrainableState:
+        """The flags and the floating dtype (of the first floating parameter) of ``module`` now."""
+        flags = {name: p.requires_grad for name, p in module.named_parameters()}
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        return cls(module, flags, dtype)
+
+    def restore(self) -> None:
+        """Put the captured flags back and cast floating weights back to the captured dtype."""
+        for name, parameter in self.module.named_parameters():
+            if name in self.flags:
+                parameter.requires_grad_(self.flags[name])
+        if self.dtype is not None:
+            for name, parameter in self.module.named_parameters():
+                if name in self.flags and parameter.is_floating_point() and parameter.dtype != self.dtype:
+                    parameter.data = parameter.data.to(self.dtype)

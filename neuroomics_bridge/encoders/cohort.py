@@ -2,12 +2,19 @@
 
 One encoder per modality (GeneEncoder reads ``genes``, BrainEncoder reads ``brains``,
 PrecomputedEncoder reads its own table), each followed by covariate residualisation, all fitted
-on the training subjects only. Saved as a folder, it lets new subjects (a user's own cohort, a
-later batch) be encoded exactly as the bridge's training data were.
+on the training subjects only. Every encoder speaks one cohort-level protocol,
+``fit_cohort(cohort, subject_ids, modality=...)`` and ``transform_cohort(cohort, modality=...)
+-> (n_subjects, d)``, so this pipeline never asks which kind of encoder it holds. It reads a
+cohort's fields (``subject_ids``, ``genes``, ``brains``, ``covariates``) and never imports
+:class:`Cohort`, which builds on it (``Cohort.encode``).
+
+Saved as a folder, it lets new subjects (a user's own cohort, a later batch) be encoded exactly as
+the bridge's training data were.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,11 +23,10 @@ from typing import Any, Self
 
 import numpy as np
 
-from neuroomics_bridge.data.cohort import Cohort
-from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
-from neuroomics_bridge.io import atomic_directory
+from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.io import atomic_directory, read_manifest
 
-__all__ = ["CohortEncoder", "ENCODER_FORMAT"]
+__all__ = ["CohortEncoder", "ENCODER_FORMAT", "default_cohort_encoder"]
 
 ENCODER_FORMAT = "neuroomics-bridge/cohort-encoder-v1"
 
@@ -31,47 +37,53 @@ class CohortEncoder:
     Parameters
     ----------
     encoders
-        Modality name -> GeneEncoder, BrainEncoder or PrecomputedEncoder. They are fitted in place.
+        Modality name -> GeneEncoder, BrainEncoder or PrecomputedEncoder (anything with
+        ``fit_cohort`` and ``transform_cohort``). They are fitted in place.
     residualize
         Covariate columns regressed out of every modality, fitted on the same subjects.
     """
 
     def __init__(self, encoders: Mapping[str, Any], *, residualize: Sequence[str] = ()) -> None:
+        for modality, encoder in encoders.items():
+            if not (hasattr(encoder, "fit_cohort") and hasattr(encoder, "transform_cohort")):
+                raise DataError(f"modality {modality!r}: unsupported encoder {type(encoder).__name__}")
         self.encoders = dict(encoders)
         self.residualize = list(residualize)
         self.residualizers_: dict[str, Any] = {}
 
-    def fit(self, cohort: Cohort, fit_on: Cohort | Iterable[str] | None = None) -> Self:
-        """Fit on ``fit_on``'s subjects (default: the whole cohort)."""
-        from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder, PrecomputedEncoder, Residualizer
+    def fit(self, cohort: Any, fit_on: Any | Iterable[str] | None = None) -> Self:
+        """Fit on ``fit_on``'s subjects (a cohort or subject ids; default: the whole cohort).
+
+        Parameters
+        ----------
+        cohort
+            The :class:`Cohort` holding the raw sources.
+        fit_on
+            The training fold (a cohort) or its subject ids.
+
+        Returns
+        -------
+        CohortEncoder
+            ``self``, fitted.
+        """
+        from neuroomics_bridge.encoders.covariates import Residualizer
 
         chosen = cohort if fit_on is None else fit_on
-        ids = set(chosen.subject_ids if isinstance(chosen, Cohort) else chosen)
+        ids = set(getattr(chosen, "subject_ids", chosen))
         for modality, encoder in self.encoders.items():
-            if isinstance(encoder, GeneEncoder):
-                genes = _genes(cohort, modality)
-                encoder.set_params(groupby=cohort.gene_groupby)
-                encoder.fit(genes[genes.obs[cohort.gene_groupby].astype(str).isin(ids).to_numpy()])
-            elif isinstance(encoder, BrainEncoder):
-                encoder.fit([image for subject, image in _images(cohort, modality) if subject in ids])
-            elif isinstance(encoder, PrecomputedEncoder):
-                encoder.set_params(missing="nan").fit()
-            else:
-                raise DataError(f"modality {modality!r}: unsupported encoder {type(encoder).__name__}")
+            encoder.fit_cohort(cohort, ids, modality=modality)
             if self.residualize:
-                matrix = self._encoded(cohort, modality)
+                matrix = encoder.transform_cohort(cohort, modality=modality)
                 rows = ~np.isnan(matrix).all(axis=1) & np.isin(cohort.subject_ids, list(ids))
                 table = _covariates(cohort, self.residualize)
                 self.residualizers_[modality] = Residualizer(self.residualize).fit(matrix[rows], table[rows])
         return self
 
-    def transform(self, cohort: Cohort) -> Cohort:
+    def transform(self, cohort: Any) -> Any:
         """A copy of ``cohort`` with one ``(n_subjects, d)`` matrix per modality (NaN rows: absent)."""
-        import dataclasses
-
         features = dict(cohort.features)
-        for modality in self.encoders:
-            matrix = self._encoded(cohort, modality)
+        for modality, encoder in self.encoders.items():
+            matrix = encoder.transform_cohort(cohort, modality=modality)
             if modality in self.residualizers_:
                 rows = ~np.isnan(matrix).all(axis=1)
                 table = _covariates(cohort, self.residualize)
@@ -79,22 +91,9 @@ class CohortEncoder:
             features[modality] = matrix
         return dataclasses.replace(cohort, features=features)
 
-    def fit_transform(self, cohort: Cohort, fit_on: Cohort | Iterable[str] | None = None) -> Cohort:
+    def fit_transform(self, cohort: Any, fit_on: Any | Iterable[str] | None = None) -> Any:
+        """:meth:`fit` then :meth:`transform` of the same cohort."""
         return self.fit(cohort, fit_on).transform(cohort)
-
-    def _encoded(self, cohort: Cohort, modality: str) -> np.ndarray:
-        from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
-
-        encoder = self.encoders[modality]
-        if isinstance(encoder, GeneEncoder):
-            genes = _genes(cohort, modality)
-            return cohort.scatter(encoder.row_ids(genes), encoder.transform(genes))
-        if isinstance(encoder, BrainEncoder):
-            pairs = _images(cohort, modality)
-            if not pairs:
-                return np.full((cohort.n_subjects, len(encoder.components_)), np.nan, dtype=np.float32)
-            return cohort.scatter([s for s, _ in pairs], encoder.transform([image for _, image in pairs]))
-        return encoder.transform(cohort.subject_ids)
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -126,15 +125,9 @@ class CohortEncoder:
         from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder, PrecomputedEncoder, Residualizer
 
         folder = Path(directory)
-        manifest_file = folder / "manifest.json"
-        if not manifest_file.is_file():
-            raise MissingFileError(f"{manifest_file}: missing; {folder} is not a saved CohortEncoder")
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except json.JSONDecodeError as err:
-            raise CorruptFileError(f"{manifest_file}: not valid JSON ({err})") from None
-        if manifest.get("format") != ENCODER_FORMAT:
-            raise CorruptFileError(f"{manifest_file}: expected {ENCODER_FORMAT!r}, got {manifest.get('format')!r}")
+        if not folder.is_dir():
+            raise MissingFileError(f"{folder}: missing; not a saved CohortEncoder")
+        manifest = read_manifest(folder / "manifest.json", ENCODER_FORMAT)
         classes = {"GeneEncoder": GeneEncoder, "BrainEncoder": BrainEncoder}
         encoders: dict[str, Any] = {}
         residualizers = {}
@@ -150,19 +143,34 @@ class CohortEncoder:
         return loaded
 
 
-def _genes(cohort: Cohort, modality: str) -> Any:
-    if cohort.genes is None:
-        raise DataError(f"modality {modality!r}: this cohort has no expression data (genes.h5ad)")
-    return cohort.genes
+def default_cohort_encoder(
+    cohort: Any,
+    *,
+    gene_components: int = 32,
+    gene_top_genes: int = 2000,
+    brain_atlas: str = "mni-gm-64",
+    brain_components: int = 32,
+    residualize: Sequence[str] = ("age", "sex", "site"),
+) -> CohortEncoder:
+    """The library's default pipeline for a cohort (``nob demo`` and the ``nob align`` recipe).
+
+    A :class:`GeneEncoder` where the cohort has expression data, a :class:`BrainEncoder` on the
+    built-in atlas where it has images, and residualisation of the ``residualize`` covariates
+    the cohort has (the field's standard before alignment). Unfitted.
+    """
+    from neuroomics_bridge.encoders.brain import BrainEncoder
+    from neuroomics_bridge.encoders.gene import GeneEncoder
+
+    encoders: dict[str, Any] = {}
+    if cohort.genes is not None:
+        encoders["gene"] = GeneEncoder(n_components=gene_components, n_top_genes=gene_top_genes)
+    if cohort.brains is not None:
+        encoders["brain"] = BrainEncoder(brain_atlas, n_components=brain_components)
+    known = cohort.covariates.columns if cohort.covariates is not None else ()
+    return CohortEncoder(encoders, residualize=[c for c in residualize if c in known])
 
 
-def _images(cohort: Cohort, modality: str) -> list[tuple[str, Any]]:
-    if cohort.brains is None:
-        raise DataError(f"modality {modality!r}: this cohort has no brain images (brain/<subject>.nii.gz)")
-    return [(s, image) for s, image in zip(cohort.subject_ids, cohort.brains, strict=True) if image is not None]
-
-
-def _covariates(cohort: Cohort, columns: Sequence[str]) -> Any:
+def _covariates(cohort: Any, columns: Sequence[str]) -> Any:
     if cohort.covariates is None:
         raise DataError(f"residualize {list(columns)}: this cohort has no covariates table (covariates.csv)")
     return cohort.covariates[list(columns)]

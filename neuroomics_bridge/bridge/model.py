@@ -15,24 +15,21 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
-import yaml
 
 from neuroomics_bridge import __version__
+from neuroomics_bridge.adapters.config import BridgeConfig, LoRAConfig
 from neuroomics_bridge.adapters.module import TEXT, BridgeAdapters
 from neuroomics_bridge.backbone.cache import CachedTextEncoder
 from neuroomics_bridge.backbone.text import TextBackbone
-from neuroomics_bridge.config import BridgeConfig, LoRAConfig
+from neuroomics_bridge.bridge.card import model_card
+from neuroomics_bridge.bridge.generation import ReportGenerationMixin
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
-from neuroomics_bridge.io import atomic_directory, check_safetensors
-from neuroomics_bridge.reports import RESEARCH_NOTICE
-
-if TYPE_CHECKING:
-    from neuroomics_bridge.reports import ReferenceSet, Report
+from neuroomics_bridge.io import atomic_directory, check_safetensors, read_manifest
 
 __all__ = ["Bridge", "BRIDGE_FORMAT"]
 
@@ -41,7 +38,7 @@ ADAPTERS_FILE = "adapters.safetensors"
 LORA_FILE = "backbone_lora.safetensors"  # LoRA inside the backbone, when the prefix stage used it
 
 
-class Bridge:
+class Bridge(ReportGenerationMixin):
     """Backbone + adapters: ``embed``, ``embed_text``, ``zero_shot``, soft ``prefix`` tokens.
 
     Parameters
@@ -130,50 +127,6 @@ class Bridge:
             digest.update(value.detach().cpu().float().numpy().tobytes())
         return f"sha256:{digest.hexdigest()[:12]}"
 
-    def generate_report(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        prompt: str | None = None,
-        *,
-        subject_ids: Sequence[str] | None = None,
-        reference: ReferenceSet | None = None,
-        classes: Sequence[str] = (),
-        class_prompt: str = "Impression: {label}.",
-        neighbours: int = 3,
-        max_new_tokens: int = 80,
-        batch_size: int = 8,
-        show_progress: bool | None = None,
-    ) -> list[Report]:
-        """Clinical summaries for a batch of subjects (any subset of modalities per subject).
-
-        ``inputs`` maps modalities to ``(n, d)`` vectors (absent subjects: NaN rows; a modality
-        left out: absent for all). The backbone reads each subject's soft prefix tokens and a
-        prompt (``prompt`` or ``config.report_prompt``) stating the evidence: available data,
-        zero-shot probabilities over ``classes`` (one ``class_prompt`` each) and the reports of
-        the ``neighbours`` most similar subjects of ``reference`` (see :func:`report_prompt`).
-        The findings are generated greedily, in batches (``max_new_tokens``, no repeated
-        4-grams), then the impression on its own; the text is split into the impression and one
-        profile per modality (a modality without data says so). ``Report.label`` is the class
-        the impression names.
-        """
-        from neuroomics_bridge.reports import generate_reports
-
-        self.adapters.eval()
-        with torch.no_grad():
-            return generate_reports(
-                self,
-                inputs,
-                subject_ids=subject_ids,
-                reference=reference,
-                classes=classes,
-                class_prompt=class_prompt,
-                prompt=prompt,
-                neighbours=neighbours,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                show_progress=show_progress,
-            )
-
     # ------------------------------------------------------------------------------ token space
     def prefix(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Soft prefix tokens ``(n, prefix_tokens * n_modalities, hidden_size)`` for a batch.
@@ -206,7 +159,7 @@ class Bridge:
         """
         import torch.nn.functional as F
 
-        from neuroomics_bridge.reports import report_prompt
+        from neuroomics_bridge.reports.prompts import report_prompt
 
         backbone = self.backbone
         prefix = self.adapters.projector(features, present)
@@ -310,7 +263,7 @@ class Bridge:
             if self.lora is not None:
                 save_file(self.lora_state(), tmp / LORA_FILE, metadata={"format": BRIDGE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
-            (tmp / "README.md").write_text(_model_card(config))
+            (tmp / "README.md").write_text(model_card(config))
         return target
 
     @classmethod
@@ -327,12 +280,7 @@ class Bridge:
         for file in (config_file, weights_file):
             if not file.is_file():
                 raise MissingFileError(f"{file}: missing; {folder} is not a saved bridge")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise CorruptFileError(f"{config_file}: not valid JSON ({err})") from None
-        if config.get("format") != BRIDGE_FORMAT:
-            raise CorruptFileError(f"{config_file}: expected format {BRIDGE_FORMAT!r}, got {config.get('format')!r}")
+        config = read_manifest(config_file, BRIDGE_FORMAT)
         recorded = config["backbone"]
         backbone = backbone or TextBackbone.from_pretrained(recorded["name"])
         if backbone.weights_hash != recorded["weights_sha256"]:
@@ -360,51 +308,3 @@ class Bridge:
             bridge.load_lora_state(load_file(lora_file), source=str(lora_file))
         bridge.card_info = config.get("card", {})
         return bridge
-
-
-def _model_card(config: dict[str, Any]) -> str:
-    card = config["card"]
-    header = {
-        "base_model": config["backbone"]["name"],
-        "base_model_sha256": config["backbone"]["weights_sha256"],
-        "library_name": "neuroomics-bridge",
-        "tags": ["neuroomics-bridge", "multimodal", "contrastive", "soft-prompt", "research-use-only"],
-        "modalities": config["modality_dims"],
-        "datasets": card.get("datasets", []),
-        "metrics": card.get("metrics", {}),
-    }
-    lines = [
-        "---",
-        yaml.safe_dump(header, sort_keys=False).strip(),
-        "---",
-        "",
-        f"# neuroomics-bridge adapters for `{config['backbone']['name']}`",
-        "",
-        f"> **{RESEARCH_NOTICE}**",
-        "",
-        "Projection heads that align "
-        + ", ".join(f"`{m}` ({d}-d)" for m, d in config["modality_dims"].items())
-        + " vectors with the backbone's text embeddings (CLIP-style), and a prefix projector that maps them to "
-        f"{config['bridge_config']['prefix_tokens']} soft tokens per modality in its input space (LLaVA-style). "
-        "Adapter weights only; the backbone is not included.",
-        "",
-        "## Training data",
-        "",
-        card.get("data_summary", "Not recorded."),
-        "",
-        "## Metrics",
-        "",
-    ]
-    metrics = card.get("metrics", {})
-    lines += [f"- {name}: {value}" for name, value in metrics.items()] or ["Not recorded."]
-    lines += [
-        "",
-        "## Load",
-        "",
-        "```python",
-        "from neuroomics_bridge import Bridge",
-        "bridge = Bridge.from_pretrained('this/folder')  # refuses a backbone with other weights",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""BackboneConfig: which text backbone to load, from where, and in which precision."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, get_args
+
+from neuroomics_bridge.errors import ConfigError
+from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
+
+__all__ = ["BackboneConfig", "DType", "Pooling"]
+
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+Pooling = Literal["mean", "last"]
+
+
+@dataclasses.dataclass
+class BackboneConfig(YamlConfig):
+    """Which text backbone to load, from where, and in which precision.
+
+    ``name`` is a registry id (see ``nob cards``), a local Hugging Face directory or a ``.gguf``
+    file; ``local_dir`` points a gated registry entry at weights on disk (else
+    ``$NOB_MODEL_DIR/<id>`` is tried); ``dtype="auto"`` picks bf16 where the hardware runs it
+    natively, float32 otherwise; ``device="auto"`` picks CUDA when present. Load it with
+    :meth:`TextBackbone.from_config`.
+    """
+
+    name: str = "smollm2-135m-instruct"
+    local_dir: str | None = None
+    dtype: DType = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("BackboneConfig", "dtype", self.dtype, get_args(DType))
+        if not self.name:
+            raise ConfigError("BackboneConfig.name: expected a registry id or a path, got ''")

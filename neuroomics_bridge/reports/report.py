@@ -1,0 +1,102 @@
+"""Report: a generated clinical summary, the evidence behind it, and its renderings.
+
+Every report carries the research-use notice, its provenance (backbone and adapter
+fingerprints) and the evidence its prompt stated; Markdown and HTML renderings put the notice
+first and escape the text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from typing import Any
+
+from neuroomics_bridge.notice import RESEARCH_NOTICE
+
+__all__ = ["DATA_NAMES", "IMPRESSION", "Evidence", "Neighbour", "Report", "section_name"]
+
+IMPRESSION = "Impression"
+DATA_NAMES = {"gene": "gene expression", "brain": "brain imaging"}
+SECTION_NAMES = {"gene": "Genetic profile", "brain": "Imaging profile"}
+
+
+def section_name(modality: str) -> str:
+    """The report heading of a modality (``gene`` -> ``Genetic profile``)."""
+    return SECTION_NAMES.get(modality, f"{modality.capitalize()} profile")
+
+
+@dataclasses.dataclass
+class Neighbour:
+    """A reference subject close to the reported one in the aligned space."""
+
+    subject_id: str
+    similarity: float
+    label: str | None
+    report: str
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What the prompt told the backbone about the subject."""
+
+    present: list[str]
+    absent: list[str]
+    probabilities: dict[str, float]
+    neighbours: list[Neighbour]
+
+
+@dataclasses.dataclass
+class Report:
+    """A generated summary: sections (split from ``text``, the raw generation), the evidence
+    behind it, provenance (backbone and adapter fingerprints) and the notice."""
+
+    subject_id: str
+    sections: dict[str, str]
+    evidence: Evidence
+    model: str
+    adapters: str
+    label: str | None
+    text: str = ""
+    notice: str = RESEARCH_NOTICE
+
+    @property
+    def impression(self) -> str:
+        return self.sections.get(IMPRESSION, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Report for {self.subject_id}", "", f"> **{self.notice}**", ""]
+        for heading, text in self.sections.items():
+            lines += [f"**{heading}:** {text}", ""]
+        lines += ["## Evidence", "", f"- data: {', '.join(self.evidence.present) or 'none'}"]
+        if self.evidence.absent:
+            lines.append(f"- missing: {', '.join(self.evidence.absent)}")
+        probabilities = ", ".join(f"{label} {p:.2f}" for label, p in self.evidence.probabilities.items())
+        lines.append(f"- zero-shot probabilities: {probabilities}")
+        for n in self.evidence.neighbours:
+            lines.append(f"- similar reference subject {n.subject_id} ({n.similarity:.2f}): {n.report}")
+        lines += ["", f"_model: {self.model}; adapters: {self.adapters}_", ""]
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """A self-contained HTML fragment (escaped), notice first."""
+        e = html.escape
+        rows = "".join(f"<p><b>{e(h)}:</b> {e(t)}</p>" for h, t in self.sections.items())
+        probabilities = ", ".join(f"{e(label)} {p:.2f}" for label, p in self.evidence.probabilities.items())
+        neighbours = "".join(
+            f"<li>{e(n.subject_id)} ({n.similarity:.2f}): {e(n.report)}</li>" for n in self.evidence.neighbours
+        )
+        missing = f"<li>missing: {e(', '.join(self.evidence.absent))}</li>" if self.evidence.absent else ""
+        return (
+            f'<article class="report"><h3>{e(self.subject_id)}</h3>'
+            f'<p class="notice">{e(self.notice)}</p>{rows}'
+            f"<details><summary>evidence</summary><ul><li>data: {e(', '.join(self.evidence.present))}</li>"
+            f"{missing}<li>zero-shot: {probabilities}</li><li>similar subjects:<ul>{neighbours}</ul></li></ul>"
+            f"<p><small>model {e(self.model)}; adapters {e(self.adapters)}</small></p></details></article>"
+        )

@@ -1,0 +1,88 @@
+"""Training hyper-parameters: one typed definition per concern, defaults defined once.
+
+In the manner of litgpt's ``TrainArgs``: the Python entry points (:func:`fit_alignment`,
+:func:`continual_pretrain`, :func:`instruction_tune`), the Lightning modules and the
+LightningCLI recipes (``configs/*.yaml``) all resolve their defaults here, so the API and the CLI
+cannot drift apart (a test pins it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from neuroomics_bridge.errors import DataError
+
+__all__ = [
+    "ALIGNMENT",
+    "INSTRUCT_OPTIMIZER",
+    "PRETRAIN_OPTIMIZER",
+    "RUNS_ROOT",
+    "OptimizerArgs",
+    "Stage",
+    "StageArgs",
+    "optimizer_args",
+    "run_dir",
+    "stage_args",
+]
+
+Stage = Literal["contrastive", "prefix"]
+RUNS_ROOT = Path("nob-runs")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerArgs:
+    """AdamW and its schedule: peak ``lr``, ``weight_decay``, ``betas``, and the share of
+    steps spent warming up linearly before the cosine decay (``warmup_fraction``)."""
+
+    lr: float
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_fraction: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class StageArgs:
+    """One alignment stage: subjects per batch, epochs, optimiser."""
+
+    batch_size: int
+    max_epochs: int
+    optimizer: OptimizerArgs
+
+
+ALIGNMENT: dict[str, StageArgs] = {
+    # Only the projection heads train on cached text vectors: cheap epochs, many of them.
+    "contrastive": StageArgs(batch_size=32, max_epochs=30, optimizer=OptimizerArgs(lr=1e-3)),
+    # The LM loss through the frozen backbone: few, expensive epochs at a higher rate.
+    "prefix": StageArgs(batch_size=8, max_epochs=6, optimizer=OptimizerArgs(lr=3e-3)),
+}
+# Me-LLaMA / Meditron continual pretraining: AdamW 0.9/0.95, weight decay 0.1.
+PRETRAIN_OPTIMIZER = OptimizerArgs(lr=2e-5, weight_decay=0.1, betas=(0.9, 0.95))
+# Me-LLaMA-chat's LoRA instruction tuning: no weight decay on the adapter.
+INSTRUCT_OPTIMIZER = OptimizerArgs(lr=2e-4, weight_decay=0.0)
+
+
+def stage_args(stage: str) -> StageArgs:
+    """The defaults of an alignment stage; :class:`DataError` for an unknown stage name."""
+    if stage not in ALIGNMENT:
+        raise DataError(f"stage: expected one of {sorted(ALIGNMENT)}, got {stage!r}")
+    return ALIGNMENT[stage]
+
+
+def optimizer_args(
+    defaults: OptimizerArgs,
+    *,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    betas: tuple[float, float] | None = None,
+    warmup_fraction: float | None = None,
+) -> OptimizerArgs:
+    """``defaults`` with every argument that is not ``None`` put in (an explicit 0 counts)."""
+    given = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "warmup_fraction": warmup_fraction}
+    return dataclasses.replace(defaults, **{key: value for key, value in given.items() if value is not None})
+
+
+def run_dir(name: str) -> Path:
+    """Where a run's checkpoints and logs go by default: ``nob-runs/<name>``."""
+    return RUNS_ROOT / name

@@ -1,0 +1,100 @@
+"""The YAML-dataclass base: configs that round-trip through YAML.
+
+Every component's config (beside the component it configures) subclasses :class:`YamlConfig`:
+plain serialisable fields with defaults, validated in ``__post_init__``, variants made with :func:`dataclasses.replace`.
+Unknown keys are an error naming the key and the file, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self, get_args, get_origin, get_type_hints
+
+import yaml
+
+from neuroomics_bridge.errors import ConfigError
+from neuroomics_bridge.io import atomic_write_text
+
+__all__ = ["YamlConfig", "check_choice"]
+
+
+@dataclasses.dataclass
+class YamlConfig:
+    """Base class: ``from_dict`` / ``to_dict`` / ``from_yaml`` / ``to_yaml`` for dataclasses."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
+        """Build from a mapping; nested configs are built recursively, lists become tuples."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(fields)}"
+            )
+        hints = get_type_hints(cls)
+        values = {name: _coerce(hints[name], value, f"{source}:{name}") for name, value in data.items()}
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python view (tuples as lists) suitable for YAML or JSON."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
+        """Read a YAML file written by :meth:`to_yaml` or by hand."""
+        file = Path(path)
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{file}: not valid YAML ({err})") from None
+        return cls.from_dict(data or {}, source=str(file))
+
+    def to_yaml(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as YAML, atomically."""
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn YAML values into the field's declared type where the YAML form differs."""
+    hint = _strip_optional(hint)
+    if isinstance(hint, type) and issubclass(hint, YamlConfig) and isinstance(value, Mapping):
+        return hint.from_dict(value, source=where)
+    if get_origin(hint) is tuple and isinstance(value, list):
+        (item_hint, *_) = get_args(hint) or (Any,)
+        return tuple(_coerce(item_hint, item, f"{where}[{i}]") for i, item in enumerate(value))
+    if hint is str and isinstance(value, datetime.date):
+        return value.isoformat()  # YAML reads 2025-11-19 as a date; the field keeps the text
+    return value
+
+
+def _strip_optional(hint: Any) -> Any:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def check_choice(owner: str, key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{owner}.{key}: expected one of {list(choices)}, got {value!r}")
