@@ -141,6 +141,10 @@ def _cmd_lightning(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nob`` parser: one subcommand per task, each setting ``run`` to its handler.
+
+    ``align``, ``pretrain`` and ``instruct`` pass every remaining argument to their LightningCLI.
+    """
     parser = argparse.ArgumentParser(prog="nob", description="neuroomics-bridge command line")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -224,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``nob`` with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code: the command's own (0 on success; ``cards --validate`` gives 1 for an
+        invalid card), or 2 after a :class:`NobError`, printed as one line on stderr.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -37,7 +37,34 @@ def write_reports(
     max_new_tokens: int = 80,
     show_progress: bool | None = None,
 ) -> int:
-    """Encode and report every subject of ``data_dir``; returns how many reports were written."""
+    """Encode and report every subject of ``data_dir`` (``nob report``), streamed to ``out``.
+
+    Parameters
+    ----------
+    bridge_dir
+        A :class:`BridgeBundle` folder with its encoders; its reference set, if any, is cited
+        and gives the classes.
+    data_dir
+        A cohort folder (:meth:`Cohort.to_files` layout).
+    out
+        A ``.jsonl``, ``.md`` or ``.html`` file, written atomically.
+    batch_size
+        Subjects encoded and reported at a time.
+    max_new_tokens
+        Longest findings text per report.
+    show_progress
+        Show a progress bar; ``None``: only when stderr is a terminal.
+
+    Returns
+    -------
+    int
+        How many reports were written.
+
+    Raises
+    ------
+    DataError
+        For another output suffix.
+    """
     from neuroomics_bridge.bridge.bundle import BridgeBundle
     from neuroomics_bridge.data.cohort import Cohort
 
@@ -71,7 +98,19 @@ def write_reports(
 def encode_folder(
     encoders_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], out: str | os.PathLike[str]
 ) -> pd.DataFrame:
-    """Write one row per subject (``subject_id``, ``<modality>_<i>`` columns; NaN where absent)."""
+    """Encode a cohort folder with a saved :class:`CohortEncoder` into a Parquet table (``nob encode``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        What was written to ``out``: one row per subject, ``subject_id`` then ``<modality>_<i>``
+        columns (NaN where absent).
+
+    Raises
+    ------
+    MissingFileError
+        When ``encoders_dir`` does not exist.
+    """
     from neuroomics_bridge.data.cohort import Cohort
     from neuroomics_bridge.encoders.cohort import CohortEncoder
 
@@ -95,7 +134,35 @@ def build_index(
     bridge_dir: str | os.PathLike[str] | None = None,
     factory: str = "Flat",
 ):  # -> EmbeddingIndex
-    """Index one modality's vectors from a ``nob encode`` table (in the aligned space with a bridge)."""
+    """Index one modality's vectors from a ``nob encode`` table and save it to ``out`` (``nob index build``).
+
+    Subjects without the modality are left out.
+
+    Parameters
+    ----------
+    vectors
+        A Parquet table written by :func:`encode_folder`.
+    modality
+        Whose ``<modality>_<i>`` columns to index.
+    out
+        The index folder.
+    bridge_dir
+        Embed into this bridge's aligned space first, so other modalities can query the index.
+    factory
+        The faiss index factory string.
+
+    Returns
+    -------
+    EmbeddingIndex
+        The saved index.
+
+    Raises
+    ------
+    MissingFileError
+        When ``vectors`` does not exist.
+    DataError
+        When the table has no columns for ``modality``.
+    """
     from neuroomics_bridge.retrieval import EmbeddingIndex
 
     ids, matrix = _vectors(vectors, modality, bridge_dir)
@@ -112,7 +179,11 @@ def search_index(
     k: int = 5,
     bridge_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[str]:
-    """One JSON line per query subject: its ``k`` nearest indexed subjects and their scores."""
+    """One JSON line per query subject: its ``k`` nearest indexed subjects and their scores (``nob index search``).
+
+    ``vectors``, ``modality`` and ``bridge_dir`` are as in :func:`build_index`; the queries must
+    be in the same space as the index.
+    """
     from neuroomics_bridge.retrieval import EmbeddingIndex
 
     index = EmbeddingIndex.load(index_dir)

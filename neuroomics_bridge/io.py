@@ -86,8 +86,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of a JSONL file, streamed; a line that is
-    not a JSON object is a :class:`DataError` naming ``file:line``."""
+    """``(line number, object)`` for each non-blank line of a JSONL file, streamed.
+
+    Raises
+    ------
+    DataError
+        For a line that is not a JSON object, naming ``file:line``.
+    """
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -111,11 +116,16 @@ def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 1 << 22) -> s
 
 
 def check_safetensors(path: str | os.PathLike[str]) -> None:
-    """Raise :class:`CorruptFileError` unless ``path`` is a complete safetensors file.
+    """Raise unless ``path`` is a complete safetensors file.
 
     Reads only the header: a safetensors file is an 8-byte header length, a JSON header giving
     each tensor's byte range, then the data, so its exact expected size is known up front and a
     truncated download is caught before any tensor is touched.
+
+    Raises
+    ------
+    CorruptFileError
+        When the header is truncated or not JSON, or the file size differs from what it implies.
     """
     file = Path(path)
     size = file.stat().st_size
@@ -144,6 +154,15 @@ def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
 
     The format can hold nothing executable, unlike a pickle, so loading a file a colleague sent
     cannot run code.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` file to write.
+    arrays
+        Name -> array, stored as tensors.
+    metadata
+        Name -> JSON-able value, stored JSON-encoded in the header.
     """
     from safetensors.numpy import save_file
 
@@ -154,7 +173,23 @@ def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
 
 
 def read_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Inverse of :func:`write_arrays`; a damaged file raises :class:`CorruptFileError` naming it."""
+    """Inverse of :func:`write_arrays`: read the arrays and the decoded metadata of a safetensors file.
+
+    Returns
+    -------
+    arrays : dict
+        Name -> numpy array.
+    metadata : dict
+        Name -> JSON-decoded header value.
+
+    Raises
+    ------
+    MissingFileError
+        When there is no such file.
+    CorruptFileError
+        When the file is damaged (see :func:`check_safetensors`) or its metadata is not JSON; the
+        message names it.
+    """
     from safetensors import safe_open
 
     file = Path(path)
@@ -186,6 +221,16 @@ def read_manifest(
         Raised, naming the file, when it is missing, not JSON, or of another format:
         :class:`CorruptFileError` for folders the library writes, :class:`DataError` for folders
         users assemble by hand.
+
+    Returns
+    -------
+    dict
+        The parsed manifest.
+
+    Raises
+    ------
+    MissingFileError
+        When ``file`` does not exist.
     """
     path = Path(file)
     if not path.is_file():

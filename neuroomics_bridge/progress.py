@@ -15,7 +15,17 @@ T = TypeVar("T")
 
 
 def progress(items: Iterable[T], *, desc: str, show: bool | None = None, unit: str = "it") -> Iterable[T]:
-    """Wrap ``items`` in a tqdm bar; ``show=None`` shows it only when stderr is a terminal."""
+    """Wrap ``items`` in a tqdm bar that disappears when done.
+
+    Parameters
+    ----------
+    items
+        What to iterate over.
+    desc, unit
+        The bar's label and unit.
+    show
+        ``True`` / ``False`` force the bar on or off; ``None`` shows it only when stderr is a terminal.
+    """
     return tqdm(items, desc=desc, unit=unit, disable=None if show is None else not show, leave=False)
 
 

@@ -44,7 +44,19 @@ class SearchResult:
 
 
 class EmbeddingIndex:
-    """A faiss index with string ids. Build it with :meth:`build`."""
+    """A faiss index with string ids. Build it with :meth:`build`.
+
+    Parameters
+    ----------
+    index
+        The faiss index.
+    ids
+        One string id per indexed vector, in index order.
+    metric
+        ``"cosine"`` (inner product of L2-normalised vectors), ``"ip"`` or ``"l2"``.
+    factory
+        The faiss index factory string it was built with.
+    """
 
     def __init__(self, index: Any, ids: list[str], *, metric: Metric, factory: str) -> None:
         self.index, self.ids, self.metric, self.factory = index, list(ids), metric, factory
@@ -60,10 +72,28 @@ class EmbeddingIndex:
         train_size: int | None = None,
         seed: int = 0,
     ) -> Self:
-        """Index ``vectors`` ``(n, d)``; ``ids`` default to ``"0"``, ``"1"``, ...
+        """Build an index of ``vectors`` with faiss's index factory.
 
-        Trainable factories (IVF, PQ) are trained on ``train_size`` vectors sampled with ``seed``
-        (default: all).
+        Parameters
+        ----------
+        vectors
+            ``(n, d)``, finite (absent subjects left out); normalised here for ``"cosine"``.
+        ids
+            One per vector (default ``"0"``, ``"1"``, ...).
+        metric
+            ``"cosine"``, ``"ip"`` or ``"l2"``.
+        factory
+            A faiss index factory string (``"Flat"`` exact, ``"IVF1024,Flat"``, ``"HNSW32"``,
+            ``"IVF4096,PQ32"`` ...).
+        train_size, seed
+            Trainable factories (IVF, PQ) are trained on ``train_size`` vectors sampled with
+            ``seed`` (default: all).
+
+        Raises
+        ------
+        DataError
+            On an unknown metric, an invalid factory string, vectors that are empty, not 2D or
+            not finite, or a wrong number of ids.
         """
         import faiss
 
@@ -83,7 +113,13 @@ class EmbeddingIndex:
         return built
 
     def add(self, vectors: np.ndarray, ids: Sequence[str] | None = None) -> None:
-        """Append vectors (with their ids) to the index."""
+        """Append ``(n, d)`` vectors to the index; ``ids`` default to the next row numbers.
+
+        Raises
+        ------
+        DataError
+            For invalid vectors or a wrong number of ids.
+        """
         self._add(_prepared(vectors, self.metric), ids)
 
     def _add(self, matrix: np.ndarray, ids: Sequence[str] | None) -> None:
@@ -98,8 +134,26 @@ class EmbeddingIndex:
     ) -> SearchResult:
         """The ``k`` nearest indexed items of each query row (fewer if the index is smaller).
 
-        ``nprobe`` (IVF: lists visited) and ``ef_search`` (HNSW: candidate list size) trade speed
-        for recall on approximate indexes.
+        Parameters
+        ----------
+        queries
+            ``(n_queries, d)``.
+        k
+            Neighbours per query.
+        nprobe, ef_search
+            ``nprobe`` (IVF: lists visited) and ``ef_search`` (HNSW: candidate list size) trade
+            speed for recall on approximate indexes; set on the index and kept.
+
+        Returns
+        -------
+        SearchResult
+            Ids per query and ``(n_queries, min(k, len(self)))`` scores: similarities, or L2
+            distances for ``"l2"``.
+
+        Raises
+        ------
+        DataError
+            For invalid queries or queries of another dimension.
         """
         import faiss
 
@@ -122,13 +176,14 @@ class EmbeddingIndex:
 
     @property
     def dim(self) -> int:
+        """The dimension of the indexed vectors."""
         return int(self.index.d)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``index.faiss`` and ``ids.json`` into ``directory``, atomically."""
+        """Write ``index.faiss`` and ``ids.json`` into ``directory``, atomically; returns ``directory``."""
         import faiss
 
         target = Path(directory)
@@ -140,7 +195,15 @@ class EmbeddingIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
-        """Read an index written by :meth:`save`."""
+        """Read an index written by :meth:`save`.
+
+        Raises
+        ------
+        MissingFileError
+            When ``index.faiss`` or ``ids.json`` is missing.
+        CorruptFileError
+            When either is unreadable or they do not match.
+        """
         import faiss
 
         folder = Path(directory)
@@ -174,9 +237,13 @@ class Embedder(Protocol):
     """What :meth:`ReferenceSet.build` needs of a bridge: its modalities and aligned embeddings."""
 
     @property
-    def modalities(self) -> list[str]: ...
+    def modalities(self) -> list[str]:
+        """The modalities the bridge can embed."""
+        ...
 
-    def embed(self, modality: str, X: np.ndarray) -> np.ndarray: ...
+    def embed(self, modality: str, X: np.ndarray) -> np.ndarray:
+        """``(n, d_m)`` modality vectors to ``(n, embed_dim)`` unit vectors in the aligned space."""
+        ...
 
 
 @dataclasses.dataclass
@@ -190,7 +257,15 @@ class ReferenceSet:
 
     @classmethod
     def build(cls, bridge: Embedder, cohort: Cohort) -> Self:
-        """Index the aligned embeddings of ``cohort``'s subjects (usually the training fold)."""
+        """Index the aligned embeddings of ``cohort``'s subjects (usually the training fold).
+
+        Each modality's index holds the subjects that have it; modalities no subject has get none.
+
+        Raises
+        ------
+        DataError
+            When the cohort has no reports.
+        """
         if cohort.reports is None:
             raise DataError("ReferenceSet: the reference cohort needs reports")
         indexes = {}
@@ -203,7 +278,21 @@ class ReferenceSet:
         return cls(list(cohort.subject_ids), list(cohort.reports), labels, indexes)
 
     def neighbours(self, embeddings: Mapping[str, np.ndarray], k: int) -> list[Neighbour]:
-        """The ``k`` reference subjects most similar over the given modalities' unit vectors."""
+        """The ``k`` reference subjects most similar over the given modalities' unit vectors.
+
+        Parameters
+        ----------
+        embeddings
+            Modality -> ``(embed_dim,)`` unit vector of one subject; modalities without an index
+            are skipped.
+        k
+            How many neighbours to return.
+
+        Returns
+        -------
+        list of Neighbour
+            Ranked by the mean similarity over the modalities in which each was found.
+        """
         scores: dict[str, list[float]] = {}
         for modality, vector in embeddings.items():
             if modality in self.indexes:
@@ -226,6 +315,15 @@ class ReferenceSet:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
+        """Read a reference set written by :meth:`save`.
+
+        Raises
+        ------
+        MissingFileError
+            When ``references.json`` or an index's files are missing.
+        CorruptFileError
+            When an index is unreadable.
+        """
         folder = Path(directory)
         if not (folder / "references.json").is_file():
             raise MissingFileError(f"{folder / 'references.json'}: missing; not a saved ReferenceSet")

@@ -30,7 +30,21 @@ class YamlConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
-        """Build from a mapping; nested configs are built recursively, lists become tuples."""
+        """Build from a mapping; nested configs are built recursively, lists become tuples.
+
+        Parameters
+        ----------
+        data
+            Field name -> value.
+        source
+            Where ``data`` came from, named in error messages (a file path, a YAML key).
+
+        Raises
+        ------
+        ConfigError
+            When ``data`` is not a mapping, has unknown keys, misses required ones, or fails the
+            class's validation.
+        """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -52,7 +66,13 @@ class YamlConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
-        """Read a YAML file written by :meth:`to_yaml` or by hand."""
+        """Read a YAML file written by :meth:`to_yaml` or by hand.
+
+        Raises
+        ------
+        ConfigError
+            When the file is not valid YAML, or as :meth:`from_dict` raises.
+        """
         file = Path(path)
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8"))

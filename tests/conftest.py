@@ -1,19 +1,22 @@
-"""Shared fixtures: a tiny random LLaMA built here, and the bundled default backbone.
+"""Shared fixtures: a tiny random LLaMA built here, small bridges on it, and the bundled default backbone.
 
 The test session gets its own cache directory, so the default backbone's GGUF is converted
-once per run and the user's real cache is never touched.
+once per run and the user's real cache is never touched. Every test gets torch's default dtype
+and thread count back as they were (a test that changes them cannot leak into the next).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import torch
 
-from neuroomics_bridge import TextBackbone
+from neuroomics_bridge import Bridge, BridgeConfig, TextBackbone
 
 CLINICAL_SENTENCES = [
     "The patient presents with resting tremor and bradykinesia.",
@@ -27,9 +30,25 @@ CLINICAL_SENTENCES = [
 ]
 
 
+TINY_BRIDGE_DIMS = {"gene": 6, "brain": 4}
+TINY_BRIDGE_CONFIG = BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nob-test-cache-")
     os.environ.pop("NOB_MODEL_DIR", None)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_globals() -> Iterator[None]:
+    """Put torch's default dtype and intra-op thread count back after every test (as litgpt's
+    conftest does for the dtype), so a test that sets them cannot change the tests after it."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    yield
+    if torch.get_default_dtype() != dtype:
+        torch.set_default_dtype(dtype)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _train_tiny_tokenizer():
@@ -80,6 +99,34 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_model_dir: Path) -> TextBackbone:
     return TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def make_bridge(tiny_backbone: TextBackbone) -> Callable[..., Bridge]:
+    """Factory of small bridges: ``make_bridge(dims=None, config=None, *, seed=0, backbone=None)``.
+
+    Each call returns a new :class:`Bridge` on ``backbone`` (default: the shared ``tiny_backbone``)
+    with modality widths ``dims`` (default :data:`TINY_BRIDGE_DIMS`) and adapter shapes
+    ``config`` (default: a copy of :data:`TINY_BRIDGE_CONFIG`); the adapters are initialised after
+    ``torch.manual_seed(seed)``, so equal arguments give equal weights. Session-scoped so that
+    module-scoped fixtures can use it too; it holds no state of its own.
+    """
+
+    def make(
+        dims: Mapping[str, int] | None = None,
+        config: BridgeConfig | None = None,
+        *,
+        seed: int = 0,
+        backbone: TextBackbone | None = None,
+    ) -> Bridge:
+        torch.manual_seed(seed)
+        return Bridge(
+            tiny_backbone if backbone is None else backbone,
+            dict(TINY_BRIDGE_DIMS if dims is None else dims),
+            dataclasses.replace(TINY_BRIDGE_CONFIG) if config is None else config,
+        )
+
+    return make
 
 
 @pytest.fixture(scope="session")

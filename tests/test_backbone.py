@@ -122,6 +122,23 @@ def test_prompt_longer_than_context_is_cut_from_the_left(tiny_backbone: TextBack
     with pytest.warns(UserWarning, match="cut from the left"):
         text = tiny_backbone.generate([long_prompt], max_new_tokens=8)
     assert isinstance(text[0], str)
+    # The result is greedy decoding of the prompt's last 256 - 8 tokens, exactly.
+    ids = tiny_backbone.tokenize([long_prompt])[0]
+    assert len(ids) > tiny_backbone.context_length
+    kept = torch.tensor([ids[-(tiny_backbone.context_length - 8) :]])
+    with torch.no_grad():
+        out = tiny_backbone.model.generate(
+            input_ids=kept,
+            attention_mask=torch.ones_like(kept),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tiny_backbone.tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    expected = tiny_backbone.tokenizer.decode(out[0, kept.shape[1] :], skip_special_tokens=True).strip()
+    assert text == [expected]
 
 
 def test_no_room_for_a_prompt_is_a_clear_error(tiny_backbone: TextBackbone) -> None:

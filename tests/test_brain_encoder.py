@@ -12,7 +12,7 @@ import pytest
 from nibabel.testing import data_path
 from nilearn.datasets import load_mni152_gm_template
 
-from neuroomics_bridge import CorruptFileError, DataError, MissingFileError
+from neuroomics_bridge import ConfigError, CorruptFileError, DataError, MissingFileError
 from neuroomics_bridge.encoders import Atlas, BrainEncoder
 
 ANATOMICAL = os.path.join(data_path, "anatomical.nii")  # 3D, 33 x 41 x 25
@@ -49,7 +49,7 @@ def test_coordinate_atlases_have_one_region_per_sphere(spec: str, n_regions: int
 
 
 def test_unknown_atlas_lists_the_builtins() -> None:
-    with pytest.raises(Exception, match="built-ins"):
+    with pytest.raises(ConfigError, match=r"atlas 'aal': not a file and not a built-in atlas; built-ins: \['mni-gm-"):
         BrainEncoder(atlas="aal").fit([ANATOMICAL])
 
 

@@ -22,9 +22,8 @@ DIMS = {"gene": 6, "brain": 4}
 
 
 @pytest.fixture
-def bridge(tiny_backbone) -> Bridge:
-    torch.manual_seed(0)
-    return Bridge(tiny_backbone, DIMS, BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2))
+def bridge(make_bridge) -> Bridge:
+    return make_bridge(DIMS, BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2), seed=0)
 
 
 def test_embeddings_are_unit_vectors_and_absent_rows_stay_nan(bridge) -> None:
@@ -44,11 +43,30 @@ def test_wrong_modality_or_width_is_named(bridge) -> None:
 
 
 def test_zero_shot_gives_probabilities_over_the_class_texts(bridge) -> None:
-    probabilities = bridge.zero_shot(
-        "brain", np.random.default_rng(1).normal(size=(5, 4)), ["control", "patient", "other"]
-    )
+    classes = ["control", "patient", "other"]
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    gap = torch.from_numpy(bridge.embed("brain", x[:2]).mean(axis=0))  # a calibration mean that matters
+    bridge.adapters.gap_brain.copy_(gap)
+    probabilities = bridge.zero_shot("brain", x, classes)
     assert probabilities.shape == (5, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
+    # A softmax over the learned-temperature similarities of the *centred* embedding to each class text.
+    similarity = (bridge.embed("brain", x) - gap.numpy()) @ bridge.embed_text(classes).T
+    scale = float(bridge.adapters.losses["brain-text"].similarity_scale())
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), similarity.argmax(axis=1))
+    log_odds = np.log(probabilities) - np.log(probabilities[:, :1])
+    np.testing.assert_allclose(log_odds, scale * (similarity - similarity[:, :1]), rtol=1e-4, atol=1e-4)
+
+
+def test_zero_shot_picks_the_class_whose_text_a_subject_is_embedded_at(bridge, monkeypatch) -> None:
+    classes = ["control", "Alzheimer's disease", "Parkinson's disease", "frontotemporal dementia"]
+    texts = bridge.embed_text(classes)
+    assert not bridge.adapters.gap_brain.any()  # uncalibrated: embeddings are used as they are
+    monkeypatch.setattr(bridge, "embed", lambda modality, X: texts[np.asarray(X, dtype=int)[:, 0]])
+    order = [2, 0, 3, 1, 1]  # subject i sits exactly on the text direction of class order[i]
+    probabilities = bridge.zero_shot("brain", np.array(order)[:, None].repeat(4, axis=1), classes)
+    assert probabilities.argmax(axis=1).tolist() == order
+    assert (probabilities.max(axis=1) > 1 / len(classes)).all()
 
 
 def test_prefix_treats_missing_modalities_as_absent(bridge) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,16 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
+# The plots each script writes (relative to its working directory, with its default --out).
+PLOTS = {
+    "encode_cohort.py": ["nob-encode-example/umap_by_diagnosis.png"],
+    "train_from_config.py": ["nob-train-example/training_curves.png"],
+}
+
+
+def test_the_plot_table_names_exactly_the_scripts_that_save_figures() -> None:
+    plotting = {p.name for p in EXAMPLES if re.search(r"\.savefig\(", p.read_text(encoding="utf-8"))}
+    assert set(PLOTS) == plotting
 
 
 @pytest.mark.slow
@@ -17,5 +28,17 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip()
-    outputs = [p for p in tmp_path.rglob("*") if p.suffix == ".png"]
-    assert all(p.stat().st_size > 10_000 for p in outputs)  # plots, where a script makes them, are real images
+    outputs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.suffix == ".png")
+    assert outputs == sorted(PLOTS.get(script.name, []))  # the plots it promises, and no others
+    for name in outputs:  # plots are real images: PNGs that decode to a picture with content
+        from PIL import Image
+
+        path = tmp_path / name
+        assert path.stat().st_size > 10_000, name
+        with Image.open(path) as image:
+            assert image.format == "PNG", name
+            image.load()  # decodes every pixel; a truncated or corrupt file raises here
+            width, height = image.size
+            extrema = image.convert("L").getextrema()
+        assert width >= 200 and height >= 150, (name, image.size)
+        assert extrema[0] < extrema[1], f"{name}: a blank image"

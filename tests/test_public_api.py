@@ -2,15 +2,61 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import subprocess
 import sys
+import types
+from pathlib import Path
+
+import pytest
 
 import neuroomics_bridge
 
+PACKAGE = neuroomics_bridge.__name__
 
-def test_every_public_name_resolves() -> None:
-    for name in neuroomics_bridge.__all__:
-        assert getattr(neuroomics_bridge, name) is not None, name
+
+def _run_clean(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (nothing imported yet); a failed assertion fails the test."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("name", neuroomics_bridge.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    value = getattr(neuroomics_bridge, name)
+    assert value is not None, name
+    assert getattr(neuroomics_bridge, name) is value  # cached: a second lookup gives the same object
+    if name == "__version__":
+        assert isinstance(value, str) and value.count(".") >= 2
+    elif isinstance(value, types.ModuleType):
+        assert value.__name__ == f"{PACKAGE}.{name}", value
+    elif inspect.isclass(value) or inspect.isfunction(value):
+        assert value.__name__ == name, value  # the export is the object of that name, not an alias
+        assert value.__module__.startswith(f"{PACKAGE}."), value.__module__
+        defining = sys.modules[value.__module__]
+        assert getattr(defining, name) is value
+    else:  # a constant (RESEARCH_NOTICE)
+        assert isinstance(value, str) and value.strip(), name
+
+
+def test_all_is_sorted_unique_and_listed_by_dir() -> None:
+    exported = neuroomics_bridge.__all__
+    assert exported == sorted(set(exported))
+    assert set(exported) <= set(dir(neuroomics_bridge))
+    with pytest.raises(AttributeError, match=r"module 'neuroomics_bridge' has no attribute 'NoSuchName'"):
+        neuroomics_bridge.NoSuchName  # noqa: B018
+
+
+def test_evaluation_exports_resolve_and_are_listed() -> None:
+    from neuroomics_bridge import evaluation
+
+    assert set(evaluation.__all__) <= set(dir(evaluation))
+    for name in evaluation.__all__:
+        value = getattr(evaluation, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__module__.startswith(f"{PACKAGE}.evaluation."), (name, value.__module__)
 
 
 def test_import_does_not_load_heavy_libraries() -> None:
@@ -18,3 +64,38 @@ def test_import_does_not_load_heavy_libraries() -> None:
     probe = f"import sys, neuroomics_bridge; print(sorted(m for m in {heavy} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_model_cards_are_read_without_torch() -> None:
+    result = _run_clean(
+        "import sys, neuroomics_bridge as n\n"
+        "card = n.get_card('me-llama-13b')\n"
+        "cards = n.list_cards()\n"
+        "assert card.id == 'me-llama-13b', card\n"
+        "assert 'me-llama-13b' in [c.id for c in cards], cards\n"
+        "assert 'torch' not in sys.modules, 'reading model cards imported torch'\n"
+        "print('ok')\n"
+    )
+    assert result.stdout.strip() == "ok"
+
+
+def test_saved_benchmark_runs_are_loaded_and_compared_without_torch(tmp_path: Path) -> None:
+    metadata = {"backbone": "m", "adapter": None, "mode": "loglik", "shots": 0, "seed": 0, "limit": None,
+                "prompt_format": "chat", "dtype": "float32", "data": {"medqa": {"sha256": "abc"}}}  # fmt: skip
+    for name, accuracy in (("before", 0.3), ("after", 0.5)):
+        result = {"family": "qa", "mode": "loglik", "shots": 0, "n": 100, "primary": "accuracy",
+                  "metrics": {"accuracy": accuracy, "accuracy_stderr": 0.05}}  # fmt: skip
+        run = {"metadata": metadata, "results": {"medqa": result}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    result = _run_clean(
+        "import sys\n"
+        "from neuroomics_bridge.evaluation import BenchmarkRun, compare_runs\n"
+        f"before = BenchmarkRun.load({str(tmp_path / 'before.json')!r})\n"
+        f"after = BenchmarkRun.load({str(tmp_path / 'after.json')!r})\n"
+        "assert after.headline() == {'medqa': ('accuracy', 0.5)}, after.headline()\n"
+        "table = compare_runs(before, after)\n"
+        "assert '| medqa | accuracy | 0.300 | 0.500 | +0.200 |' in table, table\n"
+        "assert 'torch' not in sys.modules, 'loading or comparing benchmark runs imported torch'\n"
+        "print('ok')\n"
+    )
+    assert result.stdout.strip() == "ok"

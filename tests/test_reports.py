@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.config import BridgeConfig
 from neuroomics_bridge.reports import (
     RESEARCH_NOTICE,
@@ -81,9 +79,8 @@ def test_the_prompt_states_the_evidence() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_bridge_and_data(tiny_backbone):
-    torch.manual_seed(0)
-    bridge = Bridge(tiny_backbone, {"gene": 4, "brain": 3}, BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2))
+def tiny_bridge_and_data(make_bridge):
+    bridge = make_bridge({"gene": 4, "brain": 3}, BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2), seed=0)
     rng = np.random.default_rng(0)
     from neuroomics_bridge.data.cohort import Cohort
 

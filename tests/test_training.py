@@ -29,9 +29,11 @@ def encoded(small_cohort):
     return cohort, cohort.split(seed=0)
 
 
-def new_bridge(tiny_backbone) -> Bridge:
-    torch.manual_seed(0)
-    return Bridge(tiny_backbone, {"gene": 8, "brain": 8}, SMALL)
+@pytest.fixture
+def new_bridge(make_bridge):
+    """A fresh, identically initialised bridge (seed 0) for the encoded cohort, on the shared
+    tiny backbone or on ``backbone``."""
+    return lambda backbone=None: make_bridge({"gene": 8, "brain": 8}, SMALL, seed=0, backbone=backbone)
 
 
 def adapter_state(bridge: Bridge) -> dict[str, torch.Tensor]:
@@ -69,16 +71,16 @@ def test_checkpoint_io_refuses_arbitrary_objects_and_pickles(tmp_path) -> None:
         io.load_checkpoint(tmp_path / "evil.ckpt")
 
 
-def test_contrastive_stage_learns_saves_checkpoints_and_is_seeded(tiny_backbone, encoded, tmp_path) -> None:
+def test_contrastive_stage_learns_saves_checkpoints_and_is_seeded(new_bridge, encoded, tmp_path) -> None:
     cohort, split = encoded
-    first = new_bridge(tiny_backbone)
+    first = new_bridge()
     result = fit_alignment(first, cohort, "contrastive", split=split, max_epochs=6, root_dir=tmp_path / "a")
     losses = result.history.dropna(subset=["train/loss"]).groupby("epoch")["train/loss"].mean()
     assert losses.iloc[-1] < losses.iloc[0]
     assert result.best_checkpoint.is_file() and result.last_checkpoint.name == "last.ckpt"
     assert {"zero_shot/gene/accuracy", "recall@5/gene->brain"} <= set(result.metrics)
     assert "train/loss_gene-brain" in result.history.columns
-    second = new_bridge(tiny_backbone)
+    second = new_bridge()
     fit_alignment(second, cohort, "contrastive", split=split, max_epochs=6, root_dir=tmp_path / "b")
     for key, value in adapter_state(first).items():
         torch.testing.assert_close(adapter_state(second)[key], value, rtol=0, atol=0)
@@ -98,9 +100,9 @@ class StopAfterEpochs(Callback):
             trainer.should_stop = True
 
 
-def test_resuming_from_last_matches_an_uninterrupted_run(tiny_backbone, encoded, tmp_path) -> None:
+def test_resuming_from_last_matches_an_uninterrupted_run(new_bridge, encoded, tmp_path) -> None:
     cohort, split = encoded
-    straight = new_bridge(tiny_backbone)
+    straight = new_bridge()
     fit_alignment(
         straight,
         cohort,
@@ -110,12 +112,12 @@ def test_resuming_from_last_matches_an_uninterrupted_run(tiny_backbone, encoded,
         root_dir=tmp_path / "straight",
         enable_checkpointing=True,
     )
-    interrupted = new_bridge(tiny_backbone)
+    interrupted = new_bridge()
     stop = StopAfterEpochs(2)
     fit_alignment(
         interrupted, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", callbacks=[stop]
     )
-    resumed = new_bridge(tiny_backbone)
+    resumed = new_bridge()
     result = fit_alignment(
         resumed, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", ckpt_path="last"
     )
@@ -126,9 +128,9 @@ def test_resuming_from_last_matches_an_uninterrupted_run(tiny_backbone, encoded,
         torch.testing.assert_close(last["state_dict"][key], value, rtol=1e-6, atol=1e-7)
 
 
-def test_prefix_stage_trains_only_the_projector(tiny_backbone, encoded, tmp_path) -> None:
+def test_prefix_stage_trains_only_the_projector(new_bridge, encoded, tmp_path) -> None:
     cohort, split = encoded
-    bridge = new_bridge(tiny_backbone)
+    bridge = new_bridge()
     before = adapter_state(bridge)
     result = fit_alignment(bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, precision="32-true")
     after = adapter_state(bridge)
@@ -139,7 +141,7 @@ def test_prefix_stage_trains_only_the_projector(tiny_backbone, encoded, tmp_path
 
 
 def test_prefix_stage_with_lora_trains_it_inside_the_backbone_and_saves_it_with_the_bridge(
-    tiny_model_dir, encoded, tmp_path
+    tiny_model_dir, encoded, tmp_path, new_bridge
 ) -> None:
     from neuroomics_bridge import TextBackbone
     from neuroomics_bridge.config import LoRAConfig
@@ -171,8 +173,8 @@ def test_prefix_stage_with_lora_trains_it_inside_the_backbone_and_saves_it_with_
         fit_alignment(new_bridge(backbone), cohort, "contrastive", split=split, root_dir=tmp_path / "c", lora=lora)
 
 
-def test_a_cohort_that_does_not_fit_the_bridge_is_refused(tiny_backbone, encoded, tmp_path) -> None:
+def test_a_cohort_that_does_not_fit_the_bridge_is_refused(make_bridge, encoded, tmp_path) -> None:
     cohort, split = encoded
-    bridge = Bridge(tiny_backbone, {"gene": 8}, SMALL)
+    bridge = make_bridge({"gene": 8}, SMALL)
     with pytest.raises(DataError, match=r"cohort modalities \['brain', 'gene'\] differ from the bridge's \['gene'\]"):
         fit_alignment(bridge, cohort, split=split, root_dir=tmp_path)

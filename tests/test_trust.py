@@ -16,6 +16,7 @@ from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
 PACKAGE = Path(__file__).parents[1] / "neuroomics_bridge"
+SMALL = BridgeConfig(embed_dim=8, head_hidden=8)
 
 
 class Booby:
@@ -45,12 +46,10 @@ def test_no_code_path_can_unpickle() -> None:
     assert not offenders, offenders
 
 
-def test_a_code_running_pickle_is_refused_by_every_loader_and_never_runs(tmp_path, tiny_backbone) -> None:
+def test_a_code_running_pickle_is_refused_by_every_loader_and_never_runs(tmp_path, tiny_backbone, make_bridge) -> None:
     marker = tmp_path / "pwned"
     payload = pickle.dumps({"state_dict": Booby(marker)})
-    bridge_dir = Bridge(tiny_backbone, {"gene": 4}, BridgeConfig(embed_dim=8, head_hidden=8)).save_pretrained(
-        tmp_path / "bridge"
-    )
+    bridge_dir = make_bridge({"gene": 4}, SMALL).save_pretrained(tmp_path / "bridge")
     (bridge_dir / "adapters.safetensors").write_bytes(payload)
     attempts = {
         "checkpoint": lambda p: SafetensorsCheckpointIO().load_checkpoint(p),
@@ -68,11 +67,11 @@ def test_a_code_running_pickle_is_refused_by_every_loader_and_never_runs(tmp_pat
 
 
 def test_an_interrupted_save_keeps_the_previous_bridge_and_leaves_no_partial_file(
-    tmp_path, tiny_backbone, monkeypatch
+    tmp_path, tiny_backbone, make_bridge, monkeypatch
 ) -> None:
     import safetensors.torch
 
-    bridge = Bridge(tiny_backbone, {"gene": 4}, BridgeConfig(embed_dim=8, head_hidden=8))
+    bridge = make_bridge({"gene": 4}, SMALL)
     target = bridge.save_pretrained(tmp_path / "bridge")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     with torch.no_grad():
@@ -90,10 +89,8 @@ def test_an_interrupted_save_keeps_the_previous_bridge_and_leaves_no_partial_fil
     Bridge.from_pretrained(target, backbone=tiny_backbone)  # still loads
 
 
-def test_every_saved_card_carries_the_research_notice(tmp_path, tiny_backbone) -> None:
-    bridge_dir = Bridge(tiny_backbone, {"gene": 4}, BridgeConfig(embed_dim=8, head_hidden=8)).save_pretrained(
-        tmp_path / "bridge"
-    )
+def test_every_saved_card_carries_the_research_notice(tmp_path, tiny_backbone, make_bridge) -> None:
+    bridge_dir = make_bridge({"gene": 4}, SMALL).save_pretrained(tmp_path / "bridge")
     assert RESEARCH_NOTICE in (bridge_dir / "README.md").read_text()
     from neuroomics_bridge.training.pretrain import save_pretrained_backbone
 

@@ -9,28 +9,56 @@ from neuroomics_bridge.backbone.config import Pooling
 from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
-__all__ = ["BridgeConfig", "HeadKind", "LoRAConfig", "LossKind"]
+__all__ = ["BridgeConfig", "HeadKind", "LoRAConfig", "LossKind", "PrefixInput"]
 
 HeadKind = Literal["linear", "mlp"]
 LossKind = Literal["clip", "siglip"]
+PrefixInput = Literal["raw", "aligned", "both"]
 
 
 @dataclasses.dataclass
 class BridgeConfig(YamlConfig):
     """Shapes and losses of the adapters between the modalities and the backbone.
 
-    ``embed_dim``: width of the shared aligned space; ``head``: ``"linear"`` or ``"mlp"`` (two
-    layers with GELU, width ``head_hidden``) projection heads, one per modality and one for text;
-    ``loss``: open_clip's ``"clip"`` (InfoNCE, duplicate texts masked) or ``"siglip"`` loss, each
-    pair with a learnable temperature ``init_temperature``; ``cross_modal``: also align modality
-    pairs (gene-brain) where a subject has both; ``text_template`` and ``text_pooling``: how the
-    backbone embeds a text. The default is PromptEOL (Jiang et al. 2023): the text is wrapped in
-    ``This clinical report: "..." means in one word:"`` and the last token's hidden state is
-    taken, so the LLM condenses the text into what it is about; on the synthetic cohort this
-    puts 78% of reports nearest their class prompt before any training, against 42% for mean
-    pooling of the bare text. ``prefix_tokens``: soft tokens per modality in the LLM's input
-    (LLaVA-style, 8 as in CellWhisperer); ``report_prompt``: the instruction the prefix stage
-    trains with and report generation reuses.
+    Parameters
+    ----------
+    embed_dim
+        Width of the shared aligned space.
+    head, head_hidden
+        ``"linear"`` or ``"mlp"`` (two layers with GELU, width ``head_hidden``) projection heads,
+        one per modality and one for text.
+    dropout
+        Dropout in the ``"mlp"`` heads' hidden layer (``0 <= dropout < 1``).
+    loss, init_temperature
+        open_clip's ``"clip"`` (InfoNCE, duplicate texts masked) or ``"siglip"`` loss, each pair
+        with a learnable temperature starting at ``init_temperature``.
+    cross_modal
+        Also align modality pairs (gene-brain) where a subject has both.
+    text_template, text_pooling
+        How the backbone embeds a text (the template must contain ``{text}``). The default is
+        PromptEOL (Jiang et al. 2023): the text is wrapped in ``This clinical report: "..." means
+        in one word:"`` and the last token's hidden state is taken, so the LLM condenses the text
+        into what it is about; on the synthetic cohort this puts 78% of reports nearest their
+        class prompt before any training, against 42% for mean pooling of the bare text.
+    prefix_tokens
+        Soft tokens per modality in the LLM's input (LLaVA-style, 8 as in CellWhisperer).
+    prefix_input
+        What the prefix projector reads: the ``"raw"`` modality vector, its ``"aligned"``
+        (contrastive-stage) embedding, or ``"both"`` (the default: see the README's grounding
+        figures for what each gives).
+    prefix_token_norm
+        The norm soft tokens start at; ``Bridge`` sets it to its backbone's mean token-embedding
+        norm when left at ``None``.
+    report_covariates
+        Covariate columns stated in a report's prompt as known facts (age and sex are data: the
+        model is told them, never left to guess them or copy a neighbour's).
+    report_prompt
+        The instruction the prefix stage trains with and report generation reuses.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown choice, a non-positive width or token count, or a value out of range.
     """
 
     embed_dim: int = 256
@@ -43,12 +71,20 @@ class BridgeConfig(YamlConfig):
     text_template: str = 'This clinical report: "{text}" means in one word:"'
     text_pooling: Pooling = "last"
     prefix_tokens: int = 8
+    prefix_input: PrefixInput = "both"
+    prefix_token_norm: float | None = None
+    report_covariates: tuple[str, ...] = ("age", "sex")
     report_prompt: str = "Clinical reports of neuro-omics research subjects."
 
     def __post_init__(self) -> None:
         check_choice("BridgeConfig", "head", self.head, get_args(HeadKind))
         check_choice("BridgeConfig", "loss", self.loss, get_args(LossKind))
         check_choice("BridgeConfig", "text_pooling", self.text_pooling, get_args(Pooling))
+        check_choice("BridgeConfig", "prefix_input", self.prefix_input, get_args(PrefixInput))
+        if self.prefix_token_norm is not None and not self.prefix_token_norm > 0:
+            raise ConfigError(
+                f"BridgeConfig.prefix_token_norm: expected a positive number, got {self.prefix_token_norm}"
+            )
         for key in ("embed_dim", "head_hidden", "prefix_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"BridgeConfig.{key}: expected a positive integer, got {getattr(self, key)}")
@@ -62,8 +98,16 @@ class BridgeConfig(YamlConfig):
 
 @dataclasses.dataclass
 class LoRAConfig(YamlConfig):
-    """LoRA hyper-parameters (Me-LLaMA-chat: rank 8, alpha 16, dropout 0.05 on the attention
-    projections). ``qlora`` trains on a backbone already loaded in 4 bits (bitsandbytes, CUDA GPU)."""
+    """LoRA hyper-parameters; the defaults follow Me-LLaMA-chat.
+
+    Parameters
+    ----------
+    r, alpha, dropout, target_modules
+        Rank, scaling, dropout and the modules adapted (Me-LLaMA-chat: rank 8, alpha 16, dropout
+        0.05 on the attention projections).
+    qlora
+        Train on a backbone already loaded in 4 bits (bitsandbytes, CUDA GPU).
+    """
 
     r: int = 8
     alpha: int = 16
@@ -72,6 +116,7 @@ class LoRAConfig(YamlConfig):
     qlora: bool = False
 
     def to_peft(self) -> Any:
+        """The equivalent ``peft.LoraConfig`` for a causal language model."""
         from peft import LoraConfig, TaskType
 
         return LoraConfig(

@@ -18,6 +18,13 @@ class ContrastiveHead(nn.Module):
     (with dropout), the shape CellWhisperer and LLaVA-1.5 use for their adapters. A LayerNorm on
     the input puts modalities of very different scales (PCA scores, pooled LLM states) on an
     equal footing.
+
+    Parameters
+    ----------
+    in_dim, out_dim
+        Input width and width of the shared space.
+    kind, hidden, dropout
+        ``"linear"`` or ``"mlp"``; the MLP's hidden width and dropout.
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, kind: HeadKind = "mlp", hidden: int = 512, dropout: float = 0.1):
@@ -31,4 +38,5 @@ class ContrastiveHead(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project ``(n, in_dim)`` vectors to ``(n, out_dim)`` unit vectors."""
         return F.normalize(self.project(self.norm(x)), dim=-1)

@@ -28,6 +28,17 @@ class PairLoss(nn.Module):
 
     The temperature is learnable (``logit_scale = log(1/T)``, capped at 100 as in CLIP); the
     SigLIP variant also learns a bias, initialised at -10 as in the SigLIP paper.
+
+    Parameters
+    ----------
+    kind
+        ``"clip"`` (open_clip's ``ClipLoss``) or ``"siglip"`` (``SigLipLoss``).
+    init_temperature
+        Starting temperature of the CLIP loss; the SigLIP loss ignores it and starts at
+        ``logit_scale = log(10)``.
+    rank, world_size
+        This process and the number of processes; with ``world_size > 1`` features are gathered
+        across ranks.
     """
 
     def __init__(
@@ -44,9 +55,22 @@ class PairLoss(nn.Module):
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, present: torch.Tensor, groups: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Loss of ``a`` against ``b`` (both ``(n, d)``), over rows where ``present`` is True.
+        """Loss of ``a`` against ``b`` over the rows where ``present`` is True.
 
-        ``groups`` (``(n,)`` integers) marks rows whose ``b`` items are identical (same text).
+        Parameters
+        ----------
+        a, b
+            ``(n, d)`` unit vectors; row ``i`` of each is the same subject.
+        present
+            ``(n,)`` bool: rows where both sides exist.
+        groups
+            ``(n,)`` integers marking rows whose ``b`` items are identical (same text); such rows
+            are positives of each other, not negatives.
+
+        Returns
+        -------
+        torch.Tensor
+            The scalar loss; a graph-connected zero when fewer than 2 rows are present.
         """
         if self.world_size > 1:
             a, b = gather_features(a, b, gather_with_grad=True, rank=self.rank, world_size=self.world_size)

@@ -33,7 +33,24 @@ class ContrastiveOutput:
 
 
 class BridgeAdapters(nn.Module):
-    """Projection heads per modality and for text, one loss per pair, and the prefix projector."""
+    """Projection heads per modality and for text, one loss per pair, and the prefix projector.
+
+    Parameters
+    ----------
+    modality_dims
+        Modality name -> width of its vectors; at least one, none named ``"text"``.
+    text_dim
+        Width of the backbone's text vectors.
+    hidden_size
+        The backbone's hidden size (width of the soft prefix tokens).
+    config
+        Head, loss and prefix settings.
+
+    Raises
+    ------
+    ConfigError
+        When ``modality_dims`` is empty or names ``"text"``.
+    """
 
     def __init__(self, modality_dims: Mapping[str, int], text_dim: int, hidden_size: int, config: BridgeConfig) -> None:
         super().__init__()
@@ -58,7 +75,11 @@ class BridgeAdapters(nn.Module):
         self.losses = nn.ModuleDict(
             {f"{a}-{b}": PairLoss(config.loss, init_temperature=config.init_temperature) for a, b in self.pairs}
         )
-        self.projector = PrefixProjector(self.modality_dims, hidden_size, tokens=config.prefix_tokens)
+        self.prefix_input = config.prefix_input
+        prefix_dims = {m: _prefix_width(d, config) for m, d in self.modality_dims.items()}
+        self.projector = PrefixProjector(
+            prefix_dims, hidden_size, tokens=config.prefix_tokens, token_norm=config.prefix_token_norm or 1.0
+        )
         # Pooled LLM states share a large common direction (anisotropy); subtracting the training
         # texts' mean before the text head lets it see what distinguishes one report from another.
         self.register_buffer("text_center", torch.zeros(text_dim))
@@ -82,7 +103,24 @@ class BridgeAdapters(nn.Module):
         text: torch.Tensor,
         text_groups: torch.Tensor | None = None,
     ) -> ContrastiveOutput:
-        """Mean pair loss over every modality-text pair (and modality pair) of a batch."""
+        """Mean pair loss over every modality-text pair (and modality pair) of a batch.
+
+        Parameters
+        ----------
+        features
+            Modality -> ``(n, d_m)`` vectors (NaN rows of absent subjects are zeroed).
+        present
+            Modality -> ``(n,)`` bool: who has that modality.
+        text
+            ``(n, text_dim)`` backbone vectors of each subject's text.
+        text_groups
+            ``(n,)`` integers marking subjects that share one text (see :class:`PairLoss`).
+
+        Returns
+        -------
+        ContrastiveOutput
+            The mean loss and each pair's part.
+        """
         embedded = {m: self.heads[m](torch.nan_to_num(x)) for m, x in features.items()}
         embedded[TEXT] = self.embed_text(text)
         has = {**present, TEXT: torch.ones(len(text), dtype=torch.bool, device=text.device)}
@@ -91,3 +129,34 @@ class BridgeAdapters(nn.Module):
             groups = text_groups if b == TEXT else None
             parts[f"{a}-{b}"] = self.losses[f"{a}-{b}"](embedded[a], embedded[b], has[a] & has[b], groups)
         return ContrastiveOutput(loss=torch.stack(list(parts.values())).mean(), parts=parts)
+
+    def prefix(self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Soft prefix tokens ``(n, n_tokens, hidden_size)`` of a batch of modality vectors.
+
+        The projector reads what ``BridgeConfig.prefix_input`` names: the raw vector, its aligned
+        embedding (the contrastive head's output, computed in eval mode and without gradients:
+        the prefix stage leaves the aligned space as the contrastive stage made it), or both.
+        """
+        inputs = {}
+        for modality, x in features.items():
+            x = torch.nan_to_num(x)
+            parts = [x] if self.prefix_input != "aligned" else []
+            if self.prefix_input != "raw":
+                parts.append(self._aligned(modality, x))
+            inputs[modality] = torch.cat(parts, dim=1)
+        return self.projector(inputs, present)
+
+    def _aligned(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        head = self.heads[modality]
+        mode = head.training
+        head.eval()
+        try:
+            with torch.no_grad():
+                return head(x)
+        finally:
+            head.train(mode)
+
+
+def _prefix_width(dim: int, config: BridgeConfig) -> int:
+    """Input width of a modality's prefix projector for ``config.prefix_input``."""
+    return {"raw": dim, "aligned": config.embed_dim, "both": dim + config.embed_dim}[config.prefix_input]

@@ -28,7 +28,22 @@ __all__ = ["CachedTextEncoder"]
 
 
 class CachedTextEncoder:
-    """``encode(texts)`` like :meth:`TextBackbone.encode`, computing only texts never seen before."""
+    """``encode(texts)`` like :meth:`TextBackbone.encode`, computing only texts never seen before.
+
+    Parameters
+    ----------
+    backbone
+        The (frozen) backbone whose vectors are cached.
+    pooling
+        Passed to :meth:`TextBackbone.encode`; part of the cache key.
+    template
+        Applied to each text (``template.format(text=...)``) before it is hashed and encoded.
+    directory
+        The folder of shards (default: under the user cache, see :attr:`directory`).
+    base_weights
+        A context in which the backbone runs its own weights only (no adapters), entered around
+        every backbone call, since vectors are keyed by the base weights' hash.
+    """
 
     def __init__(
         self,
@@ -49,13 +64,22 @@ class CachedTextEncoder:
 
     @property
     def directory(self) -> Path:
+        """The shard folder: ``<cache>/text/<weights hash>-<pooling>-<dtype>`` unless one was given."""
         if self._directory is None:
             dtype = str(self.backbone.dtype).removeprefix("torch.")  # bf16 and fp32 embeddings differ slightly
             self._directory = cache_root() / "text" / f"{self.backbone.weights_hash[:24]}-{self.pooling}-{dtype}"
         return self._directory
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 16, show_progress: bool | None = None) -> torch.Tensor:
-        """``(len(texts), hidden_size)`` float32: the backbone's ``encode`` of each templated text."""
+        """The backbone's ``encode`` of each templated text, running only the uncached ones.
+
+        New vectors are appended to the cache as one shard.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(len(texts), hidden_size)`` float32.
+        """
         vectors = self._load()
         texts = [self.template.format(text=text) for text in texts]
         keys = [_key(text) for text in texts]

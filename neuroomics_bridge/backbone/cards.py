@@ -63,10 +63,25 @@ class Arch(YamlConfig):
 class Weights(YamlConfig):
     """Where the weights live and how a user gets them.
 
-    ``bundled``: ``file`` inside the installed distribution ``package`` (import name ``module``,
-    located without importing it), checked against ``sha256``. ``local`` / ``gated``: a Hugging
-    Face directory passed as ``local_dir=`` or found at ``$<env>/<card id>``; ``url`` and
-    ``access`` tell the user how to obtain it.
+    Parameters
+    ----------
+    source
+        ``bundled`` (a file inside an installed distribution), ``local`` or ``gated`` (a Hugging
+        Face directory passed as ``local_dir=`` or found at ``$<env>/<card id>``).
+    url, access
+        How the user obtains ``local`` / ``gated`` weights; ``url`` is required for them.
+    env
+        The environment variable naming the folder of ``<card id>`` weight directories.
+    package, module, file
+        For ``bundled``: ``file`` inside the installed distribution ``package`` (import name
+        ``module``, located without importing it); all three required.
+    sha256
+        The checksum a bundled ``file`` is checked against.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown ``source`` or a field that source needs missing.
     """
 
     source: WeightsSource
@@ -109,7 +124,14 @@ class Checkpoint(YamlConfig):
 
 @dataclasses.dataclass
 class ModelCard(YamlConfig):
-    """One backbone: facts for people (summary, licence, citation) and for the loader."""
+    """One backbone: facts for people (summary, licence, citation) and for the loader.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown ``dtype``, ``context_length`` differing from ``arch.context_length``, or a
+        ``chat_template`` that does not render or drops the message content.
+    """
 
     id: str
     name: str
@@ -166,7 +188,13 @@ def cards_dir() -> Path:
 
 
 def load_card(path: str | os.PathLike[str]) -> ModelCard:
-    """Read and validate one card; its ``id`` must equal the file name's stem."""
+    """Read and validate one card; its ``id`` must equal the file name's stem.
+
+    Raises
+    ------
+    ConfigError
+        When the card is invalid or its ``id`` differs from the file name.
+    """
     file = Path(path)
     card = ModelCard.from_yaml(file)
     if card.id != file.stem:
@@ -185,7 +213,13 @@ def list_cards() -> list[ModelCard]:
 
 
 def get_card(card_id: str) -> ModelCard:
-    """The card registered as ``card_id``; the error lists the known ids."""
+    """The card registered as ``card_id``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        For an unknown id; the message lists the known ids.
+    """
     try:
         return _registry()[card_id]
     except KeyError:
@@ -197,7 +231,18 @@ def get_card(card_id: str) -> ModelCard:
 
 
 def validate_cards(directory: str | os.PathLike[str] | None = None) -> dict[str, str | None]:
-    """Validate every card in ``directory``: file name -> error message, or ``None`` when valid."""
+    """Validate every ``*.yaml`` card in ``directory``, collecting errors instead of raising (``nob cards --validate``).
+
+    Parameters
+    ----------
+    directory
+        The folder of cards (default: :func:`cards_dir`).
+
+    Returns
+    -------
+    dict
+        File name -> error message, or ``None`` when valid.
+    """
     folder = Path(directory) if directory is not None else cards_dir()
     results: dict[str, str | None] = {}
     for file in sorted(folder.glob("*.yaml")):

@@ -18,11 +18,23 @@ Pooling = Literal["mean", "last"]
 class BackboneConfig(YamlConfig):
     """Which text backbone to load, from where, and in which precision.
 
-    ``name`` is a registry id (see ``nob cards``), a local Hugging Face directory or a ``.gguf``
-    file; ``local_dir`` points a gated registry entry at weights on disk (else
-    ``$NOB_MODEL_DIR/<id>`` is tried); ``dtype="auto"`` picks bf16 where the hardware runs it
-    natively, float32 otherwise; ``device="auto"`` picks CUDA when present. Load it with
-    :meth:`TextBackbone.from_config`.
+    Load it with :meth:`TextBackbone.from_config`.
+
+    Parameters
+    ----------
+    name
+        A registry id (see ``nob cards``), a local Hugging Face directory or a ``.gguf`` file.
+    local_dir
+        Points a gated registry entry at weights on disk (else ``$NOB_MODEL_DIR/<id>`` is tried).
+    dtype
+        ``"auto"`` picks bf16 where the hardware runs it natively, float32 otherwise.
+    device
+        ``"auto"`` picks CUDA when present.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown ``dtype`` or an empty ``name``.
     """
 
     name: str = "smollm2-135m-instruct"

@@ -32,9 +32,25 @@ def gguf_cache_dir(digest: str) -> Path:
 def convert_gguf(gguf_file: str | os.PathLike[str], *, digest: str | None = None) -> Path:
     """Return a safetensors directory equivalent to ``gguf_file``, converting it if needed.
 
-    ``digest`` skips re-hashing when the caller already verified the file. The conversion
-    writes into a temporary directory renamed into place, so an interrupted conversion leaves
-    no partial cache behind.
+    The conversion writes into a temporary directory renamed into place, so an interrupted
+    conversion leaves no partial cache behind.
+
+    Parameters
+    ----------
+    gguf_file
+        The ``.gguf`` model file.
+    digest
+        Its SHA-256; skips re-hashing when the caller already verified the file.
+
+    Returns
+    -------
+    Path
+        The cached Hugging Face directory (:func:`gguf_cache_dir`).
+
+    Raises
+    ------
+    CorruptFileError
+        When transformers cannot read the file as a GGUF model.
     """
     source = Path(gguf_file)
     digest = digest or file_sha256(source)

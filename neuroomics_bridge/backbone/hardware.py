@@ -49,9 +49,16 @@ def cpu_has_native_bf16() -> bool:
 def default_dtype(device: torch.device, *, preferred: torch.dtype = torch.bfloat16) -> torch.dtype:
     """The dtype a model should run in on ``device``.
 
-    ``preferred`` is the half type the weights were released in (the card's ``dtype``); GPUs use
-    it, falling back to float16 where bf16 is unsupported. On CPU: bf16 with native support,
-    float32 otherwise (CPU float16 matmuls are emulated and slow).
+    On CPU: bf16 with native support, float32 otherwise (CPU float16 matmuls are emulated and
+    slow); float32 on any other device type.
+
+    Parameters
+    ----------
+    device
+        Where the model runs.
+    preferred
+        The half type the weights were released in (the card's ``dtype``); GPUs use it, falling
+        back to float16 where bf16 is unsupported.
     """
     if device.type == "cuda":
         half = preferred if preferred in (torch.bfloat16, torch.float16) else torch.bfloat16
@@ -64,7 +71,13 @@ def default_dtype(device: torch.device, *, preferred: torch.dtype = torch.bfloat
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Accept ``"bfloat16"``-style names as well as ``torch.dtype`` objects."""
+    """Accept ``"bfloat16"``-style names as well as ``torch.dtype`` objects.
+
+    Raises
+    ------
+    ConfigError
+        For a name other than ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
@@ -86,6 +99,14 @@ def route_single_row_matmuls_to_aten(model: torch.nn.Module, *, max_rows: int = 
     process-wide ``torch.backends.mkldnn.enabled`` flag: results are deterministic, and a matmul
     running concurrently in another thread may briefly take the slower path. Calling it again
     on the same model does nothing.
+
+    Parameters
+    ----------
+    model
+        The model whose forward passes get the hooks.
+    max_rows
+        Largest ``batch * sequence`` token count (of ``input_ids`` or ``inputs_embeds``) that
+        runs without oneDNN.
     """
     if getattr(model, "_nob_single_row_aten", False):
         return

@@ -35,7 +35,26 @@ class WeightsLocation:
 def locate_weights(
     name_or_path: str | os.PathLike[str], *, local_dir: str | os.PathLike[str] | None = None
 ) -> WeightsLocation:
-    """Resolve a registry id or a path to weights on disk, or explain how to get them."""
+    """Resolve a registry id or a path to weights on disk, or explain how to get them.
+
+    Parameters
+    ----------
+    name_or_path
+        An existing path (directory or ``.gguf`` file) or a registry id.
+    local_dir
+        For ``local`` / ``gated`` registry entries: their weights directory (else
+        ``$<env>/<id>``); refused for a path.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown id, bundled package not installed or incomplete, or no weights directory found
+        (the message says where to get them).
+    InvalidModelError
+        ``local_dir`` given with a path.
+    CorruptFileError
+        A bundled file whose SHA-256 differs from the card's.
+    """
     path = Path(name_or_path).expanduser()
     if path.exists():
         if local_dir is not None:
@@ -102,6 +121,13 @@ def check_model_dir(directory: Path) -> None:
 
     Checks the config, a tokenizer and complete weight files (safetensors headers against
     file sizes, shards against their index), and refuses configs that ask for remote code.
+
+    Raises
+    ------
+    InvalidModelError
+        Not a directory, files missing, remote code requested, or index shards absent.
+    CorruptFileError
+        An unreadable ``config.json``, shard index or safetensors file.
     """
     if not directory.is_dir():
         raise InvalidModelError(f"{directory}: expected a model directory, found a file")

@@ -46,6 +46,20 @@ class TextBackbone:
 
     Build it with :meth:`from_pretrained` (registry name, local directory or ``.gguf`` file) or
     directly from a loaded ``transformers`` model and tokenizer.
+
+    Parameters
+    ----------
+    model
+        The causal LM; put in eval mode, with single-row CPU matmuls routed to ATen.
+    tokenizer
+        Its tokenizer; a missing pad token is set to the EOS token.
+    name
+        The registry id, or the path it was loaded from.
+    card
+        The registry card, if any (context length, chat template).
+    weight_files
+        The files whose contents identify the weights (:attr:`weights_hash`); empty: hash the
+        tensors.
     """
 
     def __init__(
@@ -137,10 +151,12 @@ class TextBackbone:
 
     @property
     def device(self) -> torch.device:
+        """The device of the input embeddings, where inputs are placed."""
         return self.model.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the input embeddings (the precision the model runs in)."""
         return self.model.get_input_embeddings().weight.dtype
 
     @property
@@ -168,8 +184,15 @@ class TextBackbone:
         return cache[stop]
 
     def mark_weights_changed(self, name: str | None = None) -> None:
-        """Say the weights were trained in place: the hash is recomputed from the tensors, so an
-        adapter trained on the old weights is no longer taken for one trained on these."""
+        """Say the weights were trained in place, so :attr:`weights_hash` is recomputed from the tensors.
+
+        An adapter trained on the old weights is then no longer taken for one trained on these.
+
+        Parameters
+        ----------
+        name
+            A new :attr:`name` for the changed model (default: keep it).
+        """
         self._weight_files = ()
         self.__dict__.pop("weights_hash", None)
         if name is not None:
@@ -181,8 +204,18 @@ class TextBackbone:
 
     # ----------------------------------------------------------------------------- prompting
     def chat(self, messages: Messages, *, add_generation_prompt: bool = True, template: str | None = None) -> str:
-        """Format ``messages`` (a string is one user turn) with the backbone's chat template, or
-        with ``template`` (e.g. :data:`COMPLETION_TEMPLATE` to prompt a chat model as a base model)."""
+        """Format ``messages`` as one prompt string with the backbone's chat template.
+
+        Parameters
+        ----------
+        messages
+            ``{"role": ..., "content": ...}`` turns; a string is one user turn.
+        add_generation_prompt
+            End with the template's opening of the assistant's turn.
+        template
+            A Jinja template used instead of :attr:`chat_template` (e.g. :data:`COMPLETION_TEMPLATE`
+            to prompt a chat model as a base model).
+        """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         return self.tokenizer.apply_chat_template(
@@ -193,7 +226,15 @@ class TextBackbone:
         )
 
     def tokenize(self, texts: Sequence[str], *, special_tokens: bool = True) -> list[list[int]]:
-        """Token ids of each text, unpadded; ``special_tokens`` adds the tokenizer's own (e.g. BOS)."""
+        """Token ids of each text, unpadded.
+
+        Parameters
+        ----------
+        texts
+            The texts.
+        special_tokens
+            Add the tokenizer's own special tokens (e.g. BOS).
+        """
         return self.tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"]
 
     # ----------------------------------------------------------------------------- encoding
@@ -208,12 +249,36 @@ class TextBackbone:
         max_length: int | None = None,
         show_progress: bool | None = None,
     ) -> torch.Tensor:
-        """Pooled last hidden states, shape ``(n_texts, hidden_size)``, float32 on CPU.
+        """Pooled last hidden states of each text, the backbone used as a text encoder.
 
-        ``pooling="mean"`` averages over real tokens, ``"last"`` takes the final token (the
-        usual choice for decoder-only embedders). Texts longer than ``max_length`` (default: the
-        context length) are cut from the right with a warning. The output does not depend on
-        ``batch_size`` or input order beyond floating-point rounding.
+        The output does not depend on ``batch_size`` or input order beyond floating-point rounding.
+
+        Parameters
+        ----------
+        texts
+            One text or several; none may be empty.
+        pooling
+            ``"mean"`` averages over real tokens, ``"last"`` takes the final token (the usual
+            choice for decoder-only embedders).
+        batch_size
+            Texts per forward pass (batches are formed by length).
+        normalize
+            Scale each vector to unit L2 norm.
+        max_length
+            Longer texts are cut from the right with a warning (default and upper bound: the
+            context length).
+        show_progress
+            Show a progress bar; ``None``: only when stderr is a terminal.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n_texts, hidden_size)`` float32 on CPU.
+
+        Raises
+        ------
+        DataError
+            On an unknown ``pooling``, an empty text or ``batch_size < 1``.
         """
         if pooling not in ("mean", "last"):
             raise DataError(f"pooling: expected 'mean' or 'last', got {pooling!r}")
@@ -246,14 +311,33 @@ class TextBackbone:
         """Log-probability of each continuation given its context (lm-eval's ``loglikelihood``).
 
         Context and continuation are tokenised apart (the context with the tokenizer's special
-        tokens), so the continuation's tokens are the same whatever precedes them. Returns, per
-        pair, the summed log-probability of the continuation's tokens (float64) and their number.
-        Contexts that do not fit are cut from the left with a warning.
+        tokens), so the continuation's tokens are the same whatever precedes them. Contexts that
+        do not fit are cut from the left with a warning.
 
         Pairs that share a context (the options of one question) share its forward pass: the
         context runs once, its last hidden state scores every continuation's first token, and
         longer continuations run together on the context's key/value cache. The LM head runs on
         continuation positions only.
+
+        Parameters
+        ----------
+        contexts, continuations
+            Equally long; pair ``i`` is ``(contexts[i], continuations[i])``.
+        show_progress
+            Show a progress bar; ``None``: only when stderr is a terminal.
+
+        Returns
+        -------
+        logprob : torch.Tensor
+            ``(n_pairs,)`` float64: the summed log-probability of each continuation's tokens.
+        n_tokens : torch.Tensor
+            ``(n_pairs,)``: the number of those tokens.
+
+        Raises
+        ------
+        DataError
+            On unequal lengths, an empty continuation or context, or a continuation that does not
+            fit the context length.
         """
         if len(contexts) != len(continuations):
             raise DataError(f"loglikelihood: {len(contexts)} contexts but {len(continuations)} continuations")
@@ -324,8 +408,28 @@ class TextBackbone:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs_embeds`` laid out as ``[prefix][tokens]`` per row, padded, and the mask.
 
-        ``prefix_embeds`` has shape ``(n, k, hidden_size)`` (k may be 0). Gradients flow into
-        ``prefix_embeds``, so training code builds its inputs with this too.
+        Gradients flow into ``prefix_embeds``, so training code builds its inputs with this too.
+
+        Parameters
+        ----------
+        token_ids
+            ``n`` rows of token ids.
+        prefix_embeds
+            ``(n, k, hidden_size)`` soft tokens (k may be 0), or ``None`` for none.
+        padding_side
+            Where the padding goes.
+
+        Returns
+        -------
+        embeds : torch.Tensor
+            ``(n, width, hidden_size)`` in the model's dtype, ``width`` the longest row plus ``k``.
+        mask : torch.Tensor
+            ``(n, width)``: 1 for real positions, 0 for padding.
+
+        Raises
+        ------
+        DataError
+            When ``prefix_embeds`` has the wrong shape.
         """
         n = len(token_ids)
         k = 0 if prefix_embeds is None else prefix_embeds.shape[1]
@@ -365,17 +469,44 @@ class TextBackbone:
     ) -> list[str]:
         """Continue each prompt; return only the new text, one string per prompt.
 
-        ``prefix_embeds`` ``(n, k, hidden_size)`` are soft tokens placed before each prompt's
-        token embeddings (a zero-width prefix gives plain generation). Prompts that would not fit
-        the context with the prefix and ``max_new_tokens`` are cut from the left with a warning.
-        Generation of a prompt ends at the first of the ``stop`` strings, which is cut off;
-        ``no_repeat_ngram_size=n`` forbids repeating any n-gram (small models otherwise loop): of
-        prompt and answer, or, with ``prefix_embeds``, of the answer alone.
-        ``prompt_lookup=n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in
-        one forward pass (transformers' prompt-lookup decoding), for one greedy prompt without a
-        prefix; it keeps the greedy result and pays off on GPUs for summaries that copy from their
-        input, but on CPU single-row decoding is faster without it. Sampling is seeded by the
-        global torch seed.
+        Prompts that would not fit the context with the prefix and ``max_new_tokens`` are cut
+        from the left with a warning. Sampling is seeded by the global torch seed.
+
+        Parameters
+        ----------
+        prompts
+            One prompt or several (already formatted, e.g. by :meth:`chat`).
+        prefix_embeds
+            ``(n, k, hidden_size)`` soft tokens placed before each prompt's token embeddings (a
+            zero-width prefix gives plain generation).
+        max_new_tokens
+            Most tokens generated per prompt.
+        do_sample, temperature, top_p
+            Sample with these settings instead of greedy decoding.
+        batch_size
+            Prompts per ``generate`` call (batches are formed by length).
+        prompt_lookup
+            ``n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in one forward
+            pass (transformers' prompt-lookup decoding), for one greedy prompt without a prefix; it
+            keeps the greedy result and pays off on GPUs for summaries that copy from their input,
+            but on CPU single-row decoding is faster without it.
+        stop
+            Generation of a prompt ends at the first of these strings, which is cut off.
+        no_repeat_ngram_size
+            ``n`` forbids repeating any n-gram (small models otherwise loop): of prompt and
+            answer, or, with ``prefix_embeds``, of the answer alone.
+        show_progress
+            Show a progress bar; ``None``: only when stderr is a terminal.
+
+        Returns
+        -------
+        list of str
+            The new text of each prompt, stripped.
+
+        Raises
+        ------
+        DataError
+            When ``max_new_tokens`` plus the prefix leave no room for a prompt, or ``batch_size < 1``.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         k = 0 if prefix_embeds is None else int(prefix_embeds.shape[1])

@@ -1,16 +1,18 @@
-"""Grounded generation: the bridge writes a clinical summary from a subject's vectors.
+"""Grounded generation: the bridge writes a clinical summary from a subject's own vectors.
 
-A report is written by the backbone from the subject's soft prefix tokens plus a prompt that
-states the evidence: which data the subject has, the zero-shot diagnosis probabilities, and the
-reports of the most similar reference subjects (retrieval-augmented, through faiss). The findings
-are generated first, then the impression on its own, so every report has exactly one; the text
-is split into the impression and one profile per modality (genetic, imaging), and a profile
-whose data the subject lacks says so. Every report carries the research-use notice and the
-evidence it used.
+The backbone reads the subject's soft prefix tokens, then a prompt laid out by a
+:class:`~neuroomics_bridge.reports.prompts.PromptLayout`: the data the subject has, its known
+covariates (age and sex are data, stated, never guessed), the zero-shot probabilities of its
+vectors, and (only in the ``"retrieval"`` layout) reports of similar reference subjects. The
+prefix stage trains on the same layouts, so what the model is asked is what it learned to
+answer. The findings are generated first, then the impression on its own, so every report has
+exactly one; the text is split into the impression and one profile per modality (a profile whose
+data the subject lacks says so). Every report carries the research-use notice, its layout and the
+evidence it was given.
 
-:class:`Bridge` gets :meth:`generate_report` from :class:`ReportGenerationMixin` (as
-transformers' models get ``generate`` from ``GenerationMixin``), so this module needs no import
-of the model class.
+:class:`Bridge` gets :meth:`generate_report` and :meth:`evidence` from
+:class:`ReportGenerationMixin` (as transformers' models get ``generate`` from
+``GenerationMixin``), so this module needs no import of the model class.
 """
 
 from __future__ import annotations
@@ -19,20 +21,75 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, report_prompt
+from neuroomics_bridge.reports.prompts import CLASS_PROMPT, PromptLayout, get_layout, report_prompt
 from neuroomics_bridge.reports.report import IMPRESSION, Evidence, Neighbour, Report
 from neuroomics_bridge.reports.sections import parse_label, split_sections
 from neuroomics_bridge.retrieval import ReferenceSet
 
-__all__ = ["ReportGenerationMixin"]
+__all__ = ["ReportGenerationMixin", "Covariates"]
+
+Covariates = pd.DataFrame | Mapping[str, Sequence[Any]]
+"""Per-subject covariates, row-aligned with the inputs: a table or column name -> values."""
 
 
 class ReportGenerationMixin:
-    """``generate_report`` for :class:`Bridge` (it needs ``adapters``, ``backbone``, ``prefix``,
-    ``zero_shot``, ``embed``, ``modalities``, ``config`` and ``adapter_id``)."""
+    """``evidence`` and ``generate_report`` for :class:`Bridge` (they use its ``adapters``,
+    ``backbone``, ``prefix``, ``zero_shot``, ``embed``, ``modalities``, ``config`` and ``adapter_id``)."""
+
+    def evidence(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        covariates: Covariates | None = None,
+        reference: ReferenceSet | None = None,
+        classes: Sequence[str] = (),
+        class_prompt: str = CLASS_PROMPT,
+        neighbours: int = 3,
+    ) -> list[Evidence]:
+        """What is known about each subject of a batch, as its report's prompt may state it.
+
+        Parameters
+        ----------
+        inputs
+            Modality -> ``(n, d)`` vectors (absent subjects: NaN rows; a modality left out:
+            absent for all).
+        covariates
+            Row-aligned covariates; the columns in ``config.report_covariates`` are kept.
+        reference
+            Reference subjects to retrieve ``neighbours`` similar ones from (in the aligned space).
+        classes, class_prompt
+            Classes for the zero-shot probabilities (mean over the subject's modalities), one
+            ``class_prompt`` text each.
+
+        Returns
+        -------
+        list[Evidence]
+            One per row.
+        """
+        n = _rows(inputs, self.modalities)
+        present = {m: _present(inputs, m, n) for m in self.modalities}
+        probabilities = _probabilities(self, inputs, present, classes, class_prompt, n)
+        known = _covariate_rows(covariates, self.config.report_covariates, n)
+        found: list[list[Neighbour]] = [[] for _ in range(n)]
+        if reference is not None and neighbours > 0:
+            embedded = {m: self.embed(m, np.asarray(inputs[m])) for m in self.modalities if present[m].any()}
+            for row in range(n):
+                query = {m: e[row] for m, e in embedded.items() if present[m][row]}
+                found[row] = reference.neighbours(query, neighbours) if query else []
+        return [
+            Evidence(
+                present=[m for m in self.modalities if present[m][row]],
+                absent=[m for m in self.modalities if not present[m][row]],
+                probabilities=probabilities[row],
+                neighbours=found[row],
+                covariates=known[row],
+            )
+            for row in range(n)
+        ]
 
     def generate_report(
         self,
@@ -40,86 +97,95 @@ class ReportGenerationMixin:
         prompt: str | None = None,
         *,
         subject_ids: Sequence[str] | None = None,
+        covariates: Covariates | None = None,
         reference: ReferenceSet | None = None,
         classes: Sequence[str] = (),
         class_prompt: str = CLASS_PROMPT,
         neighbours: int = 3,
+        layout: str | PromptLayout = "full",
         max_new_tokens: int = 80,
-        batch_size: int = 8,
+        batch_size: int = 16,
         show_progress: bool | None = None,
     ) -> list[Report]:
         """Clinical summaries for a batch of subjects (any subset of modalities per subject).
 
-        ``inputs`` maps modalities to ``(n, d)`` vectors (absent subjects: NaN rows; a modality
-        left out: absent for all). The backbone reads each subject's soft prefix tokens and a
-        prompt (``prompt`` or ``config.report_prompt``) stating the evidence: available data,
-        zero-shot probabilities over ``classes`` (one ``class_prompt`` each) and the reports of
-        the ``neighbours`` most similar subjects of ``reference`` (see :func:`report_prompt`).
-        The findings are generated greedily, in batches (``max_new_tokens``, no repeated
-        4-grams), then the impression on its own; the text is split into the impression and one
-        profile per modality (a modality without data says so). ``Report.label`` is the class
-        the impression names.
+        Parameters
+        ----------
+        inputs
+            Modality -> ``(n, d)`` vectors (absent subjects: NaN rows).
+        prompt
+            The instruction line (default ``config.report_prompt``, what the prefix stage used).
+        subject_ids
+            Names for the reports (default ``subject-<i>``).
+        covariates, reference, classes, class_prompt, neighbours
+            The evidence gathered by :meth:`evidence`; the neighbours are listed in every report
+            for the reader and quoted in the prompt only where ``layout`` says so.
+        layout
+            What the prompt states (:data:`~neuroomics_bridge.reports.prompts.LAYOUTS`: ``"full"``,
+            ``"prefix_only"``, ``"evidence_only"``, ``"retrieval"``), the ablation switches.
+        max_new_tokens, batch_size, show_progress
+            Greedy decoding of the findings (no repeated 4-grams), ``batch_size`` subjects at a
+            time; then the impression on its own.
+
+        Returns
+        -------
+        list[Report]
+            One per row; ``Report.label`` is the class the impression names.
         """
+        chosen = get_layout(layout)
         self.adapters.eval()
         with torch.no_grad():
-            return _generate_reports(
-                self,
+            evidence = self.evidence(
                 inputs,
-                subject_ids=subject_ids,
+                covariates=covariates,
                 reference=reference,
                 classes=classes,
                 class_prompt=class_prompt,
-                prompt=prompt,
-                neighbours=neighbours,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                show_progress=show_progress,
+                neighbours=max(neighbours, chosen.neighbours),
             )
+            n = len(evidence)
+            prefix = self.prefix(inputs if chosen.prefix else {})
+            prompts = [report_prompt(prompt or self.config.report_prompt, ev, chosen) for ev in evidence]
+            texts = _write(self.backbone, prompts, prefix, max_new_tokens, batch_size, show_progress)
+        ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
+        backbone = self.backbone
+        adapters = self.adapter_id
+        reports = []
+        for i, (text, ev) in enumerate(zip(texts, evidence, strict=True)):
+            sections = split_sections(text, self.modalities, ev.present)
+            ev.neighbours = ev.neighbours[:neighbours]
+            reports.append(
+                Report(
+                    subject_id=ids[i],
+                    sections=sections,
+                    evidence=ev,
+                    model=f"{backbone.name} ({backbone.weights_hash[:12]})",
+                    adapters=adapters,
+                    label=parse_label(sections[IMPRESSION], classes) if classes else None,
+                    text=text,
+                    layout=layout if isinstance(layout, str) else "custom",
+                )
+            )
+        return reports
 
 
-def _generate_reports(
-    bridge: Any,
-    inputs: Mapping[str, np.ndarray],
-    *,
-    subject_ids: Sequence[str] | None = None,
-    reference: ReferenceSet | None = None,
-    classes: Sequence[str] = (),
-    class_prompt: str = CLASS_PROMPT,
-    prompt: str | None = None,
-    neighbours: int = 3,
-    max_new_tokens: int = 80,
-    batch_size: int = 8,
-    show_progress: bool | None = None,
-) -> list[Report]:
-    n = _rows(inputs, bridge.modalities)
-    ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
-    evidence = [_evidence(bridge, inputs, i, reference, classes, class_prompt, neighbours) for i in range(n)]
-    backbone = bridge.backbone
-    task = prompt or bridge.config.report_prompt
-    prompts = [report_prompt(task, ev) for ev in evidence]
-    prefix = bridge.prefix(inputs).detach()
+def _write(
+    backbone: Any,
+    prompts: list[str],
+    prefix: torch.Tensor,
+    max_new_tokens: int,
+    batch_size: int,
+    show_progress: bool | None,
+) -> list[str]:
+    """Findings, then the impression on its own: every text ends in exactly one impression."""
     options = {"prefix_embeds": prefix, "batch_size": batch_size, "show_progress": show_progress}
-    # The findings first, then the impression on its own: every report gets exactly one.
     bodies = backbone.generate(
         prompts, max_new_tokens=max_new_tokens, stop=["Impression:", "\n"], no_repeat_ngram_size=4, **options
     )
-    prompts = [f"{p} {body} Impression:" for p, body in zip(prompts, bodies, strict=True)]
-    impressions = backbone.generate(prompts, max_new_tokens=24, stop=[".", "\n"], **options)
-    written = [f"{body} Impression: {impression}." for body, impression in zip(bodies, impressions, strict=True)]
-    texts = {i: split_sections(written[i], bridge.modalities, evidence[i].present) for i in range(n)}
-    adapters = bridge.adapter_id
-    return [
-        Report(
-            subject_id=ids[i],
-            sections=texts[i],
-            evidence=evidence[i],
-            model=f"{backbone.name} ({backbone.weights_hash[:12]})",
-            adapters=adapters,
-            label=parse_label(texts[i][IMPRESSION], classes) if classes else None,
-            text=written[i],
-        )
-        for i in range(n)
-    ]
+    bodies = [body.strip() for body in bodies]
+    follow = [f"{p} {body} Impression:" for p, body in zip(prompts, bodies, strict=True)]
+    impressions = backbone.generate(follow, max_new_tokens=24, stop=[".", "\n"], **options)
+    return [f"{body} Impression: {impression.strip()}." for body, impression in zip(bodies, impressions, strict=True)]
 
 
 def _rows(inputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> int:
@@ -132,23 +198,44 @@ def _rows(inputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> int:
     return sizes.pop()
 
 
-def _evidence(
+def _present(inputs: Mapping[str, np.ndarray], modality: str, n: int) -> np.ndarray:
+    if modality not in inputs:
+        return np.zeros(n, dtype=bool)
+    return ~np.isnan(np.asarray(inputs[modality], dtype=float)).all(axis=1)
+
+
+def _probabilities(
     bridge: Any,
     inputs: Mapping[str, np.ndarray],
-    row: int,
-    reference: ReferenceSet | None,
+    present: Mapping[str, np.ndarray],
     classes: Sequence[str],
     class_prompt: str,
-    k: int,
-) -> Evidence:
-    present = [m for m in bridge.modalities if m in inputs and not np.isnan(np.asarray(inputs[m][row], float)).all()]
-    absent = [m for m in bridge.modalities if m not in present]
-    probabilities: dict[str, float] = {}
-    if classes and present:
-        prompts = [class_prompt.format(label=c) for c in classes]
-        mean = np.mean([bridge.zero_shot(m, np.asarray(inputs[m][row : row + 1]), prompts)[0] for m in present], axis=0)
-        probabilities = dict(sorted(zip(classes, mean.round(3).tolist(), strict=True), key=lambda kv: -kv[1]))
-    found: list[Neighbour] = []
-    if reference is not None and present:
-        found = reference.neighbours({m: bridge.embed(m, np.asarray(inputs[m][row : row + 1]))[0] for m in present}, k)
-    return Evidence(present=present, absent=absent, probabilities=probabilities, neighbours=found)
+    n: int,
+) -> list[dict[str, float]]:
+    """Zero-shot probabilities per row, averaged over the modalities the row has, sorted."""
+    if not classes:
+        return [{} for _ in range(n)]
+    texts = [class_prompt.format(label=c) for c in classes]
+    total, count = np.zeros((n, len(classes))), np.zeros((n, 1))
+    for modality, rows in present.items():
+        if rows.any():
+            total[rows] += bridge.zero_shot(modality, np.asarray(inputs[modality])[rows], texts)
+            count[rows] += 1
+    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return [
+        dict(sorted(zip(classes, mean[row].round(3).tolist(), strict=True), key=lambda kv: -kv[1]))
+        if count[row, 0]
+        else {}
+        for row in range(n)
+    ]
+
+
+def _covariate_rows(covariates: Covariates | None, columns: Sequence[str], n: int) -> list[dict[str, str]]:
+    """The ``columns`` of each row that has a value, as text."""
+    if covariates is None:
+        return [{} for _ in range(n)]
+    table = covariates if isinstance(covariates, pd.DataFrame) else pd.DataFrame(dict(covariates))
+    if len(table) != n:
+        raise DataError(f"generate_report covariates: expected {n} rows (one per subject), got {len(table)}")
+    kept = [c for c in columns if c in table.columns]
+    return [{c: str(table[c].iloc[row]) for c in kept if pd.notna(table[c].iloc[row])} for row in range(n)]

@@ -10,6 +10,7 @@ adapters only (safetensors), a ``config.json`` recording which backbone they wer
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,7 +54,11 @@ class Bridge(ReportGenerationMixin):
 
     def __init__(self, backbone: TextBackbone, modality_dims: Mapping[str, int], config: BridgeConfig | None = None):
         self.backbone = backbone
-        self.config = config or BridgeConfig()
+        config = config or BridgeConfig()
+        if config.prefix_token_norm is None:  # soft tokens start at the scale of the backbone's own
+            norm = backbone.model.get_input_embeddings().weight.detach().float().norm(dim=1).mean()
+            config = dataclasses.replace(config, prefix_token_norm=round(float(norm), 4))
+        self.config = config
         self.adapters = BridgeAdapters(modality_dims, backbone.hidden_size, backbone.hidden_size, self.config)
         self.text_encoder = CachedTextEncoder(
             backbone,
@@ -145,32 +150,54 @@ class Bridge(ReportGenerationMixin):
                 else torch.full((rows, dim), float("nan"))
             )
             features[modality], present[modality] = x, ~torch.isnan(x).all(dim=1)
-        return self.adapters.projector(features, present)
+        return self.adapters.prefix(features, present)
 
     def report_nll(
-        self, features: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor], reports: Sequence[str]
+        self,
+        features: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor],
+        reports: Sequence[str],
+        prompts: Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Negative log-likelihood of each report given its subject's prefix and the report prompt.
+        """Negative log-likelihood of each report given its subject's prefix and its prompt.
 
-        The input is ``[soft prefix][report_prompt(config.report_prompt)][report][EOS]``; only
-        report and EOS tokens are scored (prefix and prompt positions are masked). Returns the
-        summed NLL per report and its number of scored tokens, both ``(n,)``; gradients reach
-        the prefix projector.
+        Parameters
+        ----------
+        features, present
+            Modality -> ``(n, d_m)`` vectors and ``(n,)`` presence flags.
+        reports
+            The ``n`` target texts.
+        prompts
+            One prompt per report (see :func:`~neuroomics_bridge.reports.prompts.report_prompt`);
+            default: the evidence-free prompt of ``config.report_prompt`` for every row.
+
+        Returns
+        -------
+        nll, tokens : torch.Tensor
+            Summed NLL per report and its number of scored tokens, both ``(n,)``. The input is
+            ``[soft prefix][prompt][report][EOS]``; only report and EOS tokens are scored.
+            Gradients reach the prefix projector (and LoRA weights in the backbone, if any).
         """
         import torch.nn.functional as F
 
         from neuroomics_bridge.reports.prompts import report_prompt
 
         backbone = self.backbone
-        prefix = self.adapters.projector(features, present)
-        prompt = backbone.tokenize([report_prompt(self.config.report_prompt)])[0]
-        room = backbone.context_length - prefix.shape[1] - len(prompt)
+        prefix = self.adapters.prefix(features, present)
+        texts = list(prompts) if prompts is not None else [report_prompt(self.config.report_prompt)] * len(reports)
+        if len(texts) != len(reports):
+            raise DataError(f"report_nll: {len(reports)} reports but {len(texts)} prompts")
+        prompt_ids = backbone.tokenize(texts)
         eos = backbone.tokenizer.eos_token_id
-        targets = [[*ids[: room - 1], eos] for ids in backbone.tokenize(list(reports), special_tokens=False)]
-        embeds, mask = backbone.prefixed_inputs([prompt + t for t in targets], prefix, padding_side="right")
+        targets = [
+            [*ids[: backbone.context_length - prefix.shape[1] - len(prompt) - 1], eos]
+            for ids, prompt in zip(backbone.tokenize(list(reports), special_tokens=False), prompt_ids, strict=True)
+        ]
+        rows_ids = [prompt + target for prompt, target in zip(prompt_ids, targets, strict=True)]
+        embeds, mask = backbone.prefixed_inputs(rows_ids, prefix, padding_side="right")
         labels = torch.full(mask.shape, -100, dtype=torch.long, device=embeds.device)
-        start = prefix.shape[1] + len(prompt)
-        for row, target in enumerate(targets):
+        for row, (prompt, target) in enumerate(zip(prompt_ids, targets, strict=True)):
+            start = prefix.shape[1] + len(prompt)
             labels[row, start : start + len(target)] = torch.tensor(target, device=embeds.device)
         # The LM head runs only where a report token is predicted (a fifth of the compute of a
         # full forward over a 49k vocabulary at every position of prefix and prompt).

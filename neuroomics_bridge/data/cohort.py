@@ -61,6 +61,14 @@ class Cohort:
         Raw expression AnnData whose ``obs[gene_groupby]`` names each row's subject.
     brains
         One image (path or nibabel image) per subject, ``None`` where absent.
+    gene_groupby
+        The ``genes.obs`` column holding subject ids.
+
+    Raises
+    ------
+    DataError
+        On duplicated ids, per-subject fields of another length, tables not indexed by
+        ``subject_ids`` in order, or ``genes`` without the ``gene_groupby`` column.
     """
 
     subject_ids: list[str]
@@ -104,20 +112,34 @@ class Cohort:
     # ------------------------------------------------------------------------------ views
     @property
     def n_subjects(self) -> int:
+        """The number of subjects."""
         return len(self.subject_ids)
 
     @property
     def modalities(self) -> list[str]:
+        """The modalities with encoded vectors (the keys of ``features``)."""
         return list(self.features)
 
     def present(self, modality: str) -> np.ndarray:
-        """Boolean mask of subjects that have ``modality``."""
+        """Boolean mask of subjects that have ``modality`` (a row that is not all NaN).
+
+        Raises
+        ------
+        DataError
+            When the cohort has no vectors for ``modality``.
+        """
         if modality not in self.features:
             raise DataError(f"modality {modality!r} not in this cohort; modalities: {self.modalities}")
         return ~np.isnan(self.features[modality]).all(axis=1)
 
     def subset(self, subject_ids: Sequence[str]) -> Cohort:
-        """The cohort restricted to ``subject_ids``, in that order."""
+        """The cohort restricted to ``subject_ids``, in that order (``genes`` keeps those subjects' cells).
+
+        Raises
+        ------
+        DataError
+            For an id not in the cohort.
+        """
         position = {s: i for i, s in enumerate(self.subject_ids)}
         unknown = [s for s in subject_ids if s not in position]
         if unknown:
@@ -139,7 +161,23 @@ class Cohort:
         )
 
     def split(self, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), *, seed: int = 0) -> CohortSplit:
-        """Deterministic train/val/test split by subject, stratified by label when there are labels."""
+        """Deterministic train/val/test split by subject, stratified by label when there are labels.
+
+        Within each label, subjects are ordered by a hash of ``seed`` and their id, so a subject's
+        fold does not depend on who else is in the cohort.
+
+        Parameters
+        ----------
+        fractions
+            Train, validation and test shares; non-negative, summing to 1.
+        seed
+            Picks another assignment.
+
+        Raises
+        ------
+        DataError
+            For invalid ``fractions``.
+        """
         if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
             raise DataError(f"split fractions: expected three non-negative numbers summing to 1, got {fractions}")
         groups: dict[str, list[str]] = {}
@@ -167,18 +205,39 @@ class Cohort:
     ) -> Cohort:
         """Fit each modality's encoder on ``fit_on``'s subjects, encode everyone, return a new cohort.
 
-        ``encoders`` maps modality names to a :class:`GeneEncoder` (reads ``genes``), a
-        :class:`BrainEncoder` (reads ``brains``) or a :class:`PrecomputedEncoder` (reads its own
-        file); they are fitted in place. ``residualize`` names covariate columns regressed out of
-        every modality, fitted on the same subjects. To keep the fitted pipeline (to encode new
-        subjects the same way later), use :class:`CohortEncoder` directly.
+        To keep the fitted pipeline (to encode new subjects the same way later), use
+        :class:`CohortEncoder` directly.
+
+        Parameters
+        ----------
+        encoders
+            Modality name -> a :class:`GeneEncoder` (reads ``genes``), a :class:`BrainEncoder`
+            (reads ``brains``) or a :class:`PrecomputedEncoder` (reads its own file); they are
+            fitted in place.
+        fit_on
+            The training fold (a cohort) or its subject ids (default: the whole cohort).
+        residualize
+            Covariate columns regressed out of every modality, fitted on the same subjects.
         """
         from neuroomics_bridge.encoders.cohort import CohortEncoder
 
         return CohortEncoder(encoders, residualize=residualize).fit_transform(self, fit_on)
 
     def scatter(self, row_ids: Sequence[str], values: np.ndarray) -> np.ndarray:
-        """Rows keyed by subject id into cohort order, NaN for subjects without a row."""
+        """Rows keyed by subject id into cohort order, NaN for subjects without a row.
+
+        Parameters
+        ----------
+        row_ids
+            The subject of each row of ``values``; ids not in the cohort are dropped.
+        values
+            ``(len(row_ids), d)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_subjects, d)`` float32.
+        """
         matrix = np.full((self.n_subjects, values.shape[1]), np.nan, dtype=np.float32)
         position = {s: i for i, s in enumerate(self.subject_ids)}
         for subject, row in zip(row_ids, values, strict=True):
@@ -188,7 +247,17 @@ class Cohort:
 
     # ------------------------------------------------------------------------------ files
     def to_files(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the cohort as a folder of standard files, atomically (all or nothing)."""
+        """Write the cohort as a folder of standard files, atomically (all or nothing).
+
+        ``cohort.json``, ``reports.csv`` (subject id, label, report), ``covariates.csv`` and
+        ``phenotypes.csv``, ``genes.h5ad``, ``brain/<id>.nii.gz``, and ``features/<modality>.parquet``
+        for vectors not derived from ``genes`` or ``brains``.
+
+        Returns
+        -------
+        Path
+            ``directory``.
+        """
         target = Path(directory)
         with atomic_directory(target) as tmp:
             manifest: dict[str, Any] = {
@@ -244,6 +313,14 @@ class Cohort:
 
         Brain images stay as paths and are read by the encoder; stored features are loaded.
         Encode the raw modalities with :meth:`encode` after choosing the training fold.
+
+        Raises
+        ------
+        MissingFileError
+            When the folder or its ``reports.csv`` is missing.
+        DataError
+            When ``cohort.json`` is invalid, or ``reports.csv`` or a covariate table lacks its
+            columns or lists other subjects.
         """
         folder = Path(directory)
         if not folder.is_dir():

@@ -33,9 +33,24 @@ DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet", ".csv")
 def read_documents(path: str | Path, *, text_field: str = "text") -> Iterator[str]:
     """Stream the documents of a file or folder, lazily.
 
-    ``.txt``/``.md``: the whole file is one document; ``.jsonl``: one JSON object per line, its
-    ``text_field``; ``.parquet``/``.csv``: the ``text_field`` column, read in batches; a folder:
-    every such file below it, in sorted order. Empty documents are skipped.
+    Empty documents are skipped.
+
+    Parameters
+    ----------
+    path
+        ``.txt``/``.md``: the whole file is one document; ``.jsonl``: one JSON object per line,
+        its ``text_field``; ``.parquet``/``.csv``: the ``text_field`` column, read in batches; a
+        folder: every such file below it, in sorted order.
+    text_field
+        The JSON field or table column holding the text.
+
+    Raises
+    ------
+    MissingFileError
+        When ``path`` does not exist.
+    DataError
+        For a folder without corpus files, an unsupported suffix, a missing field or column, or
+        a JSONL line that is not an object with a string ``text_field``.
     """
     source = Path(path)
     if not source.exists():
@@ -87,11 +102,29 @@ Source = str | Path | Sequence[str]
 class MixtureCorpus:
     """Named document sources mixed by token weight, seeded, with per-source accounting.
 
-    ``sources`` maps names to a path (file or folder, see :func:`read_documents`) or an
-    in-memory list of documents; ``weights`` maps the same names to positive numbers (any
-    scale: 15, 1, 4). Sources named in ``scrub`` (e.g. ``{"clinical"}``) are PHI-scrubbed
-    (:func:`scrub_phi`) before they are counted or tokenised. Iterating yields ``(source,
-    text)`` forever; ``stats`` holds documents, tokens and PHI replacements per source.
+    :meth:`token_stream` yields ``(source, token ids)`` forever; ``stats`` holds documents,
+    tokens and PHI replacements per source.
+
+    Parameters
+    ----------
+    sources
+        Name -> a path (file or folder, see :func:`read_documents`) or an in-memory list of
+        documents.
+    weights
+        The same names -> positive numbers (any scale: 15, 1, 4).
+    seed
+        Seeds the choice of source.
+    scrub
+        Sources (e.g. ``{"clinical"}``) PHI-scrubbed (:func:`scrub_phi`) before they are counted
+        or tokenised.
+    text_field
+        Passed to :func:`read_documents`.
+
+    Raises
+    ------
+    DataError
+        When ``weights`` names other sources, a weight is not positive, or ``scrub`` names an
+        unknown source.
     """
 
     def __init__(
@@ -137,7 +170,21 @@ class MixtureCorpus:
             self.stats.passes[name] += 1
 
     def token_stream(self, tokenize: Callable[[str], list[int]]) -> Iterator[tuple[str, list[int]]]:
-        """``(source, token ids)`` forever, sources chosen so token shares follow the weights."""
+        """``(source, token ids)`` forever, sources chosen so token shares follow the weights.
+
+        Each source is picked with probability proportional to its weight over its running mean
+        document length; ``stats`` restarts with each call.
+
+        Parameters
+        ----------
+        tokenize
+            Text -> token ids.
+
+        Raises
+        ------
+        DataError
+            When a source has no documents.
+        """
         rng = np.random.default_rng(self.seed)
         streams = {name: self._cycle(name) for name in self.names}
         self.stats = CorpusStats.empty(self.names)
@@ -169,16 +216,19 @@ class CorpusStats:
 
     @classmethod
     def empty(cls, names: Iterable[str]) -> CorpusStats:
+        """Zero counts for the sources ``names``."""
         names = list(names)
         return cls(
             Counter(dict.fromkeys(names, 0)), Counter(dict.fromkeys(names, 0)), Counter(), {n: Counter() for n in names}
         )
 
     def token_shares(self) -> dict[str, float]:
+        """Each source's fraction of the tokens drawn (all 0 before any)."""
         total = sum(self.tokens.values()) or 1
         return {name: count / total for name, count in self.tokens.items()}
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able counts, token shares and the PHI replacements of scrubbed sources."""
         return {
             "documents": dict(self.documents),
             "tokens": dict(self.tokens),
@@ -197,10 +247,26 @@ class PackedBlock:
 
 
 def pack(documents: Iterable[list[int]], block_size: int, eos_id: int) -> Iterator[PackedBlock]:
-    """Concatenate ``documents`` (token ids), each followed by ``eos_id``, into blocks of
-    ``block_size`` tokens; the last block may be shorter. No token is lost or repeated: the
-    blocks' ids, concatenated, are the documents with their EOS separators. A document cut at a
-    block boundary continues at position 0 of the next block (it cannot see its first part)."""
+    """Concatenate tokenised documents, each followed by ``eos_id``, into fixed-length blocks.
+
+    No token is lost or repeated: the blocks' ids, concatenated, are the documents with their
+    EOS separators. A document cut at a block boundary continues at position 0 of the next
+    block (it cannot see its first part).
+
+    Parameters
+    ----------
+    documents
+        Token ids of each document.
+    block_size
+        Tokens per block (at least 2); the last block may be shorter.
+    eos_id
+        The separator appended to every document.
+
+    Raises
+    ------
+    DataError
+        When ``block_size < 2``.
+    """
     if block_size < 2:
         raise DataError(f"pack: block_size must be at least 2, got {block_size}")
     ids: list[int] = []

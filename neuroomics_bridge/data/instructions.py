@@ -46,14 +46,28 @@ class InstructionRecord:
 
 
 def user_turn(record: InstructionRecord) -> str:
-    """The user message of a record: its task's template filled with instruction and input."""
+    """The user message of a record: its task's template filled with instruction and input.
+
+    Raises
+    ------
+    DataError
+        For a task not in :data:`TASK_TEMPLATES`.
+    """
     if record.task not in TASK_TEMPLATES:
         raise DataError(f"unknown task {record.task!r}; expected one of {sorted(TASK_TEMPLATES)}")
     return TASK_TEMPLATES[record.task].format(instruction=record.instruction, input=record.input).strip()
 
 
 def read_instructions(path: str | os.PathLike[str]) -> list[InstructionRecord]:
-    """Records from a JSONL file; a bad line is an error naming the file, line and field."""
+    """Records from a JSONL file of ``{task, instruction, input, output}`` objects (``input`` optional).
+
+    Raises
+    ------
+    MissingFileError
+        When the file does not exist.
+    DataError
+        For a bad line (naming the file, line and field), an unknown task, or no records.
+    """
     file = Path(path)
     if not file.is_file():
         raise MissingFileError(f"{file}: instruction file does not exist")
@@ -71,7 +85,7 @@ def read_instructions(path: str | os.PathLike[str]) -> list[InstructionRecord]:
 
 
 def write_instructions(records: list[InstructionRecord], path: str | os.PathLike[str]) -> Path:
-    """Write records as JSONL, atomically."""
+    """Write records as JSONL, atomically; returns ``path``."""
     from neuroomics_bridge.io import atomic_write_text
 
     text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records)
@@ -80,7 +94,16 @@ def write_instructions(records: list[InstructionRecord], path: str | os.PathLike
 
 
 def synthetic_instructions(n_subjects: int = 200, *, seed: int = 0) -> list[InstructionRecord]:
-    """Records of every task, written from the synthetic cohort's reports and latent labels."""
+    """Records of every task, written from the synthetic cohort's reports and latent labels.
+
+    Parameters
+    ----------
+    n_subjects
+        Subjects of the synthetic cohort; each gives five records, seven when its findings name
+        a risk gene of its diagnosis.
+    seed
+        Seeds the cohort and the NLI claims.
+    """
     from neuroomics_bridge.data.synthetic import DIAGNOSES, GENE_PROGRAMMES, synthetic_cohort
 
     cohort = synthetic_cohort(n_subjects, seed=seed, cells_per_subject=2, brain_resolution_mm=8)

@@ -68,7 +68,24 @@ def _general() -> list[str]:
 
 
 def write_samples(directory: str | os.PathLike[str], *, seed: int = 0) -> Path:
-    """Write the sample corpora and instruction files under ``directory`` (atomically)."""
+    """Write the sample corpora and instruction files under ``directory`` (atomically).
+
+    ``corpora/biomedical.jsonl``, ``corpora/clinical/note-*.txt`` and ``corpora/general.parquet``,
+    then ``instructions/train.jsonl`` and ``instructions/val.jsonl`` (a 90/10 split of 120
+    synthetic records). An existing ``directory`` is replaced as a whole.
+
+    Parameters
+    ----------
+    directory
+        The folder to create.
+    seed
+        Seeds every random choice, so equal seeds give equal files.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
     rng = np.random.default_rng(seed)
     target = Path(directory)
     with atomic_directory(target) as tmp:

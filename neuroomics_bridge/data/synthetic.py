@@ -105,10 +105,27 @@ def synthetic_cohort(
 ) -> Cohort:
     """Draw a cohort from the generative model in this module's docstring.
 
-    Returns a :class:`Cohort` with raw sources only (``genes`` AnnData with counts in ``X`` and
-    ``obs['subject_id']``; one in-memory NIfTI per subject in ``brains``), ``reports``,
-    ``labels`` (diagnoses), ``covariates`` (age, sex, site) and ``phenotypes`` (severity).
     Encode it with :meth:`Cohort.encode`, or write it out with :meth:`Cohort.to_files`.
+
+    Parameters
+    ----------
+    n_subjects
+        Subjects drawn (ids ``sub-0000`` ...).
+    seed
+        Seeds the one generator every draw comes from.
+    cells_per_subject
+        Cells per subject in ``genes``.
+    brain_resolution_mm
+        Voxel size of the MNI152 grid of the images.
+    missing_rate
+        Fraction of subjects without genes and, independently, fraction without an image (never both).
+
+    Returns
+    -------
+    Cohort
+        Raw sources only (``genes`` AnnData with counts in ``X`` and ``obs['subject_id']``; one
+        in-memory NIfTI per subject in ``brains``), ``reports``, ``labels`` (diagnoses),
+        ``covariates`` (age, sex, site) and ``phenotypes`` (severity).
     """
     rng = np.random.default_rng(seed)
     subject_ids = [f"sub-{i:04d}" for i in range(n_subjects)]
@@ -216,8 +233,14 @@ def _brains(rng, labels, severity, age, site, resolution, has_brain):
 
 
 def severity_grade(severity: float) -> str | None:
-    """The word a report uses for a severity: ``None`` without disease (0, as for controls; also
-    negative or NaN), ``"mild"`` below 0.45, ``"moderate"`` below 0.75, else ``"marked"``."""
+    """The word a report uses for a severity.
+
+    Returns
+    -------
+    str or None
+        ``None`` without disease (0, as for controls; also negative or NaN), ``"mild"`` below
+        0.45, ``"moderate"`` below 0.75, else ``"marked"``.
+    """
     if not severity > 0:
         return None
     return "mild" if severity < 0.45 else "moderate" if severity < 0.75 else "marked"

@@ -34,7 +34,24 @@ _SPHERES = re.compile(r"^(power2011|dosenbach2010|seitzman2018)(?:-(\d)mm)?$")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Atlas:
-    """A 3D labels image (0 = background, 1..R = regions) with one name per region."""
+    """A 3D labels image (0 = background, 1..R = regions) with one name per region.
+
+    Parameters
+    ----------
+    labels
+        The 3D integer labels image.
+    affine
+        Its voxel-to-world affine.
+    names
+        One name per region, in ascending label order.
+    name
+        The atlas's own name (a built-in spec or the image's file name).
+
+    Raises
+    ------
+    DataError
+        When ``labels`` is not 3D or ``names`` does not match the number of regions.
+    """
 
     labels: np.ndarray
     affine: np.ndarray
@@ -54,14 +71,17 @@ class Atlas:
 
     @property
     def n_regions(self) -> int:
+        """The number of distinct non-zero labels."""
         return len(self.region_values)
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The grid of the labels image."""
         return tuple(self.labels.shape)  # type: ignore[return-value]
 
     @property
     def image(self) -> Any:
+        """The labels as a ``nibabel.Nifti1Image`` (int32), e.g. to resample other images onto."""
         import nibabel as nib
 
         return nib.Nifti1Image(self.labels.astype(np.int32), self.affine)
@@ -82,7 +102,23 @@ class Atlas:
 
     @classmethod
     def from_image(cls, image: Any, names: list[str] | None = None, *, name: str | None = None) -> Atlas:
-        """A user labels image (path or nibabel image); ``names`` default to ``region_<value>``."""
+        """An atlas from a user labels image.
+
+        Parameters
+        ----------
+        image
+            A NIfTI path or a nibabel image of non-negative integer labels (3D, or 4D with one volume).
+        names
+            One per region, in ascending label order (default: ``region_<value>``).
+        name
+            The atlas's name (default: the file name).
+
+        Raises
+        ------
+        DataError
+            When the labels are not non-negative integers, or as :func:`load_image` and the
+            constructor raise.
+        """
         img = load_image(image)
         data = np.asanyarray(img.dataobj)
         if data.ndim == 4 and data.shape[3] == 1:
@@ -98,12 +134,24 @@ class Atlas:
 
     @classmethod
     def builtin(cls, spec: str) -> Atlas:
-        """One of :data:`BUILTIN_ATLASES`, e.g. ``"mni-gm-64"`` or ``"power2011"``."""
+        """One of :data:`BUILTIN_ATLASES`, e.g. ``"mni-gm-64"`` or ``"power2011"``, built offline and cached.
+
+        Raises
+        ------
+        ConfigError
+            For an unknown spec, or an odd or too small region count for ``mni-gm-<n>``.
+        """
         return _builtin(spec)
 
     @classmethod
     def resolve(cls, atlas: Atlas | str | os.PathLike[str] | Any) -> Atlas:
-        """An :class:`Atlas`, a built-in spec, a labels-image path or a nibabel image."""
+        """Turn an :class:`Atlas`, a built-in spec, a labels-image path or a nibabel image into an atlas.
+
+        Raises
+        ------
+        ConfigError
+            For a string or path that is neither an existing file nor a built-in spec.
+        """
         if isinstance(atlas, Atlas):
             return atlas
         if isinstance(atlas, str) and (_KD.match(atlas) or _SPHERES.match(atlas)):
@@ -129,7 +177,17 @@ def _describe(image: Any) -> str:
 
 
 def load_image(image: Any) -> Any:
-    """A nibabel image from a path or an image; unreadable files raise errors naming them."""
+    """A nibabel image from a path or an image; unreadable files raise errors naming them.
+
+    Raises
+    ------
+    DataError
+        When ``image`` is neither a path nor an object with ``dataobj`` and ``affine``.
+    MissingFileError
+        When the path does not exist.
+    CorruptFileError
+        When nibabel cannot read the file.
+    """
     import nibabel as nib
 
     from neuroomics_bridge.errors import CorruptFileError, MissingFileError

@@ -34,7 +34,13 @@ class PersistentEstimator(BaseEstimator):
     _fitted_values: ClassVar[tuple[str, ...]] = ()
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted estimator to ``path`` (safetensors), atomically."""
+        """Write the fitted estimator to ``path`` (safetensors), atomically.
+
+        Raises
+        ------
+        DataError
+            When the estimator is not fitted yet.
+        """
         self._check_fitted()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays}
         metadata = {
@@ -47,7 +53,13 @@ class PersistentEstimator(BaseEstimator):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Self:
-        """Read an estimator written by :meth:`save`; refuses files of another class."""
+        """Read an estimator written by :meth:`save`; refuses files of another class.
+
+        Raises
+        ------
+        CorruptFileError
+            When the file is not a saved estimator of this class or lacks its fitted arrays.
+        """
         arrays, metadata = read_arrays(path)
         if metadata.get("format") != FORMAT or metadata.get("class") != cls.__name__:
             raise CorruptFileError(
@@ -79,14 +91,26 @@ class PersistentEstimator(BaseEstimator):
 
 
 def cohort_genes(cohort: Any, modality: str) -> Any:
-    """A cohort's expression AnnData (``cohort.genes``), or a :class:`DataError` naming the modality."""
+    """A cohort's expression AnnData (``cohort.genes``).
+
+    Raises
+    ------
+    DataError
+        When the cohort has no expression data; the message names ``modality``.
+    """
     if cohort.genes is None:
         raise DataError(f"modality {modality!r}: this cohort has no expression data (genes.h5ad)")
     return cohort.genes
 
 
 def cohort_images(cohort: Any, modality: str) -> list[tuple[str, Any]]:
-    """``(subject id, image)`` for each subject of a cohort that has a brain image."""
+    """``(subject id, image)`` for each subject of a cohort that has a brain image.
+
+    Raises
+    ------
+    DataError
+        When the cohort has no brain images at all; the message names ``modality``.
+    """
     if cohort.brains is None:
         raise DataError(f"modality {modality!r}: this cohort has no brain images (brain/<subject>.nii.gz)")
     return [(s, image) for s, image in zip(cohort.subject_ids, cohort.brains, strict=True) if image is not None]

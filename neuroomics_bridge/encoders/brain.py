@@ -76,7 +76,15 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
         return cohort.scatter([s for s, _ in pairs], self.transform([image for _, image in pairs]))
 
     def fit(self, images: Sequence[ImageLike], y: Any = None) -> Self:
-        """Learn feature scaling (and PCA) from the training images."""
+        """Learn feature scaling (and PCA) from the training images.
+
+        Parameters
+        ----------
+        images
+            One NIfTI path or nibabel image per training subject.
+        y
+            Unused (scikit-learn protocol).
+        """
         from sklearn.decomposition import PCA
 
         atlas = self._resolved_atlas()
@@ -98,16 +106,41 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
         return self
 
     def transform(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """``(n_images, n_components or n_features)`` float32, with the fitted scaling and PCA."""
+        """Parcellate ``images`` and apply the fitted scaling and PCA.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_images, n_components or n_features)`` float32.
+        """
         self._check_fitted()
         scaled = (self.extract(images) - self.feature_mean_) / self.feature_std_
         return ((scaled - self.pca_mean_) @ self.components_.T).astype(np.float32)
 
     def fit_transform(self, images: Sequence[ImageLike], y: Any = None, **kwargs: Any) -> np.ndarray:
+        """Fit on ``images`` and return their vectors (:meth:`fit`, then :meth:`transform`)."""
         return self.fit(images).transform(images)
 
     def extract(self, images: Sequence[ImageLike], *, show_progress: bool | None = None) -> np.ndarray:
-        """Unscaled atlas features, ``(n_images, n_features)`` float64 (no fitting needed)."""
+        """Unscaled atlas features of each image (no fitting needed).
+
+        Images off the atlas grid are resampled to it with a warning.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_images, n_features)`` float64: regional means, then the connectivity upper
+            triangle, as ``features`` asks.
+
+        Raises
+        ------
+        DataError
+            On invalid ``features``, a single image instead of a sequence, no images, an image of
+            the wrong dimensionality for ``features``, no overlap with the atlas, an atlas region
+            without finite voxels, or fewer than 3 volumes for connectivity.
+        CorruptFileError
+            When image data cannot be read.
+        """
         self._check_features()
         if isinstance(images, (str, os.PathLike)) or hasattr(images, "dataobj"):
             raise DataError("expected a sequence of images (one per subject), got a single image")

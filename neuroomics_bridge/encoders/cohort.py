@@ -41,6 +41,11 @@ class CohortEncoder:
         ``fit_cohort`` and ``transform_cohort``). They are fitted in place.
     residualize
         Covariate columns regressed out of every modality, fitted on the same subjects.
+
+    Raises
+    ------
+    DataError
+        When an encoder lacks ``fit_cohort`` or ``transform_cohort``.
     """
 
     def __init__(self, encoders: Mapping[str, Any], *, residualize: Sequence[str] = ()) -> None:
@@ -80,7 +85,14 @@ class CohortEncoder:
         return self
 
     def transform(self, cohort: Any) -> Any:
-        """A copy of ``cohort`` with one ``(n_subjects, d)`` matrix per modality (NaN rows: absent)."""
+        """Encode ``cohort`` with the fitted encoders and residualisers.
+
+        Returns
+        -------
+        Cohort
+            A copy of ``cohort`` with one ``(n_subjects, d)`` matrix per modality in ``features``
+            (NaN rows: modality absent).
+        """
         features = dict(cohort.features)
         for modality, encoder in self.encoders.items():
             matrix = encoder.transform_cohort(cohort, modality=modality)
@@ -97,7 +109,20 @@ class CohortEncoder:
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write each fitted encoder and residualiser (safetensors) plus a manifest, atomically."""
+        """Write each fitted encoder and residualiser (safetensors) plus a manifest, atomically.
+
+        A :class:`PrecomputedEncoder` is saved as its parameters, with its source as an absolute path.
+
+        Returns
+        -------
+        Path
+            ``directory``.
+
+        Raises
+        ------
+        DataError
+            For a :class:`PrecomputedEncoder` over in-memory data.
+        """
         from neuroomics_bridge.encoders import PrecomputedEncoder
 
         target = Path(directory)
@@ -121,7 +146,15 @@ class CohortEncoder:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
-        """Read a folder written by :meth:`save`."""
+        """Read a folder written by :meth:`save`.
+
+        Raises
+        ------
+        MissingFileError
+            When the folder, its manifest or a saved estimator file is missing.
+        CorruptFileError
+            When the manifest or a saved estimator is damaged or of another format.
+        """
         from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder, PrecomputedEncoder, Residualizer
 
         folder = Path(directory)
@@ -157,6 +190,17 @@ def default_cohort_encoder(
     A :class:`GeneEncoder` where the cohort has expression data, a :class:`BrainEncoder` on the
     built-in atlas where it has images, and residualisation of the ``residualize`` covariates
     the cohort has (the field's standard before alignment). Unfitted.
+
+    Parameters
+    ----------
+    cohort
+        Read only for which modalities and covariate columns it has.
+    gene_components, gene_top_genes
+        The :class:`GeneEncoder`'s ``n_components`` and ``n_top_genes``.
+    brain_atlas, brain_components
+        The :class:`BrainEncoder`'s ``atlas`` and ``n_components``.
+    residualize
+        Covariates to regress out; those absent from the cohort are skipped.
     """
     from neuroomics_bridge.encoders.brain import BrainEncoder
     from neuroomics_bridge.encoders.gene import GeneEncoder

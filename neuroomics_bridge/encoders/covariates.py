@@ -42,7 +42,21 @@ class Residualizer(PersistentEstimator, TransformerMixin):
         self.categorical = categorical
 
     def fit(self, X: np.ndarray, covariates: pd.DataFrame) -> Self:
-        """Fit ``X`` ``(n_subjects, d)`` on the covariate table (one row per subject)."""
+        """Fit each feature of ``X`` on the covariates by ordinary least squares.
+
+        Parameters
+        ----------
+        X
+            ``(n_subjects, d)`` features of the training fold.
+        covariates
+            One row per subject of ``X``; the columns used must have no missing values.
+
+        Raises
+        ------
+        DataError
+            When ``covariates`` is not a DataFrame, lacks a column, has another number of rows
+            or missing values.
+        """
         table = self._checked(X, covariates, list(self.covariates or covariates.columns))
         categorical = set(self.categorical)
         self.numeric_ = [c for c in table.columns if c not in categorical and pd.api.types.is_numeric_dtype(table[c])]
@@ -56,13 +70,25 @@ class Residualizer(PersistentEstimator, TransformerMixin):
         return self
 
     def transform(self, X: np.ndarray, covariates: pd.DataFrame) -> np.ndarray:
-        """``X`` minus its fitted covariate part, same shape and dtype float32."""
+        """``X`` minus its fitted covariate part (the intercept is kept).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_subjects, d)`` float32.
+
+        Raises
+        ------
+        DataError
+            As in :meth:`fit`, or for a categorical level not seen in ``fit``.
+        """
         self._check_fitted()
         table = self._checked(X, covariates, self.numeric_ + list(self.levels_))
         design = self._design(table)
         return (np.asarray(X, np.float64) - design[:, 1:] @ self.coef_[1:]).astype(np.float32)
 
     def fit_transform(self, X: np.ndarray, covariates: pd.DataFrame, **kwargs: Any) -> np.ndarray:
+        """Fit on ``X`` and return its residuals (:meth:`fit`, then :meth:`transform`)."""
         return self.fit(X, covariates).transform(X, covariates)
 
     def _checked(self, X: np.ndarray, covariates: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -106,7 +132,22 @@ class Residualizer(PersistentEstimator, TransformerMixin):
 def residualize(
     X: np.ndarray, covariates: pd.DataFrame, *, fit_on: Sequence[int] | np.ndarray | None = None
 ) -> np.ndarray:
-    """Residualise every row of ``X``, fitting on the rows ``fit_on`` (indices or a boolean mask)."""
+    """Residualise every row of ``X`` with a :class:`Residualizer` fitted on some rows only.
+
+    Parameters
+    ----------
+    X
+        ``(n_subjects, d)`` features.
+    covariates
+        One row per subject of ``X``; every column is regressed out.
+    fit_on
+        The training rows, as indices or a boolean mask (default: all rows).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_subjects, d)`` float32 residuals.
+    """
     rows = np.arange(len(X)) if fit_on is None else np.asarray(fit_on)
     if rows.dtype == bool:
         rows = np.flatnonzero(rows)

@@ -32,7 +32,13 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
 
 
 def gene_id_type(names: Sequence[str]) -> Literal["ensembl", "symbol"]:
-    """Whether gene names are mostly Ensembl gene IDs (``ENSG00000142192``) or symbols (``APP``)."""
+    """Whether gene names are mostly Ensembl gene IDs (``ENSG00000142192``) or symbols (``APP``).
+
+    Returns
+    -------
+    str
+        ``"ensembl"`` when more than half the names match the Ensembl pattern, else ``"symbol"``.
+    """
     hits = sum(bool(_ENSEMBL.match(str(name))) for name in names)
     return "ensembl" if hits > len(names) / 2 else "symbol"
 
@@ -54,10 +60,16 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
     input
         ``"counts"`` (raw integer counts: normalised and log-transformed here), ``"log"``
         (already log-normalised: used as is) or ``"auto"`` (integers mean counts).
+    target_sum
+        Total each row's counts are normalised to (``scanpy.pp.normalize_total``).
+    max_value
+        Scaled values are clipped to ``[-max_value, max_value]`` (``scanpy.pp.scale``).
     max_missing_fraction
         Above this fraction of encoder genes absent from new data, ``transform`` refuses.
     key_added
         ``obsm`` / ``uns`` key written by ``transform(..., inplace=True)``.
+    random_state
+        Seed of the PCA.
     """
 
     _fitted_arrays = ("mean_", "std_", "components_", "pca_mean_")
@@ -103,7 +115,24 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         return cohort.scatter(self.row_ids(genes), self.transform(genes))
 
     def fit(self, adata: Any, y: Any = None) -> Self:
-        """Learn genes, scaling and loadings from ``adata`` (the training fold only)."""
+        """Learn genes, scaling and loadings from ``adata`` (the training fold only).
+
+        A warning is given when ``n_components`` exceeds what the data supports.
+
+        Parameters
+        ----------
+        adata
+            Cells (or subjects) x genes; pooled to subjects first when ``groupby`` is set.
+        y
+            Unused (scikit-learn protocol).
+
+        Raises
+        ------
+        DataError
+            On an unknown ``input``, empty data, duplicated gene names, a missing layer or
+            ``groupby`` column, non-finite or negative values, non-integer values with
+            ``input="counts"``, or fewer than 2 rows or genes.
+        """
         import anndata as ad
         import scanpy as sc
 
@@ -141,15 +170,35 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         return self
 
     def fit_transform(self, adata: Any, y: Any = None, **kwargs: Any) -> np.ndarray:
+        """Fit on ``adata`` and embed it (:meth:`fit`, then :meth:`transform` with ``kwargs``)."""
         return self.fit(adata).transform(adata, **kwargs)
 
     # ------------------------------------------------------------------------------ transforming
     def transform(self, adata: Any, *, inplace: bool = False) -> np.ndarray:
-        """Embed ``adata`` with the fitted pipeline: ``(n_rows, n_components)`` float32.
+        """Embed ``adata`` with the fitted pipeline, aligning genes by ``var_names``.
 
-        Rows are cells, or subjects in :meth:`row_ids` order when ``groupby`` is set. With
-        ``inplace=True`` the vectors also go to ``adata.obsm[key_added]`` (each cell receives its
-        subject's vector) and the encoder's parameters to ``adata.uns[key_added]``.
+        Encoder genes absent from ``adata`` are zero-filled with a warning, up to
+        ``max_missing_fraction``.
+
+        Parameters
+        ----------
+        adata
+            Expression data of the same kind (counts or log) and gene identifiers as in ``fit``.
+        inplace
+            Also write the vectors to ``adata.obsm[key_added]`` (each cell receives its subject's
+            vector) and the encoder's parameters to ``adata.uns[key_added]``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_rows, n_components)`` float32; rows are cells, or subjects in :meth:`row_ids`
+            order when ``groupby`` is set.
+
+        Raises
+        ------
+        DataError
+            On invalid data (as in :meth:`fit`), another input kind or gene identifier type than
+            fitted, or too many encoder genes missing.
         """
         self._check_fitted()
         matrix, kind = self._checked_matrix(adata)

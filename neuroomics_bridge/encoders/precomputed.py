@@ -60,15 +60,36 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
 
     # ------------------------------------------------------------------------------ cohort protocol
     def fit_cohort(self, cohort: Any, subject_ids: Collection[str], *, modality: str = "") -> Self:
-        """Read the table; subjects of the cohort it lacks become NaN rows (``missing="nan"``)."""
+        """Read the table; subjects of the cohort it lacks become NaN rows (``missing="nan"``).
+
+        ``cohort``, ``subject_ids`` and ``modality`` are accepted for the cohort protocol and unused.
+        """
         return self.set_params(missing="nan").fit()
 
     def transform_cohort(self, cohort: Any, *, modality: str = "") -> np.ndarray:
-        """``(n_subjects, d)`` rows for ``cohort.subject_ids``, in cohort order."""
+        """The embedding rows of ``cohort.subject_ids``, in cohort order.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_subjects, d)`` float32; NaN rows for subjects the table lacks when
+            ``missing="nan"`` (as :meth:`fit_cohort` sets).
+        """
         return self.transform(cohort.subject_ids)
 
     def fit(self, subject_ids: Sequence[str] | None = None, y: Any = None) -> Self:
-        """Load and validate the embedding table (nothing is learned)."""
+        """Load and validate the embedding table (nothing is learned; the arguments are unused).
+
+        Raises
+        ------
+        MissingFileError
+            When the source path does not exist.
+        CorruptFileError
+            When the file cannot be read.
+        DataError
+            On an unsupported source, a missing id column or ``obsm`` key, non-numeric features,
+            duplicated ids, a shape that does not match the ids, or NaN/infinite values.
+        """
         ids, values = self._load()
         if len(set(ids)) != len(ids):
             duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
@@ -89,7 +110,18 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         return self
 
     def transform(self, subject_ids: Sequence[str]) -> np.ndarray:
-        """``(len(subject_ids), d)`` float32 rows in the order asked for."""
+        """The embedding rows of ``subject_ids``, in the order asked for (fits first if needed).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(len(subject_ids), d)`` float32; unknown ids give NaN rows under ``missing="nan"``.
+
+        Raises
+        ------
+        DataError
+            For unknown ids under ``missing="error"``.
+        """
         if not hasattr(self, "embeddings_"):
             self.fit()
         row = {subject: i for i, subject in enumerate(self.ids_)}

@@ -23,6 +23,13 @@ _EXPORTS = {
     "get_task": "neuroomics_bridge.evaluation.tasks",
     "evaluate_bridge": "neuroomics_bridge.evaluation.bridge_metrics",
     "report_perplexity": "neuroomics_bridge.evaluation.bridge_metrics",
+    "evaluate_reports": "neuroomics_bridge.evaluation.bridge_metrics",
+    "ReportEvaluation": "neuroomics_bridge.evaluation.bridge_metrics",
+    "fact_accuracy": "neuroomics_bridge.evaluation.factuality",
+    "copy_rate": "neuroomics_bridge.evaluation.factuality",
+    "retrieval_copy": "neuroomics_bridge.evaluation.factuality",
+    "synthetic_facts": "neuroomics_bridge.evaluation.factuality",
+    "cohort_facts": "neuroomics_bridge.evaluation.factuality",
     **{
         name: _METRICS
         for name in (

@@ -1,22 +1,33 @@
-"""Evaluating a trained bridge on a labelled cohort: zero-shot, retrieval, report likelihood."""
+"""Evaluating a trained bridge on a labelled cohort: zero-shot, retrieval, report likelihood, and
+generated reports fact by fact beside their baselines and ablations."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.evaluation.metrics import classification_metrics, recall_at_k
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt
+from neuroomics_bridge.evaluation.factuality import (
+    cohort_facts,
+    copy_rate,
+    fact_accuracy,
+    retrieval_copy,
+    synthetic_facts,
+)
+from neuroomics_bridge.evaluation.metrics import classification_metrics, recall_at_k, rouge_l
+from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt, PromptLayout, get_layout, report_prompt
 
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge.model import Bridge
     from neuroomics_bridge.data.cohort import Cohort
+    from neuroomics_bridge.reports.report import Report
+    from neuroomics_bridge.retrieval import ReferenceSet
 
-__all__ = ["evaluate_bridge", "report_perplexity"]
+__all__ = ["ReportEvaluation", "derangement", "evaluate_bridge", "evaluate_reports", "report_perplexity"]
 
 
 def evaluate_bridge(
@@ -73,23 +84,39 @@ def evaluate_bridge(
 
 
 def report_perplexity(
-    bridge: Bridge, cohort: Cohort, *, shuffle: bool = False, seed: int = 0, batch_size: int = 8
+    bridge: Bridge,
+    cohort: Cohort,
+    *,
+    shuffle: bool = False,
+    layout: str | PromptLayout = "prefix_only",
+    seed: int = 0,
+    batch_size: int = 8,
 ) -> float:
-    """Token perplexity of the cohort's reports given each subject's soft prefix.
+    """Token perplexity of the cohort's reports given each subject's soft prefix and prompt.
 
-    ``shuffle=True`` gives every report another subject's prefix (a fixed derangement): if the
-    prefix carries the subject's biology, perplexity must rise.
+    Parameters
+    ----------
+    bridge, cohort
+        A trained bridge and an encoded cohort with reports (covariates, if any, are stated as
+        the layout says).
+    shuffle
+        Give every report another subject's vectors (a fixed cyclic derangement drawn from
+        ``seed``; its own covariates stay): if the prefix carries the subject, perplexity rises.
+    layout
+        The prompt layout (default ``"prefix_only"``: nothing but the prefix tells subjects apart).
     """
     import torch
 
     if cohort.reports is None:
         raise DataError("report_perplexity: the cohort has no reports")
-    order = np.arange(cohort.n_subjects)
-    if shuffle:  # a cyclic derangement: nobody keeps their own prefix
-        cycle = np.random.default_rng(seed).permutation(cohort.n_subjects)
-        order[cycle] = np.roll(cycle, -1)
-    features = {m: torch.from_numpy(np.nan_to_num(x[order])) for m, x in cohort.features.items()}
-    present = {m: torch.from_numpy(cohort.present(m)[order]) for m in cohort.features}
+    order = derangement(cohort.n_subjects, seed) if shuffle else np.arange(cohort.n_subjects)
+    chosen = get_layout(layout)
+    inputs = {m: x[order] for m, x in cohort.features.items()}
+    classes = sorted(set(cohort.labels or []))
+    evidence = bridge.evidence(inputs, covariates=cohort.covariates, classes=classes)
+    prompts = [report_prompt(bridge.config.report_prompt, ev, chosen) for ev in evidence]
+    features = {m: torch.from_numpy(np.nan_to_num(x)) for m, x in inputs.items()}
+    present = {m: torch.from_numpy(~np.isnan(x).all(axis=1) & chosen.prefix) for m, x in inputs.items()}
     total_nll, total_tokens = 0.0, 0
     bridge.adapters.eval()
     with torch.inference_mode():
@@ -99,7 +126,132 @@ def report_perplexity(
                 {m: x[rows] for m, x in features.items()},
                 {m: p[rows] for m, p in present.items()},
                 cohort.reports[rows],
+                prompts[rows],
             )
             total_nll += float(nll.sum())
             total_tokens += int(tokens.sum())
     return float(np.exp(total_nll / total_tokens))
+
+
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A permutation of ``range(n)`` that moves every index (a random cycle), for shuffled controls."""
+    order = np.arange(n)
+    if n > 1:
+        cycle = np.random.default_rng(seed).permutation(n)
+        order[cycle] = np.roll(cycle, -1)
+    return order
+
+
+@dataclasses.dataclass
+class ReportEvaluation:
+    """Reports of every variant of one evaluation and the metrics computed from them.
+
+    Attributes
+    ----------
+    metrics
+        ``report/<variant>/<figure>`` (see :func:`evaluate_reports`).
+    reports
+        Variant -> one :class:`Report` per test subject, in cohort order.
+    """
+
+    metrics: dict[str, float]
+    reports: dict[str, list[Report]]
+
+
+def evaluate_reports(
+    bridge: Bridge,
+    cohort: Cohort,
+    *,
+    reference: ReferenceSet | None = None,
+    layouts: Sequence[str] = ("full", "prefix_only", "evidence_only"),
+    shuffled: bool = True,
+    facts: Sequence[Mapping[str, object]] | None = None,
+    fact_columns: Sequence[str] = (),
+    class_prompt: str = CLASS_PROMPT,
+    seed: int = 0,
+    max_new_tokens: int = 80,
+    batch_size: int = 16,
+    show_progress: bool | None = None,
+) -> ReportEvaluation:
+    """Generated reports scored fact by fact, beside their baselines and ablations, in one run.
+
+    For each prompt layout (``"full"``: prefix + evidence; ``"prefix_only"``; ``"evidence_only"``;
+    see :data:`~neuroomics_bridge.reports.prompts.LAYOUTS`) the test subjects' reports are
+    generated from their own vectors and, with ``shuffled``, from another subject's (a cyclic
+    derangement; the subject's own covariates stay); the retrieval-copy baseline returns the top
+    retrieved reference subject's report. Every variant gets, per fact category, the share of
+    subjects whose report states the fact correctly (:func:`~.factuality.fact_accuracy`; unstated
+    is wrong), ROUGE-L against the subject's own report, and the share of its sentences copied
+    verbatim from the reports of the subject's three nearest reference subjects
+    (:func:`~.factuality.copy_rate`). Chance per category is the most frequent true value's share.
+
+    Parameters
+    ----------
+    bridge
+        A trained bridge (both stages).
+    cohort
+        Encoded held-out subjects with labels (and reports, for ROUGE-L and the copy baseline).
+    reference
+        The reference set (training fold) neighbours are retrieved from; needed for the
+        retrieval-copy baseline and the copy rate.
+    facts
+        Per-subject facts; default :func:`~.factuality.synthetic_facts` for a cohort with a
+        ``severity`` phenotype (the synthetic generator's), else :func:`~.factuality.cohort_facts`
+        with ``fact_columns`` (a user's categorical covariate or phenotype columns).
+    """
+    if cohort.labels is None:
+        raise DataError("evaluate_reports: the cohort needs labels (the diagnosis facts)")
+    classes = sorted(set(cohort.labels))
+    truth = list(facts) if facts is not None else _default_facts(cohort, fact_columns)
+    options = {
+        "subject_ids": cohort.subject_ids,
+        "covariates": cohort.covariates,
+        "reference": reference,
+        "classes": classes,
+        "class_prompt": class_prompt,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "show_progress": show_progress,
+    }
+    orders = {"": np.arange(cohort.n_subjects)}
+    if shuffled:
+        orders["/shuffled"] = derangement(cohort.n_subjects, seed)
+    reports: dict[str, list[Report]] = {}
+    for layout in layouts:
+        for suffix, order in orders.items():
+            inputs = {m: x[order] for m, x in cohort.features.items()}
+            reports[f"{layout}{suffix}"] = bridge.generate_report(inputs, layout=layout, **options)
+    metrics: dict[str, float] = {}
+    for variant, written in reports.items():
+        texts = [r.text for r in written]
+        metrics |= _scores(variant, texts, truth, classes, cohort.reports)
+        if reference is not None:
+            neighbours = [[n.report for n in r.evidence.neighbours] for r in written]
+            metrics[f"report/{variant}/copied"] = copy_rate(texts, neighbours)
+    if reference is not None and reports:
+        first = reports[layouts[0]]
+        copied = retrieval_copy([[n.report for n in r.evidence.neighbours] for r in first])
+        metrics |= _scores("retrieval_copy", copied, truth, classes, cohort.reports)
+    for category in {key for fact in truth for key in fact}:
+        values = [fact[category] for fact in truth if category in fact and category != "age"]
+        if values:
+            metrics[f"report/chance/{category}"] = max(values.count(v) for v in set(values)) / len(values)
+    return ReportEvaluation(metrics=metrics, reports=reports)
+
+
+def _scores(
+    variant: str,
+    texts: Sequence[str],
+    truth: Sequence[Mapping[str, object]],
+    classes: Sequence[str],
+    references: Sequence[str] | None,
+) -> dict[str, float]:
+    scores = {f"report/{variant}/{k}": v for k, v in fact_accuracy(texts, truth, classes=classes).items()}
+    if references is not None:
+        scores[f"report/{variant}/rouge_l"] = rouge_l(list(texts), list(references))
+    return scores
+
+
+def _default_facts(cohort: Cohort, columns: Sequence[str]) -> list[dict[str, object]]:
+    synthetic = cohort.phenotypes is not None and "severity" in cohort.phenotypes.columns
+    return synthetic_facts(cohort) if synthetic else cohort_facts(cohort, columns=columns)

@@ -49,6 +49,7 @@ from typing import Any
 from neuroomics_bridge.data.synthetic import DIAGNOSES, GENE_PROGRAMMES, severity_grade
 from neuroomics_bridge.data.text import sentences
 from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.reports.sections import CONTROL_WORDS
 
 __all__ = [
     "AGE_TOLERANCE",
@@ -71,7 +72,7 @@ AGE_TOLERANCE = 5  # years: a stated age this close to the truth is right
 _MODALITIES = ("gene", "brain")
 
 _CONTROL, _AD, _PD, _FTD = DIAGNOSES
-_CONTROL_TERMS = ("control", "healthy", "no evidence of neurodegeneration")  # as reports.sections.CONTROL_WORDS
+_CONTROL_TERMS = CONTROL_WORDS
 # The regions of synthetic._IMAGING (atrophy centres: synthetic.ATROPHY_CENTRES_MM), matched at a word start.
 _BRAIN_TERMS = {
     _CONTROL: ("no focal atrophy", "age-appropriate", "unremarkable"),

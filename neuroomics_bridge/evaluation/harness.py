@@ -36,7 +36,17 @@ CAVEAT = (
 
 @dataclasses.dataclass
 class BenchmarkRun:
-    """Per-task results of one backbone (plus adapter) under one setting."""
+    """Per-task results of one backbone (plus adapter) under one setting.
+
+    Attributes
+    ----------
+    metadata
+        What was measured: backbone name, weights hash and dtype, adapter and its hash, mode,
+        shots, seed, limit, prompt format, each task's data file with its hash, library version
+        and date.
+    results
+        One :class:`TaskResult` per task.
+    """
 
     metadata: dict[str, Any]
     results: list[TaskResult]
@@ -46,6 +56,7 @@ class BenchmarkRun:
         return {r.task: (get_task(r.task).primary, r.metrics[get_task(r.task).primary]) for r in self.results}
 
     def to_json(self) -> dict[str, Any]:
+        """The saved JSON form: metadata, and per task its settings, primary metric and metrics (no predictions)."""
         results = {
             r.task: {"family": r.family, "mode": r.mode, "shots": r.shots, "n": r.n,
                      "primary": get_task(r.task).primary, "metrics": r.metrics}
@@ -54,6 +65,7 @@ class BenchmarkRun:
         return {"metadata": self.metadata, "results": results}
 
     def to_markdown(self) -> str:
+        """The run's settings, a table of headline metrics (± standard error), every metric, and the caveat."""
         meta = self.metadata
         lines = [
             f"# Benchmarks: {_label(meta)}",
@@ -78,8 +90,20 @@ class BenchmarkRun:
         return "\n".join([*lines, "", f"_{CAVEAT}_", ""])
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (.json), and beside it the same name as .md, .png (headline metrics) and
-        .predictions.jsonl."""
+        """Write ``path`` (.json), and beside it the same name as .md, .png and .predictions.jsonl.
+
+        The PNG shows the headline metrics (:func:`plot_runs`); each file is written atomically.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        DataError
+            When ``path`` does not end in ``.json``.
+        """
         target = Path(path)
         if target.suffix != ".json":
             raise DataError(
@@ -94,7 +118,15 @@ class BenchmarkRun:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchmarkRun:
-        """A saved run: scores and metadata, and the predictions if their JSONL is beside it."""
+        """A saved run: scores and metadata, and the predictions if their JSONL is beside it.
+
+        Raises
+        ------
+        MissingFileError
+            When the results file does not exist.
+        DataError
+            When it is not a results file written by ``nob eval``.
+        """
         file = Path(path)
         if not file.is_file():
             raise MissingFileError(f"{file}: benchmark results file does not exist")
@@ -129,8 +161,30 @@ def run_benchmarks(
 ) -> BenchmarkRun:
     """Score ``backbone`` on each of ``tasks`` read from ``data_dir``.
 
-    ``limit`` keeps the first items of each task (for quick looks; the comparison then says so).
-    ``adapter`` names the LoRA folder already applied to the backbone, so it is recorded.
+    Every task's files are located before any is scored, so an unknown name or missing file
+    fails early.
+
+    Parameters
+    ----------
+    tasks
+        Names from :data:`TASKS`.
+    data_dir
+        Holds each task's files (see :func:`task_files`).
+    mode, shots, seed, prompt_format, batch_size
+        As in :func:`evaluate_task`; exemplars come from the task's train file, else from the
+        whole evaluation file.
+    limit
+        Keeps the first items of each task (for quick looks; the comparison then says so).
+    adapter
+        The LoRA folder already applied to the backbone, so it is recorded with its hash.
+    show_progress
+        Show a progress bar over tasks; ``None``: only when stderr is a terminal.
+
+    Raises
+    ------
+    DataError, MissingFileError
+        For an unknown task, missing or ambiguous data files, an adapter folder without
+        ``adapter_model.safetensors``, or as the readers and :func:`evaluate_task` raise.
     """
     from neuroomics_bridge import __version__
 
@@ -235,8 +289,10 @@ def _accuracy_test(a: TaskResult, b: TaskResult) -> str:
 
 
 def plot_runs(runs: Sequence[BenchmarkRun], path: str | os.PathLike[str]) -> Path:
-    """Each task's headline metric as grouped bars, one colour per run (PNG), with the binomial
-    standard error where there is one."""
+    """Each task's headline metric as grouped bars, one colour per run, written as a PNG at ``path``.
+
+    Error bars show the binomial standard error where there is one; returns ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

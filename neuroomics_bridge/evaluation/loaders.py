@@ -54,10 +54,19 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 class Example:
     """One benchmark item.
 
-    ``text`` is what the model reads (question, sentence, document); ``context`` a passage shown
-    before it (an abstract, an NLI premise). Choice tasks have ``options`` and the correct one in
-    ``answer``; summaries have the reference in ``answer``; NER and multi-label tasks have the
-    gold set in ``answer_set`` (entities as ``"type: span"``).
+    Attributes
+    ----------
+    id
+        The item's id in its file (or where it sits there).
+    text
+        What the model reads (question, sentence, document).
+    context
+        A passage shown before it (an abstract, an NLI premise).
+    options, answer
+        Choice tasks have ``options`` and the correct one in ``answer``; summaries have the
+        reference in ``answer``.
+    answer_set
+        The gold set of NER and multi-label tasks (entities as ``"type: span"``).
     """
 
     id: str
@@ -69,8 +78,19 @@ class Example:
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(where, record)`` pairs of a JSON, JSON-lines, CSV, TSV or parquet file; ``where`` is
-    ``file:line`` or ``file[key]`` for error messages."""
+    """``(where, record)`` pairs of a JSON, JSON-lines, CSV, TSV or parquet file, streamed.
+
+    ``where`` is ``file:line`` or ``file[key]`` for error messages. A ``.json`` file may hold a
+    list of records, an object of keyed records (the key is the ``id`` unless the record has one),
+    or JSON lines; CSV and TSV values are read as strings.
+
+    Raises
+    ------
+    MissingFileError
+        When the file does not exist.
+    DataError
+        For another suffix, invalid JSON, or a record that is not an object.
+    """
     file = Path(path)
     if not file.is_file():
         raise MissingFileError(f"{file}: benchmark file does not exist")
@@ -214,7 +234,16 @@ def read_medmcqa(path: str | os.PathLike[str]) -> list[Example]:
 
 
 def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list[Example]:
-    """Premise / hypothesis pairs; ``labels`` maps each accepted label name to the task's label."""
+    """Premise / hypothesis pairs: the hypothesis as ``text``, the premise as ``context``.
+
+    Parameters
+    ----------
+    path
+        The benchmark file.
+    labels
+        Each accepted label name (normalised) -> the task's label; the task's labels, in first-seen
+        order, are the options.
+    """
     options = tuple(dict.fromkeys(labels.values()))
     examples = []
     for where, record in read_records(path):
@@ -230,8 +259,23 @@ def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list
 
 
 def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[Example]:
-    """Sentences with their gold entities as ``"type: span"``; untyped BIO tags get
-    ``default_type`` (``None``: the task has several types, so untyped tags are an error)."""
+    """Sentences with their gold entities as ``"type: span"``.
+
+    Parameters
+    ----------
+    path
+        A CoNLL-style BIO file, or ``.json`` / ``.jsonl`` span records.
+    default_type
+        The type untyped BIO tags get (``None``: the task has several types, so untyped tags are
+        an error).
+
+    Raises
+    ------
+    MissingFileError
+        When the file does not exist.
+    DataError
+        For a malformed line or tag, naming the file and line, or no sentences.
+    """
     file = Path(path)
     if file.suffix.lower() in (".json", ".jsonl"):
         return _check_nonempty(_read_entity_spans(file), file)
@@ -299,7 +343,10 @@ def _read_entity_spans(file: Path) -> list[Example]:
 
 
 def read_relations(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list[Example]:
-    """Relation classification of a sentence with masked arguments (DDI-2013 as in BLUE)."""
+    """Relation classification of a sentence with masked arguments (DDI-2013 as in BLUE).
+
+    ``labels`` maps each accepted label name (normalised) to the task's label, as in :func:`read_nli`.
+    """
     options = tuple(dict.fromkeys(labels.values()))
     examples = []
     for where, record in read_records(path):
@@ -312,7 +359,10 @@ def read_relations(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -
 
 
 def read_multilabel(path: str | os.PathLike[str], *, labels: Sequence[str]) -> list[Example]:
-    """Texts with a set of labels from ``labels`` (an empty set is allowed)."""
+    """Texts with a set of labels from ``labels`` (an empty set is allowed).
+
+    Labels are matched after :func:`normalize_answer`; any other label is a :class:`DataError`.
+    """
     known = {normalize_answer(label): label for label in labels}
     examples = []
     for where, record in read_records(path):

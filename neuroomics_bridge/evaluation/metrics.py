@@ -36,8 +36,20 @@ __all__ = [
 def recall_at_k(queries: np.ndarray, keys: np.ndarray, k: int = 5) -> float:
     """Fraction of queries whose own key (same row) is among their ``k`` most similar keys.
 
-    Chance level is ``k / n``. Ties count against the query (its key must rank strictly within
-    the top ``k``).
+    Chance level is ``k / n``. Ties count in the query's favour: only keys strictly more similar
+    than its own push it down the ranking.
+
+    Parameters
+    ----------
+    queries, keys
+        ``(n, d)`` each, paired row by row; compared by cosine similarity.
+    k
+        How many of the most similar keys count.
+
+    Raises
+    ------
+    DataError
+        When the shapes differ or a matrix is not finite and 2D.
     """
     queries, keys = _unit(queries, "queries"), _unit(keys, "keys")
     if queries.shape != keys.shape:
@@ -49,14 +61,38 @@ def recall_at_k(queries: np.ndarray, keys: np.ndarray, k: int = 5) -> float:
 
 
 def zero_shot_accuracy(probabilities: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> float:
-    """Accuracy of ``argmax`` over ``classes`` against the true ``labels``."""
+    """Accuracy of ``argmax`` over ``classes`` against the true ``labels``.
+
+    ``probabilities`` is ``(n_subjects, n_classes)``; see :func:`classification_metrics`.
+    """
     return classification_metrics(probabilities, labels, classes)["accuracy"]
 
 
 def classification_metrics(
     probabilities: np.ndarray, labels: Sequence[str], classes: Sequence[str]
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and one-vs-rest macro AUROC (CellWhisperer's zero-shot protocol)."""
+    """Accuracy, macro-F1 and one-vs-rest macro AUROC (CellWhisperer's zero-shot protocol).
+
+    Parameters
+    ----------
+    probabilities
+        ``(n_subjects, n_classes)`` scores, columns in ``classes`` order.
+    labels
+        The true class of each subject; each must be one of ``classes``.
+    classes
+        The candidate classes.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` and ``macro_f1`` (over every class), and ``auroc`` when at least two classes
+        occur in ``labels`` (scores renormalised over those classes).
+
+    Raises
+    ------
+    DataError
+        For a wrong ``probabilities`` shape or a label outside ``classes``.
+    """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -90,14 +126,26 @@ def _unit(matrix: np.ndarray, name: str) -> np.ndarray:
 
 
 def report_label_accuracy(reports: Sequence[Report], labels: Sequence[str]) -> float:
-    """Fraction of reports whose impression names the true label; unparseable counts as wrong."""
+    """Fraction of reports whose impression names the true label; unparseable counts as wrong.
+
+    Raises
+    ------
+    DataError
+        When ``reports`` and ``labels`` differ in length.
+    """
     if len(reports) != len(labels):
         raise DataError(f"report_label_accuracy: {len(reports)} reports but {len(labels)} labels")
     return float(np.mean([report.label == label for report, label in zip(reports, labels, strict=True)]))
 
 
 def rouge_l(generated: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (longest common subsequence) of generated texts against references."""
+    """Mean ROUGE-L F-measure (longest common subsequence) of generated texts against references.
+
+    Raises
+    ------
+    DataError
+        When the two lists differ in length.
+    """
     from torchmetrics.functional.text.rouge import rouge_score
 
     if len(generated) != len(references):
@@ -120,7 +168,13 @@ def accuracy_stderr(accuracy: float, n: int) -> float:
 
 
 def macro_f1(predicted: Sequence[str | None], truth: Sequence[str], labels: Sequence[str]) -> float:
-    """Macro-F1 over ``labels`` (every label counts, present or not); ``None`` (unparseable) is wrong."""
+    """Macro-F1 over ``labels`` (every label counts, present or not); ``None`` (unparseable) is wrong.
+
+    Raises
+    ------
+    DataError
+        When ``predicted`` and ``truth`` differ in length.
+    """
     from sklearn.metrics import f1_score
 
     if len(predicted) != len(truth):
@@ -145,6 +199,16 @@ def entity_f1(predicted: Sequence[Collection[str]], truth: Sequence[Collection[s
 
     Each item is a set of entities (e.g. ``"disease: parkinson's disease"``); an entity counts
     as found only if type and whole span match. An item's duplicates count once.
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall`` and ``f1`` (0.0 where undefined).
+
+    Raises
+    ------
+    DataError
+        When ``predicted`` and ``truth`` differ in length.
     """
     if len(predicted) != len(truth):
         raise DataError(f"entity_f1: {len(predicted)} predictions but {len(truth)} answers")
@@ -161,7 +225,20 @@ def entity_f1(predicted: Sequence[Collection[str]], truth: Sequence[Collection[s
 def multilabel_f1(
     predicted: Sequence[Collection[str]], truth: Sequence[Collection[str]], labels: Sequence[str]
 ) -> dict[str, float]:
-    """Macro- and micro-F1 of label sets over the fixed ``labels`` (HoC's protocol)."""
+    """Macro- and micro-F1 of label sets over the fixed ``labels`` (HoC's protocol).
+
+    Labels outside ``labels`` are ignored, in predictions and answers alike.
+
+    Returns
+    -------
+    dict
+        ``macro_f1`` and ``micro_f1``.
+
+    Raises
+    ------
+    DataError
+        When ``predicted`` and ``truth`` differ in length.
+    """
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import MultiLabelBinarizer
 

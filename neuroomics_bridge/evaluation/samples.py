@@ -22,6 +22,8 @@ __all__ = ["write_benchmark_samples", "FACTS"]
 
 
 class Fact(NamedTuple):
+    """One row of the textbook table the sample items are written from (``None``: no such fact asked)."""
+
     disorder: str
     presentation: str
     structure: str
@@ -294,7 +296,24 @@ def _jsonl(records: list[dict]) -> str:
 
 
 def write_benchmark_samples(directory: str | os.PathLike[str], *, seed: int = 0) -> Path:
-    """Write one sample file per benchmark task under ``directory`` (atomically)."""
+    """Write one sample file per benchmark task under ``directory`` (atomically).
+
+    Each file is named as :func:`task_files` looks for it (``pubmedqa.json``, ``medqa.jsonl`` ...,
+    ``summarisation.jsonl``), in its benchmark's published layout; an existing ``directory`` is
+    replaced as a whole.
+
+    Parameters
+    ----------
+    directory
+        The folder to create (``nob eval --data``).
+    seed
+        Seeds the option order and the synthetic cohort the summaries come from.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
     rng = np.random.default_rng(seed)
     target = Path(directory)
     with atomic_directory(target) as tmp:

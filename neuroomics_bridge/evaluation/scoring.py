@@ -58,7 +58,23 @@ STOP = ("\n\n", "Question:", "Human:")  # a finished answer, or the model starti
 
 @dataclasses.dataclass
 class TaskResult:
-    """Scores of one task, and every item's prediction for inspection."""
+    """Scores of one task, and every item's prediction for inspection.
+
+    Attributes
+    ----------
+    task, family
+        The task's name and family.
+    mode
+        How it was scored: ``"loglik"`` or ``"generate"``.
+    shots, n
+        Exemplars per prompt and items scored.
+    metrics
+        Metric name -> value (e.g. ``accuracy``, ``accuracy_stderr``, ``macro_f1``, ``f1``,
+        ``rouge_l``, ``unparseable``).
+    predictions
+        One record per item: its ``id`` and ``reference``, the ``generated`` text or per-option
+        ``logprobs``, and (except for summaries) the ``prediction``.
+    """
 
     task: str
     family: str
@@ -70,8 +86,20 @@ class TaskResult:
 
 
 def shot_indices(pool_size: int, k: int, seed: int, item_id: str, *, skip: int | None = None) -> list[int]:
-    """``k`` exemplar positions in a pool of ``pool_size``, never ``skip`` (the item itself when the
-    pool is the evaluation set), drawn by a generator seeded with ``(seed, item id)``."""
+    """``k`` exemplar positions in a pool of ``pool_size``, drawn by a generator seeded with ``(seed, item id)``.
+
+    An item thus gets the same exemplars whatever its batch or position.
+
+    Parameters
+    ----------
+    skip
+        A position never drawn (the item itself when the pool is the evaluation set).
+
+    Raises
+    ------
+    DataError
+        When the pool has fewer than ``k`` exemplars besides ``skip``.
+    """
     available = pool_size - (skip is not None)
     if k > available:
         raise DataError(f"{k}-shot needs {k} exemplars besides the item; the pool has {available}")
@@ -90,7 +118,25 @@ def build_prompts(
     seed: int = 0,
     prompt_format: PromptFormat = "chat",
 ) -> list[str]:
-    """One formatted prompt per example, ending where the answer begins."""
+    """One formatted prompt per example, ending where the answer begins.
+
+    Parameters
+    ----------
+    backbone
+        Its chat template formats the prompts.
+    task, examples
+        The task and the items to ask.
+    shots, pool, seed
+        ``shots`` exemplars per prompt from ``pool`` (default: ``examples``, never the item
+        itself) as earlier user/assistant turns, drawn by :func:`shot_indices`.
+    prompt_format
+        ``"chat"``: the backbone's template; ``"plain"``: :data:`COMPLETION_TEMPLATE`.
+
+    Raises
+    ------
+    DataError
+        For another ``prompt_format``, or too small a pool.
+    """
     if prompt_format not in ("chat", "plain"):
         raise DataError(f"prompt_format: expected 'chat' or 'plain', got {prompt_format!r}")
     template = COMPLETION_TEMPLATE if prompt_format == "plain" else None
@@ -110,8 +156,10 @@ def build_prompts(
 
 
 def answer_continuation(prompt: str, answer: str) -> str:
-    """The answer as scored after ``prompt``: a space first unless the prompt ends in whitespace
-    (lm-eval's target delimiter; chat templates end their assistant header with a newline)."""
+    """The answer as scored after ``prompt``: a space first unless the prompt ends in whitespace.
+
+    The space is lm-eval's target delimiter; chat templates end their assistant header with a newline.
+    """
     return answer if prompt[-1:].isspace() else " " + answer
 
 
@@ -121,8 +169,17 @@ def choose_by_loglikelihood(
     examples: Sequence[Example],
     prompts: Sequence[str],
 ) -> tuple[list[int], list[int], list[list[float]]]:
-    """Per example: the option whose answer is likeliest, the same per character of the answer,
-    and every option's log-probability."""
+    """Pick each example's option by the log-likelihood of its answer after the prompt.
+
+    Returns
+    -------
+    best : list of int
+        Per example, the option whose answer is likeliest (lm-eval's ``acc``).
+    best_norm : list of int
+        The same per character of the answer (``acc_norm``).
+    logprobs : list of list of float
+        Every option's log-probability, per example.
+    """
     contexts, continuations, spans = [], [], []
     for example, prompt in zip(examples, prompts, strict=True):
         start = len(continuations)
@@ -169,8 +226,10 @@ def _answer_lines(text: str) -> list[str]:
 
 
 def parse_entities(task: BenchmarkTask, text: str) -> set[str]:
-    """Entities of a generated answer as normalised ``"type: span"``; a line without a known type
-    takes the task's type when it has only one, else it is dropped."""
+    """Entities of a generated answer as normalised ``"type: span"``, one per line or ``;``-separated.
+
+    A line without a known type takes the task's type when it has only one, else it is dropped.
+    """
     types = {normalize_answer(t) for t in task.labels}
     found = set()
     for line in _answer_lines(text):
@@ -209,8 +268,21 @@ def evaluate_task(
 ) -> TaskResult:
     """Score ``backbone`` on ``examples`` of ``task``.
 
-    ``mode="auto"`` scores choice tasks by log-likelihood and the rest by generation;
-    ``"generate"`` generates for every task; ``"loglik"`` is only for choice tasks.
+    Parameters
+    ----------
+    mode
+        ``"auto"`` scores choice tasks by log-likelihood and the rest by generation;
+        ``"generate"`` generates for every task; ``"loglik"`` is only for choice tasks.
+    shots, pool, seed, prompt_format
+        As in :func:`build_prompts`.
+    batch_size
+        Prompts per ``generate`` call.
+
+    Raises
+    ------
+    DataError
+        For an unknown ``mode``, ``"loglik"`` on a task without options, or as
+        :func:`build_prompts` raises.
     """
     if mode not in ("auto", "loglik", "generate"):
         raise DataError(f"mode: expected 'auto', 'loglik' or 'generate', got {mode!r}")

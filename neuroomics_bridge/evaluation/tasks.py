@@ -54,10 +54,29 @@ NLI2 = {  # BioNLI calls its classes consistent / inconsistent
 class BenchmarkTask:
     """A benchmark: how to read it, what an answer is, how to ask and how to score.
 
-    ``kind``: ``choice`` (one of ``options``; scored by log-likelihood or by parsing a generated
-    answer), ``entities`` (NER, entity-level F1), ``labels`` (multi-label, macro-F1), ``text``
-    (ROUGE-L). ``letters``: options are listed as A., B., ... and answered by letter (MedQA,
-    MedMCQA); otherwise the answer is the label word itself.
+    Attributes
+    ----------
+    name, family
+        The registry id and the Me-LLaMA task family (``qa``, ``nli``, ``ner`` ...).
+    kind
+        ``choice`` (one of ``options``; scored by log-likelihood or by parsing a generated
+        answer), ``entities`` (NER, entity-level F1), ``labels`` (multi-label, macro-F1), ``text``
+        (ROUGE-L).
+    reader
+        Reads the task's file into :class:`Example` items.
+    instruction
+        The first line of every user turn.
+    primary
+        The headline metric.
+    source
+        Where the data comes from and under which licence (named when files are missing).
+    labels
+        The entity types (NER) or the label set (multi-label) listed in the prompt.
+    letters
+        Options are listed as A., B., ... and answered by letter (MedQA, MedMCQA); otherwise the
+        answer is the label word itself.
+    max_new_tokens
+        Longest generated answer.
     """
 
     name: str
@@ -188,14 +207,31 @@ SUFFIXES = (".jsonl", ".json", ".tsv", ".csv", ".parquet", ".txt", ".conll", ".i
 
 
 def get_task(name: str) -> BenchmarkTask:
-    """The registry entry ``name``; an unknown name lists the known ones."""
+    """The registry entry ``name``.
+
+    Raises
+    ------
+    DataError
+        For an unknown name; the message lists the known ones.
+    """
     if name not in TASKS:
         raise DataError(f"unknown benchmark task {name!r}; expected one of {sorted(TASKS)}")
     return TASKS[name]
 
 
 def task_files(data_dir: str | os.PathLike[str], task: BenchmarkTask) -> tuple[Path, Path | None]:
-    """The task's evaluation file under ``data_dir`` and its k-shot pool file, if any."""
+    """The task's evaluation file under ``data_dir`` and its k-shot pool file, if any.
+
+    The evaluation file is ``<task>.<ext>`` or ``<task>/test.<ext>``, the pool ``<task>.train.<ext>``
+    or ``<task>/train.<ext>``.
+
+    Raises
+    ------
+    MissingFileError
+        When there is no evaluation file (the message names the expected paths and the source).
+    DataError
+        When more than one file could be the evaluation or the pool file.
+    """
     root = Path(data_dir)
 
     def find(stems: tuple[Path, ...]) -> Path | None:

@@ -1,12 +1,19 @@
-"""The prompts the backbone continues with a report, after the subject's soft prefix."""
+"""The prompts the backbone continues with a report, after the subject's soft prefix.
+
+One builder serves training and generation: the prefix stage trains on exactly the layouts
+reports are generated with (a model trained on one layout and asked with another writes
+nonsense; see DESIGN.md). A :class:`PromptLayout` says what the prompt states besides the
+instruction; :data:`LAYOUTS` names the ones the library trains and evaluates.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
-from neuroomics_bridge.reports.report import DATA_NAMES, Evidence
+from neuroomics_bridge.reports.report import DATA_NAMES, Evidence, covariate_text
 
-__all__ = ["CLASS_PROMPT", "ClassPrompt", "report_prompt"]
+__all__ = ["CLASS_PROMPT", "LAYOUTS", "ClassPrompt", "PromptLayout", "get_layout", "report_prompt"]
 
 ClassPrompt = str | Mapping[str, str]
 """One text per class: a template formatted with the label, or a mapping label -> text."""
@@ -14,25 +21,91 @@ CLASS_PROMPT = "Impression: {label}."
 """The default class text for zero-shot classification: a report's impression line."""
 
 
-def report_prompt(task: str, evidence: Evidence | None = None) -> str:
+@dataclasses.dataclass(frozen=True)
+class PromptLayout:
+    """What a report's prompt gives the backbone besides the instruction: the ablation switches.
+
+    Parameters
+    ----------
+    prefix
+        The subject's soft prefix tokens; ``False`` gives the projector's learned "absent" tokens
+        instead, so the model sees no subject data at all.
+    covariates
+        The subject's known covariates (``BridgeConfig.report_covariates``) as stated facts.
+    probabilities
+        The zero-shot diagnosis probabilities of the subject's vectors (top three).
+    neighbours
+        How many retrieved similar subjects' reports to quote.
+    hint
+        End with ``Report of this subject (most likely <top class>):``.
+    """
+
+    prefix: bool = True
+    covariates: bool = True
+    probabilities: bool = False
+    neighbours: int = 0
+    hint: bool = False
+
+
+LAYOUTS: dict[str, PromptLayout] = {
+    # The default report: the subject's own vectors as soft tokens, its known covariates, and the
+    # zero-shot probabilities of those vectors (evidence the reader sees too).
+    "full": PromptLayout(probabilities=True),
+    # The grounding test: only soft tokens (and the covariates, which are data, not a shortcut).
+    "prefix_only": PromptLayout(),
+    # The prompt-only baseline: the same evidence, no subject prefix.
+    "evidence_only": PromptLayout(prefix=False, probabilities=True),
+    # The retrieval-augmented design of 0.1 (neighbours' reports and the top class in the prompt),
+    # kept to measure how much of a report it copies.
+    "retrieval": PromptLayout(probabilities=True, neighbours=3, hint=True),
+}
+
+
+def get_layout(layout: str | PromptLayout) -> PromptLayout:
+    """A layout by name from :data:`LAYOUTS` (or itself); :class:`DataError` for an unknown name."""
+    from neuroomics_bridge.errors import DataError
+
+    if isinstance(layout, PromptLayout):
+        return layout
+    if layout not in LAYOUTS:
+        raise DataError(f"prompt layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
+    return LAYOUTS[layout]
+
+
+def report_prompt(task: str, evidence: Evidence | None = None, layout: str | PromptLayout = "full") -> str:
     """The text the backbone continues with a report (after the subject's soft prefix).
 
-    A completion prompt, not a chat turn: the evidence (data present and missing, zero-shot
-    probabilities), then the reports of similar subjects as in-context examples right before
-    ``Report of this subject (most likely <top class>):``, so even a small base model answers
-    in the examples' style and keeps the leading diagnosis in view. The prefix stage trains with
-    the same prompt without evidence (``Report of this subject:``).
+    Parameters
+    ----------
+    task
+        The instruction line (``BridgeConfig.report_prompt``).
+    evidence
+        What is known about the subject; ``None`` gives the bare prompt (instruction, then
+        ``Report of this subject:``).
+    layout
+        Which of the evidence the prompt states (a :class:`PromptLayout` or a name in
+        :data:`LAYOUTS`): data present and missing always, then known covariates, zero-shot
+        probabilities and quoted neighbour reports as the layout says.
+
+    Returns
+    -------
+    str
+        A completion prompt (not a chat turn), ending in ``Report of this subject:``.
     """
+    chosen = get_layout(layout)
     lines = [task]
     final = "Report of this subject:"
     if evidence is not None:
         lines.append("Data available: " + (", ".join(DATA_NAMES.get(m, m) for m in evidence.present) or "none") + ".")
         if evidence.absent:
             lines.append(f"Data missing: {', '.join(DATA_NAMES.get(m, m) for m in evidence.absent)}.")
-        if evidence.probabilities:
+        if chosen.covariates and evidence.covariates:
+            lines.append(f"Known: {covariate_text(evidence.covariates)}.")
+        if chosen.probabilities and evidence.probabilities:
             top = list(evidence.probabilities.items())[:3]
             lines.append("Diagnosis probabilities: " + ", ".join(f"{label} {p:.2f}" for label, p in top) + ".")
-            final = f"Report of this subject (most likely {top[0][0]}):"
-        lines += [f"Report of a similar subject: {n.report}" for n in evidence.neighbours]
+            if chosen.hint:
+                final = f"Report of this subject (most likely {top[0][0]}):"
+        lines += [f"Report of a similar subject: {n.report}" for n in evidence.neighbours[: chosen.neighbours]]
     lines.append(final)
     return "\n".join(lines)

@@ -10,20 +10,35 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 
-__all__ = ["DATA_NAMES", "IMPRESSION", "Evidence", "Neighbour", "Report", "section_name"]
+__all__ = ["DATA_NAMES", "IMPRESSION", "Evidence", "Neighbour", "Report", "covariate_text", "section_name"]
 
 IMPRESSION = "Impression"
 DATA_NAMES = {"gene": "gene expression", "brain": "brain imaging"}
 SECTION_NAMES = {"gene": "Genetic profile", "brain": "Imaging profile"}
+SEX_WORDS = {"f": "female", "female": "female", "woman": "female", "m": "male", "male": "male", "man": "male"}
 
 
 def section_name(modality: str) -> str:
     """The report heading of a modality (``gene`` -> ``Genetic profile``)."""
     return SECTION_NAMES.get(modality, f"{modality.capitalize()} profile")
+
+
+def covariate_text(covariates: Mapping[str, object]) -> str:
+    """Known covariates as one clause, e.g. ``age 72, sex male`` (sex codes spelt out)."""
+    parts = []
+    for name, value in covariates.items():
+        text = str(value)
+        if name == "age":
+            text = f"{float(value):g}"
+        elif name == "sex":
+            text = SEX_WORDS.get(text.strip().lower(), text)
+        parts.append(f"{name} {text}")
+    return ", ".join(parts)
 
 
 @dataclasses.dataclass
@@ -38,12 +53,14 @@ class Neighbour:
 
 @dataclasses.dataclass
 class Evidence:
-    """What the prompt told the backbone about the subject."""
+    """What is known about the subject: data present and missing, zero-shot probabilities of its
+    vectors, retrieved similar subjects and known covariates (a prompt layout states a subset)."""
 
     present: list[str]
     absent: list[str]
     probabilities: dict[str, float]
     neighbours: list[Neighbour]
+    covariates: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -58,6 +75,7 @@ class Report:
     adapters: str
     label: str | None
     text: str = ""
+    layout: str = "full"
     notice: str = RESEARCH_NOTICE
 
     @property
@@ -77,11 +95,13 @@ class Report:
         lines += ["## Evidence", "", f"- data: {', '.join(self.evidence.present) or 'none'}"]
         if self.evidence.absent:
             lines.append(f"- missing: {', '.join(self.evidence.absent)}")
+        if self.evidence.covariates:
+            lines.append(f"- known: {covariate_text(self.evidence.covariates)}")
         probabilities = ", ".join(f"{label} {p:.2f}" for label, p in self.evidence.probabilities.items())
         lines.append(f"- zero-shot probabilities: {probabilities}")
         for n in self.evidence.neighbours:
             lines.append(f"- similar reference subject {n.subject_id} ({n.similarity:.2f}): {n.report}")
-        lines += ["", f"_model: {self.model}; adapters: {self.adapters}_", ""]
+        lines += ["", f"_model: {self.model}; adapters: {self.adapters}; prompt layout: {self.layout}_", ""]
         return "\n".join(lines)
 
     def to_html(self) -> str:
@@ -93,10 +113,13 @@ class Report:
             f"<li>{e(n.subject_id)} ({n.similarity:.2f}): {e(n.report)}</li>" for n in self.evidence.neighbours
         )
         missing = f"<li>missing: {e(', '.join(self.evidence.absent))}</li>" if self.evidence.absent else ""
+        if self.evidence.covariates:
+            missing += f"<li>known: {e(covariate_text(self.evidence.covariates))}</li>"
         return (
             f'<article class="report"><h3>{e(self.subject_id)}</h3>'
             f'<p class="notice">{e(self.notice)}</p>{rows}'
             f"<details><summary>evidence</summary><ul><li>data: {e(', '.join(self.evidence.present))}</li>"
             f"{missing}<li>zero-shot: {probabilities}</li><li>similar subjects:<ul>{neighbours}</ul></li></ul>"
-            f"<p><small>model {e(self.model)}; adapters {e(self.adapters)}</small></p></details></article>"
+            f"<p><small>model {e(self.model)}; adapters {e(self.adapters)}; prompt layout {e(self.layout)}</small></p>"
+            "</details></article>"
         )

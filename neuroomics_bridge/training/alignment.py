@@ -1,34 +1,34 @@
 """Training the bridge's adapters in LLaVA's two stages, on Lightning.
 
-``stage="contrastive"``: the backbone is frozen and each report is encoded once (then read from
-the on-disk text cache), so an epoch costs only the projection heads; every modality is aligned
-with its subject's report, and modality pairs with each other, by open_clip's losses.
-``stage="prefix"``: the backbone stays frozen; the prefix projector learns, through the
-language-modelling loss on the report (prompt and prefix positions masked), to turn a subject's
-vectors into soft tokens the LLM can read.
+:class:`AlignmentModule` holds what both stages share (the frozen backbone's handling, seeded
+resumable steps, adapter-only checkpoints with any LoRA weights, the optimiser, test metrics and
+the model card at the end); what differs lives in the stage's own module:
+``training/contrastive.py`` (CLIP-style alignment of vectors and texts) and
+``training/prefix.py`` (LLaVA-style soft prefix tokens trained by the report's LM loss).
+The data side (subjects, folds, resumable order) is ``training/data.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
-from torch.utils.data import DataLoader, Dataset, Sampler
+from lightning.pytorch import LightningModule, seed_everything
 
 from neuroomics_bridge.adapters.config import LoRAConfig
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
-from neuroomics_bridge.data.text import report_views, text_ids
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt
 from neuroomics_bridge.training.args import Stage, optimizer_args, run_dir, stage_args
+from neuroomics_bridge.training.contrastive import ContrastiveStage
+from neuroomics_bridge.training.data import CohortDataModule
+from neuroomics_bridge.training.prefix import PREFIX_LAYOUTS, PrefixStage
 from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
 __all__ = ["AlignmentModule", "AlignmentResult", "CohortDataModule", "Stage", "fit_alignment"]
@@ -36,105 +36,30 @@ __all__ = ["AlignmentModule", "AlignmentResult", "CohortDataModule", "Stage", "f
 LORA_PREFIX = "backbone_lora."  # checkpoint keys of the backbone's LoRA weights
 
 
-class SubjectDataset(Dataset):
-    """One item per subject: modality vectors (absent rows zero), presence flags and the report."""
-
-    def __init__(self, cohort: Cohort) -> None:
-        if cohort.reports is None:
-            raise DataError("the cohort has no reports: alignment needs one text per subject")
-        self.features = {m: torch.from_numpy(np.nan_to_num(x)) for m, x in cohort.features.items()}
-        self.present = {m: torch.from_numpy(cohort.present(m)) for m in cohort.features}
-        self.reports = list(cohort.reports)
-
-    def __len__(self) -> int:
-        return len(self.reports)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "index": index,
-            "features": {m: x[index] for m, x in self.features.items()},
-            "present": {m: p[index] for m, p in self.present.items()},
-            "text": self.reports[index],
-        }
-
-
-class SubjectSampler(Sampler[int]):
-    """This process's share of a per-epoch order of the subjects.
-
-    The order is a permutation drawn from ``(seed, epoch)`` (or the identity without
-    ``shuffle``); process ``rank`` of ``world_size`` takes every ``world_size``-th subject from
-    position ``rank`` on, so the union of the processes' k-th batches is exactly the k-th batch
-    of a single-process run with ``world_size`` times the batch size. Lightning calls
-    ``set_epoch`` before every epoch, so a resumed run replays the order an uninterrupted run
-    would have used.
-    """
-
-    def __init__(self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-self.size // self.world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(
-                self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            )
-        else:
-            order = torch.arange(self.size)
-        padded = order.tolist() + order.tolist()[: len(self) * self.world_size - self.size]
-        return iter(padded[self.rank :: self.world_size])
-
-
-class CohortDataModule(LightningDataModule):
-    """Train/validation/test folds of an encoded cohort, batched by subject.
-
-    It shards the folds across processes itself (:class:`SubjectSampler`), so the trainer runs
-    with ``use_distributed_sampler=False``.
-    """
-
-    def __init__(
-        self, cohort: Cohort, *, split: CohortSplit | None = None, batch_size: int = 32, seed: int = 0
-    ) -> None:
-        super().__init__()
-        if not cohort.features:
-            raise DataError("the cohort has no encoded modalities: run Cohort.encode first")
-        self.cohort, self.batch_size, self.seed = cohort, batch_size, seed
-        self.split = split or cohort.split(seed=seed)
-        self.modality_dims = {m: int(x.shape[1]) for m, x in cohort.features.items()}
-
-    def _loader(self, fold: Cohort, *, shuffle: bool) -> DataLoader:
-        dataset = SubjectDataset(fold)
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = SubjectSampler(len(dataset), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split.val, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split.test, shuffle=False)
-
-    def texts(self) -> list[str]:
-        """Every text the contrastive stage can meet: training report views, validation reports."""
-        views = [view for report in self.split.train.reports or [] for view in report_views(report)]
-        return views + list(self.split.val.reports or [])
-
-
 class AlignmentModule(LightningModule):
     """The training step and optimiser of one alignment stage; the backbone stays frozen.
 
-    In the contrastive stage each training subject is paired, in each epoch, with one view of its
-    report (the whole report or one of its sentences, drawn from the seed, epoch and subject);
-    identical texts in a batch are not negatives of each other. Validation uses whole reports.
+    Parameters
+    ----------
+    bridge
+        The bridge whose adapters train (its backbone's weights never do, LoRA aside).
+    stage
+        ``"contrastive"`` or ``"prefix"`` (see the module docstring).
+    lr, weight_decay, warmup_fraction
+        AdamW with linear warm-up then cosine decay; ``None``: the stage's default
+        (:data:`~neuroomics_bridge.training.args.ALIGNMENT`).
+    text_views
+        Contrastive stage: pair subjects with sampled report views.
+    prefix_layouts
+        Prefix stage: the mixture of prompt layouts to train on.
+    seed
+        Seeds the per-step randomness, so a resumed run continues exactly.
+    class_prompt
+        Class texts for the zero-shot evaluation and the probabilities in prompts.
+    save_to
+        Where the trained bridge is saved when fitting ends (``None``: not saved).
+    lora
+        Prefix stage: also train these LoRA adapters inside the backbone.
     """
 
     def __init__(
@@ -146,6 +71,7 @@ class AlignmentModule(LightningModule):
         weight_decay: float | None = None,
         warmup_fraction: float | None = None,
         text_views: bool = True,
+        prefix_layouts: Mapping[str, float] | None = None,
         seed: int = 0,
         class_prompt: ClassPrompt = CLASS_PROMPT,
         save_to: str | os.PathLike[str] | None = None,
@@ -155,9 +81,15 @@ class AlignmentModule(LightningModule):
         self.optimizer_args = optimizer_args(
             stage_args(stage).optimizer, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction
         )
+        template = class_prompt if isinstance(class_prompt, str) else CLASS_PROMPT
+        self.stage_impl: ContrastiveStage | PrefixStage = (
+            ContrastiveStage(text_views=text_views)
+            if stage == "contrastive"
+            else PrefixStage(layouts=dict(prefix_layouts or PREFIX_LAYOUTS), class_prompt=template)
+        )
         self.bridge, self.stage = bridge, stage
         self.adapters = bridge.adapters  # the only registered (trainable) module: checkpoints hold adapters only
-        self.text_views, self.seed = text_views, seed
+        self.seed = seed
         self.class_prompt, self.save_to = class_prompt, save_to
         self.metrics: dict[str, float] = {}
         if lora is not None:
@@ -167,19 +99,20 @@ class AlignmentModule(LightningModule):
                 bridge.add_lora(lora)
         self._callers_flags: list[TrainableState] = []
 
+    @property
+    def lr(self) -> float:
+        """The peak learning rate."""
+        return self.optimizer_args.lr
+
     def _set_trainable(self) -> None:
         """This stage's ``requires_grad`` flags; the caller's are put back at :meth:`teardown`."""
         modules = (self.adapters, self.bridge.backbone.model)
         self._callers_flags = [TrainableState.capture(module) for module in modules]
-        training_prefix = self.stage == "prefix"
         for name, parameter in self.adapters.named_parameters():
-            parameter.requires_grad_(name.startswith("projector.") == training_prefix)
+            parameter.requires_grad_(self.stage_impl.trains(name))
+        lora = self.stage == "prefix" and self.bridge.lora is not None
         for name, parameter in self.bridge.backbone.model.named_parameters():  # frozen, but LoRA in the prefix stage
-            parameter.requires_grad_(training_prefix and self.bridge.lora is not None and "lora_" in name)
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer_args.lr
+            parameter.requires_grad_(lora and "lora_" in name)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Adapters, plus the backbone's LoRA weights when it has them (never the backbone itself)."""
@@ -188,6 +121,7 @@ class AlignmentModule(LightningModule):
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Inverse of :meth:`state_dict` (LoRA weights go back into the backbone)."""
         lora = {k.removeprefix(LORA_PREFIX): v for k, v in state_dict.items() if k.startswith(LORA_PREFIX)}
         if lora or self.bridge.lora is not None:
             self.bridge.load_lora_state(lora, source="checkpoint")
@@ -206,10 +140,8 @@ class AlignmentModule(LightningModule):
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.stage == "contrastive" and datamodule is not None:
-            training_texts = self.bridge.text_encoder.encode(list(datamodule.split.train.reports or []))
-            self.adapters.text_center.copy_(training_texts.mean(dim=0))
-            self.bridge.text_encoder.encode(datamodule.texts())  # encode every text view once, up front
+        if isinstance(datamodule, CohortDataModule):
+            self.stage_impl.on_fit_start(self, datamodule)
 
     def on_fit_end(self) -> None:
         """Put the best weights in the bridge, calibrate, evaluate on the test fold, save if asked."""
@@ -221,13 +153,12 @@ class AlignmentModule(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if not isinstance(datamodule, CohortDataModule):
             return
-        split = datamodule.split
-        if self.stage == "contrastive":
-            self.bridge.calibrate(split.train)
+        self.stage_impl.on_fit_end(self, datamodule)
         if not self.trainer.is_global_zero:
             return
-        from neuroomics_bridge.evaluation import evaluate_bridge
+        from neuroomics_bridge.evaluation.bridge_metrics import evaluate_bridge
 
+        split = datamodule.split
         self.metrics = evaluate_bridge(self.bridge, split.test, stage=self.stage, class_prompt=self.class_prompt)
         card = self.bridge.card_info
         card.setdefault("metrics", {}).update(self.metrics)
@@ -252,28 +183,9 @@ class AlignmentModule(LightningModule):
         return self._step(batch, "val")
 
     def _step(self, batch: dict[str, Any], fold: str) -> torch.Tensor:
-        size = len(batch["text"])
-        if self.stage == "contrastive":
-            texts = list(batch["text"])
-            if fold == "train" and self.text_views:  # a subject's view depends on (seed, epoch, subject) only
-                texts = [
-                    str(np.random.default_rng([self.seed, self.current_epoch, int(i)]).choice(report_views(text)))
-                    for i, text in zip(batch["index"], texts, strict=True)
-                ]
-            text = self.bridge.text_encoder.encode(texts).to(self.device)
-            groups = torch.tensor(text_ids(texts), device=self.device)
-            output = self.adapters.contrastive(batch["features"], batch["present"], text, groups)
-            for pair, value in output.parts.items():
-                self.log(f"{fold}/loss_{pair}", value, batch_size=size, sync_dist=fold == "val")
-            loss = output.loss
-        else:
-            loss = self._language_modelling_loss(batch)
-        self.log(f"{fold}/loss", loss, prog_bar=True, batch_size=size, sync_dist=fold == "val")
+        loss = self.stage_impl.loss(self, batch, fold)
+        self.log(f"{fold}/loss", loss, prog_bar=True, batch_size=len(batch["text"]), sync_dist=fold == "val")
         return loss
-
-    def _language_modelling_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        nll, tokens = self.bridge.report_nll(batch["features"], batch["present"], batch["text"])
-        return nll.sum() / tokens.sum()
 
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_cosine_schedule_with_warmup
@@ -310,6 +222,7 @@ def fit_alignment(
     weight_decay: float | None = None,
     warmup_fraction: float | None = None,
     text_views: bool = True,
+    prefix_layouts: Mapping[str, float] | None = None,
     seed: int = 0,
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
@@ -344,6 +257,7 @@ def fit_alignment(
         weight_decay=weight_decay,
         warmup_fraction=warmup_fraction,
         text_views=text_views,
+        prefix_layouts=prefix_layouts,
         seed=seed,
         class_prompt=class_prompt,
         lora=lora,

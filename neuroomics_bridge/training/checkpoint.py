@@ -33,6 +33,14 @@ class SafetensorsCheckpointIO(CheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
     ) -> None:
+        """Write ``checkpoint`` to ``path`` as one safetensors file, atomically.
+
+        Raises
+        ------
+        DataError
+            For a value that is not a tensor, dict, tuple, list, path, NumPy scalar, ``None``,
+            bool, int, float or str, naming where it sits.
+        """
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {}
@@ -43,6 +51,15 @@ class SafetensorsCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        """Read a checkpoint written by :meth:`save_checkpoint`, tensors on ``map_location`` (a device, else CPU).
+
+        Raises
+        ------
+        MissingFileError
+            When there is no such file.
+        CorruptFileError
+            When the file is damaged or not a checkpoint of this format.
+        """
         from safetensors import safe_open
 
         file = Path(path)
@@ -58,6 +75,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
         return _unflatten(json.loads(header["skeleton"]), tensors)
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Delete the checkpoint file, if it exists."""
         Path(path).unlink(missing_ok=True)
 
 

@@ -39,8 +39,16 @@ __all__ = [
 
 
 def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_length: int) -> dict[str, list[int]]:
-    """Token ids and labels of one record: the chat-formatted prompt is masked (-100), the
-    response and EOS are scored. Overlong records keep the prompt's end and the response."""
+    """Token ids and labels of one record, for a loss on the response only.
+
+    The chat-formatted prompt is masked (-100), the response and EOS are scored. Overlong
+    records keep the prompt's end and the response (cut to half of ``max_length`` if need be).
+
+    Returns
+    -------
+    dict
+        ``input_ids`` and ``labels``, equally long, at most ``max_length``.
+    """
     prompt = backbone.tokenize([backbone.chat(user_turn(record))])[0]  # as generate() tokenizes prompts
     response = [*backbone.tokenize([record.output], special_tokens=False)[0], backbone.tokenizer.eos_token_id]
     response = response[: max_length // 2] if len(prompt) + len(response) > max_length else response
@@ -49,7 +57,22 @@ def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_lengt
 
 
 class InstructionDataModule(LightningDataModule):
-    """Tokenised records (training and optional validation), padded on the right per batch."""
+    """Tokenised records (training and optional validation), padded on the right per batch.
+
+    Parameters
+    ----------
+    backbone
+        Formats and tokenises the records (:func:`tokenize_record`).
+    train, val
+        Training records (at least one) and validation records (none: no validation).
+    batch_size, max_length
+        Records per batch and most tokens per record.
+
+    Raises
+    ------
+    DataError
+        When ``train`` is empty.
+    """
 
     def __init__(
         self,
@@ -73,9 +96,11 @@ class InstructionDataModule(LightningDataModule):
         return DataLoader(items, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self._collate)
 
     def train_dataloader(self) -> DataLoader:
+        """The training records, shuffled."""
         return self._loader(self.train_items, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
+        """The validation records in order, or no loader when there are none."""
         return self._loader(self.val_items, shuffle=False) if self.val_items else []
 
     def _collate(self, items: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
@@ -91,7 +116,26 @@ class InstructionDataModule(LightningDataModule):
 
 
 class InstructionTuneModule(LightningModule):
-    """The backbone wrapped by peft with LoRA adapters; only the adapters train."""
+    """The backbone wrapped by peft with LoRA adapters; only the adapters train.
+
+    The base weights' dtype and ``requires_grad`` flags are restored when fitting ends.
+
+    Parameters
+    ----------
+    backbone
+        Its model receives the adapters (in place; cast to float32 unless QLoRA).
+    lora
+        The adapters' settings (default: :class:`LoRAConfig`).
+    lr, weight_decay, warmup_fraction
+        AdamW with a cosine schedule warming up over this share of the steps.
+    output_dir
+        Where :func:`save_lora` writes the adapter at the end, if given.
+
+    Raises
+    ------
+    ConfigError
+        For ``qlora`` without bitsandbytes and a CUDA GPU, or with a backbone not loaded in 4 bits.
+    """
 
     def __init__(
         self,
@@ -128,12 +172,12 @@ class InstructionTuneModule(LightningModule):
         self.output_dir = output_dir
 
     def teardown(self, stage: str) -> None:
+        """After fitting, give the base weights back their captured dtype and ``requires_grad`` flags."""
         if stage == "fit":
             self._callers_state.restore()
 
     def on_fit_end(self) -> None:
-        """peft injected the adapters into ``backbone.model``: say the weights changed; save the
-        adapter alone if asked."""
+        """Say the weights changed (peft injected the adapters into ``backbone.model``); save the adapter if asked."""
         self.model.eval()
         self.backbone.mark_weights_changed()
         if self.output_dir is not None and self.trainer.is_global_zero:
@@ -148,14 +192,17 @@ class InstructionTuneModule(LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy on the response tokens, logged as ``train/loss``."""
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Log the response-token cross-entropy as ``val/loss``."""
         self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=batch["input_ids"].shape[0])
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the trainable (adapter) weights and a per-step cosine schedule with warmup."""
         from transformers import get_cosine_schedule_with_warmup
 
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -171,6 +218,7 @@ class InstructionTuneModule(LightningModule):
         return {f"adapter.{k}": v for k, v in get_peft_model_state_dict(self.model).items()}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load adapter weights saved by :meth:`state_dict` (``strict`` and ``assign`` are ignored)."""
         from peft import set_peft_model_state_dict
 
         adapter = {k.removeprefix("adapter."): v for k, v in state_dict.items()}
@@ -199,8 +247,35 @@ def instruction_tune(
     ckpt_path: str | None = None,
     **trainer_kwargs: Any,
 ) -> InstructionTuneModule:
-    """LoRA-tune ``backbone`` on ``records``; the returned module's ``model`` is the peft model
-    (use it to generate, :func:`merge_lora` to fold it). ``output_dir`` gets the adapter only."""
+    """LoRA-tune ``backbone`` on ``records``.
+
+    Parameters
+    ----------
+    backbone
+        Receives the adapters in place.
+    records, val_records
+        Training and validation records; the best checkpoint is chosen on ``val/loss``, or on
+        ``train/loss`` without validation records.
+    lora
+        The adapters' settings (default: :class:`LoRAConfig`).
+    max_epochs, batch_size, max_length
+        Epochs, records per batch and most tokens per record.
+    optimizer
+        AdamW and its warm-up/cosine schedule; defaults to :data:`training.args.INSTRUCT_OPTIMIZER`.
+    root_dir
+        Checkpoints and logs (see :func:`build_trainer`).
+    output_dir
+        Gets the adapter only.
+    ckpt_path
+        Resume with ``"last"``.
+    **trainer_kwargs
+        Passed to :func:`build_trainer` (precision defaults to :func:`mixed_precision`).
+
+    Returns
+    -------
+    InstructionTuneModule
+        Its ``model`` is the peft model (use it to generate, :func:`merge_lora` to fold it).
+    """
     seed_everything(seed, workers=True)
     data = InstructionDataModule(backbone, records, val_records, batch_size=batch_size, max_length=max_length)
     module = InstructionTuneModule(
@@ -219,7 +294,7 @@ def instruction_tune(
 
 
 def save_lora(module: InstructionTuneModule, directory: str | os.PathLike[str]) -> Path:
-    """Write the adapter (peft format, safetensors, no base weights) and a card, atomically."""
+    """Write the adapter (peft format, safetensors, no base weights) and a card, atomically; returns ``directory``."""
     from neuroomics_bridge.io import atomic_directory
     from neuroomics_bridge.notice import RESEARCH_NOTICE
 
@@ -250,7 +325,15 @@ def merge_lora(peft_model: Any) -> Any:
 def evaluate_tasks(
     backbone: TextBackbone, records: Sequence[InstructionRecord], *, max_new_tokens: int = 32, batch_size: int = 8
 ) -> dict[str, float]:
-    """Per-task scores of greedy answers against ``output`` (see the module docstring)."""
+    """Per-task scores of greedy answers against ``output`` (see the module docstring).
+
+    Returns
+    -------
+    dict
+        ``<task>/accuracy`` (normalised exact match) for classification, NLI and QA,
+        ``<task>/f1`` (set F1 over lines) for NER and relation extraction, ``<task>/rouge_l``
+        otherwise; only tasks present in ``records``.
+    """
     from neuroomics_bridge.evaluation.metrics import normalize_answer, rouge_l, set_f1
 
     scores: dict[str, float] = {}

@@ -36,7 +36,15 @@ __all__ = ["ContinualPretrainModule", "PretrainDataModule", "PretrainResult", "c
 
 
 def is_heldout(text: str, fraction: float) -> bool:
-    """Whether a document belongs to the held-out split (a stable hash of its text)."""
+    """Whether a document belongs to the held-out split (a stable hash of its text).
+
+    Parameters
+    ----------
+    text
+        The document.
+    fraction
+        The share of documents held out, in expectation.
+    """
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
@@ -56,8 +64,22 @@ class _TrainingDocuments:
 
 
 class PackedBlocks(IterableDataset):
-    """Training blocks from the mixture, each rank taking every ``world``-th block, after
-    skipping the first ``skip`` blocks (those already trained on, when resuming)."""
+    """Packed training blocks streamed from the mixture, sharded across ranks.
+
+    Each rank takes every ``world``-th block, after skipping the first ``skip`` blocks (those
+    already trained on, when resuming); the data module sets ``skip``, ``rank`` and ``world``.
+    Iterating yields ``{"input_ids", "position_ids"}`` tensors and raises :class:`DataError`
+    under more than one DataLoader worker.
+
+    Parameters
+    ----------
+    corpus
+        The mixture the documents come from.
+    backbone
+        Its tokenizer tokenises the documents (no special tokens; EOS separates them).
+    block_size
+        Tokens per block.
+    """
 
     def __init__(self, corpus: MixtureCorpus, backbone: TextBackbone, block_size: int) -> None:
         self.corpus, self.backbone, self.block_size = corpus, backbone, block_size
@@ -80,7 +102,26 @@ def _tensors(block: PackedBlock) -> dict[str, torch.Tensor]:
 
 
 class PretrainDataModule(LightningDataModule):
-    """Packed training blocks from the mixture; held-out blocks per source for validation."""
+    """Packed training blocks from the mixture; held-out blocks per source for validation.
+
+    Parameters
+    ----------
+    backbone
+        Its tokenizer tokenises every document.
+    sources, weights, seed, scrub, text_field
+        As in :class:`MixtureCorpus`; training draws skip the held-out documents.
+    block_size, batch_size
+        Tokens per block and blocks per batch.
+    heldout_fraction
+        The share of each source's documents held out (by :func:`is_heldout`), in ``(0, 1)``.
+    max_heldout_blocks
+        Most validation blocks per source.
+
+    Raises
+    ------
+    DataError
+        When ``heldout_fraction`` is outside ``(0, 1)``, or as :class:`MixtureCorpus` raises.
+    """
 
     def __init__(
         self,
@@ -113,6 +154,7 @@ class PretrainDataModule(LightningDataModule):
 
     @property
     def source_names(self) -> list[str]:
+        """The sources, in the order of the validation dataloaders."""
         return list(self.sources)
 
     def mixture_summary(self) -> dict[str, Any]:
@@ -120,7 +162,13 @@ class PretrainDataModule(LightningDataModule):
         return {"weights": dict(self.corpus.weights), **self.corpus.stats.to_dict()}
 
     def heldout_blocks(self) -> dict[str, list[PackedBlock]]:
-        """Each source's held-out documents, scrubbed like its training text, packed."""
+        """Each source's held-out documents, scrubbed like its training text, packed (computed once).
+
+        Raises
+        ------
+        DataError
+            When a source has no held-out document.
+        """
         from neuroomics_bridge.data.phi import scrub_phi
 
         if self._heldout is None:
@@ -144,6 +192,7 @@ class PretrainDataModule(LightningDataModule):
         return self._heldout
 
     def train_dataloader(self) -> DataLoader:
+        """The training stream, sharded per rank and skipping the blocks of steps already taken."""
         trainer = self.trainer
         if trainer is not None:  # resume where the checkpoint left off, one shard per rank
             self.train_blocks.rank, self.train_blocks.world = trainer.global_rank, trainer.world_size
@@ -152,6 +201,7 @@ class PretrainDataModule(LightningDataModule):
         return DataLoader(self.train_blocks, batch_size=self.batch_size, collate_fn=_collate)
 
     def val_dataloader(self) -> list[DataLoader]:
+        """One dataloader of held-out blocks per source, in :attr:`source_names` order."""
         return [
             DataLoader([_tensors(b) for b in blocks], batch_size=self.batch_size, collate_fn=_collate)
             for blocks in self.heldout_blocks().values()
@@ -171,7 +221,24 @@ def _collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 class ContinualPretrainModule(LightningModule):
-    """Causal-LM training of every backbone weight (kept in float32; autocast does bf16)."""
+    """Causal-LM training of every backbone weight (kept in float32; autocast does bf16).
+
+    The backbone's dtype and ``requires_grad`` flags are restored when fitting ends.
+
+    Parameters
+    ----------
+    backbone
+        Trained in place.
+    sources
+        Names of the validation dataloaders, for the ``val/ppl_<source>`` metrics.
+    lr, weight_decay, betas, warmup_fraction
+        AdamW (no decay on biases and norms) with a cosine schedule warming up over this share of
+        ``max_steps``.
+    gradient_checkpointing
+        Trade compute for activation memory.
+    output_dir
+        Where :func:`save_pretrained_backbone` writes the trained model at the end, if given.
+    """
 
     def __init__(
         self,
@@ -212,21 +279,25 @@ class ContinualPretrainModule(LightningModule):
         return nll, (targets != -100).sum()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Mean next-token NLL of the batch's real tokens, logged as ``train/loss``."""
         nll, count = self._nll(batch)
         loss = nll / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the per-source NLL sums."""
         self._sums = {}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Add the batch's summed NLL and token count to its source's sums."""
         nll, count = self._nll(batch)
         sums = self._sums.setdefault(dataloader_idx, [0.0, 0.0])
         sums[0] += float(nll)
         sums[1] += float(count)
 
     def on_validation_epoch_end(self) -> None:
+        """Log perplexity per source and pooled ``val/loss``; the first real validation is the "before"."""
         total = [0.0, 0.0]
         for index, (nll, count) in sorted(self._sums.items()):
             name = self.sources[index] if index < len(self.sources) else str(index)
@@ -238,6 +309,7 @@ class ContinualPretrainModule(LightningModule):
             self.perplexity_before = dict(self.perplexity)
 
     def teardown(self, stage: str) -> None:
+        """After fitting, give the backbone back its captured dtype and ``requires_grad`` flags."""
         if stage == "fit":
             self._callers_state.restore()
 
@@ -260,6 +332,7 @@ class ContinualPretrainModule(LightningModule):
         }
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (decay on matrices only) and a per-step cosine schedule with warmup over ``max_steps``."""
         from transformers import get_cosine_schedule_with_warmup
 
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
@@ -273,8 +346,20 @@ class ContinualPretrainModule(LightningModule):
 
 @dataclasses.dataclass
 class PretrainResult:
-    """Where the model and checkpoints went, held-out perplexity per source before and after,
-    and the mixture's accounting (documents, tokens and token shares per source, PHI counts)."""
+    """What :func:`continual_pretrain` did: outputs, perplexity before and after, the mixture.
+
+    Attributes
+    ----------
+    output_dir
+        The saved model directory (``None`` when none was asked for, or off rank 0).
+    root_dir
+        Checkpoints and logs.
+    perplexity_before, perplexity_after
+        Held-out perplexity per source.
+    mixture
+        The mixture's accounting (weights; documents, tokens and token shares per source; PHI
+        counts).
+    """
 
     output_dir: Path | None
     root_dir: Path
@@ -308,12 +393,37 @@ def continual_pretrain(
 ) -> PretrainResult:
     """Continue pretraining ``backbone`` on ``corpora`` mixed by ``weights`` (by tokens).
 
-    ``corpora`` maps source names to paths or document lists (see :class:`MixtureCorpus`);
-    sources in ``scrub`` are PHI-scrubbed first; ``optimizer`` (AdamW and its warm-up/cosine
-    schedule) defaults to :data:`training.args.PRETRAIN_OPTIMIZER`. Trains ``max_steps`` optimizer steps of
-    ``batch_size * accumulate_grad_batches`` blocks of ``block_size`` tokens; held-out
-    perplexity per source is measured before and after. ``output_dir`` receives the model
-    (``save_pretrained``), tokenizer and a model card; resume with ``ckpt_path="last"``.
+    Trains ``max_steps`` optimizer steps of ``batch_size * accumulate_grad_batches`` blocks of
+    ``block_size`` tokens; held-out perplexity per source is measured before and after.
+
+    Parameters
+    ----------
+    backbone
+        Trained in place (every weight).
+    corpora, weights
+        Source names -> paths or document lists, and their token weights (see
+        :class:`MixtureCorpus`).
+    optimizer
+        AdamW and its warm-up/cosine schedule; defaults to :data:`training.args.PRETRAIN_OPTIMIZER`.
+    scrub
+        Sources PHI-scrubbed first.
+    heldout_fraction, max_heldout_blocks, text_field
+        As in :class:`PretrainDataModule`.
+    val_check_interval
+        Batches between validations (default: only at the end).
+    root_dir
+        Checkpoints and logs (see :func:`build_trainer`).
+    output_dir
+        Receives the model (``save_pretrained``), tokenizer and a model card.
+    ckpt_path
+        Resume with ``"last"``.
+    **trainer_kwargs
+        Passed to :func:`build_trainer` (precision defaults to :func:`mixed_precision`).
+
+    Returns
+    -------
+    PretrainResult
+        Outputs, perplexity before and after, and the mixture's accounting.
     """
     seed_everything(seed, workers=True)
     data = PretrainDataModule(
@@ -360,9 +470,16 @@ def continual_pretrain(
 def save_pretrained_backbone(
     backbone: TextBackbone, directory: str | os.PathLike[str], card: Mapping[str, Any]
 ) -> Path:
-    """Write a trained backbone as a Hugging Face directory (safetensors weights, tokenizer) with
-    a model card ``README.md`` whose YAML header is ``card``, atomically. It reloads with
-    ``TextBackbone.from_pretrained(directory)``."""
+    """Write a trained backbone as a Hugging Face directory with a model card, atomically.
+
+    Safetensors weights, the tokenizer and a ``README.md`` whose YAML header is ``card``. It
+    reloads with ``TextBackbone.from_pretrained(directory)``.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
     import yaml
 
     target = Path(directory)

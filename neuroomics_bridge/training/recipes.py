@@ -54,9 +54,22 @@ def alignment_data(
     batch_size: int | None = None,
     stage: Stage = "contrastive",
 ) -> CohortDataModule:
-    """A cohort folder (``Cohort.to_files`` layout) or, without ``data_dir``, a synthetic cohort,
-    encoded with :func:`default_cohort_encoder` fitted on its training fold; ``batch_size``
-    defaults to the ``stage``'s (:data:`training.args.ALIGNMENT`)."""
+    """The ``data:`` factory of ``nob align``: an encoded cohort, split by subject, as a data module.
+
+    The cohort is encoded with :func:`default_cohort_encoder` fitted on its training fold.
+
+    Parameters
+    ----------
+    data_dir
+        A cohort folder (``Cohort.to_files`` layout); without it, a synthetic cohort of
+        ``synthetic_subjects`` drawn with ``seed``.
+    seed
+        Also seeds the split and the batches.
+    gene_components, gene_top_genes, brain_atlas, brain_components, residualize
+        Passed to :func:`default_cohort_encoder`.
+    batch_size
+        Defaults to the ``stage``'s (:data:`training.args.ALIGNMENT`).
+    """
     from neuroomics_bridge.data.cohort import Cohort
     from neuroomics_bridge.datasets import synthetic_cohort
     from neuroomics_bridge.encoders.cohort import default_cohort_encoder
@@ -89,9 +102,30 @@ def alignment_model(
     modality_dims: dict[str, int] | None = None,
     lora: LoRAConfig | None = None,
 ) -> AlignmentModule:
-    """The alignment module of one stage: a new bridge on ``backbone``, or the saved bridge at
-    ``init_from`` (e.g. the contrastive stage's output for the prefix stage); the trained bridge
-    is saved to ``save_to`` when fitting ends; unset hyper-parameters are the stage's defaults."""
+    """The ``model:`` factory of ``nob align``: the alignment module of one stage.
+
+    Parameters
+    ----------
+    backbone, bridge
+        Configs of a new bridge (defaults: :class:`BackboneConfig`, :class:`BridgeConfig`).
+    init_from
+        A saved bridge to continue from instead (e.g. the contrastive stage's output for the
+        prefix stage).
+    save_to
+        Where the trained bridge is saved when fitting ends.
+    lr, weight_decay, warmup_fraction
+        Unset: the stage's defaults.
+    modality_dims
+        Linked from the data; required without ``init_from``, and must match the saved bridge's
+        with it.
+    lora
+        Passed to :class:`AlignmentModule`.
+
+    Raises
+    ------
+    DataError
+        When ``modality_dims`` is missing without ``init_from`` or differs from the saved bridge's.
+    """
     from neuroomics_bridge.bridge import Bridge
 
     backbone_model = TextBackbone.from_config(backbone or BackboneConfig())
@@ -118,8 +152,19 @@ def alignment_model(
 
 
 class LibraryCLI(LightningCLI):
-    """LightningCLI with the library's trainer conventions; subclasses name the two factories,
-    the default root directory and the arguments linked from data to model."""
+    """LightningCLI with the library's trainer conventions.
+
+    Subclasses name the two factories (``model_factory``, ``data_factory``), the default root
+    directory (``run_name``) and the arguments linked from data to model (``parse_links`` when
+    parsing, ``links`` at instantiation); ``trainer_extra`` adds trainer defaults.
+
+    Parameters
+    ----------
+    args
+        Command-line arguments (default: ``sys.argv``).
+    run
+        Run the subcommand (``fit`` ...) right away, as LightningCLI does.
+    """
 
     model_factory: Any
     data_factory: Any
@@ -148,12 +193,18 @@ class LibraryCLI(LightningCLI):
         return run_dir(self.run_name)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        """Link ``parse_links`` when parsing and ``links`` at instantiation."""
         for source, target in self.parse_links:
             parser.link_arguments(source, target, apply_on="parse")
         for source, target in self.links:
             parser.link_arguments(source, target, apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer with safetensors checkpoints (``last`` and best) and a CSV logger under the root directory.
+
+        The root is the YAML's ``trainer.default_root_dir``, else :meth:`default_root`; the YAML's
+        callbacks and plugins are kept, and its logger unless it is unset or ``true``.
+        """
         section = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
         trainer = section.get("trainer") or {}
         root = Path(trainer.get("default_root_dir") or self.default_root())
@@ -175,6 +226,7 @@ class AlignmentCLI(LibraryCLI):
     links = (("data.modality_dims", "model.modality_dims"),)
 
     def default_root(self) -> Path:
+        """A run folder per stage (``align-contrastive``, ``align-prefix``)."""
         return run_dir(f"{self.run_name}-{self.model.stage}")
 
     trainer_extra: ClassVar[dict[str, Any]] = {
@@ -193,8 +245,11 @@ def pretrain_data(
     heldout_fraction: float = 0.05,
     text_field: str = "text",
 ) -> PretrainDataModule:
-    """Named corpus paths mixed by token ``weights`` (e.g. 15:1:4), packed into blocks; the
-    backbone is loaded here (its tokenizer packs) and linked into the model."""
+    """The ``data:`` factory of ``nob pretrain``: named corpus paths mixed by token ``weights`` (e.g. 15:1:4).
+
+    The backbone is loaded here (its tokenizer packs the blocks) and linked into the model; the
+    other arguments are those of :class:`PretrainDataModule`.
+    """
     return PretrainDataModule(
         TextBackbone.from_config(backbone or BackboneConfig()),
         sources,
@@ -217,8 +272,11 @@ def pretrain_model(
     gradient_checkpointing: bool = False,
     output_dir: str | None = "nob-runs/pretrained",
 ) -> ContinualPretrainModule:
-    """The continual-pretraining module on the data's backbone (linked); the trained model is
-    saved to ``output_dir`` when fitting ends."""
+    """The ``model:`` factory of ``nob pretrain``: continual pretraining of the data's backbone (linked).
+
+    The trained model is saved to ``output_dir`` when fitting ends; the other arguments are those
+    of :class:`ContinualPretrainModule`.
+    """
     return ContinualPretrainModule(
         backbone,
         sources=sources or (),
@@ -247,7 +305,11 @@ def instruct_data(
     batch_size: int = 8,
     max_length: int = 512,
 ) -> InstructionDataModule:
-    """Instruction records from JSONL files, tokenised with the backbone's chat template."""
+    """The ``data:`` factory of ``nob instruct``: JSONL instruction records, tokenised for training.
+
+    Records are formatted with the backbone's chat template; the backbone is loaded here and
+    linked into the model.
+    """
     from neuroomics_bridge.data.instructions import read_instructions
 
     return InstructionDataModule(
@@ -267,8 +329,11 @@ def instruct_model(
     warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
     output_dir: str | None = "nob-runs/instruct-adapter",
 ) -> InstructionTuneModule:
-    """LoRA instruction tuning of the data's backbone (linked); the adapter alone is saved to
-    ``output_dir`` when fitting ends."""
+    """The ``model:`` factory of ``nob instruct``: LoRA instruction tuning of the data's backbone (linked).
+
+    The adapter alone is saved to ``output_dir`` when fitting ends; the other arguments are those
+    of :class:`InstructionTuneModule`.
+    """
     return InstructionTuneModule(
         backbone, lora, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction, output_dir=output_dir
     )

@@ -26,7 +26,14 @@ __all__ = ["TrainableState", "build_trainer", "checkpoint_callback", "mixed_prec
 
 
 def mixed_precision() -> str:
-    """``"bf16-mixed"`` where the hardware runs bf16 natively, else ``"32-true"``."""
+    """Lightning's ``precision`` for this machine.
+
+    Returns
+    -------
+    str
+        ``"bf16-mixed"`` where the hardware runs bf16 natively; otherwise ``"16-mixed"`` on a
+        CUDA GPU and ``"32-true"`` on CPU.
+    """
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
@@ -45,7 +52,19 @@ def checkpoint_callback(root_dir: str | os.PathLike[str], monitor: str = "val/lo
 
 
 def build_trainer(root_dir: str | os.PathLike[str], *, monitor: str = "val/loss", **trainer_kwargs: Any) -> Trainer:
-    """A Trainer with the library's checkpointing, logging and progress conventions."""
+    """A Trainer with the library's checkpointing, logging and progress conventions.
+
+    Parameters
+    ----------
+    root_dir
+        Holds ``checkpoints/`` and the CSV ``logs/``.
+    monitor
+        The metric the best checkpoint is chosen on (lowest wins).
+    **trainer_kwargs
+        Passed to ``Trainer``; ``callbacks`` and ``plugins`` are added to the library's, a
+        ``logger`` replaces the CSV logger. Defaults: one device, accelerator ``"auto"``, logging
+        every step, no model summary, a progress bar only on a terminal.
+    """
     callbacks = [checkpoint_callback(root_dir, monitor), *trainer_kwargs.pop("callbacks", [])]
     trainer_kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
     trainer_kwargs.setdefault("enable_model_summary", False)

@@ -1,0 +1,110 @@
+"""The alignment stages' data: one item per subject, a resumable per-epoch order, the folds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from neuroomics_bridge.data.cohort import Cohort, CohortSplit
+from neuroomics_bridge.data.text import report_views
+from neuroomics_bridge.errors import DataError
+
+__all__ = ["CohortDataModule", "SubjectDataset", "SubjectSampler"]
+
+
+class SubjectDataset(Dataset):
+    """One item per subject: modality vectors (absent rows zero), presence flags and the report."""
+
+    def __init__(self, cohort: Cohort) -> None:
+        if cohort.reports is None:
+            raise DataError("the cohort has no reports: alignment needs one text per subject")
+        self.features = {m: torch.from_numpy(np.nan_to_num(x)) for m, x in cohort.features.items()}
+        self.present = {m: torch.from_numpy(cohort.present(m)) for m in cohort.features}
+        self.reports = list(cohort.reports)
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "index": index,
+            "features": {m: x[index] for m, x in self.features.items()},
+            "present": {m: p[index] for m, p in self.present.items()},
+            "text": self.reports[index],
+        }
+
+
+class SubjectSampler(Sampler[int]):
+    """This process's share of a per-epoch order of the subjects.
+
+    The order is a permutation drawn from ``(seed, epoch)`` (or the identity without
+    ``shuffle``); process ``rank`` of ``world_size`` takes every ``world_size``-th subject from
+    position ``rank`` on, so the union of the processes' k-th batches is exactly the k-th batch
+    of a single-process run with ``world_size`` times the batch size. Lightning calls
+    ``set_epoch`` before every epoch, so a resumed run replays the order an uninterrupted run
+    would have used.
+    """
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(
+                self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            )
+        else:
+            order = torch.arange(self.size)
+        padded = order.tolist() + order.tolist()[: len(self) * self.world_size - self.size]
+        return iter(padded[self.rank :: self.world_size])
+
+
+class CohortDataModule(LightningDataModule):
+    """Train/validation/test folds of an encoded cohort, batched by subject.
+
+    It shards the folds across processes itself (:class:`SubjectSampler`), so the trainer runs
+    with ``use_distributed_sampler=False``.
+    """
+
+    def __init__(
+        self, cohort: Cohort, *, split: CohortSplit | None = None, batch_size: int = 32, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if not cohort.features:
+            raise DataError("the cohort has no encoded modalities: run Cohort.encode first")
+        self.cohort, self.batch_size, self.seed = cohort, batch_size, seed
+        self.split = split or cohort.split(seed=seed)
+        self.modality_dims = {m: int(x.shape[1]) for m, x in cohort.features.items()}
+
+    def _loader(self, fold: Cohort, *, shuffle: bool) -> DataLoader:
+        dataset = SubjectDataset(fold)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = SubjectSampler(len(dataset), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split.test, shuffle=False)
+
+    def texts(self) -> list[str]:
+        """Every text the contrastive stage can meet: training report views, validation reports."""
+        views = [view for report in self.split.train.reports or [] for view in report_views(report)]
+        return views + list(self.split.val.reports or [])
