@@ -54,6 +54,9 @@ def write_page(
         "Gene-brain retrieval: cosine similarity of held-out subjects": _retrieval_matrix(
             bridge, split.test, plots / "retrieval_matrix.png"
         ),
+        "Report facts stated correctly, by prompt layout, beside their controls": _grounding_plot(
+            metrics, plots / "report_facts.png"
+        ),
     }
     body = [
         "<h1>neuroomics-bridge demo</h1>",
@@ -61,8 +64,16 @@ def write_page(
         f"<p>Backbone <code>{html.escape(bridge.backbone.name)}</code>; adapters {html.escape(bridge.adapter_id)}; "
         f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, {split.val.n_subjects} validation, "
         f"{split.test.n_subjects} test).</p>",
+        "<h2>Are reports about their subject?</h2>",
+        "<p>Share of held-out subjects whose generated report states each known fact correctly (unstated "
+        "counts as wrong). <i>full</i>: the subject's soft prefix and the evidence in the prompt (known "
+        "covariates, zero-shot probabilities); <i>prefix_only</i>: the prefix and covariates alone; "
+        "<i>evidence_only</i>: the prompt without the prefix; <i>/shuffled</i>: the same from another "
+        "subject's vectors; <i>retrieval_copy</i>: the nearest reference subject's report; <i>copied</i>: "
+        "share of sentences copied verbatim from the three nearest reference reports.</p>",
+        _grounding_table(metrics),
         "<h2>Held-out metrics</h2>",
-        _metrics_table(metrics),
+        _metrics_table({k: v for k, v in metrics.items() if k.count("/") < 2 or not k.startswith("report/")}),
     ]
     for title, path in images.items():
         if path is not None:
@@ -80,6 +91,56 @@ def write_page(
 def _metrics_table(metrics: dict[str, float]) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in metrics.items())
     return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+
+
+def _grounding_rows(metrics: dict[str, float]) -> tuple[list[str], list[str]]:
+    """Variants and figures of ``report/<variant>/<figure>`` metrics, in order of appearance."""
+    variants, figures = [], []
+    for key in metrics:
+        parts = key.split("/")
+        if parts[0] != "report" or len(parts) < 3:
+            continue
+        variant, figure = "/".join(parts[1:-1]), parts[-1]
+        variants += [variant] if variant not in variants else []
+        figures += [figure] if figure not in figures else []
+    return variants, figures
+
+
+def _grounding_table(metrics: dict[str, float]) -> str:
+    variants, figures = _grounding_rows(metrics)
+    if not variants:
+        return "<p>No report evaluation in this run.</p>"
+    head = "".join(f"<th>{html.escape(f)}</th>" for f in figures)
+    rows = ""
+    for variant in variants:
+        cells = "".join(
+            f"<td>{metrics[f'report/{variant}/{f}']:.2f}</td>" if f"report/{variant}/{f}" in metrics else "<td></td>"
+            for f in figures
+        )
+        rows += f"<tr><td>{html.escape(variant)}</td>{cells}</tr>"
+    return f"<table><tr><th>variant</th>{head}</tr>{rows}</table>"
+
+
+def _grounding_plot(metrics: dict[str, float], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    variants, figures = _grounding_rows(metrics)
+    facts = [f for f in figures if f not in ("copied", "rouge_l")]
+    if not variants or not facts:
+        return None
+    figure, axis = plt.subplots(figsize=(10, 3.8))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        values = [metrics.get(f"report/{variant}/{f}", np.nan) for f in facts]
+        hatch = "//" if "shuffled" in variant else None
+        axis.bar(np.arange(len(facts)) + i * width, values, width, label=variant, hatch=hatch)
+    axis.set_xticks(np.arange(len(facts)) + 0.4 - width / 2, facts)
+    axis.set(ylabel="share stated correctly", ylim=(0, 1.05))
+    axis.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def _training_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path | None:

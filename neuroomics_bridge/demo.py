@@ -1,8 +1,9 @@
 """The whole pipeline of ``nob demo``, end to end, on the offline default backbone.
 
 encoders (fitted on the training fold) -> contrastive stage -> prefix stage -> faiss reference
-index -> reports for held-out subjects, with a shuffled-embedding control; metrics, an HTML page
-with plots, and a saved bridge that ``nob report`` can reuse on other subjects.
+index -> reports for held-out subjects in every prompt layout (full, prefix only, evidence only),
+each beside a shuffled-subject control and the retrieval-copy baseline, scored fact by fact;
+metrics, an HTML page with plots, and a saved bridge bundle that ``nob report`` can reuse.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def run_demo(
     from neuroomics_bridge.dashboard import write_page
     from neuroomics_bridge.datasets import synthetic_cohort
     from neuroomics_bridge.encoders.cohort import default_cohort_encoder
+    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
     from neuroomics_bridge.retrieval import ReferenceSet
 
     locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
@@ -105,11 +107,13 @@ def run_demo(
         if settings.reported_subjects is None
         else split.test.subset(split.test.subject_ids[: settings.reported_subjects])
     )
-    classes = sorted(set(cohort.labels or []))
-    step(f"writing reports for {test.n_subjects} held-out subjects (and a shuffled-embedding control)")
-    reports = _reports(bridge, test, reference, classes, shuffle=False)
-    control = _reports(bridge, test, reference, classes, shuffle=True)
-    metrics = _metrics(contrastive.metrics, prefix.metrics, reports, control, test, classes)
+    step(
+        f"writing reports for {test.n_subjects} held-out subjects: full, prefix only and evidence only, "
+        "each also from a shuffled subject's vectors"
+    )
+    evaluation = evaluate_reports(bridge, test, reference=reference, seed=seed)
+    reports = evaluation.reports["full"]
+    metrics = {**contrastive.metrics, **prefix.metrics, **_label_metrics(evaluation, test), **evaluation.metrics}
 
     step("saving the bridge, the encoders, the reference index and the page")
     BridgeBundle(bridge, encoding, reference).save(out / "bridge")
@@ -175,35 +179,19 @@ def _quiet_lightning() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-def _reports(bridge: Any, cohort: Cohort, reference: Any, classes: list[str], *, shuffle: bool) -> list[Report]:
-    order = np.arange(cohort.n_subjects)
-    if shuffle:  # a cyclic derangement: every subject is described from someone else's vectors
-        cycle = np.random.default_rng(0).permutation(cohort.n_subjects)
-        order[cycle] = np.roll(cycle, -1)
-    inputs = {m: x[order] for m, x in cohort.features.items()}
-    return bridge.generate_report(inputs, subject_ids=cohort.subject_ids, reference=reference, classes=classes)
+def _label_metrics(evaluation: Any, test: Cohort) -> dict[str, float]:
+    """The impression's diagnosis (``Report.label``) of full reports, own and shuffled, and chance."""
+    from neuroomics_bridge.evaluation import report_label_accuracy
 
-
-def _metrics(
-    contrastive: dict[str, float],
-    prefix: dict[str, float],
-    reports: list[Report],
-    control: list[Report],
-    test: Cohort,
-    classes: list[str],
-) -> dict[str, float]:
-    from neuroomics_bridge.evaluation import report_label_accuracy, rouge_l
-
-    metrics = {**contrastive, **prefix}
-    if test.labels is not None:
-        metrics["report/label_accuracy"] = report_label_accuracy(reports, test.labels)
-        metrics["report/label_accuracy_shuffled"] = report_label_accuracy(control, test.labels)
-        counts = np.unique(test.labels, return_counts=True)[1]
-        metrics["report/label_accuracy_chance"] = float((counts / counts.sum()).max())
-    if test.reports is not None:
-        generated = [" ".join(r.sections.values()) for r in reports]
-        metrics["report/rouge_l"] = rouge_l(generated, test.reports)
-    metrics["report/parseable"] = float(np.mean([r.label is not None for r in reports])) if classes else float("nan")
+    if test.labels is None:
+        return {}
+    counts = np.unique(test.labels, return_counts=True)[1]
+    full, shuffled = evaluation.reports["full"], evaluation.reports.get("full/shuffled")
+    metrics = {"report/label_accuracy": report_label_accuracy(full, test.labels)}
+    if shuffled is not None:
+        metrics["report/label_accuracy_shuffled"] = report_label_accuracy(shuffled, test.labels)
+    metrics["report/label_accuracy_chance"] = float((counts / counts.sum()).max())
+    metrics["report/parseable"] = float(np.mean([r.label is not None for r in full]))
     return metrics
 
 

@@ -85,7 +85,12 @@ def write_reports(
             part = encoders.transform(cohort.subset(chunk))
             inputs = {m: part.features[m] for m in bridge.modalities if m in part.features}
             reports = bridge.generate_report(
-                inputs, subject_ids=chunk, reference=reference, classes=classes, max_new_tokens=max_new_tokens
+                inputs,
+                subject_ids=chunk,
+                covariates=part.covariates,
+                reference=reference,
+                classes=classes,
+                max_new_tokens=max_new_tokens,
             )
             for report in reports:
                 handle.write(_render(report, target.suffix))

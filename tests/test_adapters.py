@@ -88,12 +88,14 @@ def test_contrastive_heads_give_unit_vectors(kind: str) -> None:
 
 
 def test_prefix_projector_gives_k_tokens_per_modality_and_absent_tokens() -> None:
-    projector = PrefixProjector({"gene": 6, "brain": 4}, hidden_size=12, tokens=3)
+    projector = PrefixProjector({"gene": 6, "brain": 4}, hidden_size=12, tokens=3, token_norm=2.5)
     inputs = {"gene": torch.randn(2, 6), "brain": torch.randn(2, 4)}
     present = {"gene": torch.tensor([True, False]), "brain": torch.tensor([True, True])}
     tokens = projector(inputs, present)
     assert tokens.shape == (2, 6, 12) and projector.n_tokens == 6
-    torch.testing.assert_close(tokens[1, :3], projector.absent["gene"])  # gene absent for subject 1
+    torch.testing.assert_close(tokens.norm(dim=-1), torch.full((2, 6), 2.5))  # every token at the token norm
+    absent = torch.nn.functional.normalize(projector.absent["gene"], dim=-1) * 2.5
+    torch.testing.assert_close(tokens[1, :3], absent)  # gene absent for subject 1: its learned tokens
     other = projector({"gene": torch.full((2, 6), float("nan")), "brain": inputs["brain"]}, present)
     torch.testing.assert_close(other[1], tokens[1])  # absent rows' values are ignored, NaN included
 

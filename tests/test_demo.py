@@ -59,7 +59,7 @@ def test_quick_demo_writes_a_page_whose_images_all_exist(demo_dir) -> None:
     assert RESEARCH_NOTICE in page
     parser = Images()
     parser.feed(page)
-    assert len(parser.sources) == 3
+    assert len(parser.sources) == 4  # curves, aligned space, retrieval matrix, report facts
     for source in parser.sources:
         image = demo_dir / source
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000

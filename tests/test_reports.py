@@ -70,7 +70,7 @@ def test_every_rendering_carries_the_notice_and_the_evidence() -> None:
 
 
 def test_the_prompt_states_the_evidence() -> None:
-    prompt = report_prompt("Clinical reports.", sample_report().evidence)
+    prompt = report_prompt("Clinical reports.", sample_report().evidence, "retrieval")
     assert "Data missing: gene expression." in prompt and "Report of a similar subject: A <b>bold</b> report." in prompt
     assert "Diagnosis probabilities: control 0.70, Alzheimer's disease 0.30." in prompt
     assert prompt.index("Diagnosis probabilities") < prompt.index("Report of a similar subject")

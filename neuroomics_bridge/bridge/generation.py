@@ -144,7 +144,8 @@ class ReportGenerationMixin:
                 neighbours=max(neighbours, chosen.neighbours),
             )
             n = len(evidence)
-            prefix = self.prefix(inputs if chosen.prefix else {})
+            absent = {m: np.full((n, d), np.nan, dtype=np.float32) for m, d in self.modality_dims.items()}
+            prefix = self.prefix(inputs if chosen.prefix else absent)  # no prefix: the learned "absent" tokens
             prompts = [report_prompt(prompt or self.config.report_prompt, ev, chosen) for ev in evidence]
             texts = _write(self.backbone, prompts, prefix, max_new_tokens, batch_size, show_progress)
         ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]

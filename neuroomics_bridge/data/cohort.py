@@ -93,7 +93,7 @@ class Cohort:
         # The cohort holds its own copies: the caller's dict and tables are never rewritten.
         features = {}
         for modality, matrix in self.features.items():
-            matrix = np.asarray(matrix, dtype=np.float32)
+            matrix = np.array(matrix, dtype=np.float32)  # a copy, even of a float32 array
             if matrix.ndim != 2 or matrix.shape[0] != n:
                 raise DataError(f"Cohort.features['{modality}']: expected shape ({n}, d), got {matrix.shape}")
             features[modality] = matrix
@@ -103,7 +103,7 @@ class Cohort:
             if table is not None:
                 if list(map(str, table.index)) != self.subject_ids:
                     raise DataError(f"Cohort.{name}: index must equal subject_ids (same ids, same order)")
-                table = table.copy(deep=False)
+                table = table.copy()
                 table.index = pd.Index(self.subject_ids, name="subject_id")
                 setattr(self, name, table)
         if self.genes is not None and self.gene_groupby not in self.genes.obs:

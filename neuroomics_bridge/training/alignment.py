@@ -92,12 +92,14 @@ class AlignmentModule(LightningModule):
         self.seed = seed
         self.class_prompt, self.save_to = class_prompt, save_to
         self.metrics: dict[str, float] = {}
+        # The caller's flags, captured before peft (which freezes every base weight) goes in,
+        # are put back at teardown.
+        self._callers_flags = [TrainableState.capture(module) for module in (self.adapters, bridge.backbone.model)]
         if lora is not None:
             if stage != "prefix":
                 raise DataError("lora: LoRA inside the backbone trains in the prefix stage only")
             if bridge.lora is None:
                 bridge.add_lora(lora)
-        self._callers_flags: list[TrainableState] = []
 
     @property
     def lr(self) -> float:
@@ -106,8 +108,6 @@ class AlignmentModule(LightningModule):
 
     def _set_trainable(self) -> None:
         """This stage's ``requires_grad`` flags; the caller's are put back at :meth:`teardown`."""
-        modules = (self.adapters, self.bridge.backbone.model)
-        self._callers_flags = [TrainableState.capture(module) for module in modules]
         for name, parameter in self.adapters.named_parameters():
             parameter.requires_grad_(self.stage_impl.trains(name))
         lora = self.stage == "prefix" and self.bridge.lora is not None
@@ -134,9 +134,9 @@ class AlignmentModule(LightningModule):
             self._set_trainable()
 
     def teardown(self, stage: str) -> None:
-        for state in self._callers_flags:
-            state.restore()
-        self._callers_flags = []
+        if stage == "fit":
+            for state in self._callers_flags:
+                state.restore()
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -262,7 +262,7 @@ def fit_alignment(
         class_prompt=class_prompt,
         lora=lora,
     )
-    trainer_kwargs.setdefault("precision", "32-true" if stage == "contrastive" else mixed_precision())
+    trainer_kwargs.setdefault("precision", mixed_precision() if defaults.mixed_precision else "32-true")
     trainer_kwargs.setdefault("use_distributed_sampler", False)  # CohortDataModule shards by itself
     epochs = defaults.max_epochs if max_epochs is None else max_epochs
     trainer = build_trainer(root, max_epochs=epochs, **trainer_kwargs)

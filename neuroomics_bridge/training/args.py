@@ -44,18 +44,20 @@ class OptimizerArgs:
 
 @dataclasses.dataclass(frozen=True)
 class StageArgs:
-    """One alignment stage: subjects per batch, epochs, optimiser."""
+    """One alignment stage: subjects per batch, epochs, optimiser, and whether it trains in
+    mixed precision (bf16 where the hardware runs it natively) or in float32."""
 
     batch_size: int
     max_epochs: int
     optimizer: OptimizerArgs
+    mixed_precision: bool
 
 
 ALIGNMENT: dict[str, StageArgs] = {
     # Only the projection heads train on cached text vectors: cheap epochs, many of them.
-    "contrastive": StageArgs(batch_size=32, max_epochs=30, optimizer=OptimizerArgs(lr=1e-3)),
+    "contrastive": StageArgs(batch_size=32, max_epochs=30, optimizer=OptimizerArgs(lr=1e-3), mixed_precision=False),
     # The LM loss through the frozen backbone: few, expensive epochs at a higher rate.
-    "prefix": StageArgs(batch_size=8, max_epochs=6, optimizer=OptimizerArgs(lr=3e-3)),
+    "prefix": StageArgs(batch_size=8, max_epochs=6, optimizer=OptimizerArgs(lr=3e-3), mixed_precision=True),
 }
 # Me-LLaMA / Meditron continual pretraining: AdamW 0.9/0.95, weight decay 0.1.
 PRETRAIN_OPTIMIZER = OptimizerArgs(lr=2e-5, weight_decay=0.1, betas=(0.9, 0.95))

@@ -126,7 +126,7 @@ class InstructionTuneModule(LightningModule):
         Its model receives the adapters (in place; cast to float32 unless QLoRA).
     lora
         The adapters' settings (default: :class:`LoRAConfig`).
-    lr, weight_decay, warmup_fraction
+    lr, weight_decay, betas, warmup_fraction
         AdamW with a cosine schedule warming up over this share of the steps.
     output_dir
         Where :func:`save_lora` writes the adapter at the end, if given.
@@ -144,6 +144,7 @@ class InstructionTuneModule(LightningModule):
         *,
         lr: float = INSTRUCT_OPTIMIZER.lr,
         weight_decay: float = INSTRUCT_OPTIMIZER.weight_decay,
+        betas: tuple[float, float] = INSTRUCT_OPTIMIZER.betas,
         warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
         output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -168,7 +169,7 @@ class InstructionTuneModule(LightningModule):
 
             base = prepare_model_for_kbit_training(base)
         self.model = get_peft_model(base, self.lora.to_peft())
-        self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
+        self.lr, self.weight_decay, self.betas, self.warmup_fraction = lr, weight_decay, tuple(betas), warmup_fraction
         self.output_dir = output_dir
 
     def teardown(self, stage: str) -> None:
@@ -206,7 +207,7 @@ class InstructionTuneModule(LightningModule):
         from transformers import get_cosine_schedule_with_warmup
 
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -283,6 +284,7 @@ def instruction_tune(
         lora,
         lr=optimizer.lr,
         weight_decay=optimizer.weight_decay,
+        betas=optimizer.betas,
         warmup_fraction=optimizer.warmup_fraction,
         output_dir=output_dir,
     )

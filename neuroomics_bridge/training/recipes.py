@@ -26,7 +26,7 @@ from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, PRETRAIN_OPTIMIZ
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule
 from neuroomics_bridge.training.pretrain import ContinualPretrainModule, PretrainDataModule
-from neuroomics_bridge.training.trainer import checkpoint_callback
+from neuroomics_bridge.training.trainer import checkpoint_callback, mixed_precision
 
 __all__ = [
     "AlignmentCLI",
@@ -228,6 +228,17 @@ class AlignmentCLI(LibraryCLI):
     def default_root(self) -> Path:
         """A run folder per stage (``align-contrastive``, ``align-prefix``)."""
         return run_dir(f"{self.run_name}-{self.model.stage}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """As :meth:`LibraryCLI.instantiate_trainer`, with the stage's epochs and precision where the YAML sets none."""
+        section = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
+        trainer = section.get("trainer") or {}
+        defaults = stage_args(self.model.stage)
+        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
+            kwargs["max_epochs"] = defaults.max_epochs
+        if trainer.get("precision") is None:
+            kwargs["precision"] = mixed_precision() if defaults.mixed_precision else "32-true"
+        return super().instantiate_trainer(**kwargs)
 
     trainer_extra: ClassVar[dict[str, Any]] = {
         "use_distributed_sampler": False

@@ -85,27 +85,25 @@ class TrainableState:
     """A module's ``requires_grad`` flags and floating dtype, to hand the module back as it came.
 
     Training sets flags (and may keep float32 master weights) on the caller's objects; a
-    trainer captures this state first and calls :meth:`restore` when fitting ends. Parameters
-    added during training (LoRA weights) keep their own flags.
+    trainer captures this state first and calls :meth:`restore` when fitting ends. Parameters are
+    tracked as objects, not names, so a weight that peft wraps (``q_proj.weight`` becomes
+    ``q_proj.base_layer.weight``) is still restored; parameters added later (LoRA weights) keep
+    their own flags.
     """
 
-    module: torch.nn.Module
-    flags: dict[str, bool]
+    flags: list[tuple[torch.nn.Parameter, bool]]
     dtype: torch.dtype | None
 
     @classmethod
     def capture(cls, module: torch.nn.Module) -> TrainableState:
         """The flags and the floating dtype (of the first floating parameter) of ``module`` now."""
-        flags = {name: p.requires_grad for name, p in module.named_parameters()}
+        flags = [(p, p.requires_grad) for p in module.parameters()]
         dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-        return cls(module, flags, dtype)
+        return cls(flags, dtype)
 
     def restore(self) -> None:
         """Put the captured flags back and cast floating weights back to the captured dtype."""
-        for name, parameter in self.module.named_parameters():
-            if name in self.flags:
-                parameter.requires_grad_(self.flags[name])
-        if self.dtype is not None:
-            for name, parameter in self.module.named_parameters():
-                if name in self.flags and parameter.is_floating_point() and parameter.dtype != self.dtype:
-                    parameter.data = parameter.data.to(self.dtype)
+        for parameter, flag in self.flags:
+            parameter.requires_grad_(flag)
+            if self.dtype is not None and parameter.is_floating_point() and parameter.dtype != self.dtype:
+                parameter.data = parameter.data.to(self.dtype)
