@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from neuroomics_bridge import Bridge, Cohort, CohortEncoder, datasets
+from neuroomics_bridge import BridgeBundle, Cohort, datasets
 from neuroomics_bridge.demo import DemoSettings, run_demo
-from neuroomics_bridge.retrieval import ReferenceSet
 
 
 def main() -> None:
@@ -31,14 +30,16 @@ def main() -> None:
         args.bridge = run_demo("nob-small-bridge", settings=small, log=lambda _: None).out_dir / "bridge"
     data = args.data or datasets.synthetic_cohort(10, seed=7, cells_per_subject=8, missing_rate=0.2).to_files("cohort")
 
-    bridge = Bridge.from_pretrained(args.bridge)
-    encoders = CohortEncoder.load(args.bridge / "encoders")
-    reference = ReferenceSet.load(args.bridge / "references")
-    cohort = encoders.transform(Cohort.from_files(data))
-    classes = sorted({label for label in reference.labels if label})
+    bundle = BridgeBundle.load(args.bridge, need_encoders=True)  # adapters, fitted encoders, reference subjects
+    cohort = bundle.encoders.transform(Cohort.from_files(data))
+    classes = sorted({label for label in bundle.references.labels if label})
 
-    reports = bridge.generate_report(
-        cohort.features, subject_ids=cohort.subject_ids, reference=reference, classes=classes
+    reports = bundle.bridge.generate_report(
+        cohort.features,
+        subject_ids=cohort.subject_ids,
+        covariates=cohort.covariates,  # age and sex are stated in the prompt, never guessed
+        reference=bundle.references,
+        classes=classes,
     )
     for report in reports:
         top = next(iter(report.evidence.probabilities.items()), ("-", 0.0))

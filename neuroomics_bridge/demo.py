@@ -38,7 +38,7 @@ class DemoSettings:
     reported_subjects: int | None  # held-out subjects reported (None: all)
 
 
-FULL = DemoSettings(subjects=400, contrastive_epochs=30, prefix_epochs=2, prefix_batches=None, reported_subjects=None)
+FULL = DemoSettings(subjects=400, contrastive_epochs=30, prefix_epochs=4, prefix_batches=None, reported_subjects=None)
 QUICK = DemoSettings(subjects=160, contrastive_epochs=30, prefix_epochs=1, prefix_batches=6, reported_subjects=12)
 
 
@@ -136,6 +136,7 @@ def run_demo(
 def _fit_both_stages(
     bridge: Any, cohort: Cohort, split: Any, settings: DemoSettings, out: Path, step: Callable[[str], None]
 ) -> tuple[Any, Any]:
+    from neuroomics_bridge.adapters.config import LoRAConfig
     from neuroomics_bridge.training import fit_alignment
 
     step(f"contrastive stage ({settings.contrastive_epochs} epochs)")
@@ -147,7 +148,7 @@ def _fit_both_stages(
         max_epochs=settings.contrastive_epochs,
         root_dir=out / "runs" / "contrastive",
     )
-    step(f"prefix stage ({settings.prefix_epochs} epoch(s))")
+    step(f"prefix stage ({settings.prefix_epochs} epoch(s), projector + LoRA in the backbone)")
     prefix = fit_alignment(
         bridge,
         cohort,
@@ -156,6 +157,7 @@ def _fit_both_stages(
         max_epochs=settings.prefix_epochs,
         root_dir=out / "runs" / "prefix",
         limit_train_batches=settings.prefix_batches or 1.0,
+        lora=LoRAConfig(),  # LLaVA's second step: the frozen 135M default alone never learns the report format
     )
     return contrastive, prefix
 

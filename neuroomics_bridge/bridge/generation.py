@@ -178,15 +178,27 @@ def _write(
     batch_size: int,
     show_progress: bool | None,
 ) -> list[str]:
-    """Findings, then the impression on its own: every text ends in exactly one impression."""
-    options = {"prefix_embeds": prefix, "batch_size": batch_size, "show_progress": show_progress}
-    bodies = backbone.generate(
-        prompts, max_new_tokens=max_new_tokens, stop=["Impression:", "\n"], no_repeat_ngram_size=4, **options
+    """Greedy reports (no repeated 4-grams) that end in exactly one impression.
+
+    A report is one line; one ending without an impression (the model ran out of tokens or never
+    wrote one) gets it in a second, short pass that continues it after ``Impression:``.
+    """
+    options = {"batch_size": batch_size, "show_progress": show_progress}
+    texts = backbone.generate(
+        prompts, prefix_embeds=prefix, max_new_tokens=max_new_tokens, stop=["\n"], no_repeat_ngram_size=4, **options
     )
-    bodies = [body.strip() for body in bodies]
-    follow = [f"{p} {body} Impression:" for p, body in zip(prompts, bodies, strict=True)]
-    impressions = backbone.generate(follow, max_new_tokens=24, stop=[".", "\n"], **options)
-    return [f"{body} Impression: {impression.strip()}." for body, impression in zip(bodies, impressions, strict=True)]
+    parts = [[part.strip() for part in text.split("Impression:")] for text in texts]
+    bodies = [p[0] for p in parts]
+    impressions = [p[1].rstrip(".") if len(p) > 1 else "" for p in parts]  # the first impression written
+    missing = [i for i, impression in enumerate(impressions) if not impression]
+    if missing:
+        follow = [f"{prompts[i]} {bodies[i]} Impression:" for i in missing]
+        written = backbone.generate(
+            follow, prefix_embeds=prefix[missing], max_new_tokens=24, stop=[".", "\n"], **options
+        )
+        for i, impression in zip(missing, written, strict=True):
+            impressions[i] = impression.strip().rstrip(".")
+    return [f"{body} Impression: {impression}." for body, impression in zip(bodies, impressions, strict=True)]
 
 
 def _rows(inputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> int:

@@ -71,10 +71,12 @@ class Bridge(ReportGenerationMixin):
 
     @property
     def modality_dims(self) -> dict[str, int]:
+        """Input width of each modality, e.g. ``{"gene": 32, "brain": 32}``."""
         return dict(self.adapters.modality_dims)
 
     @property
     def modalities(self) -> list[str]:
+        """The modalities, in the order their soft-token blocks appear."""
         return list(self.adapters.modality_dims)
 
     # ------------------------------------------------------------------------------ aligned space

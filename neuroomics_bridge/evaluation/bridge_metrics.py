@@ -170,7 +170,7 @@ def evaluate_reports(
     class_prompt: str = CLASS_PROMPT,
     seed: int = 0,
     max_new_tokens: int = 80,
-    batch_size: int = 16,
+    batch_size: int = 32,
     show_progress: bool | None = None,
 ) -> ReportEvaluation:
     """Generated reports scored fact by fact, beside their baselines and ablations, in one run.

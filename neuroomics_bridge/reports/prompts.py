@@ -84,8 +84,8 @@ def report_prompt(task: str, evidence: Evidence | None = None, layout: str | Pro
         ``Report of this subject:``).
     layout
         Which of the evidence the prompt states (a :class:`PromptLayout` or a name in
-        :data:`LAYOUTS`): data present and missing always, then known covariates, zero-shot
-        probabilities and quoted neighbour reports as the layout says.
+        :data:`LAYOUTS`): missing data always, then known covariates, zero-shot probabilities and
+        quoted neighbour reports as the layout says.
 
     Returns
     -------
@@ -96,8 +96,7 @@ def report_prompt(task: str, evidence: Evidence | None = None, layout: str | Pro
     lines = [task]
     final = "Report of this subject:"
     if evidence is not None:
-        lines.append("Data available: " + (", ".join(DATA_NAMES.get(m, m) for m in evidence.present) or "none") + ".")
-        if evidence.absent:
+        if evidence.absent:  # what the subject lacks (its "absent" tokens say so too)
             lines.append(f"Data missing: {', '.join(DATA_NAMES.get(m, m) for m in evidence.absent)}.")
         if chosen.covariates and evidence.covariates:
             lines.append(f"Known: {covariate_text(evidence.covariates)}.")

@@ -80,15 +80,19 @@ class Report:
 
     @property
     def impression(self) -> str:
+        """The impression section (the class it names is ``label``)."""
         return self.sections.get(IMPRESSION, "")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain-Python view (nested dataclasses as dicts), as ``reports.jsonl`` stores it."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
+        """A Markdown rendering, notice first, then the sections and the evidence."""
         lines = [f"# Report for {self.subject_id}", "", f"> **{self.notice}**", ""]
         for heading, text in self.sections.items():
             lines += [f"**{heading}:** {text}", ""]

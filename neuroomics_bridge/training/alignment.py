@@ -129,16 +129,19 @@ class AlignmentModule(LightningModule):
         return super().load_state_dict(rest, strict=strict, assign=assign)
 
     def setup(self, stage: str) -> None:
+        """Let the losses gather across processes; set this stage's trainable parameters."""
         self.adapters.set_distributed(self.global_rank, self.trainer.world_size)
         if stage == "fit":
             self._set_trainable()
 
     def teardown(self, stage: str) -> None:
+        """After fitting, give the caller's modules back their ``requires_grad`` flags and dtype."""
         if stage == "fit":
             for state in self._callers_flags:
                 state.restore()
 
     def on_fit_start(self) -> None:
+        """The stage's preparation (text cache and centring, or the subjects' evidence)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if isinstance(datamodule, CohortDataModule):
             self.stage_impl.on_fit_start(self, datamodule)
@@ -172,14 +175,17 @@ class AlignmentModule(LightningModule):
             self.bridge.save_pretrained(self.save_to)
 
     def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        """Seed this step's randomness from ``(seed, step)``."""
         # Dropout draws come from (seed, step): a run resumed from a checkpoint continues exactly
         # as an uninterrupted one would have, whatever else consumed random numbers meanwhile.
         torch.manual_seed(self.seed * 1_000_003 + self.global_step)
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        """The stage's loss on a training batch."""
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        """The stage's loss on a validation batch."""
         return self._step(batch, "val")
 
     def _step(self, batch: dict[str, Any], fold: str) -> torch.Tensor:
@@ -188,6 +194,7 @@ class AlignmentModule(LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the trainable adapters (and LoRA weights), linear warm-up then cosine decay."""
         from transformers import get_cosine_schedule_with_warmup
 
         trainable = [p for p in self.adapters.parameters() if p.requires_grad]

@@ -55,6 +55,7 @@ class SubjectSampler(Sampler[int]):
         self.rank, self.world_size, self.epoch = rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (Lightning calls this before every epoch)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -96,12 +97,15 @@ class CohortDataModule(LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
+        """The training fold, in a fresh seeded order each epoch."""
         return self._loader(self.split.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        """The validation fold, in cohort order."""
         return self._loader(self.split.val, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        """The test fold, in cohort order."""
         return self._loader(self.split.test, shuffle=False)
 
     def texts(self) -> list[str]:
