@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from neuroomics_bridge.data.cohort import Cohort
+from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 from neuroomics_bridge.reports.report import Report
 
 __all__ = ["DemoSettings", "DemoResult", "run_demo", "FULL", "QUICK"]
@@ -112,7 +113,7 @@ def run_demo(
         "each also from a shuffled subject's vectors"
     )
     evaluation = evaluate_reports(bridge, test, reference=reference, seed=seed)
-    reports = evaluation.reports["full"]
+    reports = evaluation.reports[DEFAULT_LAYOUT]
     metrics = {**contrastive.metrics, **prefix.metrics, **_label_metrics(evaluation, test), **evaluation.metrics}
 
     step("saving the bridge, the encoders, the reference index and the page")
@@ -182,18 +183,18 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def _label_metrics(evaluation: Any, test: Cohort) -> dict[str, float]:
-    """The impression's diagnosis (``Report.label``) of full reports, own and shuffled, and chance."""
+    """The impression's diagnosis (``Report.label``) of default-layout reports, own and shuffled, and chance."""
     from neuroomics_bridge.evaluation import report_label_accuracy
 
     if test.labels is None:
         return {}
     counts = np.unique(test.labels, return_counts=True)[1]
-    full, shuffled = evaluation.reports["full"], evaluation.reports.get("full/shuffled")
-    metrics = {"report/label_accuracy": report_label_accuracy(full, test.labels)}
+    own, shuffled = evaluation.reports[DEFAULT_LAYOUT], evaluation.reports.get(f"{DEFAULT_LAYOUT}/shuffled")
+    metrics = {"report/label_accuracy": report_label_accuracy(own, test.labels)}
     if shuffled is not None:
         metrics["report/label_accuracy_shuffled"] = report_label_accuracy(shuffled, test.labels)
     metrics["report/label_accuracy_chance"] = float((counts / counts.sum()).max())
-    metrics["report/parseable"] = float(np.mean([r.label is not None for r in full]))
+    metrics["report/parseable"] = float(np.mean([r.label is not None for r in own]))
     return metrics
 
 

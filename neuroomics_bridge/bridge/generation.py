@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, PromptLayout, get_layout, report_prompt
+from neuroomics_bridge.reports.prompts import CLASS_PROMPT, DEFAULT_LAYOUT, PromptLayout, get_layout, report_prompt
 from neuroomics_bridge.reports.report import IMPRESSION, Evidence, Neighbour, Report
 from neuroomics_bridge.reports.sections import parse_label, split_sections
 from neuroomics_bridge.retrieval import ReferenceSet
@@ -102,7 +102,7 @@ class ReportGenerationMixin:
         classes: Sequence[str] = (),
         class_prompt: str = CLASS_PROMPT,
         neighbours: int = 3,
-        layout: str | PromptLayout = "full",
+        layout: str | PromptLayout = DEFAULT_LAYOUT,
         max_new_tokens: int = 80,
         batch_size: int = 16,
         show_progress: bool | None = None,
@@ -122,7 +122,10 @@ class ReportGenerationMixin:
             for the reader and quoted in the prompt only where ``layout`` says so.
         layout
             What the prompt states (:data:`~neuroomics_bridge.reports.prompts.LAYOUTS`: ``"full"``,
-            ``"prefix_only"``, ``"evidence_only"``, ``"retrieval"``), the ablation switches.
+            ``"prefix_only"``, ``"evidence_only"``, ``"retrieval"``), the ablation switches. The
+            default, ``"prefix_only"``, scored highest on held-out subjects (README: the probabilities
+            in ``"full"`` pass the zero-shot errors on); the evidence is gathered either way and
+            recorded in every report for the reader.
         max_new_tokens, batch_size, show_progress
             Greedy decoding of the findings (no repeated 4-grams), ``batch_size`` subjects at a
             time; then the impression on its own.

@@ -21,6 +21,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from neuroomics_bridge.errors import DataError
+
 __all__ = ["PHI_TYPES", "ScrubResult", "scrub_phi"]
 
 _MONTH = (
@@ -109,13 +111,13 @@ def scrub_phi(text: str, *, types: Iterable[str] = PHI_TYPES) -> ScrubResult:
 
     Raises
     ------
-    ValueError
-        For a type not in :data:`PHI_TYPES`.
+    DataError
+        For a type not in :data:`PHI_TYPES` (a ``ValueError``, as all library errors).
     """
     wanted = set(types)
     unknown = wanted - set(PHI_TYPES)
     if unknown:
-        raise ValueError(f"scrub_phi: unknown PHI types {sorted(unknown)}; known: {list(PHI_TYPES)}")
+        raise DataError(f"scrub_phi: unknown PHI types {sorted(unknown)}; known: {list(PHI_TYPES)}")
     spans: list[tuple[int, int, str]] = []
     taken = [False] * (len(text) + 1)
     for kind, pattern in _PATTERNS:

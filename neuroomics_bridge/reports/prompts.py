@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from neuroomics_bridge.reports.report import DATA_NAMES, Evidence, covariate_text
 
-__all__ = ["CLASS_PROMPT", "LAYOUTS", "ClassPrompt", "PromptLayout", "get_layout", "report_prompt"]
+__all__ = ["CLASS_PROMPT", "DEFAULT_LAYOUT", "LAYOUTS", "ClassPrompt", "PromptLayout", "get_layout", "report_prompt"]
 
 ClassPrompt = str | Mapping[str, str]
 """One text per class: a template formatted with the label, or a mapping label -> text."""
@@ -48,10 +48,10 @@ class PromptLayout:
 
 
 LAYOUTS: dict[str, PromptLayout] = {
-    # The default report: the subject's own vectors as soft tokens, its known covariates, and the
-    # zero-shot probabilities of those vectors (evidence the reader sees too).
+    # The subject's own vectors as soft tokens, its known covariates, and the zero-shot
+    # probabilities of those vectors (evidence the reader sees too).
     "full": PromptLayout(probabilities=True),
-    # The grounding test: only soft tokens (and the covariates, which are data, not a shortcut).
+    # The grounding test and the default: only soft tokens (and the covariates, which are data).
     "prefix_only": PromptLayout(),
     # The prompt-only baseline: the same evidence, no subject prefix.
     "evidence_only": PromptLayout(prefix=False, probabilities=True),
@@ -59,6 +59,9 @@ LAYOUTS: dict[str, PromptLayout] = {
     # kept to measure how much of a report it copies.
     "retrieval": PromptLayout(probabilities=True, neighbours=3, hint=True),
 }
+DEFAULT_LAYOUT = "prefix_only"
+"""The layout reports are written with unless asked otherwise: chosen by the grounding benchmark
+(``benchmarks/bench_grounding.py``), where it matched or beat ``"full"`` on every fact but severity."""
 
 
 def get_layout(layout: str | PromptLayout) -> PromptLayout:
@@ -72,7 +75,7 @@ def get_layout(layout: str | PromptLayout) -> PromptLayout:
     return LAYOUTS[layout]
 
 
-def report_prompt(task: str, evidence: Evidence | None = None, layout: str | PromptLayout = "full") -> str:
+def report_prompt(task: str, evidence: Evidence | None = None, layout: str | PromptLayout = DEFAULT_LAYOUT) -> str:
     """The text the backbone continues with a report (after the subject's soft prefix).
 
     Parameters

@@ -75,7 +75,7 @@ class Report:
     adapters: str
     label: str | None
     text: str = ""
-    layout: str = "full"
+    layout: str = ""  # the prompt layout it was generated with ("" for a report not written by a bridge)
     notice: str = RESEARCH_NOTICE
 
     @property

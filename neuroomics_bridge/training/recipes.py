@@ -213,7 +213,11 @@ class LibraryCLI(LightningCLI):
         kwargs["plugins"] = [SafetensorsCheckpointIO(), *(trainer.get("plugins") or [])]
         if trainer.get("logger") in (None, True):
             kwargs["logger"] = CSVLogger(root, name="logs")
-        return super().instantiate_trainer(**kwargs)
+        return super().instantiate_trainer(**kwargs, **self.trainer_overrides(trainer))
+
+    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
+        """Trainer arguments a recipe sets where the YAML's ``trainer`` section leaves them unset."""
+        return {}
 
 
 class AlignmentCLI(LibraryCLI):
@@ -229,16 +233,15 @@ class AlignmentCLI(LibraryCLI):
         """A run folder per stage (``align-contrastive``, ``align-prefix``)."""
         return run_dir(f"{self.run_name}-{self.model.stage}")
 
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """As :meth:`LibraryCLI.instantiate_trainer`, with the stage's epochs and precision where the YAML sets none."""
-        section = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
-        trainer = section.get("trainer") or {}
+    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
+        """The stage's epochs and precision where the YAML sets none (as :func:`fit_alignment`)."""
         defaults = stage_args(self.model.stage)
+        overrides: dict[str, Any] = {}
         if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
-            kwargs["max_epochs"] = defaults.max_epochs
+            overrides["max_epochs"] = defaults.max_epochs
         if trainer.get("precision") is None:
-            kwargs["precision"] = mixed_precision() if defaults.mixed_precision else "32-true"
-        return super().instantiate_trainer(**kwargs)
+            overrides["precision"] = mixed_precision() if defaults.mixed_precision else "32-true"
+        return overrides
 
     trainer_extra: ClassVar[dict[str, Any]] = {
         "use_distributed_sampler": False
