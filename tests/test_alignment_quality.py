@@ -57,13 +57,13 @@ def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffle
     from neuroomics_bridge import LoRAConfig, ReferenceSet, TextBackbone
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
 
-    cohort, split = encoded_synthetic(240, seed=1)
+    cohort, split = encoded_synthetic(400, seed=1)  # the demo's cohort and prefix stage: smaller ones learn too little
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into this one
     bridge = Bridge(backbone, {"gene": 32, "brain": 32})
     options = {"split": split, "enable_progress_bar": False, "seed": 1}
     fit_alignment(bridge, cohort, "contrastive", root_dir=tmp_path / "c", **options)
     metrics = fit_alignment(
-        bridge, cohort, "prefix", max_epochs=3, lora=LoRAConfig(), root_dir=tmp_path / "p", **options
+        bridge, cohort, "prefix", max_epochs=4, lora=LoRAConfig(), root_dir=tmp_path / "p", **options
     ).metrics
     test = split.test.subset(split.test.subject_ids[:24])
     reports = evaluate_reports(bridge, test, reference=ReferenceSet.build(bridge, split.train), layouts=["prefix_only"])
