@@ -49,7 +49,14 @@ def demo_figures(seed: int, folder: Path) -> dict[str, float]:
     m = result.metrics
     figures = {"demo_seconds": time.perf_counter() - started}
     for category in CATEGORIES:
-        for variant in ("prefix_only", "prefix_only/shuffled", "full", "full/shuffled", "retrieval_copy"):
+        for variant in (
+            "prefix_only",
+            "prefix_only/shuffled",
+            "full",
+            "full/shuffled",
+            "evidence_only",
+            "retrieval_copy",
+        ):
             key = f"report/{variant}/{category}"
             if key in m:
                 figures[f"{variant}/{category}"] = m[key]
@@ -60,7 +67,6 @@ def demo_figures(seed: int, folder: Path) -> dict[str, float]:
             figures[f"{variant}/rouge_l"] = m[f"report/{variant}/rouge_l"]
     for variant in ("full", "prefix_only", "evidence_only"):
         figures[f"{variant}/copied"] = m[f"report/{variant}/copied"]
-        figures[f"evidence_only/{variant}_diagnosis"] = m.get(f"report/{variant}/diagnosis", float("nan"))
     figures["perplexity_own"] = m["prefix/perplexity_matched"]
     figures["perplexity_shuffled"] = m["prefix/perplexity_shuffled"]
     figures["perplexity_reduction"] = 1 - m["prefix/perplexity_matched"] / m["prefix/perplexity_shuffled"]

@@ -25,7 +25,15 @@ import pandas as pd
 import torch
 
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, DEFAULT_LAYOUT, PromptLayout, get_layout, report_prompt
+from neuroomics_bridge.reports.prompts import (
+    CLASS_PROMPT,
+    DEFAULT_LAYOUT,
+    ClassPrompt,
+    PromptLayout,
+    class_texts,
+    get_layout,
+    report_prompt,
+)
 from neuroomics_bridge.reports.report import IMPRESSION, Evidence, Neighbour, Report
 from neuroomics_bridge.reports.sections import parse_label, split_sections
 from neuroomics_bridge.retrieval import ReferenceSet
@@ -47,7 +55,7 @@ class ReportGenerationMixin:
         covariates: Covariates | None = None,
         reference: ReferenceSet | None = None,
         classes: Sequence[str] = (),
-        class_prompt: str = CLASS_PROMPT,
+        class_prompt: ClassPrompt = CLASS_PROMPT,
         neighbours: int = 3,
     ) -> list[Evidence]:
         """What is known about each subject of a batch, as its report's prompt may state it.
@@ -63,7 +71,7 @@ class ReportGenerationMixin:
             Reference subjects to retrieve ``neighbours`` similar ones from (in the aligned space).
         classes, class_prompt
             Classes for the zero-shot probabilities (mean over the subject's modalities), one
-            ``class_prompt`` text each.
+            text each: ``class_prompt`` formatted with the class, or a mapping class -> text.
 
         Returns
         -------
@@ -100,7 +108,7 @@ class ReportGenerationMixin:
         covariates: Covariates | None = None,
         reference: ReferenceSet | None = None,
         classes: Sequence[str] = (),
-        class_prompt: str = CLASS_PROMPT,
+        class_prompt: ClassPrompt = CLASS_PROMPT,
         neighbours: int = 3,
         layout: str | PromptLayout = DEFAULT_LAYOUT,
         max_new_tokens: int = 80,
@@ -225,13 +233,13 @@ def _probabilities(
     inputs: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
     classes: Sequence[str],
-    class_prompt: str,
+    class_prompt: ClassPrompt,
     n: int,
 ) -> list[dict[str, float]]:
     """Zero-shot probabilities per row, averaged over the modalities the row has, sorted."""
     if not classes:
         return [{} for _ in range(n)]
-    texts = [class_prompt.format(label=c) for c in classes]
+    texts = class_texts(class_prompt, classes)
     total, count = np.zeros((n, len(classes))), np.zeros((n, 1))
     for modality, rows in present.items():
         if rows.any():

@@ -19,7 +19,14 @@ from neuroomics_bridge.evaluation.factuality import (
     synthetic_facts,
 )
 from neuroomics_bridge.evaluation.metrics import classification_metrics, recall_at_k, rouge_l
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt, PromptLayout, get_layout, report_prompt
+from neuroomics_bridge.reports.prompts import (
+    CLASS_PROMPT,
+    ClassPrompt,
+    PromptLayout,
+    class_texts,
+    get_layout,
+    report_prompt,
+)
 
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge.model import Bridge
@@ -55,11 +62,8 @@ def evaluate_bridge(
         }
     metrics: dict[str, float] = {}
     if cohort.labels is not None:
-        if isinstance(class_prompt, str):
-            names = sorted(set(cohort.labels))
-            prompts = [class_prompt.format(label=name) for name in names]
-        else:
-            names, prompts = list(class_prompt), list(class_prompt.values())
+        names = sorted(set(cohort.labels)) if isinstance(class_prompt, str) else list(class_prompt)
+        prompts = class_texts(class_prompt, names)
         for modality in bridge.modalities:
             rows = cohort.present(modality)
             probabilities = bridge.zero_shot(modality, cohort.features[modality][rows], prompts)
@@ -167,7 +171,7 @@ def evaluate_reports(
     shuffled: bool = True,
     facts: Sequence[Mapping[str, object]] | None = None,
     fact_columns: Sequence[str] = (),
-    class_prompt: str = CLASS_PROMPT,
+    class_prompt: ClassPrompt = CLASS_PROMPT,
     seed: int = 0,
     max_new_tokens: int = 80,
     batch_size: int = 32,
@@ -232,7 +236,7 @@ def evaluate_reports(
         first = reports[layouts[0]]
         copied = retrieval_copy([[n.report for n in r.evidence.neighbours] for r in first])
         metrics |= _scores("retrieval_copy", copied, truth, classes, cohort.reports)
-    for category in {key for fact in truth for key in fact}:
+    for category in sorted({key for fact in truth for key in fact}):
         values = [fact[category] for fact in truth if category in fact and category != "age"]
         if values:
             metrics[f"report/chance/{category}"] = max(values.count(v) for v in set(values)) / len(values)

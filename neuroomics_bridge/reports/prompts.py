@@ -9,16 +9,32 @@ instruction; :data:`LAYOUTS` names the ones the library trains and evaluates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from neuroomics_bridge.reports.report import DATA_NAMES, Evidence, covariate_text
 
-__all__ = ["CLASS_PROMPT", "DEFAULT_LAYOUT", "LAYOUTS", "ClassPrompt", "PromptLayout", "get_layout", "report_prompt"]
+__all__ = [
+    "CLASS_PROMPT",
+    "DEFAULT_LAYOUT",
+    "LAYOUTS",
+    "ClassPrompt",
+    "class_texts",
+    "PromptLayout",
+    "get_layout",
+    "report_prompt",
+]
 
 ClassPrompt = str | Mapping[str, str]
 """One text per class: a template formatted with the label, or a mapping label -> text."""
 CLASS_PROMPT = "Impression: {label}."
 """The default class text for zero-shot classification: a report's impression line."""
+
+
+def class_texts(class_prompt: ClassPrompt, classes: Sequence[str]) -> list[str]:
+    """One zero-shot text per class: ``class_prompt`` formatted with it, or looked up in the mapping."""
+    if isinstance(class_prompt, str):
+        return [class_prompt.format(label=c) for c in classes]
+    return [class_prompt[c] for c in classes]
 
 
 @dataclasses.dataclass(frozen=True)

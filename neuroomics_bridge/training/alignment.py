@@ -81,11 +81,10 @@ class AlignmentModule(LightningModule):
         self.optimizer_args = optimizer_args(
             stage_args(stage).optimizer, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction
         )
-        template = class_prompt if isinstance(class_prompt, str) else CLASS_PROMPT
         self.stage_impl: ContrastiveStage | PrefixStage = (
             ContrastiveStage(text_views=text_views)
             if stage == "contrastive"
-            else PrefixStage(layouts=dict(prefix_layouts or PREFIX_LAYOUTS), class_prompt=template)
+            else PrefixStage(layouts=dict(prefix_layouts or PREFIX_LAYOUTS), class_prompt=class_prompt)
         )
         self.bridge, self.stage = bridge, stage
         self.adapters = bridge.adapters  # the only registered (trainable) module: checkpoints hold adapters only

@@ -31,7 +31,6 @@ class ContrastiveStage:
     """
 
     text_views: bool = True
-    name: str = "contrastive"
 
     def trains(self, adapter_parameter: str) -> bool:
         """Every adapter but the prefix projector trains here."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, get_layout, report_prompt
+from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt, get_layout, report_prompt
 from neuroomics_bridge.reports.report import Evidence
 
 __all__ = ["PREFIX_LAYOUTS", "PrefixStage"]
@@ -38,12 +38,12 @@ class PrefixStage:
     layouts
         Layout name -> share of training prompts in that layout.
     class_prompt
-        The zero-shot class text template behind the probabilities a ``"full"`` prompt states.
+        The zero-shot class texts behind the probabilities a ``"full"`` prompt states (a template
+        or a mapping class -> text).
     """
 
     layouts: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(PREFIX_LAYOUTS))
-    class_prompt: str = CLASS_PROMPT
-    name: str = "prefix"
+    class_prompt: ClassPrompt = CLASS_PROMPT
     evidence: dict[str, list[Evidence]] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
