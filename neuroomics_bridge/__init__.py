@@ -43,6 +43,7 @@ _EXPORTS = {
     "EmbeddingIndex": "neuroomics_bridge.retrieval",
     "ReferenceSet": "neuroomics_bridge.retrieval",
     "Report": "neuroomics_bridge.reports.report",
+    "reports_to_frame": "neuroomics_bridge.reports.frame",
     "RESEARCH_NOTICE": "neuroomics_bridge.notice",
     "fit_alignment": "neuroomics_bridge.training.alignment",
     "AlignmentModule": "neuroomics_bridge.training.alignment",

@@ -38,6 +38,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from neuroomics_bridge.demo import format_metrics
+    from neuroomics_bridge.inference import evaluate_folder
+
+    facts = [c for c in (args.facts or "").split(",") if c]
+    metrics = evaluate_folder(
+        args.bridge, args.data, args.out, fact_columns=facts, reports=not args.no_reports, limit=args.limit,
+        seed=args.seed,
+    )  # fmt: skip
+    print(f"held-out metrics ({RESEARCH_NOTICE}):")
+    print(format_metrics(metrics))
+    print(f"\npage: {args.out}/index.html; metrics: {args.out}/metrics.json")
+    return 0
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     from neuroomics_bridge.inference import encode_folder
 
@@ -162,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--batch-size", type=int, default=64, help="subjects encoded and reported at a time")
     report.add_argument("--max-new-tokens", type=int, default=80, help="longest findings text per report")
     report.set_defaults(run=_cmd_report)
+
+    scored = commands.add_parser(
+        "evaluate", help="score a trained bridge on a labelled cohort folder: zero-shot, retrieval, report facts"
+    )
+    scored.add_argument("--bridge", required=True, help="a bridge folder with its encoders (what nob demo writes)")
+    scored.add_argument("--data", required=True, help="a labelled cohort folder (Cohort.to_files layout)")
+    scored.add_argument("--out", required=True, help="output folder: metrics.json, index.html, plots/, reports")
+    scored.add_argument("--facts", default=None, help="comma-separated categorical columns a report must state")
+    scored.add_argument("--no-reports", action="store_true", help="score the aligned space only (no generation)")
+    scored.add_argument("--limit", type=int, default=None, help="score the first N subjects only")
+    scored.add_argument("--seed", type=int, default=0, help="seed of the shuffled-subject controls")
+    scored.set_defaults(run=_cmd_evaluate)
 
     encode = commands.add_parser("encode", help="write subject vectors of a cohort folder with saved encoders")
     encode.add_argument("--encoders", required=True, help="a saved CohortEncoder folder (e.g. <bridge>/encoders)")

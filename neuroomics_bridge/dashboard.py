@@ -19,7 +19,7 @@ from neuroomics_bridge.reports.report import Report
 
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge import Bridge
-    from neuroomics_bridge.data.cohort import Cohort, CohortSplit
+    from neuroomics_bridge.data.cohort import Cohort
 
 __all__ = ["write_page"]
 
@@ -35,35 +35,54 @@ article.report { border: 1px solid #ddd; padding: .5rem 1rem; }
 def write_page(
     out: Path,
     bridge: Bridge,
+    *,
     cohort: Cohort,
-    split: CohortSplit,
-    histories: dict[str, pd.DataFrame],
-    reports: list[Report],
     test: Cohort,
+    reports: list[Report],
     metrics: dict[str, float],
+    histories: dict[str, pd.DataFrame] | None = None,
+    title: str = "neuroomics-bridge demo",
+    subjects: str = "",
 ) -> Path:
-    """Draw the plots and write ``out/index.html``; returns the page's path."""
+    """Draw the plots and write ``out/index.html``; returns the page's path.
+
+    Parameters
+    ----------
+    out
+        The folder (plots go to ``out/plots``).
+    bridge
+        The trained bridge the figures come from.
+    cohort, test
+        Every subject (the aligned-space map) and the held-out ones (retrieval matrix, reports).
+    reports
+        Reports of ``test`` subjects, shown beside their reference reports (the first 12).
+    metrics
+        Figures for the tables and the report-facts plot.
+    histories
+        Stage -> training history, for the training curves (none on an evaluation page).
+    title, subjects
+        The page's heading and its line about the subjects.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     images = {
-        "Training curves": _training_curves(histories, plots / "training_curves.png"),
+        "Training curves": _training_curves(histories or {}, plots / "training_curves.png"),
         "The aligned space (PCA), coloured by diagnosis": _aligned_map(bridge, cohort, plots / "aligned_space.png"),
         "Gene-brain retrieval: cosine similarity of held-out subjects": _retrieval_matrix(
-            bridge, split.test, plots / "retrieval_matrix.png"
+            bridge, test, plots / "retrieval_matrix.png"
         ),
         "Report facts stated correctly, by prompt layout, beside their controls": _grounding_plot(
             metrics, plots / "report_facts.png"
         ),
     }
     body = [
-        "<h1>neuroomics-bridge demo</h1>",
+        f"<h1>{html.escape(title)}</h1>",
         f'<p class="notice">{html.escape(RESEARCH_NOTICE)}</p>',
         f"<p>Backbone <code>{html.escape(bridge.backbone.name)}</code>; adapters {html.escape(bridge.adapter_id)}; "
-        f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, {split.val.n_subjects} validation, "
-        f"{split.test.n_subjects} test).</p>",
+        f"{html.escape(subjects or f'{cohort.n_subjects} subjects')}.</p>",
         "<h2>Are reports about their subject?</h2>",
         "<p>Share of held-out subjects whose generated report states each known fact correctly (unstated "
         "counts as wrong). <i>full</i>: the subject's soft prefix and the evidence in the prompt (known "
@@ -75,14 +94,14 @@ def write_page(
         "<h2>Held-out metrics</h2>",
         _metrics_table({k: v for k, v in metrics.items() if k.count("/") < 2 or not k.startswith("report/")}),
     ]
-    for title, path in images.items():
+    for heading, path in images.items():
         if path is not None:
-            body += [f"<h2>{html.escape(title)}</h2>", f'<img src="plots/{path.name}" alt="{html.escape(title)}">']
+            body += [f"<h2>{html.escape(heading)}</h2>", f'<img src="plots/{path.name}" alt="{html.escape(heading)}">']
     body += ["<h2>Generated reports beside the reference reports</h2>", _side_by_side(reports, test)]
     page = out / "index.html"
     atomic_write_text(
         page,
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>neuroomics-bridge demo</title>'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>",
     )
     return page

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 from neuroomics_bridge.reports.report import Report
@@ -76,7 +74,9 @@ def run_demo(
     from neuroomics_bridge.dashboard import write_page
     from neuroomics_bridge.datasets import synthetic_cohort
     from neuroomics_bridge.encoders.cohort import default_cohort_encoder
-    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
+    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports, report_label_metrics
+    from neuroomics_bridge.inference import save_reports
+    from neuroomics_bridge.io import atomic_write_text
     from neuroomics_bridge.retrieval import ReferenceSet
 
     locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
@@ -114,21 +114,22 @@ def run_demo(
     )
     evaluation = evaluate_reports(bridge, test, reference=reference, seed=seed)
     reports = evaluation.reports[DEFAULT_LAYOUT]
-    metrics = {**contrastive.metrics, **prefix.metrics, **_label_metrics(evaluation, test), **evaluation.metrics}
+    metrics = {**contrastive.metrics, **prefix.metrics, **report_label_metrics(evaluation, test), **evaluation.metrics}
 
     step("saving the bridge, the encoders, the reference index and the page")
     BridgeBundle(bridge, encoding, reference).save(out / "bridge")
-    _write_reports(out, reports)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    save_reports(out, reports)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     page = write_page(
         out,
         bridge,
-        cohort,
-        split,
-        {"contrastive": contrastive.history, "prefix": prefix.history},
-        reports,
-        test,
-        metrics,
+        cohort=cohort,
+        test=test,
+        reports=reports,
+        metrics=metrics,
+        histories={"contrastive": contrastive.history, "prefix": prefix.history},
+        subjects=f"{cohort.n_subjects} subjects ({split.train.n_subjects} train, "
+        f"{split.val.n_subjects} validation, {split.test.n_subjects} test)",
     )
     step(f"done: {page}")
     return DemoResult(out_dir=out, metrics=metrics, reports=reports, page=page)
@@ -180,29 +181,6 @@ def _quiet_lightning() -> Iterator[None]:
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
-
-
-def _label_metrics(evaluation: Any, test: Cohort) -> dict[str, float]:
-    """The impression's diagnosis (``Report.label``) of default-layout reports, own and shuffled, and chance."""
-    from neuroomics_bridge.evaluation import report_label_accuracy
-
-    if test.labels is None:
-        return {}
-    counts = np.unique(test.labels, return_counts=True)[1]
-    own, shuffled = evaluation.reports[DEFAULT_LAYOUT], evaluation.reports.get(f"{DEFAULT_LAYOUT}/shuffled")
-    metrics = {"report/label_accuracy": report_label_accuracy(own, test.labels)}
-    if shuffled is not None:
-        metrics["report/label_accuracy_shuffled"] = report_label_accuracy(shuffled, test.labels)
-    metrics["report/label_accuracy_chance"] = float((counts / counts.sum()).max())
-    metrics["report/parseable"] = float(np.mean([r.label is not None for r in own]))
-    return metrics
-
-
-def _write_reports(out: Path, reports: list[Report]) -> None:
-    from neuroomics_bridge.io import atomic_write_text
-
-    atomic_write_text(out / "reports.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in reports))
-    atomic_write_text(out / "reports.md", "\n".join(r.to_markdown() for r in reports))
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -1,6 +1,6 @@
-"""Applying a trained bridge to cohort folders: reports, subject vectors, faiss indexes.
+"""Applying a trained bridge to cohort folders: reports, scores, subject vectors, faiss indexes.
 
-These are the functions behind ``nob report``, ``nob encode`` and ``nob index``. A bridge folder
+These are the functions behind ``nob report``, ``nob evaluate``, ``nob encode`` and ``nob index``. A bridge folder
 here is a :class:`BridgeBundle` (what ``nob demo`` writes: the adapters, the fitted
 :class:`CohortEncoder` and, optionally, the :class:`ReferenceSet` reports cite).
 Reports are produced ``batch_size`` subjects at a time and streamed to the output file, so memory
@@ -12,18 +12,22 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from neuroomics_bridge.errors import DataError, MissingFileError
-from neuroomics_bridge.io import atomic_path
+from neuroomics_bridge.io import atomic_path, atomic_write_text
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress
 
-__all__ = ["write_reports", "encode_folder", "build_index", "search_index"]
+if TYPE_CHECKING:
+    from neuroomics_bridge.reports.report import Report
+
+__all__ = ["write_reports", "evaluate_folder", "save_reports", "encode_folder", "build_index", "search_index"]
 
 FORMATS = (".jsonl", ".md", ".html")
 
@@ -98,6 +102,117 @@ def write_reports(
         if target.suffix == ".html":
             handle.write("</body></html>")
     return written
+
+
+def evaluate_folder(
+    bridge_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    fact_columns: Sequence[str] = (),
+    reports: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> dict[str, float]:
+    """Score a saved bridge on a labelled cohort folder (``nob evaluate``), as the demo scores its own.
+
+    Writes ``out_dir/metrics.json``, ``out_dir/index.html`` (with its plots) and, with
+    ``reports``, the generated reports (``reports.jsonl``, ``reports.md``). The metrics are the
+    demo's: zero-shot accuracy / macro-F1 / AUROC per modality and retrieval recall@k
+    (:func:`~neuroomics_bridge.evaluation.evaluate_bridge`), report perplexity with the own vs a
+    shuffled subject's prefix, and, with ``reports``, report factuality per fact category for
+    every prompt layout beside its shuffled control and the retrieval-copy baseline
+    (:func:`~neuroomics_bridge.evaluation.evaluate_reports`).
+
+    Subjects that are also in the bridge's reference set (its training fold: the same id and
+    the same report) are left out: their own report is in the index, so retrieval would be a lookup. ``evaluate/subjects`` and
+    ``evaluate/excluded_reference_subjects`` say how many were scored and left out.
+
+    Parameters
+    ----------
+    bridge_dir
+        A :class:`BridgeBundle` folder with its encoders (what ``nob demo`` writes).
+    data_dir
+        A labelled cohort folder (:meth:`Cohort.to_files` layout; ``reports.csv`` with a label).
+    out_dir
+        Where the results go (created; files in it are replaced atomically).
+    fact_columns
+        Categorical covariate or phenotype columns that count as facts a report must state
+        (the synthetic cohort's severity, sex and age are found without being named).
+    reports
+        Generate and score reports (most of the run time); ``False`` scores the aligned space only.
+    limit
+        Score only the first ``limit`` subjects (after leaving out reference subjects).
+    seed
+        Seed of the shuffled-subject controls.
+    show_progress
+        Progress bars; ``None``: only when stderr is a terminal.
+
+    Returns
+    -------
+    dict[str, float]
+        What ``metrics.json`` holds.
+
+    Raises
+    ------
+    DataError
+        When the cohort has no labels, or no subject is left to score.
+    """
+    from neuroomics_bridge.bridge.bundle import BridgeBundle
+    from neuroomics_bridge.dashboard import write_page
+    from neuroomics_bridge.data.cohort import Cohort
+    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_bridge, evaluate_reports, report_label_metrics
+    from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
+
+    bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
+    bridge, reference = bundle.bridge, bundle.references
+    raw = Cohort.from_files(data_dir)
+    if raw.labels is None:
+        raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv to score against")
+    seen = set(zip(reference.subject_ids, reference.reports, strict=True)) if reference is not None else set()
+    texts = raw.reports or [None] * raw.n_subjects
+    in_reference = [(s, text) in seen for s, text in zip(raw.subject_ids, texts, strict=True)]
+    kept = [s for s, known in zip(raw.subject_ids, in_reference, strict=True) if not known][:limit]
+    if not kept:
+        raise DataError(f"{data_dir}: no subject left to score ({raw.n_subjects} subjects, all in the reference set)")
+    cohort = bundle.encoders.transform(raw.subset(kept))
+    metrics = {
+        "evaluate/subjects": float(cohort.n_subjects),
+        "evaluate/excluded_reference_subjects": float(sum(in_reference)),
+        **evaluate_bridge(bridge, cohort),
+    }
+    if cohort.reports is not None:
+        metrics |= evaluate_bridge(bridge, cohort, stage="prefix")
+    written: list = []
+    if reports:
+        evaluation = evaluate_reports(
+            bridge, cohort, reference=reference, fact_columns=fact_columns, seed=seed, show_progress=show_progress
+        )
+        metrics |= report_label_metrics(evaluation, cohort) | evaluation.metrics
+        written = evaluation.reports[DEFAULT_LAYOUT]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if written:
+        save_reports(out, written)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_page(
+        out,
+        bridge,
+        cohort=cohort,
+        test=cohort,
+        reports=written,
+        metrics=metrics,
+        title="neuroomics-bridge evaluation",
+        subjects=f"{cohort.n_subjects} subjects of {data_dir} scored",
+    )
+    return metrics
+
+
+def save_reports(out: Path, reports: Sequence[Report]) -> None:
+    """``out/reports.jsonl`` (one :meth:`Report.to_dict` per line) and ``out/reports.md``, atomically."""
+    atomic_write_text(out / "reports.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in reports))
+    atomic_write_text(out / "reports.md", "\n".join(r.to_markdown() for r in reports))
 
 
 def encode_folder(

@@ -24,6 +24,7 @@ from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileErr
 __all__ = [
     "cache_root",
     "atomic_path",
+    "current_umask",
     "atomic_directory",
     "atomic_write_text",
     "file_sha256",
@@ -36,6 +37,21 @@ def cache_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("neuroomics-bridge"))
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask, read without changing it (Linux ``/proc``).
+
+    Where ``/proc`` has no ``Umask:`` line it is read by setting and restoring it, which is
+    momentarily process-wide.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -51,6 +67,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            _plain_modes(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -68,6 +86,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _plain_modes(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
@@ -77,6 +96,16 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plain_modes(path: Path) -> None:
+    """Give ``path`` (and everything under a folder) the mode a plain ``open()`` / ``mkdir()``
+    would: temporary files and folders start private (0600 / 0700), and some writers (safetensors)
+    keep that mode, so colleagues sharing a folder could not read what the library wrote."""
+    umask = current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -9,6 +9,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from neuroomics_bridge import RESEARCH_NOTICE
@@ -137,16 +138,110 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
     assert found.returncode == 0 and lines and all(len(line["neighbours"]) == 3 for line in lines)
 
 
-@pytest.mark.parametrize("problem", ["missing", "malformed"])
+INJECTED = '<b id="injected">bold</b><script>window.injected = true</script>'
+
+
+@pytest.fixture(scope="module")
+def evaluated(demo_dir, tmp_path_factory) -> Path:
+    """``nob evaluate`` of the demo's bridge on another labelled folder, one report carrying markup."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    cohort = synthetic_cohort(14, seed=42, cells_per_subject=6, missing_rate=0.1)
+    cohort.reports[0] = f"{cohort.reports[0]} {INJECTED}"
+    data = cohort.to_files(folder / "labelled")
+    result = nob("evaluate", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "ev", "--limit", "12",
+                 cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert RESEARCH_NOTICE in result.stdout and "report/prefix_only/diagnosis" in result.stdout
+    return folder / "ev"
+
+
+def test_evaluate_scores_a_labelled_folder_with_every_demo_metric(demo_dir, evaluated) -> None:
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    demo = json.loads((demo_dir / "metrics.json").read_text())
+    assert metrics["evaluate/subjects"] == 12 and metrics["evaluate/excluded_reference_subjects"] == 0
+    trained_only = {k for k in demo if k.startswith(("train/", "val/", "contrastive/", "prefix/loss"))}
+    assert set(demo) - trained_only <= set(metrics)  # every held-out figure the demo reports
+    for variant in ("prefix_only", "prefix_only/shuffled", "full", "evidence_only", "retrieval_copy"):
+        assert 0 <= metrics[f"report/{variant}/diagnosis"] <= 1
+    reports = [json.loads(line) for line in (evaluated / "reports.jsonl").read_text().splitlines()]
+    assert len(reports) == 12 and all(r["notice"] == RESEARCH_NOTICE for r in reports)
+
+
+def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) -> None:
+    from neuroomics_bridge import BridgeBundle
+    from neuroomics_bridge.inference import evaluate_folder
+
+    reference = BridgeBundle.load(demo_dir / "bridge").references
+    cohort = synthetic_cohort(12, seed=42, cells_per_subject=6)
+    cohort.subject_ids[:2] = reference.subject_ids[:2]  # two subjects the bridge was trained on
+    cohort.reports[:2] = reference.reports[:2]
+    metrics = evaluate_folder(demo_dir / "bridge", cohort.to_files(tmp_path / "c"), tmp_path / "ev", reports=False)
+    assert metrics["evaluate/subjects"] == 10 and metrics["evaluate/excluded_reference_subjects"] == 2
+
+
+def open_in_chromium(page: Path) -> dict[str, object]:
+    """Load ``page`` in headless Chromium (Debian's, driven by Playwright) and read what a person would see."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        if os.environ.get("NOB_REQUIRE_BROWSER"):
+            pytest.fail("NOB_REQUIRE_BROWSER is set but /usr/bin/chromium is missing (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=flags)
+        try:
+            tab = browser.new_page()
+            errors: list[str] = []
+            tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            tab.on("pageerror", lambda error: errors.append(str(error)))
+            tab.goto(page.as_uri(), wait_until="load")
+            return {
+                "errors": errors,
+                "images": tab.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])"),
+                "notice_visible": tab.get_by_text(RESEARCH_NOTICE).first.is_visible(),
+                "notice_above_reports": tab.evaluate(
+                    "document.querySelector('.notice').getBoundingClientRect().top"
+                    " < document.querySelector('article.report').getBoundingClientRect().top"
+                ),
+                "injected": tab.evaluate("[!!document.querySelector('#injected'), window.injected === true]"),
+                "text": tab.inner_text("body"),
+            }
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("which", ["demo", "evaluate"])
+def test_pages_render_in_a_real_browser(demo_dir, evaluated, which: str) -> None:
+    seen = open_in_chromium((demo_dir if which == "demo" else evaluated) / "index.html")
+    assert seen["errors"] == []
+    assert len(seen["images"]) >= 3 and all(width > 0 for _, width in seen["images"]), seen["images"]
+    assert seen["notice_visible"] and seen["notice_above_reports"]
+    assert seen["injected"] == [False, False]  # report text is shown, never run
+    if which == "evaluate":
+        assert '<b id="injected">bold</b>' in seen["text"]  # the markup is visible as text
+
+
+@pytest.mark.parametrize("problem", ["missing", "malformed", "unlabelled"])
 def test_a_bad_data_folder_exits_2_with_one_line(demo_dir, tmp_path, problem: str) -> None:
     data = tmp_path / "data"
     if problem == "malformed":
         data.mkdir()
         (data / "reports.csv").write_text("id,text\ns1,hello\n")
-    for command in (
+    commands = [
         ["demo", "--quick", "--data", str(data), "--out", "o"],
         ["report", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "r.jsonl"],
-    ):
+        ["evaluate", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "ev"],
+    ]
+    if problem == "unlabelled":
+        cohort = synthetic_cohort(6, seed=1, cells_per_subject=4)
+        cohort.to_files(data)
+        table = pd.read_csv(data / "reports.csv").drop(columns="label")
+        table.to_csv(data / "reports.csv", index=False)
+        commands = commands[2:]  # reports without labels are fine for demo and report, not for scoring
+    for command in commands:
         result = nob(*command, cwd=tmp_path)
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import pickle
 import re
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,6 +89,29 @@ def test_an_interrupted_save_keeps_the_previous_bridge_and_leaves_no_partial_fil
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bridge"]  # no temporary sibling left
     Bridge.from_pretrained(target, backbone=tiny_backbone)  # still loads
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_and_folders_get_the_mode_a_plain_open_would_give(tmp_path, make_bridge, umask) -> None:
+    from neuroomics_bridge.io import atomic_write_text, current_umask
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+        with open(tmp_path / "plain.txt", "w") as handle:  # the reference: what open() gives
+            handle.write("x")
+        (tmp_path / "plain").mkdir()
+        saved = make_bridge({"gene": 4}, SMALL).save_pretrained(tmp_path / "bridge")  # an atomic folder
+    finally:
+        os.umask(previous)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(tmp_path / "metrics.json") == mode(tmp_path / "plain.txt") == 0o666 & ~umask
+    assert mode(saved) == mode(tmp_path / "plain") == 0o777 & ~umask
+    assert {mode(p) for p in saved.iterdir()} == {0o666 & ~umask}
 
 
 def test_every_saved_card_carries_the_research_notice(tmp_path, tiny_backbone, make_bridge) -> None:

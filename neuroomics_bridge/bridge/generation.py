@@ -18,12 +18,13 @@ evidence it was given.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from neuroomics_bridge.bridge.scverse import is_anndata, modality_inputs
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.reports.prompts import (
     CLASS_PROMPT,
@@ -37,6 +38,9 @@ from neuroomics_bridge.reports.prompts import (
 from neuroomics_bridge.reports.report import IMPRESSION, Evidence, Neighbour, Report
 from neuroomics_bridge.reports.sections import parse_label, split_sections
 from neuroomics_bridge.retrieval import ReferenceSet
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 __all__ = ["ReportGenerationMixin", "Covariates"]
 
@@ -101,11 +105,13 @@ class ReportGenerationMixin:
 
     def generate_report(
         self,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray] | ad.AnnData,
         prompt: str | None = None,
         *,
         subject_ids: Sequence[str] | None = None,
         covariates: Covariates | None = None,
+        use_rep: str | Mapping[str, str] | None = None,
+        key_added: str | None = None,
         reference: ReferenceSet | None = None,
         classes: Sequence[str] = (),
         class_prompt: ClassPrompt = CLASS_PROMPT,
@@ -120,11 +126,17 @@ class ReportGenerationMixin:
         Parameters
         ----------
         inputs
-            Modality -> ``(n, d)`` vectors (absent subjects: NaN rows).
+            Modality -> ``(n, d)`` vectors (absent subjects: NaN rows), or an AnnData whose rows
+            are the subjects, each modality in ``obsm`` (see ``use_rep``).
         prompt
             The instruction line (default ``config.report_prompt``, what the prefix stage used).
         subject_ids
-            Names for the reports (default ``subject-<i>``).
+            Names for the reports (default: an AnnData's ``obs_names``, else ``subject-<i>``).
+        use_rep, key_added
+            AnnData only: modality -> obsm key (default ``obsm[m]`` or ``obsm["X_" + m]``; a
+            one-modality bridge falls back to ``X``); with ``key_added``, ``obs[key]`` gets the
+            class each impression names (categorical) and ``obs[key + "_text"]`` the report text,
+            written into the given AnnData. Its ``obs`` are the default ``covariates``.
         covariates, reference, classes, class_prompt, neighbours
             The evidence gathered by :meth:`evidence`; the neighbours are listed in every report
             for the reader and quoted in the prompt only where ``layout`` says so.
@@ -143,6 +155,26 @@ class ReportGenerationMixin:
         list[Report]
             One per row; ``Report.label`` is the class the impression names.
         """
+        if is_anndata(inputs):
+            adata = inputs
+            reports = self.generate_report(
+                modality_inputs(adata, self.modalities, use_rep),
+                prompt,
+                subject_ids=list(adata.obs_names) if subject_ids is None else subject_ids,
+                covariates=adata.obs.reset_index(drop=True) if covariates is None else covariates,
+                reference=reference,
+                classes=classes,
+                class_prompt=class_prompt,
+                neighbours=neighbours,
+                layout=layout,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                show_progress=show_progress,
+            )
+            if key_added:
+                adata.obs[key_added] = pd.Categorical([r.label for r in reports], categories=list(classes) or None)
+                adata.obs[f"{key_added}_text"] = [r.text for r in reports]
+            return reports
         chosen = get_layout(layout)
         self.adapters.eval()
         with torch.no_grad():

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -28,9 +28,19 @@ from neuroomics_bridge.backbone.cache import CachedTextEncoder
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.bridge.card import model_card
 from neuroomics_bridge.bridge.generation import ReportGenerationMixin
+from neuroomics_bridge.bridge.scverse import (
+    is_anndata,
+    modality_inputs,
+    rep_keys,
+    write_embedding,
+    write_zero_shot,
+)
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, check_safetensors, read_manifest
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 __all__ = ["Bridge", "BRIDGE_FORMAT"]
 
@@ -81,8 +91,43 @@ class Bridge(ReportGenerationMixin):
 
     # ------------------------------------------------------------------------------ aligned space
     @torch.inference_mode()
-    def embed(self, modality: str, X: np.ndarray) -> np.ndarray:
-        """Unit vectors ``(n, embed_dim)`` in the aligned space; absent (all-NaN) rows stay NaN."""
+    def embed(
+        self,
+        modality: str,
+        X: np.ndarray | ad.AnnData,
+        *,
+        use_rep: str | None = None,
+        key_added: str | None = None,
+        copy: bool = False,
+    ) -> np.ndarray | ad.AnnData | None:
+        """Unit vectors ``(n, embed_dim)`` in the aligned space; absent (all-NaN) rows stay NaN.
+
+        Parameters
+        ----------
+        modality
+            Which modality's head embeds ``X``.
+        X
+            ``(n, d_modality)`` vectors, or an AnnData whose rows (subjects or cells) hold them in
+            ``obsm[use_rep]`` (default ``obsm[modality]``, ``obsm["X_" + modality]``, else ``X``).
+        use_rep, key_added, copy
+            AnnData only: where to read, the key written (default ``"X_nob_<modality>"``:
+            ``obsm[key]`` the embedding, ``uns[key]`` what produced it), and scanpy's ``copy``
+            (return a new AnnData instead of writing into ``X``).
+
+        Returns
+        -------
+        numpy.ndarray or anndata.AnnData or None
+            The embeddings for an array; for an AnnData, ``None`` (written in place) or the copy.
+        """
+        if is_anndata(X):
+            (vectors,) = modality_inputs(X, [modality], use_rep).values()
+            return write_embedding(
+                X,
+                self.embed(modality, vectors),
+                key=key_added or f"X_nob_{modality}",
+                params=self._provenance(modality, rep_keys(X, [modality], use_rep)[modality]),
+                copy=copy,
+            )
         x = self._checked(modality, X)
         present = ~torch.isnan(x).all(dim=1)
         self.adapters.eval()
@@ -112,18 +157,69 @@ class Bridge(ReportGenerationMixin):
                 mean = np.nanmean(self.embed(modality, reference.features[modality][rows]), axis=0)
                 getattr(self.adapters, f"gap_{modality}").copy_(torch.from_numpy(mean))
 
-    def zero_shot(self, modality: str, X: np.ndarray, class_texts: Sequence[str]) -> np.ndarray:
+    def zero_shot(
+        self,
+        modality: str,
+        X: np.ndarray | ad.AnnData,
+        class_texts: Sequence[str] | Mapping[str, str],
+        *,
+        use_rep: str | None = None,
+        key_added: str | None = None,
+        copy: bool = False,
+    ) -> np.ndarray | ad.AnnData | None:
         """Class probabilities ``(n, n_classes)``: a softmax over the similarities to each class text.
 
         Embeddings are centred on the calibration mean (see :meth:`calibrate`) and the learned
         temperature of the modality-text pair scales the similarities. Absent rows are NaN.
+
+        Parameters
+        ----------
+        modality
+            Which modality ``X`` holds.
+        X
+            ``(n, d_modality)`` vectors, or an AnnData (read as in :meth:`embed`).
+        class_texts
+            One text per class, or a mapping class name -> text (the names label the classes).
+        use_rep, key_added, copy
+            AnnData only: where to read; the key written (default ``"nob_<modality>_zero_shot"``):
+            ``obs[key]`` the most probable class (categorical), ``obsm[key + "_probabilities"]``
+            the probabilities, ``uns[key]`` the classes, texts and what produced them; scanpy's
+            ``copy``.
+
+        Returns
+        -------
+        numpy.ndarray or anndata.AnnData or None
+            The probabilities for an array; for an AnnData, ``None`` (written in place) or the copy.
         """
+        names = list(class_texts)
+        texts = list(class_texts.values()) if isinstance(class_texts, Mapping) else names
+        if is_anndata(X):
+            (vectors,) = modality_inputs(X, [modality], use_rep).values()
+            return write_zero_shot(
+                X,
+                self.zero_shot(modality, vectors, texts),
+                names,
+                key=key_added or f"nob_{modality}_zero_shot",
+                params={**self._provenance(modality, rep_keys(X, [modality], use_rep)[modality]), "class_texts": texts},
+                copy=copy,
+            )
         scale = float(self.adapters.losses[f"{modality}-{TEXT}"].similarity_scale())
         centred = self.embed(modality, X) - getattr(self.adapters, f"gap_{modality}").numpy()
-        logits = scale * (centred @ self.embed_text(list(class_texts)).T)
-        logits -= np.nanmax(logits, axis=1, keepdims=True)
-        weights = np.exp(logits)
-        return weights / weights.sum(axis=1, keepdims=True)
+        present = ~np.isnan(centred).all(axis=1)
+        logits = scale * (centred[present] @ self.embed_text(texts).T)
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = np.full((len(centred), len(texts)), np.nan, dtype=weights.dtype)
+        probabilities[present] = weights / weights.sum(axis=1, keepdims=True)
+        return probabilities
+
+    def _provenance(self, modality: str, use_rep: str) -> dict[str, str]:
+        """What an AnnData's ``uns`` records about a result: the bridge and where it read."""
+        return {
+            "modality": modality,
+            "use_rep": use_rep,
+            "model": self.backbone.name,
+            "adapters": self.adapter_id,
+        }
 
     @property
     def adapter_id(self) -> str:
@@ -219,6 +315,16 @@ class Bridge(ReportGenerationMixin):
         )
         if x.ndim != 2 or x.shape[1] != self.modality_dims[modality]:
             raise DataError(f"{modality}: expected shape (n, {self.modality_dims[modality]}), got {tuple(x.shape)}")
+        missing = torch.isnan(x)
+        partial = missing.any(dim=1) & ~missing.all(dim=1)  # all-NaN means absent; some NaN is damaged data
+        if partial.any():
+            row = int(torch.nonzero(partial)[0, 0])
+            columns = torch.nonzero(missing[row])[:, 0].tolist()
+            raise DataError(
+                f"{modality}: row {row} has NaN in column(s) {columns[:10]}{' ...' if len(columns) > 10 else ''} "
+                f"but not in all {x.shape[1]}; expected a complete vector or an all-NaN (absent) row "
+                f"({int(partial.sum())} such row(s) in all)"
+            )
         return x
 
     def add_lora(self, lora: LoRAConfig) -> None:

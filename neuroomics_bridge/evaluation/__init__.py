@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate_bridge": "neuroomics_bridge.evaluation.bridge_metrics",
     "report_perplexity": "neuroomics_bridge.evaluation.bridge_metrics",
     "evaluate_reports": "neuroomics_bridge.evaluation.bridge_metrics",
+    "report_label_metrics": "neuroomics_bridge.evaluation.bridge_metrics",
     "ReportEvaluation": "neuroomics_bridge.evaluation.bridge_metrics",
     "fact_accuracy": "neuroomics_bridge.evaluation.factuality",
     "copy_rate": "neuroomics_bridge.evaluation.factuality",

@@ -18,9 +18,10 @@ from neuroomics_bridge.evaluation.factuality import (
     retrieval_copy,
     synthetic_facts,
 )
-from neuroomics_bridge.evaluation.metrics import classification_metrics, recall_at_k, rouge_l
+from neuroomics_bridge.evaluation.metrics import classification_metrics, recall_at_k, report_label_accuracy, rouge_l
 from neuroomics_bridge.reports.prompts import (
     CLASS_PROMPT,
+    DEFAULT_LAYOUT,
     ClassPrompt,
     PromptLayout,
     class_texts,
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
     from neuroomics_bridge.reports.report import Report
     from neuroomics_bridge.retrieval import ReferenceSet
 
-__all__ = ["ReportEvaluation", "derangement", "evaluate_bridge", "evaluate_reports", "report_perplexity"]
+__all__ = [
+    "ReportEvaluation",
+    "derangement",
+    "evaluate_bridge",
+    "evaluate_reports",
+    "report_label_metrics",
+    "report_perplexity",
+]
 
 
 def evaluate_bridge(
@@ -241,6 +249,24 @@ def evaluate_reports(
         if values:
             metrics[f"report/chance/{category}"] = max(values.count(v) for v in set(values)) / len(values)
     return ReportEvaluation(metrics=metrics, reports=reports)
+
+
+def report_label_metrics(
+    evaluation: ReportEvaluation, cohort: Cohort, layout: str = DEFAULT_LAYOUT
+) -> dict[str, float]:
+    """The diagnosis each impression names (``Report.label``) in ``layout``'s reports, against
+    the cohort's labels, for the own and the shuffled-subject reports, beside chance (the most
+    frequent label's share), and the share of impressions that name exactly one class."""
+    if cohort.labels is None:
+        return {}
+    counts = np.unique(cohort.labels, return_counts=True)[1]
+    own, shuffled = evaluation.reports[layout], evaluation.reports.get(f"{layout}/shuffled")
+    metrics = {"report/label_accuracy": report_label_accuracy(own, cohort.labels)}
+    if shuffled is not None:
+        metrics["report/label_accuracy_shuffled"] = report_label_accuracy(shuffled, cohort.labels)
+    metrics["report/label_accuracy_chance"] = float((counts / counts.sum()).max())
+    metrics["report/parseable"] = float(np.mean([r.label is not None for r in own]))
+    return metrics
 
 
 def _scores(

@@ -15,6 +15,7 @@ _EXPORTS = {
     "parse_label": "neuroomics_bridge.reports.sections",
     "split_sections": "neuroomics_bridge.reports.sections",
     "report_prompt": "neuroomics_bridge.reports.prompts",
+    "reports_to_frame": "neuroomics_bridge.reports.frame",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -108,6 +108,14 @@ class Report:
         lines += ["", f"_model: {self.model}; adapters: {self.adapters}; prompt layout: {self.layout}_", ""]
         return "\n".join(lines)
 
+    def _repr_markdown_(self) -> str:
+        """Jupyter's Markdown display: :meth:`to_markdown`."""
+        return self.to_markdown()
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: :meth:`to_html`."""
+        return self.to_html()
+
     def to_html(self) -> str:
         """A self-contained HTML fragment (escaped), notice first."""
         e = html.escape
