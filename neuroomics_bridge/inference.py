@@ -126,8 +126,9 @@ def evaluate_folder(
     (:func:`~neuroomics_bridge.evaluation.evaluate_reports`).
 
     Subjects that are also in the bridge's reference set (its training fold: the same id and
-    the same report) are left out: their own report is in the index, so retrieval would be a lookup. ``evaluate/subjects`` and
-    ``evaluate/excluded_reference_subjects`` say how many were scored and left out.
+    the same report) are left out: their own report is in the index, so retrieval would be a
+    lookup. ``evaluate/subjects`` and ``evaluate/excluded_reference_subjects`` say how many were
+    scored and left out.
 
     Parameters
     ----------
