@@ -77,6 +77,9 @@ def write_page(
         "Report facts stated correctly, by prompt layout, beside their controls": _grounding_plot(
             metrics, plots / "report_facts.png"
         ),
+        "Zero-shot calibration on held-out subjects (temperature fitted on the validation fold)": _reliability_plot(
+            bridge, test, plots / "reliability.png"
+        ),
     }
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -156,6 +159,42 @@ def _grounding_plot(metrics: dict[str, float], path: Path) -> Path | None:
     axis.set_xticks(np.arange(len(facts)) + 0.4 - width / 2, facts)
     axis.set(ylabel="share stated correctly", ylim=(0, 1.05))
     axis.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _reliability_plot(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
+    """Reliability diagram per modality: accuracy against confidence in ten bins, ECE in the legend."""
+    import matplotlib.pyplot as plt
+
+    from neuroomics_bridge.evaluation.calibration import expected_calibration_error, reliability_bins
+    from neuroomics_bridge.reports.prompts import CLASS_PROMPT, class_mapping
+
+    if test.labels is None:
+        return None
+    classes = class_mapping(CLASS_PROMPT, test.labels)
+    index = {name: i for i, name in enumerate(classes)}
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    drawn = False
+    for modality in bridge.modalities:
+        rows = test.present(modality) if modality in test.features else np.zeros(test.n_subjects, bool)
+        if rows.sum() < 2:
+            continue
+        probabilities = bridge.zero_shot(modality, test.features[modality][rows], classes)
+        labels = [index[label] for label, keep in zip(test.labels, rows, strict=True) if keep]
+        confidence, accuracy, counts = reliability_bins(probabilities, labels)
+        used = counts > 0
+        ece = expected_calibration_error(probabilities, labels)
+        axis.plot(confidence[used], accuracy[used], marker="o", label=f"{modality} (ECE {ece:.3f})")
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axis.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -35,6 +35,31 @@ def nob(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def nob_on_terminal(*args: str, cwd: Path) -> tuple[int, str]:
+    """Run ``nob`` offline with stderr on a pseudo-terminal, as a person at a shell sees it."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE), env.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neuroomics_bridge.cli", *args], stdout=subprocess.DEVNULL, stderr=secondary,
+        cwd=cwd, env=env,
+    )  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    return process.wait(timeout=900), b"".join(chunks).decode(errors="replace")
+
+
 class Images(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -60,7 +85,7 @@ def test_quick_demo_writes_a_page_whose_images_all_exist(demo_dir) -> None:
     assert RESEARCH_NOTICE in page
     parser = Images()
     parser.feed(page)
-    assert len(parser.sources) == 4  # curves, aligned space, retrieval matrix, report facts
+    assert len(parser.sources) == 5  # curves, aligned space, retrieval matrix, report facts, reliability
     for source in parser.sources:
         image = demo_dir / source
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000
@@ -136,6 +161,15 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
     )
     lines = [json.loads(line) for line in found.stdout.splitlines()]
     assert found.returncode == 0 and lines and all(len(line["neighbours"]) == 3 for line in lines)
+
+
+def test_report_shows_progress_bars_on_a_terminal_and_none_in_a_log(demo_dir, tmp_path) -> None:
+    data = synthetic_cohort(6, seed=5, cells_per_subject=4).to_files(tmp_path / "c")
+    command = ["report", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--batch-size", "3"]
+    logged = nob(*command, "--out", "a.jsonl", cwd=tmp_path)
+    assert logged.returncode == 0 and "%|" not in logged.stderr and "report:" not in logged.stderr
+    code, terminal = nob_on_terminal(*command, "--out", "b.jsonl", cwd=tmp_path)
+    assert code == 0 and "report:" in terminal and "%|" in terminal and "batch" in terminal
 
 
 INJECTED = '<b id="injected">bold</b><script>window.injected = true</script>'

@@ -14,10 +14,11 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 PLOTS = {
     "encode_cohort.py": ["nob-encode-example/umap_by_diagnosis.png"],
     "train_from_config.py": ["nob-train-example/training_curves.png"],
-    # without --bridge it trains a small bridge with the demo pipeline, whose page has four plots
+    "zero_shot_cells.py": ["nob-cells-example/umap_zero_shot.png"],
+    # without --bridge it trains a small bridge with the demo pipeline, whose page has five plots
     "summarise_folder.py": [
         f"nob-small-bridge/plots/{name}.png"
-        for name in ("aligned_space", "report_facts", "retrieval_matrix", "training_curves")
+        for name in ("aligned_space", "reliability", "report_facts", "retrieval_matrix", "training_curves")
     ],
 }
 

@@ -86,6 +86,9 @@ class BridgeAdapters(nn.Module):
         # Each modality's mean embedding over reference subjects, set by Bridge.calibrate.
         for modality in modalities:
             self.register_buffer(f"gap_{modality}", torch.zeros(config.embed_dim))
+        # Each modality's zero-shot temperature, fitted on a validation fold by Bridge.fit_temperature.
+        for modality in modalities:
+            self.register_buffer(f"temperature_{modality}", torch.ones(()))
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """Backbone text vectors ``(n, text_dim)`` to unit vectors in the aligned space."""

@@ -42,7 +42,10 @@ from neuroomics_bridge.retrieval import ReferenceSet
 if TYPE_CHECKING:
     import anndata as ad
 
-__all__ = ["ReportGenerationMixin", "Covariates"]
+__all__ = ["ABSTAIN", "ReportGenerationMixin", "Covariates"]
+
+ABSTAIN = "the data do not point to one diagnosis"
+"""The impression of a report whose top zero-shot probability is below ``abstain_below``."""
 
 Covariates = pd.DataFrame | Mapping[str, Sequence[Any]]
 """Per-subject covariates, row-aligned with the inputs: a table or column name -> values."""
@@ -117,6 +120,7 @@ class ReportGenerationMixin:
         class_prompt: ClassPrompt = CLASS_PROMPT,
         neighbours: int = 3,
         layout: str | PromptLayout = DEFAULT_LAYOUT,
+        abstain_below: float | None = None,
         max_new_tokens: int = 80,
         batch_size: int = 16,
         show_progress: bool | None = None,
@@ -146,6 +150,11 @@ class ReportGenerationMixin:
             default, ``"prefix_only"``, scored highest on held-out subjects (README: the probabilities
             in ``"full"`` pass the zero-shot errors on); the evidence is gathered either way and
             recorded in every report for the reader.
+        abstain_below
+            When the subject's top zero-shot probability is below this, the impression says the
+            data do not point to one class (naming the most probable one and its probability)
+            instead of naming a diagnosis, and ``Report.label`` is ``None``. Needs ``classes``;
+            meaningful once the temperature is fitted (:meth:`Bridge.fit_temperature`).
         max_new_tokens, batch_size, show_progress
             Greedy decoding of the findings (no repeated 4-grams), ``batch_size`` subjects at a
             time; then the impression on its own.
@@ -167,6 +176,7 @@ class ReportGenerationMixin:
                 class_prompt=class_prompt,
                 neighbours=neighbours,
                 layout=layout,
+                abstain_below=abstain_below,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 show_progress=show_progress,
@@ -175,6 +185,8 @@ class ReportGenerationMixin:
                 adata.obs[key_added] = pd.Categorical([r.label for r in reports], categories=list(classes) or None)
                 adata.obs[f"{key_added}_text"] = [r.text for r in reports]
             return reports
+        if abstain_below is not None and not classes:
+            raise DataError("generate_report: abstain_below needs classes (the probabilities it compares)")
         chosen = get_layout(layout)
         self.adapters.eval()
         with torch.no_grad():
@@ -196,6 +208,10 @@ class ReportGenerationMixin:
         adapters = self.adapter_id
         reports = []
         for i, (text, ev) in enumerate(zip(texts, evidence, strict=True)):
+            abstains = abstain_below is not None and bool(ev.probabilities)
+            abstains = abstains and max(ev.probabilities.values()) < abstain_below
+            if abstains:
+                text = _abstaining(text, ev.probabilities)
             sections = split_sections(text, self.modalities, ev.present)
             ev.neighbours = ev.neighbours[:neighbours]
             reports.append(
@@ -205,7 +221,7 @@ class ReportGenerationMixin:
                     evidence=ev,
                     model=f"{backbone.name} ({backbone.weights_hash[:12]})",
                     adapters=adapters,
-                    label=parse_label(sections[IMPRESSION], classes) if classes else None,
+                    label=parse_label(sections[IMPRESSION], classes) if classes and not abstains else None,
                     text=text,
                     layout=layout if isinstance(layout, str) else "custom",
                 )
@@ -242,6 +258,13 @@ def _write(
         for i, impression in zip(missing, written, strict=True):
             impressions[i] = impression.strip().rstrip(".")
     return [f"{body} Impression: {impression}." for body, impression in zip(bodies, impressions, strict=True)]
+
+
+def _abstaining(text: str, probabilities: Mapping[str, float]) -> str:
+    """``text`` with its impression replaced by one that names no class (too uncertain)."""
+    top, probability = max(probabilities.items(), key=lambda kv: kv[1])
+    body = text.split("Impression:")[0].strip()
+    return f"{body} Impression: {ABSTAIN} (most probable: {top}, {probability:.2f})."
 
 
 def _rows(inputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from neuroomics_bridge.bridge.scverse import (
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, check_safetensors, read_manifest
+from neuroomics_bridge.reports.prompts import ClassTexts, class_wordings
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -161,16 +163,20 @@ class Bridge(ReportGenerationMixin):
         self,
         modality: str,
         X: np.ndarray | ad.AnnData,
-        class_texts: Sequence[str] | Mapping[str, str],
+        class_texts: ClassTexts,
         *,
         use_rep: str | None = None,
         key_added: str | None = None,
         copy: bool = False,
+        calibrated: bool = True,
     ) -> np.ndarray | ad.AnnData | None:
-        """Class probabilities ``(n, n_classes)``: a softmax over the similarities to each class text.
+        """Class probabilities ``(n, n_classes)``: a softmax over the similarities to each class.
 
-        Embeddings are centred on the calibration mean (see :meth:`calibrate`) and the learned
-        temperature of the modality-text pair scales the similarities. Absent rows are NaN.
+        Embeddings are centred on the calibration mean (see :meth:`calibrate`), the learned
+        temperature of the modality-text pair scales the similarities, and the temperature fitted
+        on a validation fold (:meth:`fit_temperature`; 1 until then) divides them. A class given
+        several wordings is the normalised mean of their unit text embeddings (CLIP's prompt
+        ensemble), so no single phrasing decides. Absent rows are NaN.
 
         Parameters
         ----------
@@ -179,38 +185,91 @@ class Bridge(ReportGenerationMixin):
         X
             ``(n, d_modality)`` vectors, or an AnnData (read as in :meth:`embed`).
         class_texts
-            One text per class, or a mapping class name -> text (the names label the classes).
+            Per class one text or several wordings, as a sequence or a mapping class name ->
+            text(s) (the names label the classes; a sequence's classes are named by their first
+            wording).
         use_rep, key_added, copy
             AnnData only: where to read; the key written (default ``"nob_<modality>_zero_shot"``):
             ``obs[key]`` the most probable class (categorical), ``obsm[key + "_probabilities"]``
             the probabilities, ``uns[key]`` the classes, texts and what produced them; scanpy's
             ``copy``.
+        calibrated
+            Apply the fitted temperature (``False``: the raw contrastive probabilities).
 
         Returns
         -------
         numpy.ndarray or anndata.AnnData or None
             The probabilities for an array; for an AnnData, ``None`` (written in place) or the copy.
         """
-        names = list(class_texts)
-        texts = list(class_texts.values()) if isinstance(class_texts, Mapping) else names
+        names, wordings = class_wordings(class_texts)
         if is_anndata(X):
             (vectors,) = modality_inputs(X, [modality], use_rep).values()
             return write_zero_shot(
                 X,
-                self.zero_shot(modality, vectors, texts),
+                self.zero_shot(modality, vectors, dict(zip(names, wordings, strict=True)), calibrated=calibrated),
                 names,
                 key=key_added or f"nob_{modality}_zero_shot",
-                params={**self._provenance(modality, rep_keys(X, [modality], use_rep)[modality]), "class_texts": texts},
+                params={
+                    **self._provenance(modality, rep_keys(X, [modality], use_rep)[modality]),
+                    "class_texts": [" | ".join(w) for w in wordings],
+                },
                 copy=copy,
             )
         scale = float(self.adapters.losses[f"{modality}-{TEXT}"].similarity_scale())
+        if calibrated:
+            scale /= float(getattr(self.adapters, f"temperature_{modality}"))
         centred = self.embed(modality, X) - getattr(self.adapters, f"gap_{modality}").numpy()
         present = ~np.isnan(centred).all(axis=1)
-        logits = scale * (centred[present] @ self.embed_text(texts).T)
+        logits = scale * (centred[present] @ self.class_embeddings(wordings).T)
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = np.full((len(centred), len(texts)), np.nan, dtype=weights.dtype)
+        probabilities = np.full((len(centred), len(wordings)), np.nan, dtype=weights.dtype)
         probabilities[present] = weights / weights.sum(axis=1, keepdims=True)
         return probabilities
+
+    def class_embeddings(self, wordings: Sequence[Sequence[str]]) -> np.ndarray:
+        """One unit vector per class: the normalised mean of its wordings' text embeddings."""
+        flat = [text for texts in wordings for text in texts]
+        embedded = self.embed_text(flat)
+        bounds = np.cumsum([0, *(len(texts) for texts in wordings)])
+        means = np.stack([embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def fit_temperature(self, cohort: Cohort, class_texts: ClassTexts) -> dict[str, float]:
+        """Fit each modality's zero-shot temperature on a labelled (validation) cohort.
+
+        The temperature minimises the negative log-likelihood of the cohort's labels under the
+        raw zero-shot probabilities (:func:`~neuroomics_bridge.evaluation.calibration.fit_temperature`);
+        it changes no prediction, only how sure they say they are. Modalities that no labelled
+        subject has keep theirs.
+
+        Parameters
+        ----------
+        cohort
+            Encoded subjects with labels, none of them used for training the heads.
+        class_texts
+            The classes, as :meth:`zero_shot` takes them; labels outside them are left out.
+
+        Returns
+        -------
+        dict[str, float]
+            Modality -> fitted temperature (also stored in the adapters and saved with them).
+        """
+        from neuroomics_bridge.evaluation.calibration import fit_temperature
+
+        if cohort.labels is None:
+            raise DataError("fit_temperature: the cohort needs labels")
+        names, _ = class_wordings(class_texts)
+        index = {name: i for i, name in enumerate(names)}
+        fitted = {}
+        for modality in (m for m in self.modalities if m in cohort.features):
+            rows = cohort.present(modality) & np.isin(cohort.labels, names)
+            if rows.sum() < 2:
+                continue
+            probabilities = self.zero_shot(modality, cohort.features[modality][rows], class_texts, calibrated=False)
+            labels = [index[label] for label, keep in zip(cohort.labels, rows, strict=True) if keep]
+            fitted[modality] = fit_temperature(probabilities, labels)
+            getattr(self.adapters, f"temperature_{modality}").fill_(fitted[modality])
+        return fitted
 
     def _provenance(self, modality: str, use_rep: str) -> dict[str, str]:
         """What an AnnData's ``uns`` records about a result: the bridge and where it read."""
@@ -429,6 +488,7 @@ class Bridge(ReportGenerationMixin):
         )
         check_safetensors(weights_file)
         missing, unexpected = bridge.adapters.load_state_dict(load_file(weights_file), strict=False)
+        missing = [key for key in missing if not key.startswith("temperature_")]  # older bridges: none fitted, 1
         if missing or unexpected:
             raise CorruptFileError(
                 f"{weights_file}: adapter weights do not match the config "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.evaluation.calibration import expected_calibration_error, with_temperature
 from neuroomics_bridge.evaluation.factuality import (
     cohort_facts,
     copy_rate,
@@ -24,7 +25,7 @@ from neuroomics_bridge.reports.prompts import (
     DEFAULT_LAYOUT,
     ClassPrompt,
     PromptLayout,
-    class_texts,
+    class_mapping,
     get_layout,
     report_prompt,
 )
@@ -70,14 +71,15 @@ def evaluate_bridge(
         }
     metrics: dict[str, float] = {}
     if cohort.labels is not None:
-        names = sorted(set(cohort.labels)) if isinstance(class_prompt, str) else list(class_prompt)
-        prompts = class_texts(class_prompt, names)
+        classes = class_mapping(class_prompt, cohort.labels)
+        names = list(classes)
         for modality in bridge.modalities:
             rows = cohort.present(modality)
-            probabilities = bridge.zero_shot(modality, cohort.features[modality][rows], prompts)
+            probabilities = bridge.zero_shot(modality, cohort.features[modality][rows], classes)
             labels = [label for label, keep in zip(cohort.labels, rows, strict=True) if keep]
             for name, value in classification_metrics(probabilities, labels, names).items():
                 metrics[f"zero_shot/{modality}/{name}"] = value
+            metrics |= _calibration(bridge, modality, probabilities, labels, names)
     reports = bridge.embed_text(cohort.reports) if cohort.reports is not None else None
     for a, b in itertools.combinations(bridge.modalities, 2):
         rows = cohort.present(a) & cohort.present(b)
@@ -93,6 +95,26 @@ def evaluate_bridge(
             for k in ks:
                 metrics[f"recall@{k}/{modality}->report"] = recall_at_k(embedded, reports[rows], k)
     return metrics
+
+
+def _calibration(
+    bridge: Bridge, modality: str, probabilities: np.ndarray, labels: Sequence[str], names: Sequence[str]
+) -> dict[str, float]:
+    """ECE of the (temperature-scaled) zero-shot probabilities, of the raw ones, and the temperature."""
+    index = {name: i for i, name in enumerate(names)}
+    known = [label in index for label in labels]
+    if not any(known):
+        return {}
+    temperature = float(getattr(bridge.adapters, f"temperature_{modality}"))
+    scaled = probabilities[known]
+    truth = [index[label] for label, keep in zip(labels, known, strict=True) if keep]
+    return {
+        f"zero_shot/{modality}/ece": expected_calibration_error(scaled, truth),
+        f"zero_shot/{modality}/ece_uncalibrated": expected_calibration_error(
+            with_temperature(scaled, 1 / temperature), truth
+        ),
+        f"zero_shot/{modality}/temperature": temperature,
+    }
 
 
 def report_perplexity(

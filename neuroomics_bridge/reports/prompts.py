@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.reports.report import DATA_NAMES, Evidence, covariate_text
 
 __all__ = [
@@ -18,23 +19,62 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "LAYOUTS",
     "ClassPrompt",
+    "ClassTexts",
+    "Wordings",
+    "class_mapping",
     "class_texts",
+    "class_wordings",
+    "prompt_ensemble",
     "PromptLayout",
     "get_layout",
     "report_prompt",
 ]
 
-ClassPrompt = str | Mapping[str, str]
-"""One text per class: a template formatted with the label, or a mapping label -> text."""
+Wordings = str | Sequence[str]
+"""What names one class: a text, or several wordings of it (a prompt ensemble)."""
+ClassPrompt = str | Mapping[str, Wordings]
+"""The text(s) of each class: a template formatted with the label, or a mapping label -> text(s)."""
+ClassTexts = Sequence[Wordings] | Mapping[str, Wordings]
+"""Zero-shot classes: per class one text or several wordings, in order or by class name."""
 CLASS_PROMPT = "Impression: {label}."
 """The default class text for zero-shot classification: a report's impression line."""
 
 
-def class_texts(class_prompt: ClassPrompt, classes: Sequence[str]) -> list[str]:
-    """One zero-shot text per class: ``class_prompt`` formatted with it, or looked up in the mapping."""
+def class_texts(class_prompt: ClassPrompt, classes: Sequence[str]) -> list[Wordings]:
+    """The text(s) of each class: ``class_prompt`` formatted with it, or looked up in the mapping."""
     if isinstance(class_prompt, str):
         return [class_prompt.format(label=c) for c in classes]
     return [class_prompt[c] for c in classes]
+
+
+def class_mapping(class_prompt: ClassPrompt, labels: Sequence[str] | None) -> dict[str, Wordings]:
+    """The zero-shot classes of a cohort: a mapping prompt's own classes, else the cohort's
+    sorted distinct labels, each with its text(s) from ``class_prompt``."""
+    names = sorted(set(labels or [])) if isinstance(class_prompt, str) else list(class_prompt)
+    return dict(zip(names, class_texts(class_prompt, names), strict=True))
+
+
+def class_wordings(classes: ClassTexts) -> tuple[list[str], list[list[str]]]:
+    """Class names and each class's wordings (a list, also for a single text).
+
+    A mapping's keys name the classes; a sequence's classes are named by their first wording.
+    """
+    entries = list(classes.values()) if isinstance(classes, Mapping) else list(classes)
+    wordings = [[entry] if isinstance(entry, str) else list(entry) for entry in entries]
+    if any(not texts for texts in wordings):
+        raise ConfigError("class texts: every class needs at least one wording")
+    names = list(classes) if isinstance(classes, Mapping) else [texts[0] for texts in wordings]
+    return names, wordings
+
+
+def prompt_ensemble(templates: Sequence[str], descriptions: Mapping[str, Wordings]) -> dict[str, list[str]]:
+    """Every template (with a ``{}`` slot) filled with every description of each class, as CLIP
+    builds its ImageNet prompts: ``{class: [template.format(description), ...]}``."""
+    _, wordings = class_wordings(descriptions)
+    return {
+        name: [template.format(text) for template in templates for text in texts]
+        for name, texts in zip(descriptions, wordings, strict=True)
+    }
 
 
 @dataclasses.dataclass(frozen=True)
