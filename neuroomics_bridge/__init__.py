@@ -44,6 +44,7 @@ _EXPORTS = {
     "ReferenceSet": "neuroomics_bridge.retrieval",
     "Report": "neuroomics_bridge.reports.report",
     "reports_to_frame": "neuroomics_bridge.reports.frame",
+    "prompt_ensemble": "neuroomics_bridge.reports.prompts",
     "RESEARCH_NOTICE": "neuroomics_bridge.notice",
     "fit_alignment": "neuroomics_bridge.training.alignment",
     "AlignmentModule": "neuroomics_bridge.training.alignment",

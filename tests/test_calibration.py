@@ -138,3 +138,17 @@ def test_a_bridge_saved_before_temperatures_existed_loads_with_temperature_one(m
     save_file({k: v for k, v in weights.items() if not k.startswith("temperature_")}, saved / "adapters.safetensors")
     loaded = Bridge.from_pretrained(saved, backbone=tiny_backbone)
     assert float(loaded.adapters.temperature_gene) == 1.0 and float(loaded.adapters.temperature_brain) == 1.0
+
+
+def test_every_wording_set_names_every_class_once_in_its_own_words() -> None:
+    from neuroomics_bridge.datasets import DIAGNOSES, DIAGNOSIS_WORDING_SETS, PBMC_CELL_TYPES, PBMC_WORDING_SETS
+
+    for sets, classes, training in (
+        (PBMC_WORDING_SETS, list(PBMC_CELL_TYPES), list(PBMC_CELL_TYPES.values())),
+        (DIAGNOSIS_WORDING_SETS, list(DIAGNOSES), [f"Impression: {d}." for d in DIAGNOSES]),
+    ):
+        assert len(sets) >= 5
+        for wording in sets.values():
+            assert sorted(wording) == sorted(classes)
+            assert len(set(wording.values())) == len(classes)  # no two classes worded alike
+            assert not set(wording.values()) & set(training)  # never the training text
