@@ -8,6 +8,10 @@
    prompts, one prompt at a time (goal >= 2x); also with prompt-lookup decoding switched on.
 3. batched generation: 8 prompts in one call vs 8 sequential calls (goal >= 3x).
 
+Every generation figure also gives its fraction of the memory-bandwidth limit: batch-1 decoding
+reads every weight once per token, so tokens/s x weight bytes / read bandwidth (a large-tensor
+sum, measured in the same run) is the share of the hardware's ceiling reached (goal >= 0.6).
+
 Run: ``python benchmarks/bench_backbone.py``. Prints one JSON line per figure.
 """
 
@@ -69,6 +73,26 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+def cpu_model() -> str:
+    """The CPU model as ``lscpu`` names it (figures differ between CPU kinds)."""
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def read_bandwidth(megabytes: int = 512) -> float:
+    """Bytes/s of summing a tensor far larger than any cache (the best of five)."""
+    data = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    return data.numel() * 4 / best_seconds(data.sum, repeats=5)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every distinct parameter (a tied LM head counts once): what one decoded token reads."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def bench_encode(backbone: TextBackbone) -> None:
     rng = random.Random(0)
     corpus = [" ".join(rng.choices(FINDINGS, k=rng.randint(1, 12))) for _ in range(192)]
@@ -104,7 +128,7 @@ def count_tokens(backbone: TextBackbone, texts: list[str]) -> int:
     return sum(len(ids) for ids in backbone.tokenize(texts))
 
 
-def bench_generate_vs_transformers(backbone: TextBackbone) -> None:
+def bench_generate_vs_transformers(backbone: TextBackbone, bandwidth: float) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from neuroomics_bridge.backbone.gguf import gguf_cache_dir
@@ -138,6 +162,8 @@ def bench_generate_vs_transformers(backbone: TextBackbone) -> None:
                 ours_tps / plain_tps,
                 ours_tokens_per_s=round(ours_tps, 1),
                 plain_tokens_per_s=round(plain_tps, 1),
+                ours_bandwidth_fraction=round(ours_tps * weight_bytes(backbone.model) / bandwidth, 3),
+                plain_bandwidth_fraction=round(plain_tps * weight_bytes(plain_model) / bandwidth, 3),
                 ours_dtype=str(backbone.dtype),
                 plain_dtype=str(plain_model.dtype),
             )
@@ -164,8 +190,12 @@ def bench_batched_generation(backbone: TextBackbone) -> None:
 
 def main() -> None:
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
+    bandwidth = read_bandwidth()
+    print(json.dumps({"benchmark": "machine", "cpu": cpu_model(), "threads": torch.get_num_threads(),
+                      "read_bandwidth_gb_per_s": round(bandwidth / 1e9, 1),
+                      "weight_mb_per_token": round(weight_bytes(backbone.model) / 1e6, 1)}), flush=True)  # fmt: skip
     bench_encode(backbone)
-    bench_generate_vs_transformers(backbone)
+    bench_generate_vs_transformers(backbone, bandwidth)
     bench_batched_generation(backbone)
 
 

@@ -37,9 +37,13 @@ def nob(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def nob_on_terminal(*args: str, cwd: Path) -> tuple[int, str]:
     """Run ``nob`` offline with stderr on a pseudo-terminal, as a person at a shell sees it."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100, like a terminal
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
