@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("nob-cells-example"))
-    parser.add_argument("--epochs", type=int, default=15, help="contrastive epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="contrastive epochs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -122,6 +122,7 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
         "report", "--bridge", bridge, "--data", str(data), "--out", "reports.jsonl", "--batch-size", "4", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "%|" not in result.stderr and "report:" not in result.stderr  # no progress bar in a pipe
     reports = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
     assert [r["subject_id"] for r in reports] == cohort.subject_ids
     lacking = [r for r in reports if r["evidence"]["absent"]]
@@ -167,13 +168,12 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
     assert found.returncode == 0 and lines and all(len(line["neighbours"]) == 3 for line in lines)
 
 
-def test_report_shows_progress_bars_on_a_terminal_and_none_in_a_log(demo_dir, tmp_path) -> None:
+def test_report_shows_progress_bars_on_a_terminal(demo_dir, tmp_path) -> None:
     data = synthetic_cohort(6, seed=5, cells_per_subject=4).to_files(tmp_path / "c")
     command = ["report", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--batch-size", "3"]
-    logged = nob(*command, "--out", "a.jsonl", cwd=tmp_path)
-    assert logged.returncode == 0 and "%|" not in logged.stderr and "report:" not in logged.stderr
     code, terminal = nob_on_terminal(*command, "--out", "b.jsonl", cwd=tmp_path)
     assert code == 0 and "report:" in terminal and "%|" in terminal and "batch" in terminal
+    # in a pipe (every other nob call of these tests) there is no bar: see the report test above
 
 
 INJECTED = '<b id="injected">bold</b><script>window.injected = true</script>'
@@ -183,10 +183,10 @@ INJECTED = '<b id="injected">bold</b><script>window.injected = true</script>'
 def evaluated(demo_dir, tmp_path_factory) -> Path:
     """``nob evaluate`` of the demo's bridge on another labelled folder, one report carrying markup."""
     folder = tmp_path_factory.mktemp("evaluate")
-    cohort = synthetic_cohort(14, seed=42, cells_per_subject=6, missing_rate=0.1)
+    cohort = synthetic_cohort(10, seed=42, cells_per_subject=6, missing_rate=0.1)
     cohort.reports[0] = f"{cohort.reports[0]} {INJECTED}"
     data = cohort.to_files(folder / "labelled")
-    result = nob("evaluate", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "ev", "--limit", "12",
+    result = nob("evaluate", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "ev", "--limit", "8",
                  cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert RESEARCH_NOTICE in result.stdout and "report/prefix_only/diagnosis" in result.stdout
@@ -196,13 +196,13 @@ def evaluated(demo_dir, tmp_path_factory) -> Path:
 def test_evaluate_scores_a_labelled_folder_with_every_demo_metric(demo_dir, evaluated) -> None:
     metrics = json.loads((evaluated / "metrics.json").read_text())
     demo = json.loads((demo_dir / "metrics.json").read_text())
-    assert metrics["evaluate/subjects"] == 12 and metrics["evaluate/excluded_reference_subjects"] == 0
+    assert metrics["evaluate/subjects"] == 8 and metrics["evaluate/excluded_reference_subjects"] == 0
     trained_only = {k for k in demo if k.startswith(("train/", "val/", "contrastive/", "prefix/loss"))}
     assert set(demo) - trained_only <= set(metrics)  # every held-out figure the demo reports
     for variant in ("prefix_only", "prefix_only/shuffled", "full", "evidence_only", "retrieval_copy"):
         assert 0 <= metrics[f"report/{variant}/diagnosis"] <= 1
     reports = [json.loads(line) for line in (evaluated / "reports.jsonl").read_text().splitlines()]
-    assert len(reports) == 12 and all(r["notice"] == RESEARCH_NOTICE for r in reports)
+    assert len(reports) == 8 and all(r["notice"] == RESEARCH_NOTICE for r in reports)
 
 
 def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) -> None:

@@ -74,6 +74,7 @@ def test_reports_from_anndata_use_obs_names_obs_covariates_and_write_obs(bridge,
     assert reports[0].evidence.covariates == {"age": "60"} and reports[2].evidence.absent == ["brain"]
     assert list(cells.obs["nob_report_text"]) == [r.text for r in reports]
     assert [None if pd.isna(v) else v for v in cells.obs["nob_report"]] == [r.label for r in reports]
+    assert cells.uns["nob_report"]["notice"] == RESEARCH_NOTICE and cells.uns["nob_report"]["classes"] == list(CLASSES)
 
 
 def test_a_partly_nan_vector_is_an_error_naming_modality_row_and_column(bridge) -> None:

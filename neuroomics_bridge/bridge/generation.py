@@ -26,6 +26,7 @@ import torch
 
 from neuroomics_bridge.bridge.scverse import is_anndata, modality_inputs
 from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.reports.prompts import (
     CLASS_PROMPT,
     DEFAULT_LAYOUT,
@@ -139,8 +140,9 @@ class ReportGenerationMixin:
         use_rep, key_added
             AnnData only: modality -> obsm key (default ``obsm[m]`` or ``obsm["X_" + m]``; a
             one-modality bridge falls back to ``X``); with ``key_added``, ``obs[key]`` gets the
-            class each impression names (categorical) and ``obs[key + "_text"]`` the report text,
-            written into the given AnnData. Its ``obs`` are the default ``covariates``.
+            class each impression names (categorical), ``obs[key + "_text"]`` the report text and
+            ``uns[key]`` the layout, classes, provenance and the research-use notice, written into
+            the given AnnData. Its ``obs`` are the default ``covariates``.
         covariates, reference, classes, class_prompt, neighbours
             The evidence gathered by :meth:`evidence`; the neighbours are listed in every report
             for the reader and quoted in the prompt only where ``layout`` says so.
@@ -184,6 +186,13 @@ class ReportGenerationMixin:
             if key_added:
                 adata.obs[key_added] = pd.Categorical([r.label for r in reports], categories=list(classes) or None)
                 adata.obs[f"{key_added}_text"] = [r.text for r in reports]
+                adata.uns[key_added] = {
+                    "layout": reports[0].layout if reports else "",
+                    "classes": list(classes),
+                    "model": reports[0].model if reports else "",
+                    "adapters": self.adapter_id,
+                    "notice": RESEARCH_NOTICE,
+                }
             return reports
         if abstain_below is not None and not classes:
             raise DataError("generate_report: abstain_below needs classes (the probabilities it compares)")
