@@ -185,7 +185,7 @@ def evaluate_folder(
     }
     if cohort.reports is not None:
         metrics |= evaluate_bridge(bridge, cohort, stage="prefix")
-    written: list = []
+    written: list[Report] = []
     if reports:
         evaluation = evaluate_reports(
             bridge, cohort, reference=reference, fact_columns=fact_columns, seed=seed, show_progress=show_progress

@@ -29,6 +29,9 @@ class ContrastiveStage:
     ----------
     text_views
         Pair subjects with one sampled view of their report per epoch (else the whole report).
+    class_views, train_labels
+        Set at fit start: each class's wordings (when the class prompt gives several), which
+        join its training subjects' views, and the training fold's labels.
     """
 
     text_views: bool = True
