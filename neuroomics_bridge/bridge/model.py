@@ -31,7 +31,7 @@ from neuroomics_bridge.bridge.card import model_card
 from neuroomics_bridge.bridge.generation import ReportGenerationMixin
 from neuroomics_bridge.bridge.scverse import (
     is_anndata,
-    modality_inputs,
+    matrix,
     rep_keys,
     write_embedding,
     write_zero_shot,
@@ -122,12 +122,12 @@ class Bridge(ReportGenerationMixin):
             The embeddings for an array; for an AnnData, ``None`` (written in place) or the copy.
         """
         if is_anndata(X):
-            (vectors,) = modality_inputs(X, [modality], use_rep).values()
+            rep = rep_keys(X, [modality], use_rep)[modality]
             return write_embedding(
                 X,
-                self.embed(modality, vectors),
+                self.embed(modality, matrix(X, rep, modality=modality)),
                 key=key_added or f"X_nob_{modality}",
-                params=self._provenance(modality, rep_keys(X, [modality], use_rep)[modality]),
+                params=self._provenance(modality, rep),
                 copy=copy,
             )
         x = self._checked(modality, X)
@@ -203,14 +203,19 @@ class Bridge(ReportGenerationMixin):
         """
         names, wordings = class_wordings(class_texts)
         if is_anndata(X):
-            (vectors,) = modality_inputs(X, [modality], use_rep).values()
+            rep = rep_keys(X, [modality], use_rep)[modality]
             return write_zero_shot(
                 X,
-                self.zero_shot(modality, vectors, dict(zip(names, wordings, strict=True)), calibrated=calibrated),
+                self.zero_shot(
+                    modality,
+                    matrix(X, rep, modality=modality),
+                    dict(zip(names, wordings, strict=True)),
+                    calibrated=calibrated,
+                ),
                 names,
                 key=key_added or f"nob_{modality}_zero_shot",
                 params={
-                    **self._provenance(modality, rep_keys(X, [modality], use_rep)[modality]),
+                    **self._provenance(modality, rep),
                     "class_texts": [" | ".join(w) for w in wordings],
                 },
                 copy=copy,
