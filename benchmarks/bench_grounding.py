@@ -77,9 +77,10 @@ def cell_figures(seed: int, folder: Path) -> dict[str, float]:
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
-    from neuroomics_bridge import Bridge, GeneEncoder, LoRAConfig, TextBackbone, datasets
+    from neuroomics_bridge import Bridge, GeneEncoder, TextBackbone, datasets
     from neuroomics_bridge.evaluation.bridge_metrics import derangement
     from neuroomics_bridge.training import fit_alignment
+    from neuroomics_bridge.training.args import PREFIX_LORA
 
     cohort = datasets.pbmc_cell_type_cohort()
     cohort = cohort.encode(
@@ -96,7 +97,7 @@ def cell_figures(seed: int, folder: Path) -> dict[str, float]:
         "prefix",
         root_dir=folder / f"cells-{seed}-p",
         max_epochs=2,
-        lora=LoRAConfig(),
+        lora=PREFIX_LORA,
         prefix_layouts={"prefix_only": 1.0},
         class_prompt=datasets.PBMC_CELL_TYPES,
         **options,

@@ -138,8 +138,8 @@ def run_demo(
 def _fit_both_stages(
     bridge: Any, cohort: Cohort, split: Any, settings: DemoSettings, out: Path, step: Callable[[str], None]
 ) -> tuple[Any, Any]:
-    from neuroomics_bridge.adapters.config import LoRAConfig
     from neuroomics_bridge.training import fit_alignment
+    from neuroomics_bridge.training.args import PREFIX_LORA
 
     step(f"contrastive stage ({settings.contrastive_epochs} epochs)")
     contrastive = fit_alignment(
@@ -159,7 +159,7 @@ def _fit_both_stages(
         max_epochs=settings.prefix_epochs,
         root_dir=out / "runs" / "prefix",
         limit_train_batches=settings.prefix_batches or 1.0,
-        lora=LoRAConfig(),  # LLaVA's second step: the frozen 135M default alone never learns the report format
+        lora=PREFIX_LORA,  # LLaVA's second step: the frozen 135M default alone never learns the report format
     )
     return contrastive, prefix
 

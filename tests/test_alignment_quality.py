@@ -54,8 +54,9 @@ def test_prefix_stage_grounds_reports_in_the_subjects_own_vectors(default_backbo
 
 
 def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffled_prefix_does_not(tmp_path) -> None:
-    from neuroomics_bridge import LoRAConfig, ReferenceSet, TextBackbone
+    from neuroomics_bridge import ReferenceSet, TextBackbone
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
+    from neuroomics_bridge.training.args import PREFIX_LORA
 
     cohort, split = encoded_synthetic(400, seed=1)  # the demo's cohort and prefix stage: smaller ones learn too little
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into this one
@@ -63,7 +64,7 @@ def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffle
     options = {"split": split, "enable_progress_bar": False, "seed": 1}
     fit_alignment(bridge, cohort, "contrastive", root_dir=tmp_path / "c", **options)
     metrics = fit_alignment(
-        bridge, cohort, "prefix", max_epochs=4, lora=LoRAConfig(), root_dir=tmp_path / "p", **options
+        bridge, cohort, "prefix", max_epochs=4, lora=PREFIX_LORA, root_dir=tmp_path / "p", **options
     ).metrics
     test = split.test.subset(split.test.subject_ids[:24])
     reports = evaluate_reports(bridge, test, reference=ReferenceSet.build(bridge, split.train), layouts=["prefix_only"])

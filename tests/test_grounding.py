@@ -15,7 +15,7 @@ from neuroomics_bridge.evaluation.factuality import fact_accuracy, retrieval_cop
 from neuroomics_bridge.reports.prompts import LAYOUTS, PromptLayout, report_prompt
 from neuroomics_bridge.reports.report import Evidence, Neighbour
 from neuroomics_bridge.retrieval import ReferenceSet
-from neuroomics_bridge.training.prefix import PrefixStage
+from neuroomics_bridge.training.prefix import PrefixStage, content_token_weights
 
 CLASSES = ["control", "Parkinson's disease"]
 REPORTS = [
@@ -161,3 +161,29 @@ def test_the_prefix_stage_draws_layouts_by_seed_epoch_and_subject() -> None:
     assert {stage._layout_name(Module(), i, "val") for i in range(20)} == {"prefix_only"}
     with pytest.raises(DataError, match="prompt layout"):
         PrefixStage(layouts={"nonsense": 1.0})
+
+
+def test_content_weights_go_to_the_tokens_in_few_reports() -> None:
+    reports = [[5, 1, 2, 2], [5, 1, 3], [5, 4], [5, 1]]  # 5 in all, 1 in 3/4, 2, 3 and 4 in 1/4 each
+    weights = content_token_weights(reports, 8, weight=4.0, max_document_frequency=0.5)
+    assert weights.tolist() == [1.0, 1.0, 4.0, 4.0, 4.0, 1.0, 1.0, 1.0]  # 0, 6, 7 never occur: 1
+    with pytest.raises(DataError, match="max_document_frequency"):
+        content_token_weights(reports, 8, weight=4.0, max_document_frequency=0.0)
+
+
+def test_token_weights_scale_each_report_token_and_its_count(grounding_setup) -> None:
+    bridge, cohort, _ = grounding_setup
+    features = {m: torch.from_numpy(np.nan_to_num(x[:2])) for m, x in cohort.features.items()}
+    present = {m: torch.ones(2, dtype=torch.bool) for m in features}
+    plain, counts = bridge.report_nll(features, present, REPORTS)
+    vocab = bridge.backbone.model.get_output_embeddings().weight.shape[0]
+    doubled, doubled_counts = bridge.report_nll(features, present, REPORTS, token_weights=torch.full((vocab,), 2.0))
+    torch.testing.assert_close(doubled, 2 * plain)
+    torch.testing.assert_close(doubled_counts, 2 * counts.float())
+    first = bridge.backbone.tokenize(REPORTS[:1], special_tokens=False)[0][0]  # weigh one token id only
+    weights = torch.ones(vocab)
+    weights[first] = 3.0
+    weighted, weighted_counts = bridge.report_nll(features, present, REPORTS, token_weights=weights)
+    occurrences = [sum(i == first for i in ids) for ids in bridge.backbone.tokenize(REPORTS, special_tokens=False)]
+    assert weighted_counts.tolist() == [c + 2 * n for c, n in zip(counts.tolist(), occurrences, strict=True)]
+    assert weighted[0] > plain[0]

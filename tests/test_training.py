@@ -132,7 +132,17 @@ def test_prefix_stage_trains_only_the_projector(new_bridge, encoded, tmp_path) -
     cohort, split = encoded
     bridge = new_bridge()
     before = adapter_state(bridge)
-    result = fit_alignment(bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, precision="32-true")
+    model = bridge.backbone.model
+    attention_before, seen = model.config._attn_implementation, set()
+    other = "eager" if attention_before != "eager" else "sdpa"
+    hook = model.get_decoder().register_forward_pre_hook(lambda *_: seen.add(model.config._attn_implementation))
+    try:
+        result = fit_alignment(
+            bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, precision="32-true", attention=other
+        )
+    finally:
+        hook.remove()
+    assert seen == {other} and model.config._attn_implementation == attention_before  # switched for the fit only
     after = adapter_state(bridge)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("projector.") for k in changed)

@@ -320,6 +320,7 @@ class Bridge(ReportGenerationMixin):
         present: Mapping[str, torch.Tensor],
         reports: Sequence[str],
         prompts: Sequence[str] | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative log-likelihood of each report given its subject's prefix and its prompt.
 
@@ -332,13 +333,17 @@ class Bridge(ReportGenerationMixin):
         prompts
             One prompt per report (see :func:`~neuroomics_bridge.reports.prompts.report_prompt`);
             default: the evidence-free prompt of ``config.report_prompt`` for every row.
+        token_weights
+            Optional ``(vocab_size,)`` weight of each target token id (see
+            :func:`~neuroomics_bridge.training.prefix.content_token_weights`); default 1 for all.
 
         Returns
         -------
         nll, tokens : torch.Tensor
-            Summed NLL per report and its number of scored tokens, both ``(n,)``. The input is
-            ``[soft prefix][prompt][report][EOS]``; only report and EOS tokens are scored.
-            Gradients reach the prefix projector (and LoRA weights in the backbone, if any).
+            Summed (weighted) NLL per report and its number (weight sum) of scored tokens, both
+            ``(n,)``. The input is ``[soft prefix][prompt][report][EOS]``; only report and EOS
+            tokens are scored. Gradients reach the prefix projector (and LoRA weights in the
+            backbone, if any).
         """
         import torch.nn.functional as F
 
@@ -366,10 +371,12 @@ class Bridge(ReportGenerationMixin):
         hidden = backbone.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         scored = labels[:, 1:] != -100
         logits = backbone.model.get_output_embeddings()(hidden[:, :-1][scored]).float()
-        token_nll = F.cross_entropy(logits, labels[:, 1:][scored], reduction="none")
+        target_ids = labels[:, 1:][scored]
+        token_nll = F.cross_entropy(logits, target_ids, reduction="none")
+        weight = token_nll.new_ones(len(target_ids)) if token_weights is None else token_weights[target_ids]
         rows = torch.nonzero(scored)[:, 0]
-        per_report = token_nll.new_zeros(len(targets)).index_add(0, rows, token_nll)
-        return per_report, scored.sum(dim=1)
+        per_report = token_nll.new_zeros(len(targets)).index_add(0, rows, token_nll * weight)
+        return per_report, weight.new_zeros(len(targets)).index_add(0, rows, weight)
 
     def _checked(self, modality: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
         if modality not in self.modality_dims:

@@ -10,6 +10,7 @@ The data side (subjects, folds, resumable order) is ``training/data.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ import torch
 from lightning.pytorch import LightningModule, seed_everything
 
 from neuroomics_bridge.adapters.config import LoRAConfig
+from neuroomics_bridge.backbone.attention import attention_implementation, training_attention
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
 from neuroomics_bridge.errors import DataError
@@ -28,7 +30,7 @@ from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt
 from neuroomics_bridge.training.args import Stage, optimizer_args, run_dir, stage_args
 from neuroomics_bridge.training.contrastive import ContrastiveStage
 from neuroomics_bridge.training.data import CohortDataModule
-from neuroomics_bridge.training.prefix import PREFIX_LAYOUTS, PrefixStage
+from neuroomics_bridge.training.prefix import CONTENT_WEIGHT, PREFIX_LAYOUTS, PrefixStage
 from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
 __all__ = ["AlignmentModule", "AlignmentResult", "CohortDataModule", "Stage", "fit_alignment"]
@@ -52,6 +54,9 @@ class AlignmentModule(LightningModule):
         Contrastive stage: pair subjects with sampled report views.
     prefix_layouts
         Prefix stage: the mixture of prompt layouts to train on.
+    content_weight
+        Prefix stage: the loss weight of rare report tokens (see :class:`PrefixStage`);
+        ``None``: the stage's default.
     seed
         Seeds the per-step randomness, so a resumed run continues exactly.
     class_prompt
@@ -60,6 +65,10 @@ class AlignmentModule(LightningModule):
         Where the trained bridge is saved when fitting ends (``None``: not saved).
     lora
         Prefix stage: also train these LoRA adapters inside the backbone.
+    attention
+        Prefix stage: the backbone's attention implementation while training (``"sdpa"``,
+        ``"eager"``); ``"auto"``: the faster here, timed once per machine
+        (:func:`~neuroomics_bridge.backbone.attention.training_attention`).
     """
 
     def __init__(
@@ -72,10 +81,12 @@ class AlignmentModule(LightningModule):
         warmup_fraction: float | None = None,
         text_views: bool = True,
         prefix_layouts: Mapping[str, float] | None = None,
+        content_weight: float | None = None,
         seed: int = 0,
         class_prompt: ClassPrompt = CLASS_PROMPT,
         save_to: str | os.PathLike[str] | None = None,
         lora: LoRAConfig | None = None,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
         self.optimizer_args = optimizer_args(
@@ -84,13 +95,19 @@ class AlignmentModule(LightningModule):
         self.stage_impl: ContrastiveStage | PrefixStage = (
             ContrastiveStage(text_views=text_views)
             if stage == "contrastive"
-            else PrefixStage(layouts=dict(prefix_layouts or PREFIX_LAYOUTS), class_prompt=class_prompt)
+            else PrefixStage(
+                layouts=dict(prefix_layouts or PREFIX_LAYOUTS),
+                class_prompt=class_prompt,
+                content_weight=CONTENT_WEIGHT if content_weight is None else content_weight,
+            )
         )
         self.bridge, self.stage = bridge, stage
         self.adapters = bridge.adapters  # the only registered (trainable) module: checkpoints hold adapters only
         self.seed = seed
         self.class_prompt, self.save_to = class_prompt, save_to
         self.metrics: dict[str, float] = {}
+        self.attention = attention
+        self._attention_context = contextlib.ExitStack()
         # The caller's flags, captured before peft (which freezes every base weight) goes in,
         # are put back at teardown.
         self._callers_flags = [TrainableState.capture(module) for module in (self.adapters, bridge.backbone.model)]
@@ -132,12 +149,17 @@ class AlignmentModule(LightningModule):
         self.adapters.set_distributed(self.global_rank, self.trainer.world_size)
         if stage == "fit":
             self._set_trainable()
+            if self.stage == "prefix":
+                backbone = self.bridge.backbone
+                chosen = training_attention(backbone) if self.attention == "auto" else self.attention
+                self._attention_context.enter_context(attention_implementation(backbone.model, chosen))
 
     def teardown(self, stage: str) -> None:
-        """After fitting, give the caller's modules back their ``requires_grad`` flags and dtype."""
+        """After fitting, give the caller's modules back their flags, dtype and attention."""
         if stage == "fit":
             for state in self._callers_flags:
                 state.restore()
+            self._attention_context.close()
 
     def on_fit_start(self) -> None:
         """The stage's preparation (text cache and centring, or the subjects' evidence)."""
@@ -229,11 +251,13 @@ def fit_alignment(
     warmup_fraction: float | None = None,
     text_views: bool = True,
     prefix_layouts: Mapping[str, float] | None = None,
+    content_weight: float | None = None,
     seed: int = 0,
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
     class_prompt: ClassPrompt = CLASS_PROMPT,
     lora: LoRAConfig | None = None,
+    attention: str = "auto",
     **trainer_kwargs: Any,
 ) -> AlignmentResult:
     """Train one stage of ``bridge`` on an encoded ``cohort``; the best weights end up in ``bridge``.
@@ -242,7 +266,9 @@ def fit_alignment(
     Seeded (``seed``); checkpoints ``last`` and best-on-validation under ``root_dir``
     (default ``nob-runs/align-<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
     to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). ``lora`` (prefix
-    stage) also trains LoRA adapters inside the backbone, saved with the bridge. The test fold's
+    stage) also trains LoRA adapters inside the backbone, saved with the bridge,
+    ``content_weight`` weighs rare report tokens more in its loss, and ``attention`` names the
+    backbone's attention implementation while it trains (``"auto"``: the faster here). The test fold's
     metrics (zero-shot accuracy per modality with one ``class_prompt`` per label, see
     :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
     recorded for the model card.
@@ -264,9 +290,11 @@ def fit_alignment(
         warmup_fraction=warmup_fraction,
         text_views=text_views,
         prefix_layouts=prefix_layouts,
+        content_weight=content_weight,
         seed=seed,
         class_prompt=class_prompt,
         lora=lora,
+        attention=attention,
     )
     trainer_kwargs.setdefault("precision", mixed_precision() if defaults.mixed_precision else "32-true")
     trainer_kwargs.setdefault("use_distributed_sampler", False)  # CohortDataModule shards by itself

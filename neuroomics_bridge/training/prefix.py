@@ -8,25 +8,70 @@ are generated with (:data:`~neuroomics_bridge.reports.prompts.LAYOUTS`), drawn p
 (covariates, zero-shot probabilities): generation then asks what training taught. Optional LoRA
 inside the backbone (LLaVA's second step) trains with the projector. Validation uses the
 ``"prefix_only"`` layout, so the best checkpoint is the one whose prefix carries the most.
+
+Reports of one cohort share most of their words (section names, templates); what tells subjects
+apart (a grade, a gene, a region) is a few rarer tokens, and a loss averaged over every token
+teaches those least. With ``content_weight > 1`` the tokens found in at most
+``max_document_frequency`` of the training reports weigh that much more in the loss
+(:func:`content_token_weights`); validation and every perplexity stay unweighted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt, get_layout, report_prompt
 from neuroomics_bridge.reports.report import Evidence
 
-__all__ = ["PREFIX_LAYOUTS", "PrefixStage"]
+__all__ = ["PREFIX_LAYOUTS", "PrefixStage", "content_token_weights"]
 
 PREFIX_LAYOUTS: dict[str, float] = {"full": 0.4, "prefix_only": 0.5, "evidence_only": 0.1}
 """Training mixture of prompt layouts: mostly the two with a subject prefix, a little without."""
+CONTENT_WEIGHT = 3.0
+"""Loss weight of rare report tokens: on the demo (seed 0) weight 3 lifted the severity grade
+from 0.46 to 0.65 and the gene programme from 0.93 to 1.0 in prefix-only reports (README)."""
+MAX_DOCUMENT_FREQUENCY = 0.5
+"""A token in more than half of the training reports is template, not content."""
 VALIDATION_LAYOUT = "prefix_only"
+
+
+def content_token_weights(
+    reports_token_ids: Sequence[Sequence[int]], vocab_size: int, *, weight: float, max_document_frequency: float
+) -> torch.Tensor:
+    """Loss weight per token id: ``weight`` for the ids that occur in at least one and at most
+    ``max_document_frequency`` of the reports, 1 for every other id.
+
+    Parameters
+    ----------
+    reports_token_ids
+        The training reports, tokenised (one sequence of ids per report).
+    vocab_size
+        Length of the returned vector (the backbone's vocabulary).
+    weight, max_document_frequency
+        The weight of a content token, and the largest share of reports it may occur in.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(vocab_size,)`` float32 weights, for ``Bridge.report_nll(token_weights=...)``.
+    """
+    if weight <= 0 or not 0 < max_document_frequency <= 1:
+        raise DataError(
+            f"content weighting: expected weight > 0 and 0 < max_document_frequency <= 1, "
+            f"got {weight} and {max_document_frequency}"
+        )
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for ids in reports_token_ids:
+        counts[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+    frequency = counts / max(len(reports_token_ids), 1)
+    content = (counts > 0) & (frequency <= max_document_frequency)
+    return torch.where(content, torch.tensor(float(weight)), torch.tensor(1.0)).float()
 
 
 @dataclasses.dataclass
@@ -40,11 +85,17 @@ class PrefixStage:
     class_prompt
         The zero-shot class texts behind the probabilities a ``"full"`` prompt states (a template
         or a mapping class -> text).
+    content_weight, max_document_frequency
+        Training-loss weight of the report tokens that occur in at most that share of the
+        training reports (1: every token weighs the same).
     """
 
     layouts: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(PREFIX_LAYOUTS))
     class_prompt: ClassPrompt = CLASS_PROMPT
+    content_weight: float = CONTENT_WEIGHT
+    max_document_frequency: float = MAX_DOCUMENT_FREQUENCY
     evidence: dict[str, list[Evidence]] = dataclasses.field(default_factory=dict, repr=False)
+    token_weights: torch.Tensor | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in self.layouts:
@@ -62,6 +113,14 @@ class PrefixStage:
             self.evidence[fold] = module.bridge.evidence(
                 cohort.features, covariates=cohort.covariates, classes=classes, class_prompt=self.class_prompt
             )
+        if self.content_weight != 1:
+            backbone = module.bridge.backbone
+            self.token_weights = content_token_weights(
+                backbone.tokenize(list(datamodule.split.train.reports or []), special_tokens=False),
+                backbone.model.get_output_embeddings().weight.shape[0],
+                weight=self.content_weight,
+                max_document_frequency=self.max_document_frequency,
+            ).to(module.device)
 
     def on_fit_end(self, module: Any, datamodule: Any) -> None:
         """Nothing to calibrate after this stage."""
@@ -77,7 +136,8 @@ class PrefixStage:
         ]
         with_prefix = torch.tensor([layout.prefix for layout in layouts], device=module.device)
         present = {m: p & with_prefix for m, p in batch["present"].items()}  # no prefix: the "absent" tokens
-        nll, tokens = module.bridge.report_nll(batch["features"], present, list(batch["text"]), prompts)
+        weights = self.token_weights if fold == "train" else None
+        nll, tokens = module.bridge.report_nll(batch["features"], present, list(batch["text"]), prompts, weights)
         return nll.sum() / tokens.sum()
 
     def _layout_name(self, module: Any, index: int, fold: str) -> str:

@@ -1,0 +1,82 @@
+"""Which attention implementation the backbone trains with, chosen by timing it here.
+
+Training through the frozen backbone (the prefix stage's LM loss) runs short rows, a few hundred
+tokens at most, forward and backward. There SDPA's fused CPU kernel, the inference default, is
+not always the fastest: on an AMD EPYC (AVX512-BF16, 2 cores) its backward took a third of a
+prefix-stage step, and the plain matmul ("eager") attention made the step 1.3x faster. Both
+compute the same attention, so :func:`training_attention` times one forward and backward of
+each on a training-sized batch, once per machine and model shape (see
+:mod:`~neuroomics_bridge.backbone.calibration`), and :func:`attention_implementation` switches
+the model for the length of a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from neuroomics_bridge.backbone.calibration import calibrated_choice
+from neuroomics_bridge.backbone.text import TextBackbone
+
+__all__ = ["ATTENTION_CANDIDATES", "attention_implementation", "training_attention"]
+
+ATTENTION_CANDIDATES = ("sdpa", "eager")
+TIMING_SHAPE = (8, 128)  # rows x tokens of a prefix-stage batch
+
+
+@contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """Run ``model`` with ``implementation`` (``"sdpa"``, ``"eager"`` ...) inside the block only."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def training_attention(backbone: TextBackbone) -> str:
+    """The faster attention implementation for training steps of ``backbone`` on this machine.
+
+    Timed once (about ten forward and backward passes of a ``(8, 128)`` batch) per CPU, library
+    versions, model shape, dtype and device, then read from the kernel cache.
+
+    Parameters
+    ----------
+    backbone
+        The backbone that will train (its weights stay frozen; gradients flow to the inputs).
+
+    Returns
+    -------
+    str
+        One of :data:`ATTENTION_CANDIDATES`.
+    """
+    config = backbone.model.config.get_text_config()
+    context = {
+        "model": f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}-{config.num_attention_heads}h",
+        "dtype": str(backbone.dtype),
+        "device": backbone.device.type,
+        "shape": "x".join(map(str, TIMING_SHAPE)),
+    }
+    generator = torch.Generator().manual_seed(0)
+    embeds = torch.randn(*TIMING_SHAPE, config.hidden_size, generator=generator).to(backbone.device, backbone.dtype)
+    rows, tokens = TIMING_SHAPE
+    lengths = torch.arange(tokens, tokens - 4 * rows, -4)  # right-padded rows of unequal length, as in training
+    mask = (torch.arange(tokens)[None, :] < lengths[:, None]).long().to(backbone.device)
+    decoder = backbone.model.get_decoder()
+
+    def step(implementation: str) -> None:
+        inputs = embeds.detach().requires_grad_(True)
+        autocast = torch.autocast(backbone.device.type, dtype=backbone.dtype, enabled=backbone.dtype != torch.float32)
+        with attention_implementation(backbone.model, implementation), torch.random.fork_rng(devices=[]):
+            with autocast:
+                loss = decoder(inputs_embeds=inputs, attention_mask=mask).last_hidden_state.float().square().mean()
+            torch.autograd.grad(loss, inputs)  # to the inputs only: no parameter's .grad is touched
+
+    return calibrated_choice(
+        "training-attention",
+        {name: (lambda name=name: step(name)) for name in ATTENTION_CANDIDATES},
+        context=context,
+    )

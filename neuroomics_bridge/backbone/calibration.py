@@ -1,0 +1,120 @@
+"""Choose among equivalent kernels by timing them on this machine once, and keep the choice.
+
+Which of two exact implementations runs faster (SDPA's fused attention or the plain matmul one,
+oneDNN or ATen for a bf16 matmul) depends on the CPU, the torch build and the tensor shapes:
+what wins on an AMD EPYC can lose on an Intel Xeon with AMX. :func:`calibrated_choice` times the
+candidates on a representative workload the first time a task is met and records the winner in
+``<cache>/kernels.json``, keyed by the CPU model, the torch and transformers versions, the
+thread count and the task's own context (model shape, dtype). Later calls, in this process or
+another, read the choice back, so seeded runs on one machine keep taking the same path; any change
+of key (another CPU, an upgraded torch) times the candidates again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from neuroomics_bridge.io import atomic_write_text, cache_root
+
+__all__ = ["CALIBRATION_FILE", "calibrated_choice", "cpu_model", "machine_key"]
+
+CALIBRATION_FILE = "kernels.json"
+
+
+def cpu_model() -> str:
+    """The CPU model as ``lscpu`` names it (``/proc/cpuinfo``), or the platform's processor string."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> dict[str, str]:
+    """What a kernel timing depends on besides the workload: CPU, library versions, threads."""
+    import transformers
+
+    return {
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def calibrated_choice(
+    task: str,
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    context: Mapping[str, str] | None = None,
+    repeats: int = 3,
+    path: str | os.PathLike[str] | None = None,
+) -> str:
+    """The fastest of ``candidates`` for ``task`` on this machine, timed once and then cached.
+
+    Parameters
+    ----------
+    task
+        What is being chosen (``"training-attention"``); part of the key.
+    candidates
+        Name -> a function running the workload once with that implementation. Each is run once
+        to warm up, then ``repeats`` times; the smallest time counts.
+    context
+        The rest of the key: whatever else decides the winner (model shape, dtype, device).
+    repeats
+        Timed runs per candidate.
+    path
+        The cache file (default ``<cache>/kernels.json``).
+
+    Returns
+    -------
+    str
+        The winning candidate's name, read from the cache when this key was timed before.
+    """
+    if not candidates:
+        raise ValueError(f"{task}: no candidates to choose from")
+    file = Path(path) if path is not None else cache_root() / CALIBRATION_FILE
+    key = {"task": task, **machine_key(), **dict(context or {})}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    entries = _read(file)
+    cached = entries.get(digest, {}).get("choice")
+    if cached in candidates:
+        return cached
+    seconds = {name: _best_time(run, repeats) for name, run in candidates.items()}
+    choice = min(seconds, key=seconds.__getitem__)
+    entries = _read(file)  # another process may have written meanwhile: keep its entries
+    entries[digest] = {"key": key, "choice": choice, "seconds": seconds}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(file, json.dumps(entries, indent=1, sort_keys=True))
+    return choice
+
+
+def _best_time(run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up: first-call allocations and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _read(file: Path) -> dict[str, dict]:
+    if not file.is_file():
+        return {}
+    try:
+        entries = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        warnings.warn(f"{file}: unreadable kernel calibration ({error}); timing again", stacklevel=3)
+        return {}
+    return entries if isinstance(entries, dict) else {}

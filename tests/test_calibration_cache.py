@@ -1,0 +1,114 @@
+"""Kernel choices by measurement: timed once per key, read back after, timed again on a new key;
+the attention a training step uses gives the same numbers as the inference default."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from neuroomics_bridge.backbone import calibration
+from neuroomics_bridge.backbone.attention import ATTENTION_CANDIDATES, attention_implementation, training_attention
+from neuroomics_bridge.backbone.calibration import calibrated_choice
+
+
+def counting_candidates(delays: dict[str, float]) -> tuple[dict, dict[str, int]]:
+    calls = dict.fromkeys(delays, 0)
+
+    def make(name: str):
+        def run() -> None:
+            calls[name] += 1
+            time.sleep(delays[name])
+
+        return run
+
+    return {name: make(name) for name in delays}, calls
+
+
+def test_the_faster_candidate_is_timed_once_then_read_from_the_cache(tmp_path) -> None:
+    path = tmp_path / "kernels.json"
+    candidates, calls = counting_candidates({"slow": 0.02, "fast": 0.0})
+    assert calibrated_choice("task", candidates, context={"shape": "8x128"}, repeats=2, path=path) == "fast"
+    assert calls == {"slow": 3, "fast": 3}  # one warm-up and two timed runs each
+    assert calibrated_choice("task", candidates, context={"shape": "8x128"}, path=path) == "fast"
+    assert calls == {"slow": 3, "fast": 3}  # the cache answered
+    entry = next(iter(json.loads(path.read_text()).values()))
+    assert entry["choice"] == "fast" and entry["key"]["cpu"] == calibration.cpu_model()
+    assert entry["seconds"]["slow"] > entry["seconds"]["fast"]
+
+
+def test_another_machine_key_or_context_times_again(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "kernels.json"
+    candidates, calls = counting_candidates({"a": 0.0, "b": 0.0})
+    calibrated_choice("task", candidates, context={"shape": "8x128"}, repeats=1, path=path)
+    calibrated_choice("task", candidates, context={"shape": "1x1"}, repeats=1, path=path)  # another workload
+    assert calls == {"a": 4, "b": 4}
+    original = calibration.machine_key
+    monkeypatch.setattr(calibration, "machine_key", lambda: {**original(), "torch": "99.0"})  # an upgraded torch
+    calibrated_choice("task", candidates, context={"shape": "8x128"}, repeats=1, path=path)
+    assert calls == {"a": 6, "b": 6}
+    assert len(json.loads(path.read_text())) == 3  # the old entries are kept beside the new one
+
+
+def test_a_cached_choice_that_is_no_longer_a_candidate_is_timed_again(tmp_path) -> None:
+    path = tmp_path / "kernels.json"
+    calibrated_choice("task", counting_candidates({"gone": 0.0})[0], repeats=1, path=path)
+    candidates, calls = counting_candidates({"new": 0.0})
+    assert calibrated_choice("task", candidates, repeats=1, path=path) == "new" and calls["new"] == 2
+
+
+def test_an_unreadable_cache_warns_and_is_rewritten(tmp_path) -> None:
+    path = tmp_path / "kernels.json"
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="kernels.json: unreadable kernel calibration"):
+        assert calibrated_choice("task", counting_candidates({"x": 0.0})[0], repeats=1, path=path) == "x"
+    assert next(iter(json.loads(path.read_text()).values()))["choice"] == "x"
+
+
+def test_attention_switch_is_undone_even_when_the_block_fails(tiny_backbone) -> None:
+    model = tiny_backbone.model
+    before = model.config._attn_implementation
+    other = next(name for name in ATTENTION_CANDIDATES if name != before)
+    with pytest.raises(RuntimeError, match="inside"), attention_implementation(model, other):
+        assert model.config._attn_implementation == other
+        raise RuntimeError("inside")
+    assert model.config._attn_implementation == before
+
+
+def test_training_attention_is_a_candidate_and_leaves_the_rng_and_model_alone(tiny_backbone) -> None:
+    before, state = tiny_backbone.model.config._attn_implementation, torch.random.get_rng_state()
+    assert training_attention(tiny_backbone) in ATTENTION_CANDIDATES
+    assert tiny_backbone.model.config._attn_implementation == before
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(p.grad is None for p in tiny_backbone.model.parameters())
+
+
+def test_every_training_attention_gives_the_same_loss_gradient_and_greedy_tokens(grounding_bridge) -> None:
+    bridge, features, present, reports = grounding_bridge
+    results = {}
+    for name in ATTENTION_CANDIDATES:
+        prefix_input = {m: x.clone().requires_grad_(True) for m, x in features.items()}
+        with attention_implementation(bridge.backbone.model, name):
+            nll, _ = bridge.report_nll(prefix_input, present, reports)
+            nll.sum().backward()
+            tokens = bridge.backbone.generate(["Report of this subject:"], max_new_tokens=8)
+        results[name] = (nll.detach(), prefix_input["gene"].grad, tokens)
+    (nll_a, grad_a, text_a), (nll_b, grad_b, text_b) = results.values()
+    torch.testing.assert_close(nll_a, nll_b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-3, atol=1e-5)
+    assert text_a == text_b
+
+
+@pytest.fixture
+def grounding_bridge(make_bridge, small_cohort):
+    bridge = make_bridge()
+    rows = 3
+    features = {
+        m: torch.randn(rows, d, generator=torch.Generator().manual_seed(1)) for m, d in bridge.modality_dims.items()
+    }
+    present = {m: torch.ones(rows, dtype=torch.bool) for m in features}
+    reports = list(np.asarray(small_cohort.reports)[:rows])
+    return bridge, features, present, reports
