@@ -35,22 +35,53 @@ def _flag_seen_inside_forward(backbone: TextBackbone, ids: torch.Tensor) -> bool
     return seen[0]
 
 
-def test_single_row_forwards_skip_onednn_and_restore_it(tiny_backbone: TextBackbone) -> None:
-    assert torch.backends.mkldnn.enabled
-    assert _flag_seen_inside_forward(tiny_backbone, torch.tensor([[5]])) is False
-    assert torch.backends.mkldnn.enabled
-    assert _flag_seen_inside_forward(tiny_backbone, torch.tensor([[5, 6, 7]])) is True
-    assert _flag_seen_inside_forward(tiny_backbone, torch.tensor([[5], [6], [7]])) is True
+@pytest.fixture(scope="module")
+def routed(tiny_model_dir) -> TextBackbone:
+    """A tiny backbone with the single-row switch on, whatever this CPU's calibration chose."""
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
+    hardware.route_single_row_matmuls_to_aten(backbone.model)
+    return backbone
 
 
-def test_onednn_is_restored_when_a_forward_fails(tiny_backbone: TextBackbone) -> None:
+def test_single_row_forwards_skip_onednn_and_restore_it(routed: TextBackbone) -> None:
+    assert torch.backends.mkldnn.enabled
+    assert _flag_seen_inside_forward(routed, torch.tensor([[5]])) is False
+    assert torch.backends.mkldnn.enabled
+    assert _flag_seen_inside_forward(routed, torch.tensor([[5, 6, 7]])) is True
+    assert _flag_seen_inside_forward(routed, torch.tensor([[5], [6], [7]])) is True
+
+
+def test_onednn_is_restored_when_a_forward_fails(routed: TextBackbone) -> None:
     out_of_vocabulary = torch.tensor([[10**6]])
     with pytest.raises(IndexError):
-        tiny_backbone.model(input_ids=out_of_vocabulary)
+        routed.model(input_ids=out_of_vocabulary)
     assert torch.backends.mkldnn.enabled
 
 
-def test_wrapping_one_model_twice_keeps_the_switch_balanced(tiny_backbone: TextBackbone) -> None:
-    again = TextBackbone(tiny_backbone.model, tiny_backbone.tokenizer, name="again")
-    assert _flag_seen_inside_forward(again, torch.tensor([[5]])) is False
+def test_wrapping_one_model_twice_keeps_the_switch_balanced(routed: TextBackbone) -> None:
+    hardware.route_single_row_matmuls_to_aten(routed.model)
+    assert _flag_seen_inside_forward(routed, torch.tensor([[5]])) is False
+    assert torch.backends.mkldnn.enabled
+
+
+@pytest.mark.parametrize(("kernel", "switched"), [("aten", False), ("onednn", True)])
+def test_a_backbone_routes_single_rows_only_where_aten_measured_faster(
+    tiny_model_dir, monkeypatch, kernel: str, switched: bool
+) -> None:
+    from neuroomics_bridge.backbone import text
+
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: kernel)
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
+    assert _flag_seen_inside_forward(backbone, torch.tensor([[5]])) is switched
+
+
+def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_backbone: TextBackbone, monkeypatch) -> None:
+    from neuroomics_bridge.backbone import calibration
+
+    timed = []
+    original = calibration._best_time
+    monkeypatch.setattr(calibration, "_best_time", lambda run, repeats: timed.append(run) or original(run, repeats))
+    first = hardware.single_row_kernel(tiny_backbone.model)
+    assert first in ("aten", "onednn") and len(timed) in (0, 2)  # 0: the session already timed this shape
+    assert hardware.single_row_kernel(tiny_backbone.model) == first and len(timed) in (0, 2)
     assert torch.backends.mkldnn.enabled

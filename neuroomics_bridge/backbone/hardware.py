@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["default_device", "default_dtype", "cpu_has_native_bf16", "resolve_dtype"]
+__all__ = [
+    "default_device",
+    "default_dtype",
+    "cpu_has_native_bf16",
+    "resolve_dtype",
+    "route_single_row_matmuls_to_aten",
+    "single_row_kernel",
+]
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -91,6 +98,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def route_single_row_matmuls_to_aten(model: torch.nn.Module, *, max_rows: int = 2) -> None:
     """Run CPU forward passes over at most ``max_rows`` token rows without oneDNN.
 
+    :class:`~neuroomics_bridge.backbone.text.TextBackbone` does this where
+    :func:`single_row_kernel` measured ATen faster.
+
     Greedy decoding multiplies one token row by every weight matrix. For bf16 on CPU, oneDNN's
     kernel streams those weights at about half the speed of ATen's own (measured here: 15 ms vs
     7.6 ms for 120 matrices of 1536x576), while for three rows and more oneDNN wins by far. A
@@ -126,3 +136,44 @@ def route_single_row_matmuls_to_aten(model: torch.nn.Module, *, max_rows: int = 
 
     model.register_forward_pre_hook(before, with_kwargs=True)
     model.register_forward_hook(after, with_kwargs=True, always_call=True)
+
+
+def single_row_kernel(model: torch.nn.Module) -> str:
+    """The faster kernel for one-token-row forwards of ``model`` on this CPU: ``"aten"`` or ``"onednn"``.
+
+    Times every linear layer of ``model`` on one row, as a decoding step runs them, with oneDNN
+    on and off (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`: once per CPU,
+    library versions, dtype and layer shapes, then cached). On an AMD EPYC with AVX512-BF16 ATen
+    won for bf16 by 2x; on CPUs with AMX oneDNN may win, so it is measured, not assumed.
+
+    Parameters
+    ----------
+    model
+        A model on the CPU (any other device: ``"onednn"``, meaning leave the defaults alone).
+    """
+    from neuroomics_bridge.backbone.calibration import calibrated_choice
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears or linears[0].weight.device.type != "cpu":
+        return "onednn"
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears]
+
+    def decode_step(onednn: bool) -> None:
+        saved = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = onednn
+        try:
+            with torch.inference_mode():
+                for layer, row in zip(linears, rows, strict=True):
+                    layer(row)
+        finally:
+            torch.backends.mkldnn.enabled = saved
+
+    shapes = sorted({(m.in_features, m.out_features) for m in linears})
+    context = {"dtype": str(linears[0].weight.dtype), "linears": f"{len(linears)}:{shapes}"}
+    return calibrated_choice(
+        "single-row-matmul",
+        {"aten": lambda: decode_step(False), "onednn": lambda: decode_step(True)},
+        context=context,
+        repeats=5,
+    )

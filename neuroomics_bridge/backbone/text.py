@@ -28,6 +28,7 @@ from neuroomics_bridge.backbone.hardware import (
     default_dtype,
     resolve_dtype,
     route_single_row_matmuls_to_aten,
+    single_row_kernel,
 )
 from neuroomics_bridge.errors import CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
@@ -50,7 +51,8 @@ class TextBackbone:
     Parameters
     ----------
     model
-        The causal LM; put in eval mode, with single-row CPU matmuls routed to ATen.
+        The causal LM; put in eval mode, with single-row CPU matmuls routed to ATen where that
+        kernel measured faster here (:func:`~neuroomics_bridge.backbone.hardware.single_row_kernel`).
     tokenizer
         Its tokenizer; a missing pad token is set to the EOS token.
     name
@@ -76,7 +78,8 @@ class TextBackbone:
         self.name = name
         self.card = card
         self._weight_files = tuple(weight_files)
-        route_single_row_matmuls_to_aten(self.model)
+        if single_row_kernel(self.model) == "aten":  # timed on this CPU once, then cached
+            route_single_row_matmuls_to_aten(self.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
