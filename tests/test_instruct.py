@@ -67,6 +67,23 @@ def test_loss_masks_exactly_the_prompt(tiny_backbone) -> None:
     assert len(short["input_ids"]) <= len(prompt) and short["labels"][-1] == tiny_backbone.tokenizer.eos_token_id
 
 
+def test_response_only_loss_equals_transformers_own_loss(tiny_model_dir) -> None:
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    module = InstructionTuneModule(backbone, LoRAConfig(r=2, alpha=4, dropout=0.0))
+    items = [tokenize_record(backbone, record, max_length=64) for record in synthetic_instructions(2, seed=0)[:3]]
+    width = max(len(item["input_ids"]) for item in items)
+    pad = backbone.tokenizer.pad_token_id
+    batch = {
+        "input_ids": torch.tensor([i["input_ids"] + [pad] * (width - len(i["input_ids"])) for i in items]),
+        "attention_mask": torch.tensor(
+            [[1] * len(i["input_ids"]) + [0] * (width - len(i["input_ids"])) for i in items]
+        ),
+        "labels": torch.tensor([i["labels"] + [-100] * (width - len(i["labels"])) for i in items]),
+    }
+    expected = module.model(**batch, use_cache=False).loss  # transformers' causal-LM loss, every position's logits
+    torch.testing.assert_close(module._loss(batch), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_adapter_is_saved_alone_reloads_identically_and_merges(tmp_path, tiny_model_dir) -> None:
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
     records = [RECORD] * 8

@@ -10,7 +10,6 @@ The data side (subjects, folds, resumable order) is ``training/data.py``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -22,7 +21,6 @@ import torch
 from lightning.pytorch import LightningModule, seed_everything
 
 from neuroomics_bridge.adapters.config import LoRAConfig
-from neuroomics_bridge.backbone.attention import attention_implementation, training_attention
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.data.cohort import Cohort, CohortSplit
 from neuroomics_bridge.errors import DataError
@@ -31,7 +29,7 @@ from neuroomics_bridge.training.args import Stage, optimizer_args, run_dir, stag
 from neuroomics_bridge.training.contrastive import ContrastiveStage
 from neuroomics_bridge.training.data import CohortDataModule
 from neuroomics_bridge.training.prefix import CONTENT_WEIGHT, PREFIX_LAYOUTS, PrefixStage
-from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
+from neuroomics_bridge.training.trainer import TrainableState, TrainingAttention, build_trainer, mixed_precision
 
 __all__ = ["AlignmentModule", "AlignmentResult", "CohortDataModule", "Stage", "fit_alignment"]
 
@@ -107,7 +105,6 @@ class AlignmentModule(LightningModule):
         self.class_prompt, self.save_to = class_prompt, save_to
         self.metrics: dict[str, float] = {}
         self.attention = attention
-        self._attention_context = contextlib.ExitStack()
         # The caller's flags, captured before peft (which freezes every base weight) goes in,
         # are put back at teardown.
         self._callers_flags = [TrainableState.capture(module) for module in (self.adapters, bridge.backbone.model)]
@@ -149,17 +146,16 @@ class AlignmentModule(LightningModule):
         self.adapters.set_distributed(self.global_rank, self.trainer.world_size)
         if stage == "fit":
             self._set_trainable()
-            if self.stage == "prefix":
-                backbone = self.bridge.backbone
-                chosen = training_attention(backbone) if self.attention == "auto" else self.attention
-                self._attention_context.enter_context(attention_implementation(backbone.model, chosen))
 
     def teardown(self, stage: str) -> None:
-        """After fitting, give the caller's modules back their flags, dtype and attention."""
+        """After fitting, give the caller's modules back their ``requires_grad`` flags and dtype."""
         if stage == "fit":
             for state in self._callers_flags:
                 state.restore()
-            self._attention_context.close()
+
+    def configure_callbacks(self) -> list[TrainingAttention]:
+        """The prefix stage trains through the backbone with the attention chosen for training."""
+        return [TrainingAttention(self.bridge.backbone, self.attention)] if self.stage == "prefix" else []
 
     def on_fit_start(self) -> None:
         """The stage's preparation (text cache and centring, or the subjects' evidence)."""

@@ -24,7 +24,7 @@ from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, OptimizerArgs
-from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
+from neuroomics_bridge.training.trainer import TrainableState, TrainingAttention, build_trainer, mixed_precision
 
 __all__ = [
     "InstructionTuneModule",
@@ -130,6 +130,9 @@ class InstructionTuneModule(LightningModule):
         AdamW with a cosine schedule warming up over this share of the steps.
     output_dir
         Where :func:`save_lora` writes the adapter at the end, if given.
+    attention
+        The backbone's attention implementation while training; ``"auto"``: the faster here
+        (see :class:`~neuroomics_bridge.training.trainer.TrainingAttention`).
 
     Raises
     ------
@@ -147,6 +150,7 @@ class InstructionTuneModule(LightningModule):
         betas: tuple[float, float] = INSTRUCT_OPTIMIZER.betas,
         warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
         output_dir: str | os.PathLike[str] | None = None,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
         from peft import get_peft_model
@@ -170,12 +174,16 @@ class InstructionTuneModule(LightningModule):
             base = prepare_model_for_kbit_training(base)
         self.model = get_peft_model(base, self.lora.to_peft())
         self.lr, self.weight_decay, self.betas, self.warmup_fraction = lr, weight_decay, tuple(betas), warmup_fraction
-        self.output_dir = output_dir
+        self.output_dir, self.attention = output_dir, attention
 
     def teardown(self, stage: str) -> None:
         """After fitting, give the base weights back their captured dtype and ``requires_grad`` flags."""
         if stage == "fit":
             self._callers_state.restore()
+
+    def configure_callbacks(self) -> list[TrainingAttention]:
+        """Train through the backbone with the attention chosen for training."""
+        return [TrainingAttention(self.backbone, self.attention)]
 
     def on_fit_end(self) -> None:
         """Say the weights changed (peft injected the adapters into ``backbone.model``); save the adapter if asked."""
@@ -185,12 +193,16 @@ class InstructionTuneModule(LightningModule):
             save_lora(self, self.output_dir)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(
+        """Mean cross-entropy of the response tokens; the LM head runs at those positions only
+        (the prompt's positions would cost a full vocabulary projection each and score nothing)."""
+        causal_lm = self.model.get_base_model()  # the LoRA layers sit inside it
+        hidden = causal_lm.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
-        )
+        ).last_hidden_state
+        targets = batch["labels"][:, 1:]
+        scored = targets != -100
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
+        return torch.nn.functional.cross_entropy(logits, targets[scored])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Cross-entropy on the response tokens, logged as ``train/loss``."""
@@ -246,6 +258,7 @@ def instruction_tune(
     root_dir: str | os.PathLike[str] = "nob-runs/instruct",
     output_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
+    attention: str = "auto",
     **trainer_kwargs: Any,
 ) -> InstructionTuneModule:
     """LoRA-tune ``backbone`` on ``records``.
@@ -269,6 +282,8 @@ def instruction_tune(
         Gets the adapter only.
     ckpt_path
         Resume with ``"last"``.
+    attention
+        The backbone's attention implementation while training (``"auto"``: the faster here).
     **trainer_kwargs
         Passed to :func:`build_trainer` (precision defaults to :func:`mixed_precision`).
 
@@ -287,6 +302,7 @@ def instruction_tune(
         betas=optimizer.betas,
         warmup_fraction=optimizer.warmup_fraction,
         output_dir=output_dir,
+        attention=attention,
     )
     trainer_kwargs.setdefault("precision", mixed_precision())
     monitor = "val/loss" if val_records else "train/loss"

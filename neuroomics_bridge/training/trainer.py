@@ -8,6 +8,7 @@ from the caller's keyword arguments (and from YAML through LightningCLI), never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -16,13 +17,15 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from neuroomics_bridge.backbone.attention import attention_implementation, training_attention
 from neuroomics_bridge.backbone.hardware import cpu_has_native_bf16
+from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
-__all__ = ["TrainableState", "build_trainer", "checkpoint_callback", "mixed_precision"]
+__all__ = ["TrainableState", "TrainingAttention", "build_trainer", "checkpoint_callback", "mixed_precision"]
 
 
 def mixed_precision() -> str:
@@ -107,3 +110,32 @@ class TrainableState:
             parameter.requires_grad_(flag)
             if self.dtype is not None and parameter.is_floating_point() and parameter.dtype != self.dtype:
                 parameter.data = parameter.data.to(self.dtype)
+
+
+class TrainingAttention(Callback):
+    """Train ``backbone`` with the given attention implementation, and put its own back after.
+
+    Parameters
+    ----------
+    backbone
+        The backbone the loss runs through.
+    attention
+        ``"sdpa"``, ``"eager"``, or ``"auto"``: the faster for training steps on this machine
+        (:func:`~neuroomics_bridge.backbone.attention.training_attention`, timed when fitting
+        starts, in the dtype the backbone has then).
+    """
+
+    def __init__(self, backbone: TextBackbone, attention: str = "auto") -> None:
+        self.backbone, self.attention = backbone, attention
+        self._switched = contextlib.ExitStack()
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """Switch the attention for fitting."""
+        if stage == "fit":
+            chosen = training_attention(self.backbone) if self.attention == "auto" else self.attention
+            self._switched.enter_context(attention_implementation(self.backbone.model, chosen))
+
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """Put the backbone's attention back, however fitting ended."""
+        if stage == "fit":
+            self._switched.close()
