@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.backbone.calibration import cpu_model
 
 FINDINGS = [
     "Resting tremor of the right hand with cogwheel rigidity.",
@@ -71,15 +72,6 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def cpu_model() -> str:
-    """The CPU model as ``lscpu`` names it (figures differ between CPU kinds)."""
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def read_bandwidth(megabytes: int = 512) -> float:

@@ -29,15 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroomics_bridge.backbone.calibration import cpu_model
+
 UNSEEN = ("CD34+", "Dendritic", "CD19+ B")
-
-
-def cpu_model() -> str:
-    """The CPU model as ``lscpu`` names it (figures differ between CPU kinds)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def emit(name: str, **figures: object) -> None:
