@@ -1,5 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv if needed.
 PYTHON ?= python3
+# pytest worker processes (pytest-xdist; test files stay whole, so module fixtures run once):
+# two on the 2-core CI machine, each with one torch thread (tests/conftest.py).
+TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -20,7 +23,7 @@ demo: install
 	$(BIN)/nob demo
 
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

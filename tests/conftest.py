@@ -37,6 +37,11 @@ TINY_BRIDGE_CONFIG = BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2)
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nob-test-cache-")
     os.environ.pop("NOB_MODEL_DIR", None)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # set in each pytest-xdist worker
+    if workers > 1:  # share the cores: each worker, and every `nob` it starts, gets its part of them
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture(autouse=True)
