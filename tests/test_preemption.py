@@ -64,4 +64,5 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(job: str, tmp_path, ti
     resumed = run(tiny_model_dir, tmp_path / "killed", ckpt_path="last")
     whole = run(tiny_model_dir, tmp_path / "whole")
     for name, value in whole.items():
-        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+        # float32 rounding of the resumed path: ~1e-8 on weights, a few ulp on a fitted temperature of ~4
+        torch.testing.assert_close(resumed[name], value, rtol=1e-6, atol=1e-6, msg=name)
