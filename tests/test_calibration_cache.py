@@ -112,3 +112,11 @@ def grounding_bridge(make_bridge, small_cohort):
     present = {m: torch.ones(rows, dtype=torch.bool) for m in features}
     reports = list(np.asarray(small_cohort.reports)[:rows])
     return bridge, features, present, reports
+
+
+def test_an_unknown_training_attention_is_refused_by_name(tiny_backbone) -> None:
+    from neuroomics_bridge.errors import ConfigError
+    from neuroomics_bridge.training.trainer import TrainingAttention
+
+    with pytest.raises(ConfigError, match="got 'flash'"):
+        TrainingAttention(tiny_backbone, "flash")

@@ -169,6 +169,8 @@ def test_content_weights_go_to_the_tokens_in_few_reports() -> None:
     assert weights.tolist() == [1.0, 1.0, 4.0, 4.0, 4.0, 1.0, 1.0, 1.0]  # 0, 6, 7 never occur: 1
     with pytest.raises(DataError, match="max_document_frequency"):
         content_token_weights(reports, 8, weight=4.0, max_document_frequency=0.0)
+    with pytest.raises(DataError, match=r"got -1\.0 and 0\.5"):
+        PrefixStage(content_weight=-1.0)  # refused when the stage is built, not at the first step
 
 
 def test_token_weights_scale_each_report_token_and_its_count(grounding_setup) -> None:

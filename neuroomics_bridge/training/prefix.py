@@ -100,6 +100,7 @@ class PrefixStage:
     def __post_init__(self) -> None:
         for name in self.layouts:
             get_layout(name)  # an unknown name fails now, not at the first step
+        content_token_weights([], 1, weight=self.content_weight, max_document_frequency=self.max_document_frequency)
 
     def trains(self, adapter_parameter: str) -> bool:
         """Only the prefix projector trains here (and LoRA in the backbone, if any)."""

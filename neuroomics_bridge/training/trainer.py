@@ -20,9 +20,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from neuroomics_bridge.backbone.attention import attention_implementation, training_attention
+from neuroomics_bridge.backbone.attention import ATTENTION_CANDIDATES, attention_implementation, training_attention
 from neuroomics_bridge.backbone.hardware import cpu_has_native_bf16
 from neuroomics_bridge.backbone.text import TextBackbone
+from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
 __all__ = ["TrainableState", "TrainingAttention", "build_trainer", "checkpoint_callback", "mixed_precision"]
@@ -126,6 +127,8 @@ class TrainingAttention(Callback):
     """
 
     def __init__(self, backbone: TextBackbone, attention: str = "auto") -> None:
+        if attention != "auto" and attention not in ATTENTION_CANDIDATES:
+            raise ConfigError(f"attention: expected 'auto' or one of {list(ATTENTION_CANDIDATES)}, got {attention!r}")
         self.backbone, self.attention = backbone, attention
         self._switched = contextlib.ExitStack()
 
