@@ -61,17 +61,21 @@ def content_token_weights(
     torch.Tensor
         ``(vocab_size,)`` float32 weights, for ``Bridge.report_nll(token_weights=...)``.
     """
-    if weight <= 0 or not 0 < max_document_frequency <= 1:
-        raise DataError(
-            f"content weighting: expected weight > 0 and 0 < max_document_frequency <= 1, "
-            f"got {weight} and {max_document_frequency}"
-        )
+    _check_content_weighting(weight, max_document_frequency)
     counts = torch.zeros(vocab_size, dtype=torch.float64)
     for ids in reports_token_ids:
         counts[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
     frequency = counts / max(len(reports_token_ids), 1)
     content = (counts > 0) & (frequency <= max_document_frequency)
     return torch.where(content, torch.tensor(float(weight)), torch.tensor(1.0)).float()
+
+
+def _check_content_weighting(weight: float, max_document_frequency: float) -> None:
+    if weight <= 0 or not 0 < max_document_frequency <= 1:
+        raise DataError(
+            f"content weighting: expected weight > 0 and 0 < max_document_frequency <= 1, "
+            f"got {weight} and {max_document_frequency}"
+        )
 
 
 @dataclasses.dataclass
@@ -100,7 +104,7 @@ class PrefixStage:
     def __post_init__(self) -> None:
         for name in self.layouts:
             get_layout(name)  # an unknown name fails now, not at the first step
-        content_token_weights([], 1, weight=self.content_weight, max_document_frequency=self.max_document_frequency)
+        _check_content_weighting(self.content_weight, self.max_document_frequency)  # now, not at fit start
 
     def trains(self, adapter_parameter: str) -> bool:
         """Only the prefix projector trains here (and LoRA in the backbone, if any)."""
