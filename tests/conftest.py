@@ -42,6 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)  # numba would reset OpenMP to every core
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import anndata as ad
@@ -221,3 +224,21 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path, pbmc, fitted, monkeypat
         GeneEncoder(n_components=3).fit(pbmc).save(path)
     assert path.read_bytes() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["encoder.safetensors"]
+
+
+def test_encoding_keeps_the_callers_torch_thread_count() -> None:
+    # one thread asked for as CI's test workers ask; numba's first compile (inside scanpy's
+    # preprocessing) resets OpenMP to every core, and only a fresh process has that first compile
+    script = (
+        "import torch\n"
+        "from neuroomics_bridge import datasets\n"
+        "from neuroomics_bridge.encoders import GeneEncoder\n"
+        "cohort = datasets.synthetic_cohort(12, seed=0, cells_per_subject=4)\n"
+        "encoder = GeneEncoder(n_components=4, n_top_genes=50, groupby=cohort.gene_groupby)\n"
+        "encoder.fit(cohort.genes).transform(cohort.genes)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "1"

@@ -22,6 +22,7 @@ from sklearn.base import TransformerMixin
 
 from neuroomics_bridge.encoders.base import PersistentEstimator, cohort_genes
 from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.threads import torch_threads_kept
 
 __all__ = ["GeneEncoder", "gene_id_type"]
 
@@ -114,6 +115,7 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         genes = cohort_genes(cohort, modality)
         return cohort.scatter(self.row_ids(genes), self.transform(genes))
 
+    @torch_threads_kept()
     def fit(self, adata: Any, y: Any = None) -> Self:
         """Learn genes, scaling and loadings from ``adata`` (the training fold only).
 
@@ -174,6 +176,7 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         return self.fit(adata).transform(adata, **kwargs)
 
     # ------------------------------------------------------------------------------ transforming
+    @torch_threads_kept()
     def transform(self, adata: Any, *, inplace: bool = False) -> np.ndarray:
         """Embed ``adata`` with the fitted pipeline, aligning genes by ``var_names``.
 
