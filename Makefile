@@ -1,7 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv if needed.
 PYTHON ?= python3
 # pytest worker processes (pytest-xdist; test files stay whole, so module fixtures run once):
-# two on the 2-core CI machine, each with one torch thread (tests/conftest.py).
+# two on the 2-core CI machine, each with one torch thread; slow files are sent first, in file
+# order (tests/conftest.py), not reordered by test count.
 TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,7 +24,7 @@ demo: install
 	$(BIN)/nob demo
 
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .

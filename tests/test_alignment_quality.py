@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -45,14 +44,6 @@ def test_real_cells_zero_shot_by_cell_type_text_rivals_knn_on_pca(default_backbo
     assert zero_shot >= 0.7 and zero_shot >= baseline - 0.1, (zero_shot, baseline)
 
 
-def test_prefix_stage_grounds_reports_in_the_subjects_own_vectors(default_backbone, tmp_path) -> None:
-    cohort, split = encoded_synthetic(120)
-    bridge = Bridge(default_backbone, {"gene": 32, "brain": 32})
-    metrics = fit_alignment(bridge, cohort, "prefix", split=split, max_epochs=3, root_dir=tmp_path).metrics
-    assert metrics["prefix/perplexity_matched"] < metrics["prefix/perplexity_shuffled"], metrics
-    assert np.isfinite(metrics["prefix/perplexity_gap"])
-
-
 def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffled_prefix_does_not(tmp_path) -> None:
     from neuroomics_bridge import ReferenceSet, TextBackbone
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
@@ -71,4 +62,5 @@ def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffle
     own, shuffled = (reports.metrics[f"report/prefix_only{s}/diagnosis"] for s in ("", "/shuffled"))
     assert own >= 0.7 and own >= shuffled + 0.3, reports.metrics  # seeds 0-2 measured in the README
     assert reports.metrics["report/prefix_only/sex"] >= 0.9  # a stated covariate, copied into the report
+    # the subject's own prefix makes its report likelier than another subject's (README: gap 12.5%)
     assert metrics["prefix/perplexity_matched"] < metrics["prefix/perplexity_shuffled"], metrics
