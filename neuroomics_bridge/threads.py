@@ -8,6 +8,7 @@ which oversubscribes the cores whenever several such processes share a machine.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,11 +19,9 @@ __all__ = ["torch_threads_kept"]
 def torch_threads_kept() -> Iterator[None]:
     """Put ``torch.get_num_threads()`` back to its value on entry when the block exits.
 
-    Usable as a decorator. Loads torch only if it is already loaded: a process without torch
-    has no thread count to keep.
+    Usable as a decorator. Never imports torch: where it is not loaded yet there is no thread
+    count to keep.
     """
-    import sys
-
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
     try:
