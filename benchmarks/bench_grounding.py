@@ -22,6 +22,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,17 @@ def cell_figures(seed: int, folder: Path) -> dict[str, float]:
     return figures
 
 
+def measure(name: str, figures_of: Callable[[int], dict[str, float]], seeds: list[int]) -> list[dict[str, float]]:
+    """Each seed's figures, printed as soon as that seed is done (a long run may be cut short)."""
+    per_seed = []
+    for seed in seeds:
+        per_seed.append(figures_of(seed))
+        emit(name, seed=seed, **{k: round(v, 3) for k, v in per_seed[-1].items()})
+    return per_seed
+
+
 def summarise(name: str, per_seed: list[dict[str, float]], seeds: list[int]) -> None:
     keys = [k for k in per_seed[0] if all(k in f for f in per_seed)]
-    for seed, figures in zip(seeds, per_seed, strict=True):
-        emit(name, seed=seed, **{k: round(v, 3) for k, v in figures.items()})
     means = {k: float(np.mean([f[k] for f in per_seed])) for k in keys}
     emit(f"{name}/mean", seeds=len(seeds), **{k: round(v, 3) for k, v in means.items()})
     comparisons = []
@@ -153,9 +161,9 @@ def main() -> None:
     emit("machine", cpu=cpu_model())
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_demo:
-            summarise("grounding", [demo_figures(s, Path(tmp)) for s in args.seeds], args.seeds)
+            summarise("grounding", measure("grounding", lambda s: demo_figures(s, Path(tmp)), args.seeds), args.seeds)
         if not args.skip_cells:
-            summarise("cells", [cell_figures(s, Path(tmp)) for s in args.seeds], args.seeds)
+            summarise("cells", measure("cells", lambda s: cell_figures(s, Path(tmp)), args.seeds), args.seeds)
 
 
 if __name__ == "__main__":
