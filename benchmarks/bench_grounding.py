@@ -5,7 +5,8 @@
    grounding test) against its shuffled-subject control and chance, for the full report against
    the retrieval-copy baseline (the nearest reference subject's report) and its shuffled control;
    report perplexity with the own vs a shuffled subject's prefix; the share of sentences copied
-   verbatim from retrieved neighbours; and the demo's wall time.
+   verbatim from retrieved neighbours, beside the same share for the subject's own reference
+   report (what shared phrasing alone gives); and the demo's wall time.
 2. Real cells (scanpy's ``pbmc68k_reduced``): the prefix stage trained on cells paired with
    their cell type's description, a description generated from each held-out cell's prefix alone;
    the cell type it names against kNN on the PCA features of the same split, and the shuffled
@@ -60,7 +61,7 @@ def demo_figures(seed: int, folder: Path) -> dict[str, float]:
     for variant in ("full", "prefix_only", "evidence_only", "retrieval_copy"):
         if f"report/{variant}/rouge_l" in m:
             figures[f"{variant}/rouge_l"] = m[f"report/{variant}/rouge_l"]
-    for variant in ("full", "prefix_only", "evidence_only"):
+    for variant in ("full", "prefix_only", "evidence_only", "reference"):
         figures[f"{variant}/copied"] = m[f"report/{variant}/copied"]
     figures["perplexity_own"] = m["prefix/perplexity_matched"]
     figures["perplexity_shuffled"] = m["prefix/perplexity_shuffled"]

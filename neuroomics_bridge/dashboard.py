@@ -92,7 +92,8 @@ def write_page(
         "covariates, zero-shot probabilities); <i>prefix_only</i>: the prefix and covariates alone; "
         "<i>evidence_only</i>: the prompt without the prefix; <i>/shuffled</i>: the same from another "
         "subject's vectors; <i>retrieval_copy</i>: the nearest reference subject's report; <i>copied</i>: "
-        "share of sentences copied verbatim from the three nearest reference reports.</p>",
+        "share of sentences copied verbatim from the three nearest reference reports (<i>reference</i>: "
+        "the same for the subject's own report, what shared phrasing alone gives).</p>",
         _grounding_table(metrics),
         "<h2>Held-out metrics</h2>",
         _metrics_table({k: v for k, v in metrics.items() if k.count("/") < 2 or not k.startswith("report/")}),
@@ -148,6 +149,7 @@ def _grounding_plot(metrics: dict[str, float], path: Path) -> Path | None:
 
     variants, figures = _grounding_rows(metrics)
     facts = [f for f in figures if f not in ("copied", "rouge_l")]
+    variants = [v for v in variants if any(f"report/{v}/{f}" in metrics for f in facts)]  # not copied-only rows
     if not variants or not facts:
         return None
     figure, axis = plt.subplots(figsize=(10, 3.8))

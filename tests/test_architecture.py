@@ -566,3 +566,23 @@ def test_writing_to_a_cohorts_tables_does_not_reach_the_callers_frames() -> None
     cohort.covariates.loc["0", "age"] = 99.0
     cohort.covariates["age"] *= 2
     assert covariates["age"].tolist() == [61.0, 70.0, 55.0], "a write to cohort.covariates reached the caller's frame"
+
+
+@pytest.mark.parametrize("settings_name", ["FULL", "QUICK"])
+def test_the_demo_trains_each_stage_for_the_library_default_unless_it_names_epochs(
+    settings_name, monkeypatch, tmp_path
+) -> None:
+    import neuroomics_bridge.training as training
+    from neuroomics_bridge import demo
+    from neuroomics_bridge.training.args import stage_args
+
+    epochs: dict[str, int] = {}
+    monkeypatch.setattr(training, "fit_alignment", lambda *a, max_epochs, **k: epochs.setdefault(a[2], max_epochs))
+    settings = getattr(demo, settings_name)
+    steps: list[str] = []
+    demo._fit_both_stages(None, None, None, settings, tmp_path, steps.append)
+    for stage in ("contrastive", "prefix"):
+        named = getattr(settings, f"{stage}_epochs")
+        assert epochs[stage] == (stage_args(stage).max_epochs if named is None else named), (stage, epochs)
+        assert any(f"{stage} stage ({epochs[stage]} epoch" in line for line in steps), steps
+    assert demo.FULL.prefix_epochs is None  # the full demo is the library's recipe, not a shortened one

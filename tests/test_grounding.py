@@ -11,7 +11,7 @@ import torch
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.evaluation.bridge_metrics import derangement, evaluate_reports
-from neuroomics_bridge.evaluation.factuality import fact_accuracy, retrieval_copy
+from neuroomics_bridge.evaluation.factuality import copy_rate, fact_accuracy, retrieval_copy
 from neuroomics_bridge.reports.prompts import LAYOUTS, PromptLayout, report_prompt
 from neuroomics_bridge.reports.report import Evidence, Neighbour
 from neuroomics_bridge.retrieval import ReferenceSet
@@ -127,6 +127,8 @@ def test_report_evaluation_runs_every_variant_beside_its_controls(grounding_setu
     expected = fact_accuracy(copied, truth, classes=sorted(set(cohort.labels)))["diagnosis"]
     assert evaluation.metrics["report/retrieval_copy/diagnosis"] == expected
     assert evaluation.metrics["report/chance/diagnosis"] == 0.5
+    neighbours = [[n.report for n in r.evidence.neighbours] for r in own]
+    assert evaluation.metrics["report/reference/copied"] == copy_rate(cohort.reports, neighbours)
     for variant in evaluation.reports:
         assert {f"report/{variant}/{k}" for k in ("diagnosis", "severity", "sex", "age", "rouge_l", "copied")} <= set(
             evaluation.metrics

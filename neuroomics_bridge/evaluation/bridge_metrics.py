@@ -217,7 +217,9 @@ def evaluate_reports(
     subjects whose report states the fact correctly (:func:`~.factuality.fact_accuracy`; unstated
     is wrong), ROUGE-L against the subject's own report, and the share of its sentences copied
     verbatim from the reports of the subject's three nearest reference subjects
-    (:func:`~.factuality.copy_rate`). Chance per category is the most frequent true value's share.
+    (:func:`~.factuality.copy_rate`), beside the same share for the subject's own reference report
+    (``report/reference/copied``: what shared phrasing alone gives a correct report). Chance per
+    category is the most frequent true value's share.
 
     Parameters
     ----------
@@ -263,9 +265,12 @@ def evaluate_reports(
             neighbours = [[n.report for n in r.evidence.neighbours] for r in written]
             metrics[f"report/{variant}/copied"] = copy_rate(texts, neighbours)
     if reference is not None and reports:
-        first = reports[layouts[0]]
-        copied = retrieval_copy([[n.report for n in r.evidence.neighbours] for r in first])
-        metrics |= _scores("retrieval_copy", copied, truth, classes, cohort.reports)
+        neighbours = [[n.report for n in r.evidence.neighbours] for r in reports[layouts[0]]]
+        metrics |= _scores("retrieval_copy", retrieval_copy(neighbours), truth, classes, cohort.reports)
+        if cohort.reports is not None:
+            # Reports of one cohort share set phrases, so a correct report also matches some of its
+            # neighbours' sentences: the subject's own reference report shows how many.
+            metrics["report/reference/copied"] = copy_rate(list(cohort.reports), neighbours)
     for category in sorted({key for fact in truth for key in fact}):
         values = [fact[category] for fact in truth if category in fact and category != "age"]
         if values:
