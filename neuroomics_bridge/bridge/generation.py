@@ -149,9 +149,9 @@ class ReportGenerationMixin:
         layout
             What the prompt states (:data:`~neuroomics_bridge.reports.prompts.LAYOUTS`: ``"full"``,
             ``"prefix_only"``, ``"evidence_only"``, ``"retrieval"``), the ablation switches. The
-            default, ``"prefix_only"``, scored highest on held-out subjects (README: the probabilities
-            in ``"full"`` pass the zero-shot errors on); the evidence is gathered either way and
-            recorded in every report for the reader.
+            default, ``"full"`` (the subject's prefix, its covariates and, given ``classes``, its
+            zero-shot probabilities), scored highest on held-out subjects (README); the evidence is
+            gathered either way and recorded in every report for the reader.
         abstain_below
             When the subject's top zero-shot probability is below this, the impression says the
             data do not point to one class (naming the most probable one and its probability)
