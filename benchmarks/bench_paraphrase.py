@@ -167,7 +167,7 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
     split = cohort.split(seed=seed)
     torch.manual_seed(seed)
     bridge = Bridge(backbone, {m: x.shape[1] for m, x in cohort.features.items()})
-    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, max_epochs=FULL.contrastive_epochs,
+    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, max_epochs=FULL.epochs("contrastive"),
                   root_dir=folder / f"synthetic-{seed}", enable_progress_bar=False)  # fmt: skip
     test = split.test
     training = class_mapping(CLASS_PROMPT, cohort.labels)

@@ -583,6 +583,6 @@ def test_the_demo_trains_each_stage_for_the_library_default_unless_it_names_epoc
     demo._fit_both_stages(None, None, None, settings, tmp_path, steps.append)
     for stage in ("contrastive", "prefix"):
         named = getattr(settings, f"{stage}_epochs")
-        assert epochs[stage] == (stage_args(stage).max_epochs if named is None else named), (stage, epochs)
+        assert epochs[stage] == settings.epochs(stage) == (stage_args(stage).max_epochs if named is None else named)
         assert any(f"{stage} stage ({epochs[stage]} epoch" in line for line in steps), steps
     assert demo.FULL.prefix_epochs is None  # the full demo is the library's recipe, not a shortened one
