@@ -16,6 +16,9 @@
    the training wording (``Impression: <diagnosis>.``) and each of five wording sets; the worst
    set's accuracy as a share of the training wording's; ECE.
 
+The wording sets are scored twice, as given and with ``center_prompts=True`` (``centred/``: each
+set centred on its own mean before the text head, see ``Bridge.class_embeddings``).
+
 Run: ``python benchmarks/bench_paraphrase.py [--seeds 0 1 2] [--skip-synthetic]``. One JSON line per
 figure set and seed, then the means; ratios against the baseline measured in the same run.
 """
@@ -106,10 +109,12 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str) -> dict[str, f
     test, X = split.test, split.test.features["gene"]
     names = list(trained_with)
     figures = {"training_wording": accuracy(bridge.zero_shot("gene", X, trained_with), test.labels, names)}
-    for name, wording in PBMC_WORDING_SETS.items():
-        figures[f"set/{name}"] = accuracy(bridge.zero_shot("gene", X, wording), test.labels, list(wording))
-    sets = [figures[f"set/{name}"] for name in PBMC_WORDING_SETS]
-    figures["sets_mean"], figures["sets_worst"] = float(np.mean(sets)), float(np.min(sets))
+    for prefix, centred in (("", False), ("centred/", True)):
+        for name, wording in PBMC_WORDING_SETS.items():
+            probabilities = bridge.zero_shot("gene", X, wording, center_prompts=centred)
+            figures[f"{prefix}set/{name}"] = accuracy(probabilities, test.labels, list(wording))
+        sets = [figures[f"{prefix}set/{name}"] for name in PBMC_WORDING_SETS]
+        figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(np.min(sets))
     knn = KNeighborsClassifier(n_neighbors=15).fit(split.train.features["gene"], split.train.labels)
     figures["knn_pca"] = float(knn.score(X, test.labels))
     figures["ece"] = ece(bridge.zero_shot("gene", X, trained_with), test.labels, names)
@@ -178,12 +183,14 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
         X, labels = test.features[modality][rows], [lab for lab, keep in zip(test.labels, rows, strict=True) if keep]
         base = accuracy(bridge.zero_shot(modality, X, training), labels, names)
         figures[f"{modality}/training_wording"] = base
-        sets = []
-        for name, wording in DIAGNOSIS_WORDING_SETS.items():
-            figures[f"{modality}/set/{name}"] = accuracy(bridge.zero_shot(modality, X, wording), labels, list(wording))
-            sets.append(figures[f"{modality}/set/{name}"])
-        figures[f"{modality}/sets_mean"], figures[f"{modality}/sets_worst"] = float(np.mean(sets)), float(min(sets))
-        figures[f"{modality}/worst_share_of_training"] = float(min(sets) / base) if base else 0.0
+        for prefix, centred in ((f"{modality}/", False), (f"{modality}/centred/", True)):
+            sets = []
+            for name, wording in DIAGNOSIS_WORDING_SETS.items():
+                probabilities = bridge.zero_shot(modality, X, wording, center_prompts=centred)
+                figures[f"{prefix}set/{name}"] = accuracy(probabilities, labels, list(wording))
+                sets.append(figures[f"{prefix}set/{name}"])
+            figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(min(sets))
+            figures[f"{prefix}worst_share_of_training"] = float(min(sets) / base) if base else 0.0
         figures[f"{modality}/ece"] = ece(bridge.zero_shot(modality, X, training), labels, names)
         figures[f"{modality}/ece_uncalibrated"] = ece(
             bridge.zero_shot(modality, X, training, calibrated=False), labels, names

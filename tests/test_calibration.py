@@ -47,6 +47,24 @@ def test_an_ensemble_is_the_normalised_mean_of_its_wordings_embeddings(bridge) -
     assert not np.allclose(single, expected)  # the second wording changed the control class
 
 
+def test_centred_prompts_drop_what_a_wording_set_shares(bridge, monkeypatch) -> None:
+    wordings = [WORDINGS["control"], [WORDINGS["Parkinson's disease"]]]
+    width = bridge.adapters.text_center.shape[0]
+    vectors = torch.randn(3, width, generator=torch.Generator().manual_seed(0))
+    style = 5 * torch.randn(width, generator=torch.Generator().manual_seed(1))  # e.g. lay words in every text
+    encoded = {"plain": vectors, "styled": vectors + style}
+    for name, value in encoded.items():
+        monkeypatch.setattr(bridge.text_encoder, "encode", lambda texts, value=value: value.clone())
+        encoded[name] = (bridge.class_embeddings(wordings), bridge.class_embeddings(wordings, center_prompts=True))
+    np.testing.assert_allclose(encoded["plain"][1], encoded["styled"][1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(encoded["plain"][0], encoded["styled"][0], atol=1e-3)  # training-text centre: it stays
+    class_mean = torch.stack([vectors[:2].mean(dim=0), vectors[2]]).mean(dim=0)
+    with torch.no_grad():
+        by_hand = bridge.adapters.heads["text"](vectors - class_mean).numpy()
+    means = np.stack([by_hand[:2].mean(axis=0), by_hand[2]])
+    np.testing.assert_allclose(encoded["plain"][1], means / np.linalg.norm(means, axis=1, keepdims=True), rtol=1e-5)
+
+
 def test_prompt_ensembles_cross_templates_with_descriptions() -> None:
     ensemble = prompt_ensemble(["Report: {}", "Impression: {}"], WORDINGS)
     assert ensemble["control"] == [

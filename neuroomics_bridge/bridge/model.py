@@ -169,6 +169,7 @@ class Bridge(ReportGenerationMixin):
         key_added: str | None = None,
         copy: bool = False,
         calibrated: bool = True,
+        center_prompts: bool = False,
     ) -> np.ndarray | ad.AnnData | None:
         """Class probabilities ``(n, n_classes)``: a softmax over the similarities to each class.
 
@@ -195,6 +196,10 @@ class Bridge(ReportGenerationMixin):
             ``copy``.
         calibrated
             Apply the fitted temperature (``False``: the raw contrastive probabilities).
+        center_prompts
+            Centre the class texts on their own mean rather than the training texts' (see
+            :meth:`class_embeddings`): for classes worded otherwise than in training (README,
+            "Zero-shot in other words").
 
         Returns
         -------
@@ -211,12 +216,14 @@ class Bridge(ReportGenerationMixin):
                     matrix(X, rep, modality=modality),
                     dict(zip(names, wordings, strict=True)),
                     calibrated=calibrated,
+                    center_prompts=center_prompts,
                 ),
                 names,
                 key=key_added or f"nob_{modality}_zero_shot",
                 params={
                     **self._provenance(modality, rep),
                     "class_texts": [" | ".join(w) for w in wordings],
+                    "center_prompts": center_prompts,
                 },
                 copy=copy,
             )
@@ -225,17 +232,30 @@ class Bridge(ReportGenerationMixin):
             scale /= float(getattr(self.adapters, f"temperature_{modality}"))
         centred = self.embed(modality, X) - getattr(self.adapters, f"gap_{modality}").numpy()
         present = ~np.isnan(centred).all(axis=1)
-        logits = scale * (centred[present] @ self.class_embeddings(wordings).T)
+        logits = scale * (centred[present] @ self.class_embeddings(wordings, center_prompts=center_prompts).T)
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = np.full((len(centred), len(wordings)), np.nan, dtype=weights.dtype)
         probabilities[present] = weights / weights.sum(axis=1, keepdims=True)
         return probabilities
 
-    def class_embeddings(self, wordings: Sequence[Sequence[str]]) -> np.ndarray:
-        """One unit vector per class: the normalised mean of its wordings' text embeddings."""
+    @torch.inference_mode()
+    def class_embeddings(self, wordings: Sequence[Sequence[str]], *, center_prompts: bool = False) -> np.ndarray:
+        """One unit vector per class: the normalised mean of its wordings' text embeddings.
+
+        With ``center_prompts`` (and at least two classes) the wordings' backbone vectors are
+        centred on the mean of the classes (each class's wordings averaged first) instead of on
+        the training texts' mean: what a wording set shares (lay words, abbreviations, a
+        template) then drops out before the text head, as the modality gap does on the subject
+        side (:meth:`calibrate`), and only what tells its classes apart is compared.
+        """
         flat = [text for texts in wordings for text in texts]
-        embedded = self.embed_text(flat)
         bounds = np.cumsum([0, *(len(texts) for texts in wordings)])
+        vectors = self.text_encoder.encode(flat)
+        if center_prompts and len(wordings) > 1:
+            class_means = torch.stack([vectors[a:b].mean(dim=0) for a, b in itertools.pairwise(bounds)])
+            vectors = vectors - class_means.mean(dim=0) + self.adapters.text_center  # the head subtracts text_center
+        self.adapters.eval()
+        embedded = self.adapters.embed_text(vectors).numpy()
         means = np.stack([embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
         return means / np.linalg.norm(means, axis=1, keepdims=True)
 
