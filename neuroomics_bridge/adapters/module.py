@@ -90,9 +90,10 @@ class BridgeAdapters(nn.Module):
         for modality in modalities:
             self.register_buffer(f"temperature_{modality}", torch.ones(()))
 
-    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
-        """Backbone text vectors ``(n, text_dim)`` to unit vectors in the aligned space."""
-        return self.heads[TEXT](text - self.text_center)
+    def embed_text(self, text: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone text vectors ``(n, text_dim)`` to unit vectors in the aligned space, centred on
+        ``center`` before the head (default: the training texts' mean, ``text_center``)."""
+        return self.heads[TEXT](text - (self.text_center if center is None else center))
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Let the losses gather features across ``world_size`` processes."""

@@ -251,11 +251,11 @@ class Bridge(ReportGenerationMixin):
         flat = [text for texts in wordings for text in texts]
         bounds = np.cumsum([0, *(len(texts) for texts in wordings)])
         vectors = self.text_encoder.encode(flat)
+        center = None
         if center_prompts and len(wordings) > 1:
-            class_means = torch.stack([vectors[a:b].mean(dim=0) for a, b in itertools.pairwise(bounds)])
-            vectors = vectors - class_means.mean(dim=0) + self.adapters.text_center  # the head subtracts text_center
+            center = torch.stack([vectors[a:b].mean(dim=0) for a, b in itertools.pairwise(bounds)]).mean(dim=0)
         self.adapters.eval()
-        embedded = self.adapters.embed_text(vectors).numpy()
+        embedded = self.adapters.embed_text(vectors, center).numpy()
         means = np.stack([embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
         return means / np.linalg.norm(means, axis=1, keepdims=True)
 
