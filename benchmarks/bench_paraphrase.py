@@ -16,8 +16,10 @@
    the training wording (``Impression: <diagnosis>.``) and each of five wording sets; the worst
    set's accuracy as a share of the training wording's; ECE.
 
-The wording sets are scored twice, as given and with ``center_prompts=True`` (``centred/``: each
-set centred on its own mean before the text head, see ``Bridge.class_embeddings``).
+Every wording is scored twice: as the library does by default (``center_prompts=True``: each set
+centred on its own mean before the text head, see ``Bridge.class_embeddings``) and centred on the
+training texts' mean instead (``uncentred/``, the library's behaviour before). Each ECE stands
+beside ``ece_floor``, the ECE a perfectly calibrated model scores on as many test subjects.
 
 Run: ``python benchmarks/bench_paraphrase.py [--seeds 0 1 2] [--skip-synthetic]``. One JSON line per
 figure set and seed, then the means; ratios against the baseline measured in the same run.
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from neuroomics_bridge.backbone.calibration import cpu_model
+from neuroomics_bridge.evaluation.calibration import ece_floor
 
 UNSEEN = ("CD34+", "Dendritic", "CD19+ B")
 
@@ -43,6 +46,9 @@ def emit(name: str, **figures: object) -> None:
 
 def accuracy(probabilities: np.ndarray, labels: list[str], names: list[str]) -> float:
     return float(np.mean(np.asarray(names)[probabilities.argmax(axis=1)] == np.asarray(labels)))
+
+
+CENTRING = (("", True), ("uncentred/", False))
 
 
 def ece(probabilities: np.ndarray, labels: list[str], names: list[str]) -> float:
@@ -108,8 +114,11 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str) -> dict[str, f
                   class_prompt=trained_with, enable_progress_bar=False)  # fmt: skip
     test, X = split.test, split.test.features["gene"]
     names = list(trained_with)
-    figures = {"training_wording": accuracy(bridge.zero_shot("gene", X, trained_with), test.labels, names)}
-    for prefix, centred in (("", False), ("centred/", True)):
+    figures: dict[str, float] = {}
+    for prefix, centred in CENTRING:
+        figures[f"{prefix}training_wording"] = accuracy(
+            bridge.zero_shot("gene", X, trained_with, center_prompts=centred), test.labels, names
+        )
         for name, wording in PBMC_WORDING_SETS.items():
             probabilities = bridge.zero_shot("gene", X, wording, center_prompts=centred)
             figures[f"{prefix}set/{name}"] = accuracy(probabilities, test.labels, list(wording))
@@ -118,6 +127,7 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str) -> dict[str, f
     knn = KNeighborsClassifier(n_neighbors=15).fit(split.train.features["gene"], split.train.labels)
     figures["knn_pca"] = float(knn.score(X, test.labels))
     figures["ece"] = ece(bridge.zero_shot("gene", X, trained_with), test.labels, names)
+    figures["ece_floor"] = ece_floor(bridge.zero_shot("gene", X, trained_with))
     figures["ece_uncalibrated"] = ece(bridge.zero_shot("gene", X, trained_with, calibrated=False), test.labels, names)
     figures["temperature"] = float(bridge.adapters.temperature_gene)
     return figures
@@ -181,9 +191,9 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
     for modality in bridge.modalities:
         rows = test.present(modality)
         X, labels = test.features[modality][rows], [lab for lab, keep in zip(test.labels, rows, strict=True) if keep]
-        base = accuracy(bridge.zero_shot(modality, X, training), labels, names)
-        figures[f"{modality}/training_wording"] = base
-        for prefix, centred in ((f"{modality}/", False), (f"{modality}/centred/", True)):
+        for prefix, centred in ((f"{modality}/{p}", c) for p, c in CENTRING):
+            base = accuracy(bridge.zero_shot(modality, X, training, center_prompts=centred), labels, names)
+            figures[f"{prefix}training_wording"] = base
             sets = []
             for name, wording in DIAGNOSIS_WORDING_SETS.items():
                 probabilities = bridge.zero_shot(modality, X, wording, center_prompts=centred)
@@ -192,6 +202,7 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
             figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(min(sets))
             figures[f"{prefix}worst_share_of_training"] = float(min(sets) / base) if base else 0.0
         figures[f"{modality}/ece"] = ece(bridge.zero_shot(modality, X, training), labels, names)
+        figures[f"{modality}/ece_floor"] = ece_floor(bridge.zero_shot(modality, X, training))
         figures[f"{modality}/ece_uncalibrated"] = ece(
             bridge.zero_shot(modality, X, training, calibrated=False), labels, names
         )

@@ -171,7 +171,7 @@ def _reliability_plot(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
     """Reliability diagram per modality: accuracy against confidence in ten bins, ECE in the legend."""
     import matplotlib.pyplot as plt
 
-    from neuroomics_bridge.evaluation.calibration import expected_calibration_error, reliability_bins
+    from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error, reliability_bins
     from neuroomics_bridge.reports.prompts import CLASS_PROMPT, class_mapping
 
     if test.labels is None:
@@ -189,8 +189,9 @@ def _reliability_plot(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
         labels = [index[label] for label, keep in zip(test.labels, rows, strict=True) if keep]
         confidence, accuracy, counts = reliability_bins(probabilities, labels)
         used = counts > 0
-        ece = expected_calibration_error(probabilities, labels)
-        axis.plot(confidence[used], accuracy[used], marker="o", label=f"{modality} (ECE {ece:.3f})")
+        ece, floor = expected_calibration_error(probabilities, labels), ece_floor(probabilities)
+        label = f"{modality} (ECE {ece:.3f}; a calibrated model: {floor:.3f})"
+        axis.plot(confidence[used], accuracy[used], marker="o", label=label)
         drawn = True
     if not drawn:
         plt.close(figure)

@@ -9,6 +9,7 @@ import torch
 from neuroomics_bridge import Bridge
 from neuroomics_bridge.bridge.generation import ABSTAIN
 from neuroomics_bridge.evaluation.calibration import (
+    ece_floor,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -42,8 +43,11 @@ def test_an_ensemble_is_the_normalised_mean_of_its_wordings_embeddings(bridge) -
     logits = scale * centred @ np.stack(by_hand).T
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(bridge.zero_shot("gene", X, WORDINGS), expected, rtol=1e-5, atol=1e-6)
-    single = bridge.zero_shot("gene", X, [WORDINGS["control"][0], WORDINGS["Parkinson's disease"]])
+    ensemble = bridge.zero_shot("gene", X, WORDINGS, center_prompts=False)  # embed_text centres as training did
+    np.testing.assert_allclose(ensemble, expected, rtol=1e-5, atol=1e-6)
+    single = bridge.zero_shot(
+        "gene", X, [WORDINGS["control"][0], WORDINGS["Parkinson's disease"]], center_prompts=False
+    )
     assert not np.allclose(single, expected)  # the second wording changed the control class
 
 
@@ -55,7 +59,7 @@ def test_centred_prompts_drop_what_a_wording_set_shares(bridge, monkeypatch) -> 
     encoded = {"plain": vectors, "styled": vectors + style}
     for name, value in encoded.items():
         monkeypatch.setattr(bridge.text_encoder, "encode", lambda texts, value=value: value.clone())
-        encoded[name] = (bridge.class_embeddings(wordings), bridge.class_embeddings(wordings, center_prompts=True))
+        encoded[name] = (bridge.class_embeddings(wordings, center_prompts=False), bridge.class_embeddings(wordings))
     np.testing.assert_allclose(encoded["plain"][1], encoded["styled"][1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(encoded["plain"][0], encoded["styled"][0], atol=1e-3)  # training-text centre: it stays
     class_mean = torch.stack([vectors[:2].mean(dim=0), vectors[2]]).mean(dim=0)
@@ -104,6 +108,20 @@ def test_expected_calibration_error_against_a_hand_computed_value() -> None:
     assert expected_calibration_error(probabilities, labels, n_bins=10) == pytest.approx(expected)
     confidence, accuracy, counts = reliability_bins(probabilities, labels, n_bins=10)
     assert counts.tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 2, 1] and accuracy[8] == 0.5 and confidence[8] == 0.875
+
+
+def test_the_ece_floor_is_what_sampling_noise_gives_a_calibrated_model() -> None:
+    from scipy.stats import binom
+
+    # every row 50:50, so every row sits in one bin and the ECE is |share of class 0 - 0.5|
+    n = 40
+    coin = np.full((n, 2), 0.5)
+    k = np.arange(n + 1)
+    by_hand = float(np.sum(binom.pmf(k, n, 0.5) * np.abs(k / n - 0.5)))
+    assert ece_floor(coin, n_draws=4000) == pytest.approx(by_hand, abs=0.005)
+    assert ece_floor(np.full((1000, 2), 0.5), n_draws=200) < by_hand / 3  # more subjects, less noise
+    assert ece_floor(np.eye(3)[[0, 1, 2, 2]]) == 0.0  # one-hot: the drawn label is the predicted one
+    assert ece_floor(coin, seed=3) == ece_floor(coin, seed=3)
 
 
 def test_the_temperature_is_fitted_stored_used_and_saved(bridge, small_cohort, tmp_path, tiny_backbone) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.evaluation.calibration import expected_calibration_error, with_temperature
+from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error, with_temperature
 from neuroomics_bridge.evaluation.factuality import (
     cohort_facts,
     copy_rate,
@@ -100,7 +100,8 @@ def evaluate_bridge(
 def _calibration(
     bridge: Bridge, modality: str, probabilities: np.ndarray, labels: Sequence[str], names: Sequence[str]
 ) -> dict[str, float]:
-    """ECE of the (temperature-scaled) zero-shot probabilities, of the raw ones, and the temperature."""
+    """ECE of the (temperature-scaled) zero-shot probabilities beside the floor a calibrated model
+    scores on as many subjects, ECE of the raw probabilities, and the temperature."""
     index = {name: i for i, name in enumerate(names)}
     known = [label in index for label in labels]
     if not any(known):
@@ -110,6 +111,7 @@ def _calibration(
     truth = [index[label] for label, keep in zip(labels, known, strict=True) if keep]
     return {
         f"zero_shot/{modality}/ece": expected_calibration_error(scaled, truth),
+        f"zero_shot/{modality}/ece_floor": ece_floor(scaled),
         f"zero_shot/{modality}/ece_uncalibrated": expected_calibration_error(
             with_temperature(scaled, 1 / temperature), truth
         ),

@@ -5,7 +5,10 @@ should mean what they say. Temperature scaling (Guo et al. 2017) divides the log
 fitted to minimise the negative log-likelihood on a validation fold; it changes no ranking, so
 accuracy stays as it was. Expected calibration error (ECE) bins the test predictions by their
 confidence (the top probability) into equal-width bins and averages ``|accuracy - confidence|``
-over the bins, weighted by their share of predictions.
+over the bins, weighted by their share of predictions. On a small test fold ECE is biased
+upwards: even a perfectly calibrated model scores above 0 by sampling noise alone, so
+:func:`ece_floor` gives that level for the same probabilities and fold size, the baseline an ECE
+figure stands beside.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from neuroomics_bridge.errors import DataError
 
-__all__ = ["expected_calibration_error", "fit_temperature", "reliability_bins", "with_temperature"]
+__all__ = ["ece_floor", "expected_calibration_error", "fit_temperature", "reliability_bins", "with_temperature"]
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 
@@ -82,6 +85,38 @@ def expected_calibration_error(
     confidence, accuracy, counts = reliability_bins(probabilities, labels, n_bins)
     used = counts > 0
     return float(np.sum(counts[used] / counts.sum() * np.abs(accuracy[used] - confidence[used])))
+
+
+def ece_floor(probabilities: np.ndarray, n_bins: int = 10, *, n_draws: int = 200, seed: int = 0) -> float:
+    """The mean ECE a perfectly calibrated model with these probabilities scores on as many samples.
+
+    Each draw takes every row's label from the row's own probabilities (so the model is
+    calibrated by construction) and computes :func:`expected_calibration_error`; the mean over
+    draws is what sampling noise alone adds on a fold of this size. An ECE near it cannot be told
+    apart from perfect calibration on that fold; only the excess is miscalibration.
+
+    Parameters
+    ----------
+    probabilities
+        ``(n, n_classes)`` predicted probabilities (rows sum to 1), e.g. a test fold's.
+    n_bins
+        As for :func:`expected_calibration_error`.
+    n_draws
+        Label draws averaged; ``seed`` seeds them.
+
+    Returns
+    -------
+    float
+        The expected ECE of a calibrated model; 0 for one-hot probabilities.
+    """
+    p, _ = _checked(probabilities, np.zeros(len(probabilities), dtype=int), "ece_floor")
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+    scores = []
+    for _ in range(n_draws):
+        labels = (rng.random((len(p), 1)) > cumulative).sum(axis=1).clip(max=p.shape[1] - 1)
+        scores.append(expected_calibration_error(p, labels, n_bins))
+    return float(np.mean(scores))
 
 
 def _checked(
