@@ -7,6 +7,9 @@
    (``AutoModelForCausalLM.from_pretrained(dir)`` + ``model.generate``) on the same weights and
    prompts, one prompt at a time (goal >= 2x); also with prompt-lookup decoding switched on.
 3. batched generation: 8 prompts in one call vs 8 sequential calls (goal >= 3x).
+4. int8 weight-only (``quantize="int8"``, opt-in): generation tokens/s as in 2., and what it
+   costs: the share of prompts whose greedy text equals the bf16 model's, and the perplexity of
+   the bundled clinical notes relative to the bf16 model's.
 
 Every generation figure also gives its fraction of the memory-bandwidth limit: batch-1 decoding
 reads every weight once per token, so tokens/s x weight bytes / read bandwidth (a large-tensor
@@ -18,10 +21,12 @@ Run: ``python benchmarks/bench_backbone.py``. Prints one JSON line per figure.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -81,8 +86,14 @@ def read_bandwidth(megabytes: int = 512) -> float:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every distinct parameter (a tied LM head counts once): what one decoded token reads."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes one decoded token reads: every weight matrix and norm, the LM head (tied or not, int8 or
+    not) included, the input embedding table (one row of it is read) not."""
+    embedding = model.get_input_embeddings().weight
+    tensors = {t.data_ptr(): t for t in itertools.chain(model.parameters(), model.buffers())}
+    tensors.pop(embedding.data_ptr())
+    head = model.get_output_embeddings().weight
+    tensors[head.data_ptr()] = head
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def bench_encode(backbone: TextBackbone) -> None:
@@ -120,7 +131,7 @@ def count_tokens(backbone: TextBackbone, texts: list[str]) -> int:
     return sum(len(ids) for ids in backbone.tokenize(texts))
 
 
-def bench_generate_vs_transformers(backbone: TextBackbone, bandwidth: float) -> None:
+def bench_generate_vs_transformers(backbone: TextBackbone, int8: TextBackbone, bandwidth: float) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from neuroomics_bridge.backbone.gguf import gguf_cache_dir
@@ -142,21 +153,24 @@ def bench_generate_vs_transformers(backbone: TextBackbone, bandwidth: float) -> 
                 texts.append(plain_tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
             return texts
 
-        def ours(prompts: list[str] = prompts, max_new: int = max_new, lookup: int = 0) -> list[str]:
+        def ours(
+            prompts: list[str] = prompts, max_new: int = max_new, *, backbone: TextBackbone, lookup: int
+        ) -> list[str]:
             return [backbone.generate(p, max_new_tokens=max_new, prompt_lookup=lookup)[0] for p in prompts]
 
         plain_tps = count_tokens(backbone, plain()) / best_seconds(plain, repeats=2)
-        for variant, lookup in (("", 0), ("_with_prompt_lookup", 10)):
-            run = functools.partial(ours, lookup=lookup)
+        for variant, model, lookup in (("", backbone, 0), ("_with_prompt_lookup", backbone, 10), ("_int8", int8, 0)):
+            run = functools.partial(ours, backbone=model, lookup=lookup)
             ours_tps = count_tokens(backbone, run()) / best_seconds(run, repeats=2)
             emit(
                 f"generate_tokens_per_s{variant}_vs_plain_transformers[{workload}]",
                 ours_tps / plain_tps,
                 ours_tokens_per_s=round(ours_tps, 1),
                 plain_tokens_per_s=round(plain_tps, 1),
-                ours_bandwidth_fraction=round(ours_tps * weight_bytes(backbone.model) / bandwidth, 3),
+                ours_bandwidth_fraction=round(ours_tps * weight_bytes(model.model) / bandwidth, 3),
                 plain_bandwidth_fraction=round(plain_tps * weight_bytes(plain_model) / bandwidth, 3),
-                ours_dtype=str(backbone.dtype),
+                ours_weight_mb_per_token=round(weight_bytes(model.model) / 1e6, 1),
+                ours_dtype=str(model.dtype) + (" + int8 linear weights" if model.quantization else ""),
                 plain_dtype=str(plain_model.dtype),
             )
 
@@ -180,15 +194,53 @@ def bench_batched_generation(backbone: TextBackbone) -> None:
     )
 
 
+def bench_int8_accuracy(backbone: TextBackbone, int8: TextBackbone) -> None:
+    """What int8 weights cost against the bf16 model, beside what bf16 costs against float32 (the
+    precision change the library already makes): identical greedy answers, the share of each
+    answer's words before the first difference, and the perplexity of the bundled clinical notes
+    (each note after its first line)."""
+    fp32 = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+    prompts = [backbone.chat(q) for q in QUESTIONS] + [backbone.chat(f"Summarise this note.\n\n{NOTE}")]
+    answers = {b: b.generate(prompts, max_new_tokens=64, batch_size=1) for b in (fp32, backbone, int8)}
+    notes = sorted((Path(__file__).parents[1] / "examples/data/corpora/clinical").glob("*.txt"))[:24]
+    first_lines, rests = zip(*(note.read_text().split("\n", 1) for note in notes), strict=True)
+    perplexity = {}
+    for model in answers:
+        logprob, n_tokens = model.loglikelihood(first_lines, rests, show_progress=False)
+        perplexity[model] = float(torch.exp(-logprob.sum() / n_tokens.sum()))
+    for name, (model, reference) in {"int8_vs_bf16": (int8, backbone), "bf16_vs_float32": (backbone, fp32)}.items():
+        pairs = list(zip(answers[reference], answers[model], strict=True))
+        before_difference = [
+            len(list(itertools.takewhile(lambda words: words[0] == words[1], zip(a.split(), b.split(), strict=False))))
+            / max(len(a.split()), 1)
+            for a, b in pairs
+        ]
+        emit(
+            f"greedy_answers_identical[{name}]",
+            sum(a == b for a, b in pairs) / len(pairs),
+            prompts=len(pairs),
+            mean_share_of_words_before_the_first_difference=round(sum(before_difference) / len(pairs), 3),
+        )
+        emit(
+            f"perplexity_ratio[{name}, clinical_notes]",
+            perplexity[model] / perplexity[reference],
+            perplexity=round(perplexity[model], 3),
+            reference_perplexity=round(perplexity[reference], 3),
+            notes=len(notes),
+        )
+
+
 def main() -> None:
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
+    int8 = TextBackbone.from_pretrained("smollm2-135m-instruct", quantize="int8")
     bandwidth = read_bandwidth()
     print(json.dumps({"benchmark": "machine", "cpu": cpu_model(), "threads": torch.get_num_threads(),
                       "read_bandwidth_gb_per_s": round(bandwidth / 1e9, 1),
                       "weight_mb_per_token": round(weight_bytes(backbone.model) / 1e6, 1)}), flush=True)  # fmt: skip
     bench_encode(backbone)
-    bench_generate_vs_transformers(backbone, bandwidth)
+    bench_generate_vs_transformers(backbone, int8, bandwidth)
     bench_batched_generation(backbone)
+    bench_int8_accuracy(backbone, int8)
 
 
 if __name__ == "__main__":

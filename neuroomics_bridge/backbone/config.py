@@ -8,9 +8,10 @@ from typing import Literal, get_args
 from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
-__all__ = ["BackboneConfig", "DType", "Pooling"]
+__all__ = ["BackboneConfig", "DType", "Pooling", "Quantize"]
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
+Quantize = Literal["none", "int8"]
 Pooling = Literal["mean", "last"]
 
 
@@ -30,19 +31,24 @@ class BackboneConfig(YamlConfig):
         ``"auto"`` picks bf16 where the hardware runs it natively, float32 otherwise.
     device
         ``"auto"`` picks CUDA when present.
+    quantize
+        ``"int8"``: int8 weight-only linear layers for CPU inference (opt-in; see
+        :meth:`TextBackbone.from_pretrained`).
 
     Raises
     ------
     ConfigError
-        On an unknown ``dtype`` or an empty ``name``.
+        On an unknown ``dtype`` or ``quantize``, or an empty ``name``.
     """
 
     name: str = "smollm2-135m-instruct"
     local_dir: str | None = None
     dtype: DType = "auto"
     device: str = "auto"
+    quantize: Quantize = "none"
 
     def __post_init__(self) -> None:
         check_choice("BackboneConfig", "dtype", self.dtype, get_args(DType))
+        check_choice("BackboneConfig", "quantize", self.quantize, get_args(Quantize))
         if not self.name:
             raise ConfigError("BackboneConfig.name: expected a registry id or a path, got ''")

@@ -30,7 +30,8 @@ from neuroomics_bridge.backbone.hardware import (
     route_single_row_matmuls_to_aten,
     single_row_kernel,
 )
-from neuroomics_bridge.errors import CorruptFileError, DataError
+from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
+from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class TextBackbone:
             local_dir=config.local_dir,
             dtype=None if config.dtype == "auto" else config.dtype,
             device=None if config.device == "auto" else config.device,
+            quantize=None if config.quantize == "none" else config.quantize,
         )
 
     @classmethod
@@ -101,6 +103,7 @@ class TextBackbone:
         local_dir: str | os.PathLike[str] | None = None,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
+        quantize: Literal["int8"] | None = None,
     ) -> Self:
         """Load a backbone without touching the network.
 
@@ -115,10 +118,17 @@ class TextBackbone:
             ``None`` picks bf16 where the hardware runs it natively, else float32.
         device
             ``None`` picks CUDA when present; ``"auto"`` spreads a large model over all GPUs.
+        quantize
+            ``"int8"``: every linear layer's weight as int8 with per-row scales
+            (:func:`~neuroomics_bridge.backbone.quantize.quantize_int8`), for CPU inference:
+            about half the weight memory and faster batch-1 decoding, at a measured cost in
+            accuracy (README, "Performance"). Not for training. ``None`` keeps ``dtype``.
 
         Raises
         ------
         ModelNotFoundError, InvalidModelError, CorruptFileError
+        ConfigError
+            On an unknown ``quantize``, or ``"int8"`` for a model not on the CPU.
         """
         location = resolve.locate_weights(name_or_path, local_dir=local_dir)
         if location.is_gguf:
@@ -135,7 +145,11 @@ class TextBackbone:
             torch_dtype = default_dtype(_first_device(device_map), preferred=preferred)
         else:
             torch_dtype = resolve_dtype(dtype)
+        if quantize not in (None, "int8"):
+            raise ConfigError(f"quantize: expected None or 'int8', got {quantize!r}")
         model, tokenizer = _load(directory, torch_dtype, device_map)
+        if quantize == "int8":
+            quantize_int8(model)
         name = card.id if card else str(location.path.resolve())
         return cls(model, tokenizer, name=name, card=card, weight_files=weight_files)
 
@@ -201,9 +215,16 @@ class TextBackbone:
         if name is not None:
             self.name = name
 
+    @property
+    def quantization(self) -> Literal["int8"] | None:
+        """``"int8"`` when the linear layers hold int8 weights (``from_pretrained(quantize=)``), else ``None``."""
+        return "int8" if any(isinstance(m, Int8Linear) for m in self.model.modules()) else None
+
     def __repr__(self) -> str:
-        n_params = sum(p.numel() for p in self.model.parameters())
-        return f"TextBackbone({self.name!r}, params={n_params / 1e6:.1f}M, dtype={self.dtype}, device={self.device})"
+        int8 = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, Int8Linear))
+        n_params = sum(p.numel() for p in self.model.parameters()) + int8
+        weights = f"dtype={self.dtype}" + (", int8 linear weights" if int8 else "")
+        return f"TextBackbone({self.name!r}, params={n_params / 1e6:.1f}M, {weights}, device={self.device})"
 
     # ----------------------------------------------------------------------------- prompting
     def chat(self, messages: Messages, *, add_generation_prompt: bool = True, template: str | None = None) -> str:

@@ -1,0 +1,72 @@
+"""Weight-only int8 linear layers (``TextBackbone.from_pretrained(quantize="int8")``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuroomics_bridge import ConfigError, TextBackbone
+from neuroomics_bridge.backbone.config import BackboneConfig
+from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
+
+
+def random_linear(seed: int = 0, bias: bool = True) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(48, 20, bias=bias)
+    with torch.no_grad():
+        linear.weight[3] *= 50  # rows of very different ranges get their own scales
+    return linear
+
+
+def test_int8_codes_reconstruct_each_weight_within_half_a_step() -> None:
+    linear = random_linear()
+    layer = Int8Linear.from_linear(linear)
+    assert layer.weight.dtype == torch.int8 and layer.weight.abs().max() <= 127
+    assert (layer.weight.abs().amax(dim=1) == 127).all()  # each row's largest weight uses the full range
+    error = (layer.dequantized(torch.float32) - linear.weight).abs()
+    assert (error <= layer.scale[:, None] / 2 + 1e-7).all()
+    assert layer.scale[3] > 20 * layer.scale[2]
+    torch.testing.assert_close(linear.weight, random_linear().weight)  # the float layer is left as it was
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_int8_kernel_and_the_dequantised_matmul_give_the_same_product(monkeypatch, bias: bool) -> None:
+    layer = Int8Linear.from_linear(random_linear(bias=bias), max_kernel_rows=4)
+    kernel_calls = []
+    kernel = torch._weight_int8pack_mm
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *a: kernel_calls.append(a[0].shape) or kernel(*a))
+    weight = layer.dequantized(torch.float32)
+    for shape in [(1, 1, 48), (2, 2, 48), (3, 7, 48)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        expected = x @ weight.T + (layer.bias if bias else 0)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert kernel_calls == [(1, 48), (4, 48)]  # only inputs of at most 4 rows took the int8 kernel
+
+
+def test_an_int8_backbone_is_opt_in_and_close_to_the_float_one(tiny_model_dir: Path, tiny_backbone) -> None:
+    quantized = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", quantize="int8")
+    assert tiny_backbone.quantization is None and quantized.quantization == "int8"
+    assert not any(type(m) is torch.nn.Linear for m in quantized.model.modules())
+    assert "int8" in repr(quantized)
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    with torch.inference_mode():
+        reference, logits = tiny_backbone.model(ids).logits, quantized.model(ids).logits
+        single = quantized.model(ids[:, :1]).logits  # one row: the int8 kernel
+    assert (logits - reference).abs().max() < 0.02 * reference.abs().max()
+    torch.testing.assert_close(single[0, 0], logits[0, 0], rtol=1e-4, atol=1e-4)
+    (text,) = quantized.generate("Tremor of the right hand", max_new_tokens=5)
+    assert isinstance(text, str)
+    embedded = quantized.encode(["Tremor of the right hand."])
+    assert torch.nn.functional.cosine_similarity(embedded, tiny_backbone.encode(["Tremor of the right hand."])) > 0.99
+
+
+def test_quantisation_is_checked_where_it_is_asked_for(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="quantize"):
+        BackboneConfig(quantize="int4")
+    with pytest.raises(ConfigError, match="quantize: expected None or 'int8', got 'int4'"):
+        TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", quantize="int4")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"))
+    with pytest.raises(ConfigError, match="expected every linear layer on the cpu, 0 is on meta"):
+        quantize_int8(model)
