@@ -16,10 +16,10 @@
    the training wording (``Impression: <diagnosis>.``) and each of five wording sets; the worst
    set's accuracy as a share of the training wording's; ECE.
 
-Every wording is scored twice: as the library does by default (``center_prompts=True``: each set
-centred on its own mean before the text head, see ``Bridge.class_embeddings``) and centred on the
-training texts' mean instead (``uncentred/``, the library's behaviour before). Each ECE stands
-beside ``ece_floor``, the ECE a perfectly calibrated model scores on as many test subjects.
+Every wording is scored twice: as the library does by default (class texts centred on the
+training texts' mean) and with ``center_prompts=True`` (``centred/``: each set centred on its own
+mean before the text head, see ``Bridge.class_embeddings``). Each ECE stands beside
+``ece_floor``, the ECE a perfectly calibrated model scores on as many test subjects.
 
 Run: ``python benchmarks/bench_paraphrase.py [--seeds 0 1 2] [--skip-synthetic]``. One JSON line per
 figure set and seed, then the means; ratios against the baseline measured in the same run.
@@ -48,7 +48,7 @@ def accuracy(probabilities: np.ndarray, labels: list[str], names: list[str]) -> 
     return float(np.mean(np.asarray(names)[probabilities.argmax(axis=1)] == np.asarray(labels)))
 
 
-CENTRING = (("", True), ("uncentred/", False))
+CENTRING = (("", False), ("centred/", True))
 
 
 def ece(probabilities: np.ndarray, labels: list[str], names: list[str]) -> float:

@@ -51,7 +51,7 @@ def test_zero_shot_gives_probabilities_over_the_class_texts(bridge) -> None:
     assert probabilities.shape == (5, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
     # A softmax over the learned-temperature similarities of the *centred* embedding to each class text.
-    similarity = (bridge.embed("brain", x) - gap.numpy()) @ bridge.class_embeddings([[c] for c in classes]).T
+    similarity = (bridge.embed("brain", x) - gap.numpy()) @ bridge.embed_text(classes).T
     scale = float(bridge.adapters.losses["brain-text"].similarity_scale())
     np.testing.assert_array_equal(probabilities.argmax(axis=1), similarity.argmax(axis=1))
     log_odds = np.log(probabilities) - np.log(probabilities[:, :1])
@@ -60,7 +60,7 @@ def test_zero_shot_gives_probabilities_over_the_class_texts(bridge) -> None:
 
 def test_zero_shot_picks_the_class_whose_text_a_subject_is_embedded_at(bridge, monkeypatch) -> None:
     classes = ["control", "Alzheimer's disease", "Parkinson's disease", "frontotemporal dementia"]
-    texts = bridge.class_embeddings([[c] for c in classes])
+    texts = bridge.embed_text(classes)
     assert not bridge.adapters.gap_brain.any()  # uncalibrated: embeddings are used as they are
     monkeypatch.setattr(bridge, "embed", lambda modality, X: texts[np.asarray(X, dtype=int)[:, 0]])
     order = [2, 0, 3, 1, 1]  # subject i sits exactly on the text direction of class order[i]

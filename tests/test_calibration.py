@@ -43,11 +43,8 @@ def test_an_ensemble_is_the_normalised_mean_of_its_wordings_embeddings(bridge) -
     logits = scale * centred @ np.stack(by_hand).T
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
-    ensemble = bridge.zero_shot("gene", X, WORDINGS, center_prompts=False)  # embed_text centres as training did
-    np.testing.assert_allclose(ensemble, expected, rtol=1e-5, atol=1e-6)
-    single = bridge.zero_shot(
-        "gene", X, [WORDINGS["control"][0], WORDINGS["Parkinson's disease"]], center_prompts=False
-    )
+    np.testing.assert_allclose(bridge.zero_shot("gene", X, WORDINGS), expected, rtol=1e-5, atol=1e-6)
+    single = bridge.zero_shot("gene", X, [WORDINGS["control"][0], WORDINGS["Parkinson's disease"]])
     assert not np.allclose(single, expected)  # the second wording changed the control class
 
 
@@ -59,7 +56,7 @@ def test_centred_prompts_drop_what_a_wording_set_shares(bridge, monkeypatch) -> 
     encoded = {"plain": vectors, "styled": vectors + style}
     for name, value in encoded.items():
         monkeypatch.setattr(bridge.text_encoder, "encode", lambda texts, value=value: value.clone())
-        encoded[name] = (bridge.class_embeddings(wordings, center_prompts=False), bridge.class_embeddings(wordings))
+        encoded[name] = (bridge.class_embeddings(wordings), bridge.class_embeddings(wordings, center_prompts=True))
     np.testing.assert_allclose(encoded["plain"][1], encoded["styled"][1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(encoded["plain"][0], encoded["styled"][0], atol=1e-3)  # training-text centre: it stays
     class_mean = torch.stack([vectors[:2].mean(dim=0), vectors[2]]).mean(dim=0)

@@ -169,7 +169,7 @@ class Bridge(ReportGenerationMixin):
         key_added: str | None = None,
         copy: bool = False,
         calibrated: bool = True,
-        center_prompts: bool = True,
+        center_prompts: bool = False,
     ) -> np.ndarray | ad.AnnData | None:
         """Class probabilities ``(n, n_classes)``: a softmax over the similarities to each class.
 
@@ -197,9 +197,9 @@ class Bridge(ReportGenerationMixin):
         calibrated
             Apply the fitted temperature (``False``: the raw contrastive probabilities).
         center_prompts
-            Centre the class texts on their own mean (the default) rather than on the training
-            texts' (see :meth:`class_embeddings`), so classes worded otherwise than in training
-            keep their accuracy (README, "Zero-shot in other words").
+            Centre the class texts on their own mean rather than the training texts' (see
+            :meth:`class_embeddings`): for classes worded otherwise than in training (README,
+            "Zero-shot in other words").
 
         Returns
         -------
@@ -239,15 +239,14 @@ class Bridge(ReportGenerationMixin):
         return probabilities
 
     @torch.inference_mode()
-    def class_embeddings(self, wordings: Sequence[Sequence[str]], *, center_prompts: bool = True) -> np.ndarray:
+    def class_embeddings(self, wordings: Sequence[Sequence[str]], *, center_prompts: bool = False) -> np.ndarray:
         """One unit vector per class: the normalised mean of its wordings' text embeddings.
 
-        With ``center_prompts`` (the default; it needs at least two classes) the wordings'
-        backbone vectors are centred on the mean of the classes (each class's wordings averaged
-        first) instead of on the training texts' mean: what a wording set shares (lay words,
-        abbreviations, a template) then drops out before the text head, as the modality gap does
-        on the subject side (:meth:`calibrate`), and only what tells its classes apart is
-        compared. ``False`` centres on the training texts' mean, as every report text is.
+        With ``center_prompts`` (and at least two classes) the wordings' backbone vectors are
+        centred on the mean of the classes (each class's wordings averaged first) instead of on
+        the training texts' mean: what a wording set shares (lay words, abbreviations, a
+        template) then drops out before the text head, as the modality gap does on the subject
+        side (:meth:`calibrate`), and only what tells its classes apart is compared.
         """
         flat = [text for texts in wordings for text in texts]
         bounds = np.cumsum([0, *(len(texts) for texts in wordings)])
