@@ -62,6 +62,23 @@ def test_an_int8_backbone_is_opt_in_and_close_to_the_float_one(tiny_model_dir: P
     assert torch.nn.functional.cosine_similarity(embedded, tiny_backbone.encode(["Tremor of the right hand."])) > 0.99
 
 
+def test_training_an_int8_backbone_is_refused_with_what_to_do(tiny_model_dir: Path, make_bridge) -> None:
+    from neuroomics_bridge.adapters.config import LoRAConfig
+    from neuroomics_bridge.training.instruct import InstructionTuneModule
+    from neuroomics_bridge.training.pretrain import ContinualPretrainModule
+
+    quantized = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", quantize="int8")
+    message = r"loaded with quantize='int8' \(inference only\); load it without quantize to train"
+    with pytest.raises(ConfigError, match="continual pretraining trains the weights of .*" + message):
+        ContinualPretrainModule(quantized)
+    with pytest.raises(ConfigError, match="instruction tuning trains"):
+        InstructionTuneModule(quantized)
+    bridge = make_bridge(backbone=quantized)
+    with pytest.raises(ConfigError, match="LoRA in the backbone trains"):
+        bridge.add_lora(LoRAConfig())
+    assert bridge.lora is None
+
+
 def test_quantisation_is_checked_where_it_is_asked_for(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="quantize"):
         BackboneConfig(quantize="int4")

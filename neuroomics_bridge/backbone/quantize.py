@@ -4,10 +4,10 @@ Batch-1 decoding reads every weight matrix once per token, so its speed is set b
 bytes the weights take. :func:`quantize_int8` stores each linear layer's weight as int8 with one
 scale per output row (symmetric, round to nearest: ``w ≈ scale * q``, ``|q| <= 127``) and
 multiplies a few token rows with PyTorch's own weight-only int8 kernel
-(``torch._weight_int8pack_mm``, the kernel torchao's int8 weight-only path lowers to); larger
-inputs (prefill, encoding) dequantise the weight to the activation dtype and run the usual
-matmul. It is an opt-in (``TextBackbone.from_pretrained(..., quantize="int8")``): greedy text
-can differ from the bf16 model's, and README ("Performance") states by how much.
+(``torch._weight_int8pack_mm``); larger inputs (prefill, encoding) dequantise the weight to the
+activation dtype and run the usual matmul. It is an opt-in
+(``TextBackbone.from_pretrained(..., quantize="int8")``): greedy text can differ from the bf16
+model's, and README ("Performance") states by how much.
 """
 
 from __future__ import annotations

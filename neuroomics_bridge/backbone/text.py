@@ -220,6 +220,15 @@ class TextBackbone:
         """``"int8"`` when the linear layers hold int8 weights (``from_pretrained(quantize=)``), else ``None``."""
         return "int8" if any(isinstance(m, Int8Linear) for m in self.model.modules()) else None
 
+    def check_trainable(self, what: str) -> None:
+        """Raise :class:`~neuroomics_bridge.errors.ConfigError` when ``what`` would train weights
+        this backbone cannot train (int8 linear layers are for inference)."""
+        if self.quantization is not None:
+            raise ConfigError(
+                f"{what} trains the weights of {self.name}, loaded with quantize={self.quantization!r} "
+                "(inference only); load it without quantize to train"
+            )
+
     def __repr__(self) -> str:
         int8 = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, Int8Linear))
         n_params = sum(p.numel() for p in self.model.parameters()) + int8

@@ -155,6 +155,7 @@ class InstructionTuneModule(LightningModule):
         super().__init__()
         from peft import get_peft_model
 
+        backbone.check_trainable("instruction tuning")
         self.lora = lora or LoRAConfig()
         if self.lora.qlora and not _qlora_available():
             raise ConfigError("lora.qlora=true needs bitsandbytes and a CUDA GPU; neither is here: set qlora: false")

@@ -253,6 +253,7 @@ class ContinualPretrainModule(LightningModule):
         output_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
+        backbone.check_trainable("continual pretraining")
         self.backbone = backbone
         self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
         self.output_dir = output_dir
