@@ -4,8 +4,8 @@ Batch-1 decoding reads every weight matrix once per token, so its speed is set b
 bytes the weights take. :func:`quantize_int8` stores each linear layer's weight as int8 with one
 scale per output row (symmetric, round to nearest: ``w ≈ scale * q``, ``|q| <= 127``) and
 multiplies a few token rows with PyTorch's own weight-only int8 kernel
-(``torch._weight_int8pack_mm``); larger inputs (prefill, encoding) dequantise the weight to the
-activation dtype (exact: ``|q| <= 127``) and run the usual matmul, scaling its output. Measured
+(``torch._weight_int8pack_mm``); larger inputs (prefill, encoding) convert the codes to the
+activation dtype (exactly: ``|q| <= 127``), run the usual matmul and scale its output. Measured
 on an Intel Xeon with AMX, 2 threads: the int8 kernel's time grows with the row count (it
 streams the weight once per row), so it wins up to about 16 rows for the model's layers and
 about 100 for the LM head; 8 is the default cut. It is an opt-in
