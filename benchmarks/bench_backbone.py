@@ -7,9 +7,10 @@
    (``AutoModelForCausalLM.from_pretrained(dir)`` + ``model.generate``) on the same weights and
    prompts, one prompt at a time (goal >= 2x); also with prompt-lookup decoding switched on.
 3. batched generation: 8 prompts in one call vs 8 sequential calls (goal >= 3x).
-4. int8 weight-only (``quantize="int8"``, opt-in): generation tokens/s as in 2., and what it
-   costs: the share of prompts whose greedy text equals the bf16 model's, and the perplexity of
-   the bundled clinical notes relative to the bf16 model's.
+4. the opt-ins, generation tokens/s as in 2.: int8 weight-only (``quantize="int8"``), compiled
+   decoding over a static cache (``compile_decoding=True``; the first call compiles, the warm-up
+   absorbs it) and both. What int8 costs: the share of prompts whose greedy text equals the bf16
+   model's, and the perplexity of the bundled clinical notes relative to the bf16 model's.
 
 Every generation figure also gives its fraction of the memory-bandwidth limit: batch-1 decoding
 reads every weight once per token, so tokens/s x weight bytes / read bandwidth (a large-tensor
@@ -131,7 +132,7 @@ def count_tokens(backbone: TextBackbone, texts: list[str]) -> int:
     return sum(len(ids) for ids in backbone.tokenize(texts))
 
 
-def bench_generate_vs_transformers(backbone: TextBackbone, int8: TextBackbone, bandwidth: float) -> None:
+def bench_generate_vs_transformers(backbone: TextBackbone, opt_ins: dict[str, TextBackbone], bandwidth: float) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from neuroomics_bridge.backbone.gguf import gguf_cache_dir
@@ -159,7 +160,8 @@ def bench_generate_vs_transformers(backbone: TextBackbone, int8: TextBackbone, b
             return [backbone.generate(p, max_new_tokens=max_new, prompt_lookup=lookup)[0] for p in prompts]
 
         plain_tps = count_tokens(backbone, plain()) / best_seconds(plain, repeats=2)
-        for variant, model, lookup in (("", backbone, 0), ("_with_prompt_lookup", backbone, 10), ("_int8", int8, 0)):
+        variants = [("", backbone, 0), ("_with_prompt_lookup", backbone, 10)]
+        for variant, model, lookup in variants + [(f"_{name}", model, 0) for name, model in opt_ins.items()]:
             run = functools.partial(ours, backbone=model, lookup=lookup)
             ours_tps = count_tokens(backbone, run()) / best_seconds(run, repeats=2)
             emit(
@@ -171,6 +173,7 @@ def bench_generate_vs_transformers(backbone: TextBackbone, int8: TextBackbone, b
                 plain_bandwidth_fraction=round(plain_tps * weight_bytes(plain_model) / bandwidth, 3),
                 ours_weight_mb_per_token=round(weight_bytes(model.model) / 1e6, 1),
                 ours_dtype=str(model.dtype) + (" + int8 linear weights" if model.quantization else ""),
+                compiled=model.compile_decoding,
                 plain_dtype=str(plain_model.dtype),
             )
 
@@ -233,12 +236,17 @@ def bench_int8_accuracy(backbone: TextBackbone, int8: TextBackbone) -> None:
 def main() -> None:
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
     int8 = TextBackbone.from_pretrained("smollm2-135m-instruct", quantize="int8")
+    opt_ins = {
+        "int8": int8,
+        "compiled": TextBackbone.from_pretrained("smollm2-135m-instruct", compile_decoding=True),
+        "int8_compiled": TextBackbone.from_pretrained("smollm2-135m-instruct", quantize="int8", compile_decoding=True),
+    }
     bandwidth = read_bandwidth()
     print(json.dumps({"benchmark": "machine", "cpu": cpu_model(), "threads": torch.get_num_threads(),
                       "read_bandwidth_gb_per_s": round(bandwidth / 1e9, 1),
                       "weight_mb_per_token": round(weight_bytes(backbone.model) / 1e6, 1)}), flush=True)  # fmt: skip
     bench_encode(backbone)
-    bench_generate_vs_transformers(backbone, int8, bandwidth)
+    bench_generate_vs_transformers(backbone, opt_ins, bandwidth)
     bench_batched_generation(backbone)
     bench_int8_accuracy(backbone, int8)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,34 @@ def test_quantisation_is_checked_where_it_is_asked_for(tiny_model_dir: Path) -> 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"))
     with pytest.raises(ConfigError, match="expected every linear layer on the cpu, 0 is on meta"):
         quantize_int8(model)
+
+
+def test_compiled_decoding_keeps_the_tiny_models_greedy_tokens(tiny_model_dir: Path, tiny_backbone) -> None:
+    compiled = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", compile_decoding=True)
+    prompts = ["Tremor of the right hand", "Memory decline over two years with preserved insight"]
+    expected = [tiny_backbone.generate(p, max_new_tokens=12)[0] for p in prompts]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a fallback to eager decoding would warn
+        assert [compiled.generate(p, max_new_tokens=12)[0] for p in prompts] == expected
+    assert compiled.compile_decoding and hasattr(compiled.model, "_compiled_call")  # transformers compiled it
+
+
+def test_a_failing_compile_falls_back_to_eager_decoding_with_one_warning(tiny_model_dir: Path, monkeypatch) -> None:
+    from transformers.generation.configuration_utils import CompileConfig
+
+    from neuroomics_bridge.backbone import text
+
+    def broken() -> CompileConfig:
+        config = CompileConfig(backend="no-such-backend", dynamic=False)
+        config._compile_all_devices = True
+        return config
+
+    monkeypatch.setattr(text, "_decode_compile_config", broken)
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    expected = backbone.generate("Tremor of the right hand", max_new_tokens=6)
+    backbone.compile_decoding = True
+    with pytest.warns(UserWarning, match="compiled decoding failed .*decodes eagerly from now on") as caught:
+        assert backbone.generate("Tremor of the right hand", max_new_tokens=6) == expected
+        assert backbone.generate("Tremor of the right hand", max_new_tokens=6) == expected
+    assert len([w for w in caught if "compiled decoding failed" in str(w.message)]) == 1
+    assert not backbone.compile_decoding

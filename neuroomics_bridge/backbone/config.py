@@ -34,6 +34,8 @@ class BackboneConfig(YamlConfig):
     quantize
         ``"int8"``: int8 weight-only linear layers for CPU inference (opt-in; see
         :meth:`TextBackbone.from_pretrained`).
+    compile_decoding
+        Decode with a static cache and ``torch.compile`` (opt-in; see :meth:`TextBackbone.generate`).
 
     Raises
     ------
@@ -46,6 +48,7 @@ class BackboneConfig(YamlConfig):
     dtype: DType = "auto"
     device: str = "auto"
     quantize: Quantize = "none"
+    compile_decoding: bool = False
 
     def __post_init__(self) -> None:
         check_choice("BackboneConfig", "dtype", self.dtype, get_args(DType))

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TextBackbone", "COMPLETION_TEMPLATE", "Pooling"]
 
+STATIC_CACHE_BUCKET = 256
+"""Compiled decoding sizes its static cache in multiples of this many tokens (one graph per size)."""
+
 
 Messages = str | Sequence[Mapping[str, str]]
 
@@ -63,6 +66,9 @@ class TextBackbone:
     weight_files
         The files whose contents identify the weights (:attr:`weights_hash`); empty: hash the
         tensors.
+    compile_decoding
+        Decode with a static key/value cache and ``torch.compile`` (see :meth:`generate`); an
+        attribute, so it can be switched on a loaded backbone.
     """
 
     def __init__(
@@ -73,12 +79,14 @@ class TextBackbone:
         name: str,
         card: ModelCard | None = None,
         weight_files: Sequence[Path] = (),
+        compile_decoding: bool = False,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.card = card
         self._weight_files = tuple(weight_files)
+        self.compile_decoding = compile_decoding
         if single_row_kernel(self.model) == "aten":  # timed on this CPU once, then cached
             route_single_row_matmuls_to_aten(self.model)
         if tokenizer.pad_token is None:
@@ -93,6 +101,7 @@ class TextBackbone:
             dtype=None if config.dtype == "auto" else config.dtype,
             device=None if config.device == "auto" else config.device,
             quantize=None if config.quantize == "none" else config.quantize,
+            compile_decoding=config.compile_decoding,
         )
 
     @classmethod
@@ -104,6 +113,7 @@ class TextBackbone:
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         quantize: Literal["int8"] | None = None,
+        compile_decoding: bool = False,
     ) -> Self:
         """Load a backbone without touching the network.
 
@@ -123,6 +133,9 @@ class TextBackbone:
             (:func:`~neuroomics_bridge.backbone.quantize.quantize_int8`), for CPU inference:
             about half the weight memory and faster batch-1 decoding, at a measured cost in
             accuracy (README, "Performance"). Not for training. ``None`` keeps ``dtype``.
+        compile_decoding
+            Opt-in: decode with a static key/value cache and ``torch.compile`` (see
+            :meth:`generate`).
 
         Raises
         ------
@@ -151,7 +164,7 @@ class TextBackbone:
         if quantize == "int8":
             quantize_int8(model)
         name = card.id if card else str(location.path.resolve())
-        return cls(model, tokenizer, name=name, card=card, weight_files=weight_files)
+        return cls(model, tokenizer, name=name, card=card, weight_files=weight_files, compile_decoding=compile_decoding)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -505,6 +518,14 @@ class TextBackbone:
         Prompts that would not fit the context with the prefix and ``max_new_tokens`` are cut
         from the left with a warning. Sampling is seeded by the global torch seed.
 
+        With :attr:`compile_decoding` (opt-in) the decoding steps run ``torch.compile``'d over
+        transformers' static key/value cache, sized in multiples of
+        :data:`STATIC_CACHE_BUCKET` tokens: the first call per cache size and batch size
+        compiles (tens of seconds on a CPU, less with a warm inductor cache), later ones reuse
+        it. Fused kernels round differently, so greedy text can differ from eager decoding in
+        bf16 (README, "Performance"); a failed compile falls back to eager decoding with one
+        warning. Prompt-lookup calls always decode eagerly.
+
         Parameters
         ----------
         prompts
@@ -573,7 +594,7 @@ class TextBackbone:
                     if prompt_lookup and len(rows) == 1 and not do_sample
                     else {}
                 )
-                out = self.model.generate(
+                out = self._generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **options, **lookup
                 )
                 new_tokens = out[:, ids.shape[1] :]
@@ -581,13 +602,46 @@ class TextBackbone:
                 embeds, mask = self.prefixed_inputs(rows, prefix_embeds[batch])
                 with warnings.catch_warnings():  # n-grams then apply to the new tokens only, as documented
                     warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
-                    new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **options)
+                    new_tokens = self._generate(inputs_embeds=embeds, attention_mask=mask, **options)
             for i, text in zip(batch, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 texts[i] = _cut_at(text, stop).strip()
         return texts
 
+    def _generate(self, **kwargs: Any) -> torch.Tensor:
+        """``model.generate``, compiled over a static cache when :attr:`compile_decoding` is on.
+
+        The cache length is rounded up to :data:`STATIC_CACHE_BUCKET` so prompts of similar length
+        reuse one compiled graph. A compile that fails (no C++ compiler, an unsupported op)
+        switches compiled decoding off for this backbone with one warning, and this call decodes
+        eagerly.
+        """
+        if self.compile_decoding and "prompt_lookup_num_tokens" not in kwargs:
+            inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+            length = -(-(inputs.shape[1] + kwargs["max_new_tokens"]) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+            try:
+                static = {"cache_implementation": "static", "max_cache_len": length}
+                return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
+            except Exception as err:  # any compiler failure; the eager call below re-raises the rest
+                warnings.warn(
+                    f"compiled decoding failed ({type(err).__name__}: {str(err)[:200]}); {self.name} decodes "
+                    "eagerly from now on",
+                    stacklevel=3,
+                )
+                self.compile_decoding = False
+        return self.model.generate(**kwargs)
+
 
 # --------------------------------------------------------------------------------- helpers
+@functools.cache
+def _decode_compile_config() -> Any:
+    """transformers' compile settings for decoding: fixed shapes, and CPUs allowed (its default is GPUs only)."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+    config._compile_all_devices = True
+    return config
+
+
 def _device_map(device: str | torch.device | None) -> str | torch.device:
     if device is None:
         return default_device()
