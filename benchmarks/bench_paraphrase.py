@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from neuroomics_bridge.backbone.calibration import cpu_model
-from neuroomics_bridge.evaluation.calibration import ece_floor
+from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error
 
 UNSEEN = ("CD34+", "Dendritic", "CD19+ B")
+CENTRING = (("", False), ("centred/", True))
 
 
 def emit(name: str, **figures: object) -> None:
@@ -48,12 +49,7 @@ def accuracy(probabilities: np.ndarray, labels: list[str], names: list[str]) -> 
     return float(np.mean(np.asarray(names)[probabilities.argmax(axis=1)] == np.asarray(labels)))
 
 
-CENTRING = (("", False), ("centred/", True))
-
-
 def ece(probabilities: np.ndarray, labels: list[str], names: list[str]) -> float:
-    from neuroomics_bridge.evaluation.calibration import expected_calibration_error
-
     return expected_calibration_error(probabilities, [names.index(label) for label in labels])
 
 
@@ -126,8 +122,8 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str) -> dict[str, f
         figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(np.min(sets))
     knn = KNeighborsClassifier(n_neighbors=15).fit(split.train.features["gene"], split.train.labels)
     figures["knn_pca"] = float(knn.score(X, test.labels))
-    figures["ece"] = ece(bridge.zero_shot("gene", X, trained_with), test.labels, names)
-    figures["ece_floor"] = ece_floor(bridge.zero_shot("gene", X, trained_with))
+    probabilities = bridge.zero_shot("gene", X, trained_with)
+    figures["ece"], figures["ece_floor"] = ece(probabilities, test.labels, names), ece_floor(probabilities)
     figures["ece_uncalibrated"] = ece(bridge.zero_shot("gene", X, trained_with, calibrated=False), test.labels, names)
     figures["temperature"] = float(bridge.adapters.temperature_gene)
     return figures
@@ -201,8 +197,11 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
                 sets.append(figures[f"{prefix}set/{name}"])
             figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(min(sets))
             figures[f"{prefix}worst_share_of_training"] = float(min(sets) / base) if base else 0.0
-        figures[f"{modality}/ece"] = ece(bridge.zero_shot(modality, X, training), labels, names)
-        figures[f"{modality}/ece_floor"] = ece_floor(bridge.zero_shot(modality, X, training))
+        probabilities = bridge.zero_shot(modality, X, training)
+        figures[f"{modality}/ece"], figures[f"{modality}/ece_floor"] = (
+            ece(probabilities, labels, names),
+            ece_floor(probabilities),
+        )
         figures[f"{modality}/ece_uncalibrated"] = ece(
             bridge.zero_shot(modality, X, training, calibrated=False), labels, names
         )

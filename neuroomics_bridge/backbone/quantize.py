@@ -8,7 +8,7 @@ multiplies a few token rows with PyTorch's own weight-only int8 kernel
 activation dtype (exactly: ``|q| <= 127``), run the usual matmul and scale its output. Measured
 on an Intel Xeon with AMX, 2 threads: the int8 kernel's time grows with the row count (it
 streams the weight once per row), so it wins up to about 16 rows for the model's layers and
-about 100 for the LM head; 8 is the default cut. It is an opt-in
+about 100 for the LM head; :data:`MAX_KERNEL_ROWS` is the default cut. It is an opt-in
 (``TextBackbone.from_pretrained(..., quantize="int8")``): greedy text can differ from the bf16
 model's, and README ("Performance") states by how much.
 """
@@ -20,9 +20,13 @@ from typing import Self
 import torch
 from torch import nn
 
+from neuroomics_bridge.errors import ConfigError
+
 __all__ = ["Int8Linear", "quantize_int8"]
 
 INT8_MAX = 127
+MAX_KERNEL_ROWS = 8
+"""Inputs of at most this many token rows run the int8 kernel (see the module docstring)."""
 
 
 class Int8Linear(nn.Module):
@@ -51,7 +55,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, max_kernel_rows: int = 8) -> Self:
+    def from_linear(cls, linear: nn.Linear, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -> Self:
         """Quantise ``linear``'s weight (left unchanged) to int8 codes and scales in its dtype."""
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / INT8_MAX
@@ -74,7 +78,7 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
-def quantize_int8(model: nn.Module, *, max_kernel_rows: int = 8) -> int:
+def quantize_int8(model: nn.Module, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -> int:
     """Replace every ``nn.Linear`` of a CPU model by an :class:`Int8Linear`, in place.
 
     In place because the point is memory: a copy would hold both weights at once. A tied output
@@ -97,8 +101,6 @@ def quantize_int8(model: nn.Module, *, max_kernel_rows: int = 8) -> int:
     ConfigError
         When a linear layer is not on the CPU (the kernel is a CPU path here).
     """
-    from neuroomics_bridge.errors import ConfigError
-
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for name, linear in linears:
         if linear.weight.device.type != "cpu":
