@@ -73,13 +73,18 @@ def test_gguf_is_converted_once_and_reloads_identical_logits(monkeypatch, tmp_pa
     assert torch.equal(from_first, from_gguf)
 
 
-def test_both_single_row_kernels_give_the_same_greedy_tokens(default_backbone: TextBackbone, monkeypatch) -> None:
+def test_every_single_row_kernel_gives_the_same_greedy_tokens(default_backbone: TextBackbone, monkeypatch) -> None:
     from neuroomics_bridge.backbone import hardware, text
+    from neuroomics_bridge.backbone.packed import PackedLinear
 
     prompts = ["Describe the main symptoms of Parkinson's disease.", "What does hippocampal atrophy suggest?"]
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
     fresh = TextBackbone.from_pretrained("smollm2-135m-instruct")
     assert not getattr(fresh.model, "_nob_single_row_aten", False)
+    assert not any(isinstance(m, PackedLinear) for m in fresh.model.modules())
     with_onednn = [fresh.generate(p, max_new_tokens=24) for p in prompts]
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")
+    packed = TextBackbone.from_pretrained("smollm2-135m-instruct")
+    assert [packed.generate(p, max_new_tokens=24) for p in prompts] == with_onednn
     hardware.route_single_row_matmuls_to_aten(fresh.model)
     assert [fresh.generate(p, max_new_tokens=24) for p in prompts] == with_onednn

@@ -21,6 +21,7 @@ __all__ = [
     "resolve_dtype",
     "route_single_row_matmuls_to_aten",
     "single_row_kernel",
+    "available_memory",
 ]
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
@@ -139,21 +140,30 @@ def route_single_row_matmuls_to_aten(model: torch.nn.Module, *, max_rows: int = 
 
 
 def single_row_kernel(model: torch.nn.Module) -> str:
-    """The faster kernel for one-token-row forwards of ``model`` on this CPU: ``"aten"`` or ``"onednn"``.
+    """The fastest kernel for one-token-row forwards of ``model`` on this CPU.
 
-    Times every linear layer of ``model`` on one row, as a decoding step runs them, with oneDNN
-    on and off (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`: once per CPU,
-    library versions, dtype and layer shapes, then cached). On an AMD EPYC with AVX512-BF16 ATen
-    won for bf16 by 2x; on CPUs with AMX oneDNN may win, so it is measured, not assumed.
+    Times every linear layer of ``model`` on one row, as a decoding step runs them, three ways:
+    ATen (oneDNN off), oneDNN on the plain weight, and oneDNN on a prepacked copy of the weight
+    (:class:`~neuroomics_bridge.backbone.packed.PackedLinear`; offered only where a second copy
+    of the weights fits in half the available memory). Once per CPU, library versions, dtype and
+    layer shapes, then cached (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
+    On an AMD EPYC with AVX512-BF16 ATen beat plain oneDNN by 2x for bf16; on an Intel Xeon with
+    AMX the prepacked weights won (README, "Performance"), so it is measured, not assumed.
 
     Parameters
     ----------
     model
         A model on the CPU (any other device: ``"onednn"``, meaning leave the defaults alone).
+
+    Returns
+    -------
+    str
+        ``"aten"``, ``"onednn"`` or ``"packed"``.
     """
     from neuroomics_bridge.backbone.calibration import calibrated_choice
+    from neuroomics_bridge.backbone.packed import PackedLinear
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     if not linears or linears[0].weight.device.type != "cpu":
         return "onednn"
 
@@ -162,21 +172,35 @@ def single_row_kernel(model: torch.nn.Module) -> str:
         generator = torch.Generator().manual_seed(0)
         return [torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears]
 
-    def decode_step(onednn: bool) -> None:
+    def decode_step(layers: list[torch.nn.Module], onednn: bool) -> None:
         saved = torch.backends.mkldnn.enabled
         torch.backends.mkldnn.enabled = onednn
         try:
             with torch.inference_mode():
-                for layer, row in zip(linears, rows(), strict=True):
+                for layer, row in zip(layers, rows(), strict=True):
                     layer(row)
         finally:
             torch.backends.mkldnn.enabled = saved
 
+    candidates = {"aten": lambda: decode_step(linears, False), "onednn": lambda: decode_step(linears, True)}
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    if 2 * weight_bytes <= available_memory():
+        packed = functools.cache(lambda: [PackedLinear.from_linear(m) for m in linears])  # copies freed after timing
+        candidates["packed"] = lambda: decode_step(packed(), True)
     shapes = sorted({(m.in_features, m.out_features) for m in linears})
-    context = {"dtype": str(linears[0].weight.dtype), "linears": f"{len(linears)}:{shapes}"}
-    return calibrated_choice(
-        "single-row-matmul",
-        {"aten": lambda: decode_step(False), "onednn": lambda: decode_step(True)},
-        context=context,
-        repeats=5,
-    )
+    context = {
+        "dtype": str(linears[0].weight.dtype),
+        "linears": f"{len(linears)}:{shapes}",
+        "candidates": ",".join(candidates),  # a choice made without "packed" is not the answer with it
+    }
+    return calibrated_choice("single-row-matmul", candidates, context=context, repeats=5)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``; 0 where unknown)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -30,6 +30,7 @@ from neuroomics_bridge.backbone.hardware import (
     route_single_row_matmuls_to_aten,
     single_row_kernel,
 )
+from neuroomics_bridge.backbone.packed import drop_packed_weights, pack_linear_weights
 from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
 from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
@@ -55,8 +56,10 @@ class TextBackbone:
     Parameters
     ----------
     model
-        The causal LM; put in eval mode, with single-row CPU matmuls routed to ATen where that
-        kernel measured faster here (:func:`~neuroomics_bridge.backbone.hardware.single_row_kernel`).
+        The causal LM; put in eval mode, with its CPU linear layers on the kernel that measured
+        fastest here for a decoding step (:func:`~neuroomics_bridge.backbone.hardware.single_row_kernel`):
+        single rows through ATen, oneDNN as is, or oneDNN on prepacked weights
+        (:class:`~neuroomics_bridge.backbone.packed.PackedLinear`, for gradient-free forwards).
     tokenizer
         Its tokenizer; a missing pad token is set to the EOS token.
     name
@@ -87,8 +90,11 @@ class TextBackbone:
         self.card = card
         self._weight_files = tuple(weight_files)
         self.compile_decoding = compile_decoding
-        if single_row_kernel(self.model) == "aten":  # timed on this CPU once, then cached
+        kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
+        if kernel == "aten":
             route_single_row_matmuls_to_aten(self.model)
+        elif kernel == "packed":
+            pack_linear_weights(self.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -214,7 +220,8 @@ class TextBackbone:
         return cache[stop]
 
     def mark_weights_changed(self, name: str | None = None) -> None:
-        """Say the weights were trained in place, so :attr:`weights_hash` is recomputed from the tensors.
+        """Say the weights were changed in place, so :attr:`weights_hash` is recomputed from the tensors
+        (and prepacked inference copies of them rebuilt).
 
         An adapter trained on the old weights is then no longer taken for one trained on these.
 
@@ -225,6 +232,7 @@ class TextBackbone:
         """
         self._weight_files = ()
         self.__dict__.pop("weights_hash", None)
+        drop_packed_weights(self.model)
         if name is not None:
             self.name = name
 

@@ -20,6 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, seed_everyth
 from torch.utils.data import DataLoader
 
 from neuroomics_bridge.adapters.config import LoRAConfig
+from neuroomics_bridge.backbone.packed import drop_packed_weights
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, DataError
@@ -338,7 +339,9 @@ def load_lora(backbone: TextBackbone, directory: str | os.PathLike[str]) -> Any:
 
 def merge_lora(peft_model: Any) -> Any:
     """A plain transformers model with the adapter folded into its weights."""
-    return peft_model.merge_and_unload()
+    merged = peft_model.merge_and_unload()
+    drop_packed_weights(merged)  # peft adds the update through ``weight.data``, which no version counter sees
+    return merged
 
 
 def evaluate_tasks(

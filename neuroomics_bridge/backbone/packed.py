@@ -1,0 +1,91 @@
+"""Linear layers that multiply through a oneDNN-prepacked copy of their weight in inference.
+
+oneDNN reorders a weight matrix into the blocked layout its CPU kernels read fastest. A plain
+``F.linear`` call hands it the row-major weight, and for a few token rows (decoding) that layout
+makes it stream the weight at about two thirds of the speed it reaches on a prepacked copy:
+measured on an Intel Xeon with AMX, 2 threads, all 211 linear layers of the default backbone on
+one token row took 16.9 ms prepacked against 24.9 ms through oneDNN and 27.6 ms through ATen
+(``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``, the ops PyTorch's own
+compiler uses for frozen CPU weights). :class:`PackedLinear` keeps the weight as the layer's
+parameter, so training, saving, hashing and LoRA see an ordinary ``nn.Linear``, and adds the
+packed copy for forwards that need no gradient. The copy costs as much memory as the weight. It
+is rebuilt when the weight is replaced or updated in place (optimisers bump its version counter);
+a change made through ``weight.data`` is invisible to both checks, so code that does that (peft's
+LoRA merge) calls :func:`drop_packed_weights` after it, as ``TextBackbone.mark_weights_changed``
+and ``training.instruct.merge_lora`` do.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import torch
+from torch import nn
+
+__all__ = ["PackedLinear", "drop_packed_weights", "pack_linear_weights"]
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` whose gradient-free CPU forwards use a oneDNN-prepacked weight.
+
+    Forwards that need a gradient (training, LoRA on top), that run on another device or dtype or
+    under autocast, or that are being traced by ``torch.compile`` (which makes its own kernel
+    choice) take the plain ``nn.Linear`` path; the results agree up to float rounding.
+    """
+
+    _packed: torch.Tensor | None = None
+    _packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Self:
+        """A :class:`PackedLinear` holding the same weight and bias parameters as ``linear`` (no copy)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (
+            (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            or x.device.type != "cpu"
+            or x.dtype != self.weight.dtype
+            or torch.is_autocast_enabled(x.device.type)
+            or torch.compiler.is_compiling()
+        )
+        if plain:
+            return super().forward(x)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+
+    def packed_weight(self) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout, packed again whenever the weight has changed."""
+        source = (self.weight.data_ptr(), self.weight._version)
+        if self._packed is None or self._packed_from != source:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+            self._packed_from = source
+        return self._packed
+
+
+def pack_linear_weights(model: nn.Module) -> int:
+    """Make every plain ``nn.Linear`` of ``model`` a :class:`PackedLinear`, in place.
+
+    The parameters stay the same objects (tied weights stay tied, state-dict keys do not change);
+    each layer packs its weight at its first gradient-free forward. Calling it again does nothing.
+
+    Returns
+    -------
+    int
+        How many layers were replaced.
+    """
+    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    for name, linear in linears:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, PackedLinear.from_linear(linear))
+    return len(linears)
+
+
+def drop_packed_weights(model: nn.Module) -> None:
+    """Forget every packed copy in ``model`` (each is rebuilt from the weight at its next use)."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            module._packed = module._packed_from = None

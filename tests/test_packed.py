@@ -1,0 +1,90 @@
+"""Prepacked oneDNN weights for gradient-free CPU forwards (``backbone.packed``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from neuroomics_bridge import TextBackbone
+from neuroomics_bridge.backbone.packed import PackedLinear, drop_packed_weights, pack_linear_weights
+
+
+def _layer(dtype: torch.dtype, bias: bool = True) -> tuple[nn.Linear, PackedLinear]:
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 40, bias=bias).to(dtype).requires_grad_(False)
+    return linear, PackedLinear.from_linear(linear)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_packed_layer_computes_what_the_plain_one_does(dtype: torch.dtype, bias: bool) -> None:
+    linear, packed = _layer(dtype, bias)
+    x = torch.randn(2, 5, 48).to(dtype)
+    with torch.inference_mode():
+        expected, got = linear(x), packed(x)
+    assert packed._packed is not None, "a gradient-free forward must use the packed copy"
+    assert packed.weight is linear.weight and packed.bias is linear.bias
+    assert list(packed.state_dict()) == list(linear.state_dict())
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_forwards_that_need_a_gradient_take_the_plain_path() -> None:
+    linear, packed = _layer(torch.float32)
+    x = torch.randn(3, 48, requires_grad=True)
+    packed(x).sum().backward()
+    assert packed._packed is None
+    torch.testing.assert_close(x.grad, linear.weight.sum(dim=0).expand(3, -1))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides the dtype, not the copy
+        assert packed(torch.randn(3, 48)).dtype == torch.bfloat16
+    assert packed._packed is None
+
+
+def test_the_packed_copy_follows_changes_to_the_weight() -> None:
+    linear, packed = _layer(torch.float32)
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        packed(x)
+        linear.weight.mul_(2)  # in place, as an optimiser step: the version counter moves
+        torch.testing.assert_close(packed(x), linear(x))
+        linear.weight = nn.Parameter(torch.zeros_like(linear.weight))  # replaced on the plain layer only
+        packed.weight = linear.weight
+        torch.testing.assert_close(packed(x), linear.bias.expand(4, -1))
+        linear.weight.data += 1  # invisible to the version counter: the caller says so
+        drop_packed_weights(packed)
+        torch.testing.assert_close(packed(x), linear(x))
+
+
+def test_packing_a_model_keeps_its_parameters_and_their_ties(tiny_model_dir: Path) -> None:
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
+    model = backbone.model
+    before = {name: id(p) for name, p in model.named_parameters()}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = model(ids).logits
+    packed = pack_linear_weights(model)
+    assert packed == 0 or isinstance(model.get_output_embeddings(), PackedLinear)  # 0: packed already at load
+    assert pack_linear_weights(model) == 0
+    assert {name: id(p) for name, p in model.named_parameters()} == before
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_backbone_packs_its_weights_where_packing_measured_fastest(tiny_model_dir: Path, monkeypatch) -> None:
+    from neuroomics_bridge.backbone import text
+
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
+    layers = [m for m in backbone.model.modules() if isinstance(m, PackedLinear)]
+    assert layers and not any(type(m) is nn.Linear for m in backbone.model.modules())
+    greedy = backbone.generate("Axial FLAIR shows", max_new_tokens=6)
+    assert all(layer._packed is not None for layer in layers)
+    backbone.mark_weights_changed()
+    assert all(layer._packed is None for layer in layers)
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
+    plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
+    assert plain.generate("Axial FLAIR shows", max_new_tokens=6) == greedy
