@@ -90,10 +90,10 @@ class TextBackbone:
         self.card = card
         self._weight_files = tuple(weight_files)
         self.compile_decoding = compile_decoding
-        kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
-        if kernel == "aten":
+        self._kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
+        if self._kernel == "aten":
             route_single_row_matmuls_to_aten(self.model)
-        elif kernel == "packed":
+        elif self._kernel == "packed":
             pack_linear_weights(self.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -626,9 +626,13 @@ class TextBackbone:
         if self.compile_decoding and "prompt_lookup_num_tokens" not in kwargs:
             inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
             length = -(-(inputs.shape[1] + kwargs["max_new_tokens"]) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+            # Compiled steps cannot read prepacked weights (torch.compile does not trace oneDNN's
+            # opaque tensors); one-row steps then run fastest through ATen, as for the "aten" choice.
+            onednn = not (self._kernel == "packed" and inputs.shape[0] == 1)
             try:
                 static = {"cache_implementation": "static", "max_cache_len": length}
-                return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
+                with torch.backends.mkldnn.flags(enabled=onednn):
+                    return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
             except Exception as err:  # any compiler failure; the eager call below re-raises the rest
                 warnings.warn(
                     f"compiled decoding failed ({type(err).__name__}: {str(err)[:200]}); {self.name} decodes "
