@@ -7,9 +7,11 @@ bf16 and it is slower than float32, so the choice depends on the instruction set
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,6 +24,7 @@ __all__ = [
     "route_single_row_matmuls_to_aten",
     "single_row_kernel",
     "available_memory",
+    "onednn_enabled",
 ]
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
@@ -173,14 +176,9 @@ def single_row_kernel(model: torch.nn.Module) -> str:
         return [torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears]
 
     def decode_step(layers: list[torch.nn.Module], onednn: bool) -> None:
-        saved = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = onednn
-        try:
-            with torch.inference_mode():
-                for layer, row in zip(layers, rows(), strict=True):
-                    layer(row)
-        finally:
-            torch.backends.mkldnn.enabled = saved
+        with onednn_enabled(onednn), torch.inference_mode():
+            for layer, row in zip(layers, rows(), strict=True):
+                layer(row)
 
     candidates = {"aten": lambda: decode_step(linears, False), "onednn": lambda: decode_step(linears, True)}
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
@@ -194,6 +192,17 @@ def single_row_kernel(model: torch.nn.Module) -> str:
         "candidates": ",".join(candidates),  # a choice made without "packed" is not the answer with it
     }
     return calibrated_choice("single-row-matmul", candidates, context=context, repeats=5)
+
+
+@contextlib.contextmanager
+def onednn_enabled(enabled: bool) -> Iterator[None]:
+    """Set the process-wide oneDNN switch (``torch.backends.mkldnn.enabled``) inside the block only."""
+    saved = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = saved
 
 
 def available_memory() -> int:

@@ -26,6 +26,7 @@ from neuroomics_bridge.backbone.gguf import convert_gguf
 from neuroomics_bridge.backbone.hardware import (
     default_device,
     default_dtype,
+    onednn_enabled,
     resolve_dtype,
     route_single_row_matmuls_to_aten,
     single_row_kernel,
@@ -631,7 +632,7 @@ class TextBackbone:
             onednn = not (self._kernel == "packed" and inputs.shape[0] == 1)
             try:
                 static = {"cache_implementation": "static", "max_cache_len": length}
-                with torch.backends.mkldnn.flags(enabled=onednn):
+                with onednn_enabled(onednn):
                     return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
             except Exception as err:  # any compiler failure; the eager call below re-raises the rest
                 warnings.warn(
