@@ -39,6 +39,7 @@ from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibra
 
 UNSEEN = ("CD34+", "Dendritic", "CD19+ B")
 CENTRING = (("", False), ("centred/", True))
+Pooled = list[tuple[np.ndarray, list[int]]]  # (probabilities, true class index) of each seed's test fold
 
 
 def emit(name: str, **figures: object) -> None:
@@ -95,7 +96,7 @@ def leave_one_set_out(seed: int, folder: Path, backbone) -> dict[str, float]:
     return figures
 
 
-def pbmc_figures(seed: int, folder: Path, backbone, variant: str) -> dict[str, float]:
+def pbmc_figures(seed: int, folder: Path, backbone, variant: str, pooled: Pooled) -> dict[str, float]:
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -124,6 +125,7 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str) -> dict[str, f
     figures["knn_pca"] = float(knn.score(X, test.labels))
     probabilities = bridge.zero_shot("gene", X, trained_with)
     figures["ece"], figures["ece_floor"] = ece(probabilities, test.labels, names), ece_floor(probabilities)
+    pooled.append((probabilities, [names.index(label) for label in test.labels]))
     figures["ece_uncalibrated"] = ece(bridge.zero_shot("gene", X, trained_with, calibrated=False), test.labels, names)
     figures["temperature"] = float(bridge.adapters.temperature_gene)
     return figures
@@ -163,7 +165,7 @@ def unseen_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
     return figures
 
 
-def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
+def synthetic_figures(seed: int, folder: Path, backbone, pooled: dict[str, Pooled]) -> dict[str, float]:
     import torch
 
     from neuroomics_bridge import Bridge, fit_alignment
@@ -198,6 +200,7 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
             figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(min(sets))
             figures[f"{prefix}worst_share_of_training"] = float(min(sets) / base) if base else 0.0
         probabilities = bridge.zero_shot(modality, X, training)
+        pooled.setdefault(modality, []).append((probabilities, [names.index(label) for label in labels]))
         figures[f"{modality}/ece"], figures[f"{modality}/ece_floor"] = (
             ece(probabilities, labels, names),
             ece_floor(probabilities),
@@ -206,6 +209,15 @@ def synthetic_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
             bridge.zero_shot(modality, X, training, calibrated=False), labels, names
         )
     return figures
+
+
+def emit_pooled_ece(name: str, pooled: Pooled) -> None:
+    """ECE over every seed's test predictions together, beside the floor for that many subjects:
+    one test fold is too small to tell an ECE of 0.05 from perfect calibration."""
+    probabilities = np.concatenate([p for p, _ in pooled])
+    labels = [label for _, fold in pooled for label in fold]
+    emit(f"{name}/pooled_ece", subjects=len(labels), ece=round(expected_calibration_error(probabilities, labels), 3),
+         ece_floor=round(ece_floor(probabilities), 3), goal=0.05)  # fmt: skip
 
 
 def summarise(name: str, per_seed: list[dict[str, float]], seeds: list[int]) -> dict[str, float]:
@@ -228,16 +240,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for variant in ("single", "views"):
+            pooled: Pooled = []
             means = summarise(
-                f"pbmc/{variant}", [pbmc_figures(s, folder, backbone, variant) for s in args.seeds], args.seeds
+                f"pbmc/{variant}", [pbmc_figures(s, folder, backbone, variant, pooled) for s in args.seeds], args.seeds
             )
+            emit_pooled_ece(f"pbmc/{variant}", pooled)
             emit(f"pbmc/{variant}/vs-knn", worst_margin=round(means["sets_worst"] - means["knn_pca"], 3),
                  mean_margin=round(means["sets_mean"] - means["knn_pca"], 3),
                  ratio=round(means["sets_mean"] / means["knn_pca"], 3))  # fmt: skip
         summarise("pbmc/leave_one_set_out", [leave_one_set_out(s, folder, backbone) for s in args.seeds], args.seeds)
         summarise("pbmc/unseen", [unseen_figures(s, folder, backbone) for s in args.seeds], args.seeds)
         if not args.skip_synthetic:
-            summarise("synthetic", [synthetic_figures(s, folder, backbone) for s in args.seeds], args.seeds)
+            by_modality: dict[str, Pooled] = {}
+            per_seed = [synthetic_figures(s, folder, backbone, by_modality) for s in args.seeds]
+            summarise("synthetic", per_seed, args.seeds)
+            for modality, pooled in by_modality.items():
+                emit_pooled_ece(f"synthetic/{modality}", pooled)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,27 @@ def test_a_backbone_packs_its_weights_where_packing_measured_fastest(tiny_model_
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
     plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
     assert plain.generate("Axial FLAIR shows", max_new_tokens=6) == greedy
+
+
+def test_lora_trains_on_packed_layers_and_infers_through_them(tiny_model_dir: Path, make_bridge, monkeypatch) -> None:
+    from neuroomics_bridge import LoRAConfig
+    from neuroomics_bridge.backbone import text
+
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
+    make_bridge(backbone=backbone).add_lora(LoRAConfig(dropout=0.0))
+    adapted = [m for m in backbone.model.modules() if hasattr(m, "lora_B")]
+    assert adapted and all(isinstance(m.base_layer, PackedLinear) for m in adapted)
+    for layer in adapted:  # a non-zero update, so that the adapters change the output
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    drop_packed_weights(backbone.model)  # copies made by earlier gradient-free forwards
+    backbone.model(ids).logits.square().mean().backward()
+    assert all(layer.lora_A["default"].weight.grad.abs().sum() > 0 for layer in adapted)
+    assert all(layer.base_layer._packed is None for layer in adapted), "training forwards take the plain weight"
+    with torch.no_grad():
+        inferred = backbone.model(ids).logits
+    assert all(layer.base_layer._packed is not None for layer in adapted)
+    with torch.enable_grad():
+        trained_path = backbone.model(ids).logits
+    torch.testing.assert_close(inferred, trained_path.detach(), rtol=1e-4, atol=1e-4)

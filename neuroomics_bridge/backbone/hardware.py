@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from neuroomics_bridge.backbone.packed import PackedLinear
+
 __all__ = [
     "default_device",
     "default_dtype",
@@ -164,7 +166,6 @@ def single_row_kernel(model: torch.nn.Module) -> str:
         ``"aten"``, ``"onednn"`` or ``"packed"``.
     """
     from neuroomics_bridge.backbone.calibration import calibrated_choice
-    from neuroomics_bridge.backbone.packed import PackedLinear
 
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     if not linears or linears[0].weight.device.type != "cpu":
