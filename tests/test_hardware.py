@@ -86,3 +86,21 @@ def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_backbone: Text
     assert first in ("aten", "onednn", "packed") and len(timed) in (0, 2, 3)
     assert hardware.single_row_kernel(tiny_backbone.model) == first and len(timed) in (0, 2, 3)
     assert torch.backends.mkldnn.enabled
+
+
+def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_dir, monkeypatch, tmp_path) -> None:
+    from neuroomics_bridge.backbone import calibration, text
+    from neuroomics_bridge.backbone.packed import PackedLinear
+
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
+    model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model  # plain nn.Linear layers
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty kernel cache
+    timed = []
+    original = calibration._best_time
+    monkeypatch.setattr(calibration, "_best_time", lambda run, repeats: timed.append(run) or original(run, repeats))
+    monkeypatch.setattr(hardware, "available_memory", lambda: 0)
+    assert hardware.single_row_kernel(model) in ("aten", "onednn") and len(timed) == 2
+    monkeypatch.setattr(hardware, "available_memory", lambda: 2**40)
+    hardware.single_row_kernel(model)  # a choice made without "packed" is not reused
+    assert len(timed) == 5
+    assert not any(isinstance(m, PackedLinear) for m in model.modules()), "the timing packs copies only"
