@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,17 @@ def test_the_packed_copy_follows_changes_to_the_weight() -> None:
         linear.weight.data += 1  # invisible to the version counter: the caller says so
         drop_packed_weights(packed)
         torch.testing.assert_close(packed(x), linear(x))
+
+
+def test_a_packed_layer_can_be_copied_and_pickled() -> None:
+    _, packed = _layer(torch.float32)
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        expected = packed(x)
+        for clone in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
+            assert clone._packed is None and clone.weight is not packed.weight
+            torch.testing.assert_close(clone(x), expected)
+    assert packed._packed is not None, "the original keeps its copy"
 
 
 def test_packing_a_model_keeps_its_parameters_and_their_ties(tiny_model_dir: Path) -> None:

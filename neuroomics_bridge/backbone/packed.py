@@ -56,6 +56,13 @@ class PackedLinear(nn.Linear):
             return super().forward(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed copy out (oneDNN's opaque tensors have no storage to
+        copy); the copy packs its own at its first use."""
+        state = dict(super().__getstate__())
+        state["_packed"] = state["_packed_from"] = None
+        return state
+
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, packed again whenever the weight has changed."""
         source = (self.weight.data_ptr(), self.weight._version)
