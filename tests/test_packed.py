@@ -52,7 +52,7 @@ def test_the_packed_copy_follows_changes_to_the_weight() -> None:
         packed(x)
         linear.weight.mul_(2)  # in place, as an optimiser step: the version counter moves
         torch.testing.assert_close(packed(x), linear(x))
-        linear.weight = nn.Parameter(torch.zeros_like(linear.weight))  # replaced on the plain layer only
+        linear.weight = nn.Parameter(torch.zeros_like(linear.weight))  # a new parameter: other storage
         packed.weight = linear.weight
         torch.testing.assert_close(packed(x), linear.bias.expand(4, -1))
         linear.weight.data += 1  # invisible to the version counter: the caller says so
