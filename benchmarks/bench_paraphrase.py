@@ -50,8 +50,12 @@ def accuracy(probabilities: np.ndarray, labels: list[str], names: list[str]) -> 
     return float(np.mean(np.asarray(names)[probabilities.argmax(axis=1)] == np.asarray(labels)))
 
 
+def class_indices(labels: list[str], names: list[str]) -> list[int]:
+    return [names.index(label) for label in labels]
+
+
 def ece(probabilities: np.ndarray, labels: list[str], names: list[str]) -> float:
-    return expected_calibration_error(probabilities, [names.index(label) for label in labels])
+    return expected_calibration_error(probabilities, class_indices(labels, names))
 
 
 def training_ensemble(texts: dict[str, str]) -> dict[str, list[str]]:
@@ -125,7 +129,7 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str, pooled: Pooled
     figures["knn_pca"] = float(knn.score(X, test.labels))
     probabilities = bridge.zero_shot("gene", X, trained_with)
     figures["ece"], figures["ece_floor"] = ece(probabilities, test.labels, names), ece_floor(probabilities)
-    pooled.append((probabilities, [names.index(label) for label in test.labels]))
+    pooled.append((probabilities, class_indices(test.labels, names)))
     figures["ece_uncalibrated"] = ece(bridge.zero_shot("gene", X, trained_with, calibrated=False), test.labels, names)
     figures["temperature"] = float(bridge.adapters.temperature_gene)
     return figures
@@ -200,7 +204,7 @@ def synthetic_figures(seed: int, folder: Path, backbone, pooled: dict[str, Poole
             figures[f"{prefix}sets_mean"], figures[f"{prefix}sets_worst"] = float(np.mean(sets)), float(min(sets))
             figures[f"{prefix}worst_share_of_training"] = float(min(sets) / base) if base else 0.0
         probabilities = bridge.zero_shot(modality, X, training)
-        pooled.setdefault(modality, []).append((probabilities, [names.index(label) for label in labels]))
+        pooled.setdefault(modality, []).append((probabilities, class_indices(labels, names)))
         figures[f"{modality}/ece"], figures[f"{modality}/ece_floor"] = (
             ece(probabilities, labels, names),
             ece_floor(probabilities),

@@ -58,8 +58,8 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
 
     def __getstate__(self) -> dict:
-        """Copies and pickles leave the packed copy out (oneDNN's opaque tensors have no storage to
-        copy); the copy packs its own at its first use."""
+        """``copy.deepcopy`` (and pickling) leave the packed copy out (oneDNN's opaque tensors have
+        no storage to copy); the new layer packs its own at its first use."""
         state = dict(super().__getstate__())
         state["_packed"] = state["_packed_from"] = None
         return state
