@@ -127,29 +127,27 @@ def test_lora_trains_on_packed_layers_as_on_plain_ones(tiny_model_dir: Path, mak
         torch.testing.assert_close(packed_grad, plain_grad, rtol=1e-3, atol=1e-6)
 
 
-def test_compiled_decoding_freezes_packed_weights_and_follows_their_changes(tiny_model_dir: Path, monkeypatch) -> None:
+def test_compiled_decoding_reads_the_packed_weights_as_they_are_now(tiny_model_dir: Path, monkeypatch) -> None:
     import warnings
 
     from neuroomics_bridge.backbone import text
 
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
-    resets = []
-    monkeypatch.setattr(torch.compiler, "reset", lambda reset=torch.compiler.reset: (resets.append(1), reset()))
-    prompt, head = "Axial FLAIR shows", backbone.model.get_output_embeddings().weight
+    prompts, head = ["Axial FLAIR shows", "Memory decline over two years"], backbone.model.get_output_embeddings().weight
 
     def greedy(compiled: bool) -> list[str]:
         backbone.compile_decoding = compiled
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # a fallback to eager decoding would warn
-            return backbone.generate(prompt, max_new_tokens=8)
+            return [backbone.generate(prompt, max_new_tokens=8)[0] for prompt in prompts]
 
     original = greedy(False)
-    assert greedy(True) == original and not resets
+    assert greedy(True) == original  # the second prompt reuses the graph compiled for the first
     with torch.no_grad():
         head.neg_()  # in place (the version counter moves): every logit changes sign
     flipped = greedy(False)
-    assert flipped != original and greedy(True) == flipped and len(resets) == 1
+    assert flipped != original and greedy(True) == flipped
     head.data.neg_()  # invisible to version counters until announced
     backbone.mark_weights_changed()
-    assert greedy(True) == original and len(resets) == 2
+    assert greedy(True) == original

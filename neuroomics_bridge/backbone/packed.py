@@ -13,28 +13,38 @@ is rebuilt when the weight is replaced or updated in place (optimisers bump its 
 a change made through ``weight.data`` is invisible to both checks, so code that does that (peft's
 LoRA merge) calls :func:`drop_packed_weights` after it, as ``TextBackbone.mark_weights_changed``
 and ``training.instruct.merge_lora`` do.
+
+Compiled graphs cannot hold oneDNN's opaque packed tensors, so inside ``torch.compile`` a layer
+calls the custom op ``neuroomics_bridge::packed_linear``, which the graph runs as an opaque
+call: it fetches the layer's packed copy at run time (packing again if the weight changed), so
+compiled decoding reads the same copy as eager decoding, with no second copy per graph and
+nothing baked into the graph that could go stale.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Self
 
 import torch
 from torch import nn
 
-__all__ = ["PackedLinear", "drop_packed_weights", "pack_linear_weights"]
+__all__ = ["PackedLinear", "drop_packed_weights", "pack_linear_weights", "packed_linear"]
 
 
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` whose gradient-free CPU forwards use a oneDNN-prepacked weight.
 
-    Forwards that need a gradient (training, LoRA on top), that run on another device or dtype or
-    under autocast, or that are being traced by ``torch.compile`` (which makes its own kernel
-    choice) take the plain ``nn.Linear`` path; the results agree up to float rounding.
+    Forwards that need a gradient (training, LoRA on top), or that run on another device or dtype
+    or under autocast, take the plain ``nn.Linear`` path; the results agree up to float rounding.
     """
 
     _packed: torch.Tensor | None = None
     _packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _register(self)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Self:
@@ -51,10 +61,11 @@ class PackedLinear(nn.Linear):
             or not x.is_cpu
             or x.dtype != weight.dtype
             or torch.is_autocast_enabled("cpu")
-            or torch.compiler.is_compiling()
         )
         if plain:
             return super().forward(x)
+        if torch.compiler.is_compiling():
+            return torch.ops.neuroomics_bridge.packed_linear(x, weight, self.bias, self._layer_key)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
 
     def __getstate__(self) -> dict:
@@ -64,6 +75,10 @@ class PackedLinear(nn.Linear):
         state["_packed"] = state["_packed_from"] = None
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _register(self)  # a copy is a layer of its own
+
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, packed again whenever the weight has changed."""
         source = (self.weight.data_ptr(), self.weight._version)
@@ -72,6 +87,35 @@ class PackedLinear(nn.Linear):
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
             self._packed_from = source
         return self._packed
+
+
+_LAYERS: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
+"""Every live :class:`PackedLinear` by its key, for :func:`packed_linear` to find at run time."""
+
+
+def _register(layer: PackedLinear) -> None:
+    layer._layer_key = id(layer)
+    _LAYERS[layer._layer_key] = layer
+
+
+_OPS = torch.library.Library("neuroomics_bridge", "DEF")  # the plain dispatcher route: ~4 µs a call less than custom_op
+_OPS.define("packed_linear(Tensor x, Tensor weight, Tensor? bias, int layer) -> Tensor")
+
+
+@torch.library.impl(_OPS, "packed_linear", "CPU")
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through the prepacked copy of the :class:`PackedLinear` keyed ``layer``.
+
+    The op ``neuroomics_bridge::packed_linear``: an opaque call inside compiled graphs, so the
+    packed copy is looked up (and repacked if ``weight`` changed) when the graph runs, not when
+    it is traced.
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, _LAYERS[layer].packed_weight(), bias, "none", [], "")
+
+
+@torch.library.register_fake("neuroomics_bridge::packed_linear", lib=_OPS)
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def pack_linear_weights(model: nn.Module) -> int:

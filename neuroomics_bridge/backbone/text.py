@@ -8,10 +8,8 @@ token), in length-sorted batches so little compute is spent on padding. The deco
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import itertools
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,10 +24,8 @@ from neuroomics_bridge.backbone.cards import COMPLETION_TEMPLATE, ModelCard
 from neuroomics_bridge.backbone.config import BackboneConfig, Pooling
 from neuroomics_bridge.backbone.gguf import convert_gguf
 from neuroomics_bridge.backbone.hardware import (
-    available_memory,
     default_device,
     default_dtype,
-    onednn_enabled,
     resolve_dtype,
     route_single_row_matmuls_to_aten,
     single_row_kernel,
@@ -94,8 +90,6 @@ class TextBackbone:
         self.card = card
         self._weight_files = tuple(weight_files)
         self.compile_decoding = compile_decoding
-        self._weights_changes = 0  # bumped by mark_weights_changed (changes made through .data are invisible)
-        self._frozen_weights: tuple | None = None  # the weights compiled decoding last froze into its graphs
         self._kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
         if self._kernel == "aten":
             route_single_row_matmuls_to_aten(self.model)
@@ -227,7 +221,7 @@ class TextBackbone:
 
     def mark_weights_changed(self, name: str | None = None) -> None:
         """Say the weights were changed in place, so :attr:`weights_hash` is recomputed from the tensors
-        (and prepacked inference copies of them, eager or frozen into compiled decoding, rebuilt).
+        (and prepacked inference copies of them rebuilt).
 
         An adapter trained on the old weights is then no longer taken for one trained on these.
 
@@ -238,7 +232,6 @@ class TextBackbone:
         """
         self._weight_files = ()
         self.__dict__.pop("weights_hash", None)
-        self._weights_changes += 1
         drop_packed_weights(self.model)
         if name is not None:
             self.name = name
@@ -536,11 +529,10 @@ class TextBackbone:
         With :attr:`compile_decoding` (opt-in) the decoding steps run ``torch.compile``'d over
         transformers' static key/value cache, sized in multiples of
         :data:`STATIC_CACHE_BUCKET` tokens: the first call per cache size and batch size
-        compiles (tens of seconds on a CPU), later ones reuse it. Where prepacked weights
-        measured fastest, the graphs hold the weights as prepacked constants (one copy per
-        graph; discarded when the weights change). Fused kernels round differently, so greedy
-        text can differ from eager decoding in bf16 (README, "Performance"); a failed compile
-        falls back to eager decoding with one warning. Prompt-lookup calls always decode eagerly.
+        compiles (tens of seconds on a CPU, less with a warm inductor cache), later ones reuse
+        it. Fused kernels round differently, so greedy text can differ from eager decoding in
+        bf16 (README, "Performance"); a failed compile falls back to eager decoding with one
+        warning. Prompt-lookup calls always decode eagerly.
 
         Parameters
         ----------
@@ -636,8 +628,7 @@ class TextBackbone:
             length = -(-(inputs.shape[1] + kwargs["max_new_tokens"]) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
             try:
                 static = {"cache_implementation": "static", "max_cache_len": length}
-                with self._compiled_step_settings(rows=inputs.shape[0]):
-                    return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
+                return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
             except Exception as err:  # any compiler failure; the eager call below re-raises the rest
                 warnings.warn(
                     f"compiled decoding failed ({type(err).__name__}: {str(err)[:200]}); {self.name} decodes "
@@ -646,38 +637,6 @@ class TextBackbone:
                 )
                 self.compile_decoding = False
         return self.model.generate(**kwargs)
-
-    @contextlib.contextmanager
-    def _compiled_step_settings(self, rows: int) -> Iterator[None]:
-        """The compiler settings under which compiled decoding steps are built (and run).
-
-        Where prepacked oneDNN weights measured fastest (the ``"packed"`` kernel) and memory has
-        room for another copy of the weights, the compiler freezes the weights into the graph as
-        prepacked constants (inductor's ``freezing``: what :class:`PackedLinear` does eagerly,
-        which compiled graphs cannot trace); one copy per compiled graph. Frozen graphs do not
-        see later changes to the weights, so they are discarded (``torch.compiler.reset()``, for
-        the whole process) before a call that finds the weights changed: in place, replaced, or
-        announced by :meth:`mark_weights_changed`. Without room, one-row steps run through ATen
-        (oneDNN off), as for the ``"aten"`` choice.
-        """
-        import torch._inductor.config as inductor_config
-
-        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
-        weights = (self._weights_changes, tuple((t.data_ptr(), t._version) for t in tensors))
-        if self._frozen_weights not in (None, weights):
-            torch.compiler.reset()
-            self._frozen_weights = None
-        if self._kernel != "packed":
-            yield
-            return
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        if 2 * weight_bytes > available_memory():
-            with onednn_enabled(rows > 1):
-                yield
-            return
-        self._frozen_weights = weights
-        with inductor_config.patch(freezing=True):
-            yield
 
 
 # --------------------------------------------------------------------------------- helpers
