@@ -134,7 +134,8 @@ def test_compiled_decoding_reads_the_packed_weights_as_they_are_now(tiny_model_d
 
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
-    prompts, head = ["Axial FLAIR shows", "Memory decline over two years"], backbone.model.get_output_embeddings().weight
+    prompts = ["Axial FLAIR shows", "Memory decline over two years"]
+    head = backbone.model.get_output_embeddings().weight
 
     def greedy(compiled: bool) -> list[str]:
         backbone.compile_decoding = compiled

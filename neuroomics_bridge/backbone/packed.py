@@ -41,6 +41,7 @@ class PackedLinear(nn.Linear):
 
     _packed: torch.Tensor | None = None
     _packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
+    _layer_key: int  # this layer's key in _LAYERS, what compiled graphs pass to packed_linear
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
