@@ -441,11 +441,11 @@ class TextBackbone:
         sums = [float(first[ids[0]]) for ids in continuations]
         longer = [j for j, ids in enumerate(continuations) if len(ids) > 1]
         if longer:
-            cache = out.past_key_values
+            cache = out.cache
             cache.batch_repeat_interleave(len(longer))
             # Right padding needs no mask: causal attention never looks at the pads after a token.
             ids, _ = _pad([continuations[j][:-1] for j in longer], self.tokenizer.pad_token_id, side="right")
-            hidden = decoder(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = decoder(input_ids=ids.to(self.device), cache=cache, use_cache=True).last_hidden_state
             for row, j in enumerate(longer):
                 rest = torch.tensor(continuations[j][1:], device=hidden.device)
                 scores = head(hidden[row, : len(rest)]).float().log_softmax(-1)
