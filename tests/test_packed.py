@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,6 @@ def test_lora_trains_on_packed_layers_as_on_plain_ones(tiny_model_dir: Path, mak
 
 
 def test_compiled_decoding_reads_the_packed_weights_as_they_are_now(tiny_model_dir: Path, monkeypatch) -> None:
-    import warnings
-
     from neuroomics_bridge.backbone import text
 
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")

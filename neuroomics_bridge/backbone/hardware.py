@@ -26,7 +26,6 @@ __all__ = [
     "route_single_row_matmuls_to_aten",
     "single_row_kernel",
     "available_memory",
-    "onednn_enabled",
 ]
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
@@ -177,7 +176,7 @@ def single_row_kernel(model: torch.nn.Module) -> str:
         return [torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears]
 
     def decode_step(layers: list[torch.nn.Module], onednn: bool) -> None:
-        with onednn_enabled(onednn), torch.inference_mode():
+        with _onednn_enabled(onednn), torch.inference_mode():
             for layer, row in zip(layers, rows(), strict=True):
                 layer(row)
 
@@ -196,7 +195,7 @@ def single_row_kernel(model: torch.nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def onednn_enabled(enabled: bool) -> Iterator[None]:
+def _onednn_enabled(enabled: bool) -> Iterator[None]:
     """Set the process-wide oneDNN switch (``torch.backends.mkldnn.enabled``) inside the block only."""
     saved = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = enabled

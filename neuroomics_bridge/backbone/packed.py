@@ -15,7 +15,7 @@ LoRA merge) calls :func:`drop_packed_weights` after it, as ``TextBackbone.mark_w
 and ``training.instruct.merge_lora`` do.
 
 Compiled graphs cannot hold oneDNN's opaque packed tensors, so inside ``torch.compile`` a layer
-calls the custom op ``neuroomics_bridge::packed_linear``, which the graph runs as an opaque
+calls the registered op ``neuroomics_bridge::packed_linear``, which the graph runs as an opaque
 call: it fetches the layer's packed copy at run time (packing again if the weight changed), so
 compiled decoding reads the same copy as eager decoding, with no second copy per graph and
 nothing baked into the graph that could go stale.
@@ -65,8 +65,11 @@ class PackedLinear(nn.Linear):
         )
         if plain:
             return super().forward(x)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # an opaque call that reaches _packed_forward when the graph runs
             return torch.ops.neuroomics_bridge.packed_linear(x, weight, self.bias, self._layer_key)
+        return self._packed_forward(x)
+
+    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
 
     def __getstate__(self) -> dict:
@@ -111,7 +114,7 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     packed copy is looked up (and repacked if ``weight`` changed) when the graph runs, not when
     it is traced.
     """
-    return torch.ops.mkldnn._linear_pointwise(x, _LAYERS[layer].packed_weight(), bias, "none", [], "")
+    return _LAYERS[layer]._packed_forward(x)  # weight and bias are the layer's own: the graph's inputs
 
 
 @torch.library.register_fake("neuroomics_bridge::packed_linear", lib=_OPS)
