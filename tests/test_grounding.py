@@ -153,14 +153,12 @@ def test_per_row_prompts_score_each_report_after_its_own_prompt(grounding_setup)
 
 
 def test_the_prefix_stage_draws_layouts_by_seed_epoch_and_subject() -> None:
-    class Module:
-        seed, current_epoch = 0, 0
-
     stage = PrefixStage(layouts={"full": 0.5, "prefix_only": 0.5})
-    drawn = [stage._layout_name(Module(), i, "train") for i in range(400)]
-    assert drawn == [stage._layout_name(Module(), i, "train") for i in range(400)]  # reproducible
+    drawn = [stage._layout_name(0, 0, i, "train") for i in range(400)]
+    assert drawn == [stage._layout_name(0, 0, i, "train") for i in range(400)]  # reproducible
+    assert drawn != [stage._layout_name(0, 1, i, "train") for i in range(400)]  # drawn afresh each epoch
     assert 0.4 < drawn.count("full") / 400 < 0.6 and set(drawn) == {"full", "prefix_only"}
-    assert {stage._layout_name(Module(), i, "val") for i in range(20)} == {"prefix_only"}
+    assert {stage._layout_name(0, 0, i, "val") for i in range(20)} == {"prefix_only"}
     with pytest.raises(DataError, match="prompt layout"):
         PrefixStage(layouts={"nonsense": 1.0})
 

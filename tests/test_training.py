@@ -14,6 +14,7 @@ from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.config import BridgeConfig
 from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
 from neuroomics_bridge.training import SafetensorsCheckpointIO, fit_alignment
+from neuroomics_bridge.training.data import GROUP_BATCHES, SubjectSampler
 
 SMALL = BridgeConfig(embed_dim=16, head_hidden=32, prefix_tokens=2)
 
@@ -148,6 +149,79 @@ def test_prefix_stage_trains_only_the_projector(new_bridge, encoded, tmp_path) -
     assert changed and all(k.startswith("projector.") for k in changed)
     assert {"prefix/perplexity_matched", "prefix/perplexity_shuffled"} <= set(result.metrics)
     assert np.isfinite(result.metrics["prefix/perplexity_matched"])
+
+
+class BatchRecorder(Callback):
+    """Each training batch's subjects and the width of the backbone input it became."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, list[int], int]] = []  # (epoch, subject indices, input width)
+        self.lengths: dict[int, list[int]] = {}
+        self._training = False
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.lengths[trainer.current_epoch] = module.stage_impl.row_lengths(module, trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
+        self._training = True
+        self.batches.append((trainer.current_epoch, batch["index"].tolist(), 0))
+
+    def on_train_batch_end(self, *args) -> None:
+        self._training = False
+
+    def decoder_input(self, _module, _args, kwargs) -> None:
+        if self._training:
+            epoch, rows, _ = self.batches[-1]
+            self.batches[-1] = (epoch, rows, kwargs["inputs_embeds"].shape[1])
+
+
+def test_prefix_stage_batches_rows_of_similar_length(new_bridge, encoded, tmp_path) -> None:
+    cohort, split = encoded
+    bridge = new_bridge()
+    recorder = BatchRecorder()
+    hook = bridge.backbone.model.get_decoder().register_forward_pre_hook(recorder.decoder_input, with_kwargs=True)
+    try:
+        fit_alignment(
+            bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, callbacks=[recorder], batch_size=6
+        )
+    finally:
+        hook.remove()
+    n_train = split.train.n_subjects
+    assert n_train <= 6 * GROUP_BATCHES  # one sorted run per epoch: batches are slices of one length order
+    for epoch, lengths in recorder.lengths.items():
+        batches = [(rows, width) for e, rows, width in recorder.batches if e == epoch]
+        assert sorted(i for rows, _ in batches for i in rows) == list(range(n_train))  # every subject once
+        spans = sorted((min(lengths[i] for i in rows), max(lengths[i] for i in rows)) for rows, _ in batches)
+        assert all(low >= previous_high for (_, previous_high), (low, _) in zip(spans, spans[1:], strict=False))
+        # the row lengths are the real ones: [prefix][prompt][report][EOS] up to the context, padded to the longest
+        prefix, context = bridge.adapters.projector.n_tokens, bridge.backbone.context_length
+        assert [width for _, width in batches] == [min(prefix + max(lengths[i] for i in rows) + 1, context) for rows, _ in batches]
+    assert recorder.lengths[0] != recorder.lengths[1]  # layouts, hence prompts, are drawn afresh each epoch
+
+
+def test_length_grouped_orders_are_seeded_complete_and_shard_like_one_process() -> None:
+    lengths = [(7 * i) % 23 for i in range(50)]
+
+    def order(epoch: int, *, rank: int = 0, world_size: int = 1, batch_size: int = 4) -> list[int]:
+        sampler = SubjectSampler(
+            50, seed=1, shuffle=True, rank=rank, world_size=world_size, lengths=lambda _: lengths, batch_size=batch_size
+        )
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(0)
+    assert sorted(first) == list(range(50)) and first == order(0) and first != order(1)
+    batches = [first[s : s + 4] for s in range(0, 48, 4)]  # 12 whole batches, then a short one of 2
+    padded = sum(4 * max(lengths[i] for i in rows) for rows in batches)
+    plain = list(SubjectSampler(50, seed=1, shuffle=True))
+    assert padded < sum(4 * max(lengths[i] for i in plain[s : s + 4]) for s in range(0, 48, 4))
+    last_run = set(plain[32:])  # runs of 8 batches: 32 subjects, then the last 18
+    assert set(first[48:]) <= last_run  # the short last batch holds the last run's two shortest and stays last
+    assert max(lengths[i] for i in first[48:]) <= min(lengths[i] for i in last_run - set(first[48:]))
+    shards = [order(0, rank=r, world_size=2, batch_size=2) for r in (0, 1)]
+    assert [sorted(shards[0][k : k + 2] + shards[1][k : k + 2]) for k in range(0, 24, 2)] == [sorted(b) for b in batches]
+    with pytest.raises(DataError, match="expected 50 row lengths, got 3"):
+        list(SubjectSampler(50, seed=1, shuffle=True, lengths=lambda _: [1, 2, 3]))
 
 
 def test_prefix_stage_with_lora_trains_it_inside_the_backbone_and_saves_it_with_the_bridge(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,12 @@ from neuroomics_bridge.data.cohort import Cohort, CohortSplit
 from neuroomics_bridge.data.text import report_views
 from neuroomics_bridge.errors import DataError
 
-__all__ = ["CohortDataModule", "SubjectDataset", "SubjectSampler"]
+__all__ = ["GROUP_BATCHES", "CohortDataModule", "SubjectDataset", "SubjectSampler"]
+
+GROUP_BATCHES = 8
+"""A length-grouped order sorts subjects by length within runs of this many batches (Hugging Face's
+``group_by_length`` uses 50). On the demo's prefix stage (280 training subjects, batches of 8) it
+cuts the padded share of the tokens from 17% to 3%, while each run still spans a fifth of the fold."""
 
 
 class SubjectDataset(Dataset):
@@ -48,11 +53,27 @@ class SubjectSampler(Sampler[int]):
     of a single-process run with ``world_size`` times the batch size. Lightning calls
     ``set_epoch`` before every epoch, so a resumed run replays the order an uninterrupted run
     would have used.
+
+    With ``lengths`` (epoch -> every subject's row length in tokens, or ``None`` while unknown),
+    a shuffled order is length-grouped: within each run of :data:`GROUP_BATCHES` global batches the subjects are
+    sorted longest first, and the whole batches are then shuffled, so a batch padded to its
+    longest row wastes little while the batches of an epoch stay in random order.
     """
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: Callable[[int], Sequence[int] | None] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         self.size, self.seed, self.shuffle = size, seed, shuffle
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` (Lightning calls this before every epoch)."""
@@ -63,20 +84,35 @@ class SubjectSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            order = torch.randperm(
-                self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            )
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+            lengths = None if self.lengths is None else self.lengths(self.epoch)
+            if lengths is not None:
+                order = self._length_grouped(order, list(lengths), generator)
         else:
-            order = torch.arange(self.size)
-        padded = order.tolist() + order.tolist()[: len(self) * self.world_size - self.size]
+            order = list(range(self.size))
+        padded = order + order[: len(self) * self.world_size - self.size]
         return iter(padded[self.rank :: self.world_size])
+
+    def _length_grouped(self, order: list[int], lengths: list[int], generator: torch.Generator) -> list[int]:
+        if len(lengths) != self.size:
+            raise DataError(f"length-grouped batches: expected {self.size} row lengths, got {len(lengths)}")
+        batch = self.batch_size * self.world_size
+        group = batch * GROUP_BATCHES
+        ordered = [i for s in range(0, self.size, group) for i in sorted(order[s : s + group], key=lambda i: -lengths[i])]
+        batches = [ordered[s : s + batch] for s in range(0, self.size, batch)]
+        whole = len(batches) - (len(batches[-1]) < batch)  # a short last batch stays last
+        shuffled = [batches[i] for i in torch.randperm(whole, generator=generator).tolist()] + batches[whole:]
+        return [i for rows in shuffled for i in rows]
 
 
 class CohortDataModule(LightningDataModule):
     """Train/validation/test folds of an encoded cohort, batched by subject.
 
     It shards the folds across processes itself (:class:`SubjectSampler`), so the trainer runs
-    with ``use_distributed_sampler=False``.
+    with ``use_distributed_sampler=False``. A stage whose batches are padded to their longest row
+    sets ``train_lengths`` (epoch -> each training subject's row length in tokens) before an
+    epoch starts, and that epoch's training batches are length-grouped.
     """
 
     def __init__(
@@ -88,17 +124,33 @@ class CohortDataModule(LightningDataModule):
         self.cohort, self.batch_size, self.seed = cohort, batch_size, seed
         self.split = split or cohort.split(seed=seed)
         self.modality_dims = {m: int(x.shape[1]) for m, x in cohort.features.items()}
+        self.train_lengths: Callable[[int], Sequence[int]] | None = None
 
-    def _loader(self, fold: Cohort, *, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, fold: Cohort, *, shuffle: bool, lengths: Callable[[int], Sequence[int] | None] | None = None
+    ) -> DataLoader:
         dataset = SubjectDataset(fold)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = SubjectSampler(len(dataset), seed=self.seed, shuffle=shuffle, rank=rank, world_size=world)
+        sampler = SubjectSampler(
+            len(dataset),
+            seed=self.seed,
+            shuffle=shuffle,
+            rank=rank,
+            world_size=world,
+            lengths=lengths,
+            batch_size=self.batch_size,
+        )
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
-        """The training fold, in a fresh seeded order each epoch."""
-        return self._loader(self.split.train, shuffle=True)
+        """The training fold, in a fresh seeded order each epoch (length-grouped with ``train_lengths``)."""
+        return self._loader(self.split.train, shuffle=True, lengths=self._train_row_lengths)
+
+    def _train_row_lengths(self, epoch: int) -> Sequence[int] | None:
+        # Read when the epoch starts: the loader is built (to count the steps) before a stage's
+        # on_fit_start can set train_lengths.
+        return None if self.train_lengths is None else self.train_lengths(epoch)
 
     def val_dataloader(self) -> DataLoader:
         """The validation fold, in cohort order."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from neuroomics_bridge.errors import DataError
-from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt, get_layout, report_prompt
+from neuroomics_bridge.reports.prompts import CLASS_PROMPT, ClassPrompt, PromptLayout, get_layout, report_prompt
 from neuroomics_bridge.reports.report import Evidence
 
 __all__ = ["PREFIX_LAYOUTS", "PrefixStage", "content_token_weights"]
@@ -100,6 +100,7 @@ class PrefixStage:
     max_document_frequency: float = MAX_DOCUMENT_FREQUENCY
     evidence: dict[str, list[Evidence]] = dataclasses.field(default_factory=dict, repr=False)
     token_weights: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    report_lengths: list[int] = dataclasses.field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         for name in self.layouts:
@@ -111,17 +112,21 @@ class PrefixStage:
         return adapter_parameter.startswith("projector.")
 
     def on_fit_start(self, module: Any, datamodule: Any) -> None:
-        """Gather each training and validation subject's evidence once (the prompts state it)."""
+        """Gather each training and validation subject's evidence once (the prompts state it), and
+        let the training batches group subjects of similar row length (:meth:`row_lengths`)."""
         classes = sorted(set(datamodule.cohort.labels or []))
         for fold in ("train", "val"):
             cohort = getattr(datamodule.split, fold)
             self.evidence[fold] = module.bridge.evidence(
                 cohort.features, covariates=cohort.covariates, classes=classes, class_prompt=self.class_prompt
             )
+        backbone = module.bridge.backbone
+        reports = backbone.tokenize(list(datamodule.split.train.reports or []), special_tokens=False)
+        self.report_lengths = [len(ids) for ids in reports]
+        datamodule.train_lengths = lambda epoch: self.row_lengths(module, epoch)
         if self.content_weight != 1:
-            backbone = module.bridge.backbone
             self.token_weights = content_token_weights(
-                backbone.tokenize(list(datamodule.split.train.reports or []), special_tokens=False),
+                reports,
                 backbone.model.get_output_embeddings().weight.shape[0],
                 weight=self.content_weight,
                 max_document_frequency=self.max_document_frequency,
@@ -130,25 +135,37 @@ class PrefixStage:
     def on_fit_end(self, module: Any, datamodule: Any) -> None:
         """Nothing to calibrate after this stage."""
 
+    def row_lengths(self, module: Any, epoch: int) -> list[int]:
+        """Tokens of each training subject's ``[prompt][report]`` row in ``epoch`` (the soft prefix,
+        the same for every row, left out): its prompt follows the layout drawn for that epoch."""
+        indices = range(len(self.report_lengths))
+        prompts, _ = self._prompts(module, indices, epoch, "train")
+        prompt_ids = module.bridge.backbone.tokenize(prompts)
+        return [len(ids) + report for ids, report in zip(prompt_ids, self.report_lengths, strict=True)]
+
     def loss(self, module: Any, batch: dict[str, Any], fold: str) -> torch.Tensor:
         """Mean per-token NLL of the batch's reports, each after its own prefix and prompt."""
-        names = [self._layout_name(module, int(i), fold) for i in batch["index"]]
-        layouts = [get_layout(name) for name in names]
-        task = module.bridge.config.report_prompt
-        evidence = self.evidence[fold]
-        prompts = [
-            report_prompt(task, evidence[int(i)], layout) for i, layout in zip(batch["index"], layouts, strict=True)
-        ]
+        prompts, layouts = self._prompts(module, [int(i) for i in batch["index"]], module.current_epoch, fold)
         with_prefix = torch.tensor([layout.prefix for layout in layouts], device=module.device)
         present = {m: p & with_prefix for m, p in batch["present"].items()}  # no prefix: the "absent" tokens
         weights = self.token_weights if fold == "train" else None
         nll, tokens = module.bridge.report_nll(batch["features"], present, list(batch["text"]), prompts, weights)
         return nll.sum() / tokens.sum()
 
-    def _layout_name(self, module: Any, index: int, fold: str) -> str:
+    def _prompts(
+        self, module: Any, indices: Sequence[int], epoch: int, fold: str
+    ) -> tuple[list[str], list[PromptLayout]]:
+        """The prompts of the ``fold`` subjects at ``indices`` in ``epoch``, and their layouts."""
+        layouts = [get_layout(self._layout_name(module.seed, epoch, index, fold)) for index in indices]
+        task = module.bridge.config.report_prompt
+        evidence = self.evidence[fold]
+        prompts = [report_prompt(task, evidence[index], layout) for index, layout in zip(indices, layouts, strict=True)]
+        return prompts, layouts
+
+    def _layout_name(self, seed: int, epoch: int, index: int, fold: str) -> str:
         if fold != "train":
             return VALIDATION_LAYOUT
         names = list(self.layouts)
         weights = np.asarray([self.layouts[n] for n in names], dtype=float)
-        rng = np.random.default_rng([module.seed, module.current_epoch, index, 7])
+        rng = np.random.default_rng([seed, epoch, index, 7])
         return str(rng.choice(names, p=weights / weights.sum()))
