@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import numpy as np
@@ -192,11 +193,21 @@ def test_prefix_stage_batches_rows_of_similar_length(new_bridge, encoded, tmp_pa
         batches = [(rows, width) for e, rows, width in recorder.batches if e == epoch]
         assert sorted(i for rows, _ in batches for i in rows) == list(range(n_train))  # every subject once
         spans = sorted((min(lengths[i] for i in rows), max(lengths[i] for i in rows)) for rows, _ in batches)
-        assert all(low >= previous_high for (_, previous_high), (low, _) in zip(spans, spans[1:], strict=False))
+        assert all(low >= previous_high for (_, previous_high), (low, _) in itertools.pairwise(spans))
         # the row lengths are the real ones: [prefix][prompt][report][EOS] up to the context, padded to the longest
         prefix, context = bridge.adapters.projector.n_tokens, bridge.backbone.context_length
-        assert [width for _, width in batches] == [min(prefix + max(lengths[i] for i in rows) + 1, context) for rows, _ in batches]
+        assert [width for _, width in batches] == [
+            min(prefix + max(lengths[i] for i in rows) + 1, context) for rows, _ in batches
+        ]
     assert recorder.lengths[0] != recorder.lengths[1]  # layouts, hence prompts, are drawn afresh each epoch
+
+    plain = BatchRecorder()
+    fit_alignment(
+        new_bridge(), cohort, "prefix", split=split, max_epochs=1, root_dir=tmp_path / "plain", callbacks=[plain],
+        batch_size=6, group_by_length=False,
+    )  # fmt: skip
+    order = list(SubjectSampler(n_train, seed=0, shuffle=True))
+    assert [rows for _, rows, _ in plain.batches] == [order[s : s + 6] for s in range(0, n_train, 6)]
 
 
 def test_length_grouped_orders_are_seeded_complete_and_shard_like_one_process() -> None:
@@ -219,7 +230,9 @@ def test_length_grouped_orders_are_seeded_complete_and_shard_like_one_process() 
     assert set(first[48:]) <= last_run  # the short last batch holds the last run's two shortest and stays last
     assert max(lengths[i] for i in first[48:]) <= min(lengths[i] for i in last_run - set(first[48:]))
     shards = [order(0, rank=r, world_size=2, batch_size=2) for r in (0, 1)]
-    assert [sorted(shards[0][k : k + 2] + shards[1][k : k + 2]) for k in range(0, 24, 2)] == [sorted(b) for b in batches]
+    assert [sorted(shards[0][k : k + 2] + shards[1][k : k + 2]) for k in range(0, 24, 2)] == [
+        sorted(b) for b in batches
+    ]
     with pytest.raises(DataError, match="expected 50 row lengths, got 3"):
         list(SubjectSampler(50, seed=1, shuffle=True, lengths=lambda _: [1, 2, 3]))
 

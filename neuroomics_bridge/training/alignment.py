@@ -55,6 +55,9 @@ class AlignmentModule(LightningModule):
     content_weight
         Prefix stage: the loss weight of rare report tokens (see :class:`PrefixStage`);
         ``None``: the stage's default.
+    group_by_length
+        Prefix stage: batch subjects of similar row length (less padding; see
+        :class:`PrefixStage`).
     seed
         Seeds the per-step randomness, so a resumed run continues exactly.
     class_prompt
@@ -80,6 +83,7 @@ class AlignmentModule(LightningModule):
         text_views: bool = True,
         prefix_layouts: Mapping[str, float] | None = None,
         content_weight: float | None = None,
+        group_by_length: bool = True,
         seed: int = 0,
         class_prompt: ClassPrompt = CLASS_PROMPT,
         save_to: str | os.PathLike[str] | None = None,
@@ -97,6 +101,7 @@ class AlignmentModule(LightningModule):
                 layouts=dict(prefix_layouts or PREFIX_LAYOUTS),
                 class_prompt=class_prompt,
                 content_weight=CONTENT_WEIGHT if content_weight is None else content_weight,
+                group_by_length=group_by_length,
             )
         )
         self.bridge, self.stage = bridge, stage
@@ -248,6 +253,7 @@ def fit_alignment(
     text_views: bool = True,
     prefix_layouts: Mapping[str, float] | None = None,
     content_weight: float | None = None,
+    group_by_length: bool = True,
     seed: int = 0,
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
@@ -263,7 +269,8 @@ def fit_alignment(
     (default ``nob-runs/align-<stage>``), resumable with ``ckpt_path="last"``; any other keyword goes
     to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). ``lora`` (prefix
     stage) also trains LoRA adapters inside the backbone, saved with the bridge,
-    ``content_weight`` weighs rare report tokens more in its loss, and ``attention`` names the
+    ``content_weight`` weighs rare report tokens more in its loss, ``group_by_length`` batches
+    subjects of similar row length, and ``attention`` names the
     backbone's attention implementation while it trains (``"auto"``: the faster here). The test fold's
     metrics (zero-shot accuracy per modality with one ``class_prompt`` per label, see
     :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
@@ -287,6 +294,7 @@ def fit_alignment(
         text_views=text_views,
         prefix_layouts=prefix_layouts,
         content_weight=content_weight,
+        group_by_length=group_by_length,
         seed=seed,
         class_prompt=class_prompt,
         lora=lora,

@@ -99,7 +99,9 @@ class SubjectSampler(Sampler[int]):
             raise DataError(f"length-grouped batches: expected {self.size} row lengths, got {len(lengths)}")
         batch = self.batch_size * self.world_size
         group = batch * GROUP_BATCHES
-        ordered = [i for s in range(0, self.size, group) for i in sorted(order[s : s + group], key=lambda i: -lengths[i])]
+        ordered = [
+            i for s in range(0, self.size, group) for i in sorted(order[s : s + group], key=lambda i: -lengths[i])
+        ]
         batches = [ordered[s : s + batch] for s in range(0, self.size, batch)]
         whole = len(batches) - (len(batches[-1]) < batch)  # a short last batch stays last
         shuffled = [batches[i] for i in torch.randperm(whole, generator=generator).tolist()] + batches[whole:]

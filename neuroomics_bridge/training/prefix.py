@@ -14,6 +14,9 @@ apart (a grade, a gene, a region) is a few rarer tokens, and a loss averaged ove
 teaches those least. With ``content_weight > 1`` the tokens found in at most
 ``max_document_frequency`` of the training reports weigh that much more in the loss
 (:func:`content_token_weights`); validation and every perplexity stay unweighted.
+
+Every row is padded to the longest of its batch, so training batches group subjects of similar
+``[prompt][report]`` length (``group_by_length``; the prompt's length follows its layout).
 """
 
 from __future__ import annotations
@@ -92,12 +95,17 @@ class PrefixStage:
     content_weight, max_document_frequency
         Training-loss weight of the report tokens that occur in at most that share of the
         training reports (1: every token weighs the same).
+    group_by_length
+        Batch training subjects of similar row length (see
+        :class:`~neuroomics_bridge.training.data.SubjectSampler`): each batch is padded to its
+        longest row, so mixed lengths waste compute (17% of the demo's tokens were padding).
     """
 
     layouts: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(PREFIX_LAYOUTS))
     class_prompt: ClassPrompt = CLASS_PROMPT
     content_weight: float = CONTENT_WEIGHT
     max_document_frequency: float = MAX_DOCUMENT_FREQUENCY
+    group_by_length: bool = True
     evidence: dict[str, list[Evidence]] = dataclasses.field(default_factory=dict, repr=False)
     token_weights: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     report_lengths: list[int] = dataclasses.field(default_factory=list, repr=False)
@@ -113,7 +121,7 @@ class PrefixStage:
 
     def on_fit_start(self, module: Any, datamodule: Any) -> None:
         """Gather each training and validation subject's evidence once (the prompts state it), and
-        let the training batches group subjects of similar row length (:meth:`row_lengths`)."""
+        (``group_by_length``) let the training batches group subjects of similar row length."""
         classes = sorted(set(datamodule.cohort.labels or []))
         for fold in ("train", "val"):
             cohort = getattr(datamodule.split, fold)
@@ -123,7 +131,8 @@ class PrefixStage:
         backbone = module.bridge.backbone
         reports = backbone.tokenize(list(datamodule.split.train.reports or []), special_tokens=False)
         self.report_lengths = [len(ids) for ids in reports]
-        datamodule.train_lengths = lambda epoch: self.row_lengths(module, epoch)
+        if self.group_by_length:
+            datamodule.train_lengths = lambda epoch: self.row_lengths(module, epoch)
         if self.content_weight != 1:
             self.token_weights = content_token_weights(
                 reports,
