@@ -19,7 +19,9 @@ from neuroomics_bridge.data.instructions import (
 )
 from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER
+from neuroomics_bridge.training.data import SubjectSampler
 from neuroomics_bridge.training.instruct import (
+    InstructionDataModule,
     InstructionTuneModule,
     LoRAConfig,
     evaluate_tasks,
@@ -65,6 +67,26 @@ def test_loss_masks_exactly_the_prompt(tiny_backbone) -> None:
     assert item["labels"] == [-100] * len(prompt) + response + [tiny_backbone.tokenizer.eos_token_id]
     short = tokenize_record(tiny_backbone, RECORD, max_length=len(prompt))
     assert len(short["input_ids"]) <= len(prompt) and short["labels"][-1] == tiny_backbone.tokenizer.eos_token_id
+
+
+def test_training_batches_group_records_of_similar_length_in_a_seeded_order(tiny_backbone) -> None:
+    records = synthetic_instructions(40, seed=0)
+
+    def batches(**options: object) -> list[list[int]]:
+        data = InstructionDataModule(tiny_backbone, records, batch_size=4, max_length=512, **options)
+        return [batch["attention_mask"].sum(dim=1).tolist() for batch in data.train_dataloader()]
+
+    grouped, plain = batches(seed=3), batches(seed=3, group_by_length=False)
+    assert grouped == batches(seed=3) and grouped != batches(seed=4)  # seeded
+    assert sorted(n for rows in grouped for n in rows) == sorted(n for rows in plain for n in rows)  # each record once
+
+    def padding(batched: list[list[int]]) -> int:
+        return sum(len(rows) * max(rows) - sum(rows) for rows in batched)
+
+    assert padding(grouped) < padding(plain) / 2
+    lengths = [len(tokenize_record(tiny_backbone, r, 512)["input_ids"]) for r in records]
+    order = list(SubjectSampler(len(records), seed=3, shuffle=True))
+    assert plain == [[lengths[i] for i in order[s : s + 4]] for s in range(0, len(records), 4)]
 
 
 def test_response_only_loss_equals_transformers_own_loss(tiny_model_dir) -> None:

@@ -25,6 +25,7 @@ from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, OptimizerArgs
+from neuroomics_bridge.training.data import SubjectSampler
 from neuroomics_bridge.training.trainer import TrainableState, TrainingAttention, build_trainer, mixed_precision
 
 __all__ = [
@@ -68,6 +69,12 @@ class InstructionDataModule(LightningDataModule):
         Training records (at least one) and validation records (none: no validation).
     batch_size, max_length
         Records per batch and most tokens per record.
+    seed
+        The training order of each epoch comes from ``(seed, epoch)``, so a resumed run replays it.
+    group_by_length
+        Batch training records of similar length (see
+        :class:`~neuroomics_bridge.training.data.SubjectSampler`): a batch is padded to its
+        longest record.
 
     Raises
     ------
@@ -83,21 +90,31 @@ class InstructionDataModule(LightningDataModule):
         *,
         batch_size: int = 8,
         max_length: int = 512,
+        seed: int = 0,
+        group_by_length: bool = True,
     ) -> None:
         super().__init__()
         if not train:
             raise DataError("instruction tuning needs at least one training record")
         self.backbone = backbone
         self.pad_id = backbone.tokenizer.pad_token_id
-        self.batch_size = batch_size
+        self.batch_size, self.seed, self.group_by_length = batch_size, seed, group_by_length
         self.train_items = [tokenize_record(backbone, r, max_length) for r in train]
         self.val_items = [tokenize_record(backbone, r, max_length) for r in val]
 
     def _loader(self, items: list[dict[str, list[int]]], shuffle: bool) -> DataLoader:
-        return DataLoader(items, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self._collate)
+        lengths = [len(item["input_ids"]) for item in items]
+        sampler = SubjectSampler(
+            len(items),
+            seed=self.seed,
+            shuffle=shuffle,
+            lengths=(lambda _epoch: lengths) if shuffle and self.group_by_length else None,
+            batch_size=self.batch_size,
+        )
+        return DataLoader(items, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
 
     def train_dataloader(self) -> DataLoader:
-        """The training records, shuffled."""
+        """The training records in a fresh seeded order each epoch, length-grouped by default."""
         return self._loader(self.train_items, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -255,6 +272,7 @@ def instruction_tune(
     max_epochs: int = 3,
     batch_size: int = 8,
     max_length: int = 512,
+    group_by_length: bool = True,
     optimizer: OptimizerArgs = INSTRUCT_OPTIMIZER,
     seed: int = 0,
     root_dir: str | os.PathLike[str] = "nob-runs/instruct",
@@ -276,6 +294,8 @@ def instruction_tune(
         The adapters' settings (default: :class:`LoRAConfig`).
     max_epochs, batch_size, max_length
         Epochs, records per batch and most tokens per record.
+    group_by_length
+        Batch records of similar length (less padding); the order stays seeded by ``seed``.
     optimizer
         AdamW and its warm-up/cosine schedule; defaults to :data:`training.args.INSTRUCT_OPTIMIZER`.
     root_dir
@@ -295,7 +315,15 @@ def instruction_tune(
         Its ``model`` is the peft model (use it to generate, :func:`merge_lora` to fold it).
     """
     seed_everything(seed, workers=True)
-    data = InstructionDataModule(backbone, records, val_records, batch_size=batch_size, max_length=max_length)
+    data = InstructionDataModule(
+        backbone,
+        records,
+        val_records,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        group_by_length=group_by_length,
+    )
     module = InstructionTuneModule(
         backbone,
         lora,

@@ -318,11 +318,14 @@ def instruct_data(
     backbone: BackboneConfig | None = None,
     batch_size: int = 8,
     max_length: int = 512,
+    seed: int = 0,
+    group_by_length: bool = True,
 ) -> InstructionDataModule:
     """The ``data:`` factory of ``nob instruct``: JSONL instruction records, tokenised for training.
 
     Records are formatted with the backbone's chat template; the backbone is loaded here and
-    linked into the model.
+    linked into the model. The training order is seeded by ``seed`` and length-grouped unless
+    ``group_by_length`` is false.
     """
     from neuroomics_bridge.data.instructions import read_instructions
 
@@ -332,6 +335,8 @@ def instruct_data(
         read_instructions(val_file) if val_file else (),
         batch_size=batch_size,
         max_length=max_length,
+        seed=seed,
+        group_by_length=group_by_length,
     )
 
 
