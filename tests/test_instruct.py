@@ -76,8 +76,8 @@ def test_training_batches_group_records_of_similar_length_in_a_seeded_order(tiny
         data = InstructionDataModule(tiny_backbone, records, batch_size=4, max_length=512, **options)
         return [batch["attention_mask"].sum(dim=1).tolist() for batch in data.train_dataloader()]
 
-    grouped, plain = batches(seed=3), batches(seed=3, group_by_length=False)
-    assert grouped == batches(seed=3) and grouped != batches(seed=4)  # seeded
+    grouped, plain = batches(seed=3, group_by_length=True), batches(seed=3)  # grouping is opt-in
+    assert grouped == batches(seed=3, group_by_length=True) and grouped != batches(seed=4, group_by_length=True)
     assert sorted(n for rows in grouped for n in rows) == sorted(n for rows in plain for n in rows)  # each record once
 
     def padding(batched: list[list[int]]) -> int:

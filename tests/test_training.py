@@ -176,15 +176,16 @@ class BatchRecorder(Callback):
             self.batches[-1] = (epoch, rows, kwargs["inputs_embeds"].shape[1])
 
 
-def test_prefix_stage_batches_rows_of_similar_length(new_bridge, encoded, tmp_path) -> None:
+def test_prefix_stage_can_batch_rows_of_similar_length(new_bridge, encoded, tmp_path) -> None:
     cohort, split = encoded
     bridge = new_bridge()
     recorder = BatchRecorder()
     hook = bridge.backbone.model.get_decoder().register_forward_pre_hook(recorder.decoder_input, with_kwargs=True)
     try:
         fit_alignment(
-            bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, callbacks=[recorder], batch_size=6
-        )
+            bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, callbacks=[recorder], batch_size=6,
+            group_by_length=True,
+        )  # fmt: skip
     finally:
         hook.remove()
     n_train = split.train.n_subjects
@@ -201,10 +202,10 @@ def test_prefix_stage_batches_rows_of_similar_length(new_bridge, encoded, tmp_pa
         ]
     assert recorder.lengths[0] != recorder.lengths[1]  # layouts, hence prompts, are drawn afresh each epoch
 
-    plain = BatchRecorder()
+    plain = BatchRecorder()  # the default: the plain seeded order
     fit_alignment(
         new_bridge(), cohort, "prefix", split=split, max_epochs=1, root_dir=tmp_path / "plain", callbacks=[plain],
-        batch_size=6, group_by_length=False,
+        batch_size=6,
     )  # fmt: skip
     order = list(SubjectSampler(n_train, seed=0, shuffle=True))
     assert [rows for _, rows, _ in plain.batches] == [order[s : s + 6] for s in range(0, n_train, 6)]

@@ -56,8 +56,8 @@ class AlignmentModule(LightningModule):
         Prefix stage: the loss weight of rare report tokens (see :class:`PrefixStage`);
         ``None``: the stage's default.
     group_by_length
-        Prefix stage: batch subjects of similar row length (less padding; see
-        :class:`PrefixStage`).
+        Prefix stage: batch subjects of similar row length (less padding, worse grounding on
+        the demo; see :class:`PrefixStage`).
     seed
         Seeds the per-step randomness, so a resumed run continues exactly.
     class_prompt
@@ -83,7 +83,7 @@ class AlignmentModule(LightningModule):
         text_views: bool = True,
         prefix_layouts: Mapping[str, float] | None = None,
         content_weight: float | None = None,
-        group_by_length: bool = True,
+        group_by_length: bool = False,
         seed: int = 0,
         class_prompt: ClassPrompt = CLASS_PROMPT,
         save_to: str | os.PathLike[str] | None = None,
@@ -253,7 +253,7 @@ def fit_alignment(
     text_views: bool = True,
     prefix_layouts: Mapping[str, float] | None = None,
     content_weight: float | None = None,
-    group_by_length: bool = True,
+    group_by_length: bool = False,
     seed: int = 0,
     root_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,

@@ -74,7 +74,9 @@ class InstructionDataModule(LightningDataModule):
     group_by_length
         Batch training records of similar length (see
         :class:`~neuroomics_bridge.training.data.SubjectSampler`): a batch is padded to its
-        longest record.
+        longest record (22% of the shipped records' tokens are padding in plain batches, 4%
+        grouped). Off by default, as in Hugging Face's Trainer: batches of one length are often
+        batches of one task, and its effect on what is learnt is not measured here.
 
     Raises
     ------
@@ -91,7 +93,7 @@ class InstructionDataModule(LightningDataModule):
         batch_size: int = 8,
         max_length: int = 512,
         seed: int = 0,
-        group_by_length: bool = True,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         if not train:
@@ -114,7 +116,7 @@ class InstructionDataModule(LightningDataModule):
         return DataLoader(items, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
 
     def train_dataloader(self) -> DataLoader:
-        """The training records in a fresh seeded order each epoch, length-grouped by default."""
+        """The training records in a fresh seeded order each epoch (length-grouped with ``group_by_length``)."""
         return self._loader(self.train_items, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -272,7 +274,7 @@ def instruction_tune(
     max_epochs: int = 3,
     batch_size: int = 8,
     max_length: int = 512,
-    group_by_length: bool = True,
+    group_by_length: bool = False,
     optimizer: OptimizerArgs = INSTRUCT_OPTIMIZER,
     seed: int = 0,
     root_dir: str | os.PathLike[str] = "nob-runs/instruct",

@@ -319,13 +319,13 @@ def instruct_data(
     batch_size: int = 8,
     max_length: int = 512,
     seed: int = 0,
-    group_by_length: bool = True,
+    group_by_length: bool = False,
 ) -> InstructionDataModule:
     """The ``data:`` factory of ``nob instruct``: JSONL instruction records, tokenised for training.
 
     Records are formatted with the backbone's chat template; the backbone is loaded here and
-    linked into the model. The training order is seeded by ``seed`` and length-grouped unless
-    ``group_by_length`` is false.
+    linked into the model. The training order is seeded by ``seed`` (and length-grouped
+    with ``group_by_length``).
     """
     from neuroomics_bridge.data.instructions import read_instructions
 
