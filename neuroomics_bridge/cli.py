@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from neuroomics_bridge.errors import NobError
 from neuroomics_bridge.notice import RESEARCH_NOTICE
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -174,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bridge", required=True, help="a bridge folder (from nob demo or save_pretrained + encoders)")
     report.add_argument("--data", required=True, help="a cohort folder (Cohort.to_files layout)")
     report.add_argument("--out", required=True, help="output file: .jsonl, .md or .html")
-    report.add_argument("--batch-size", type=int, default=64, help="subjects encoded and reported at a time")
+    report.add_argument(
+        "--batch-size", type=int, default=REPORT_BATCH_SIZE, help="subjects encoded and reported at a time"
+    )
     report.add_argument("--max-new-tokens", type=int, default=80, help="longest findings text per report")
     report.set_defaults(run=_cmd_report)
 

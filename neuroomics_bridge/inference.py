@@ -23,6 +23,7 @@ from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import atomic_path, atomic_write_text
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from neuroomics_bridge.reports.report import Report
@@ -37,7 +38,7 @@ def write_reports(
     data_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    batch_size: int = 64,
+    batch_size: int = REPORT_BATCH_SIZE,
     max_new_tokens: int = 80,
     show_progress: bool | None = None,
 ) -> int:
@@ -53,7 +54,7 @@ def write_reports(
     out
         A ``.jsonl``, ``.md`` or ``.html`` file, written atomically.
     batch_size
-        Subjects encoded and reported at a time.
+        Subjects encoded and reported at a time (decoded together).
     max_new_tokens
         Longest findings text per report.
     show_progress
@@ -95,6 +96,7 @@ def write_reports(
                 reference=reference,
                 classes=classes,
                 max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
             )
             for report in reports:
                 handle.write(_render(report, target.suffix))

@@ -36,7 +36,7 @@ from neuroomics_bridge.reports.prompts import (
     get_layout,
     report_prompt,
 )
-from neuroomics_bridge.reports.report import IMPRESSION, Evidence, Neighbour, Report
+from neuroomics_bridge.reports.report import IMPRESSION, REPORT_BATCH_SIZE, Evidence, Neighbour, Report
 from neuroomics_bridge.reports.sections import parse_label, split_sections
 from neuroomics_bridge.retrieval import ReferenceSet
 
@@ -123,7 +123,7 @@ class ReportGenerationMixin:
         layout: str | PromptLayout = DEFAULT_LAYOUT,
         abstain_below: float | None = None,
         max_new_tokens: int = 80,
-        batch_size: int = 16,
+        batch_size: int = REPORT_BATCH_SIZE,
         show_progress: bool | None = None,
     ) -> list[Report]:
         """Clinical summaries for a batch of subjects (any subset of modalities per subject).

@@ -29,6 +29,7 @@ from neuroomics_bridge.reports.prompts import (
     get_layout,
     report_prompt,
 )
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge.model import Bridge
@@ -206,7 +207,7 @@ def evaluate_reports(
     class_prompt: ClassPrompt = CLASS_PROMPT,
     seed: int = 0,
     max_new_tokens: int = 80,
-    batch_size: int = 32,
+    batch_size: int = REPORT_BATCH_SIZE,
     show_progress: bool | None = None,
 ) -> ReportEvaluation:
     """Generated reports scored fact by fact, beside their baselines and ablations, in one run.
