@@ -55,9 +55,10 @@ class SubjectSampler(Sampler[int]):
     would have used.
 
     With ``lengths`` (epoch -> every subject's row length in tokens, or ``None`` while unknown),
-    a shuffled order is length-grouped: within each run of :data:`GROUP_BATCHES` global batches the subjects are
-    sorted longest first, and the whole batches are then shuffled, so a batch padded to its
-    longest row wastes little while the batches of an epoch stay in random order.
+    a shuffled order is length-grouped: within each run of :data:`GROUP_BATCHES` global batches
+    the subjects are sorted longest first, and the whole batches are then shuffled, so a batch
+    padded to its longest row wastes little while the batches of an epoch stay in random order.
+    Instruction tuning orders its records with it too.
     """
 
     def __init__(
