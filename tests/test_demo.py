@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 
 from neuroomics_bridge import RESEARCH_NOTICE
+from neuroomics_bridge.bridge.generation import ReportGenerationMixin
 from neuroomics_bridge.datasets import synthetic_cohort
+from neuroomics_bridge.inference import write_reports
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +169,23 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
     )
     lines = [json.loads(line) for line in found.stdout.splitlines()]
     assert found.returncode == 0 and lines and all(len(line["neighbours"]) == 3 for line in lines)
+
+
+def test_nob_report_decodes_each_chunk_of_subjects_as_one_batch(demo_dir, tmp_path, monkeypatch) -> None:
+    decoded_together: list[int] = []
+    generate_report = ReportGenerationMixin.generate_report
+
+    def recorded(self, inputs, *args, batch_size: int = REPORT_BATCH_SIZE, **kwargs):
+        decoded_together.append(batch_size)
+        return generate_report(self, inputs, *args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(ReportGenerationMixin, "generate_report", recorded)
+    data = synthetic_cohort(5, seed=7, cells_per_subject=4).to_files(tmp_path / "c")
+    assert write_reports(demo_dir / "bridge", data, tmp_path / "a.jsonl", batch_size=3) == 5
+    assert decoded_together == [3, 3]  # two chunks (3 + 2 subjects), each decoded at the chunk size
+    decoded_together.clear()
+    assert write_reports(demo_dir / "bridge", data, tmp_path / "b.jsonl") == 5
+    assert decoded_together == [REPORT_BATCH_SIZE] == [64]
 
 
 def test_report_shows_progress_bars_on_a_terminal(demo_dir, tmp_path) -> None:
