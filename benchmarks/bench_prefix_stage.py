@@ -51,12 +51,15 @@ class StepTimer(Callback):
     def __init__(self) -> None:
         self.seconds: list[float] = []
         self.tokens: list[int] = []
+        self._lengths: list[int] = []  # [prompt][report] tokens per subject in this epoch
         self._started = 0.0
 
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        self._lengths = module.stage_impl.row_lengths(module, trainer.current_epoch)
+
     def on_train_batch_start(self, trainer: Any, module: Any, batch: dict[str, Any], batch_index: int) -> None:
-        lengths = module.stage_impl.row_lengths(module, trainer.current_epoch)  # [prompt][report] per subject
         soft_tokens_and_eos = module.bridge.adapters.projector.n_tokens + 1
-        self.tokens.append(sum(lengths[int(i)] + soft_tokens_and_eos for i in batch["index"]))
+        self.tokens.append(sum(self._lengths[int(i)] + soft_tokens_and_eos for i in batch["index"]))
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, *args: object) -> None:

@@ -105,12 +105,12 @@ class InstructionDataModule(LightningDataModule):
         self.val_items = [tokenize_record(backbone, r, max_length) for r in val]
 
     def _loader(self, items: list[dict[str, list[int]]], shuffle: bool) -> DataLoader:
-        lengths = [len(item["input_ids"]) for item in items]
+        lengths = [len(item["input_ids"]) for item in items] if shuffle and self.group_by_length else None
         sampler = SubjectSampler(
             len(items),
             seed=self.seed,
             shuffle=shuffle,
-            lengths=(lambda _epoch: lengths) if shuffle and self.group_by_length else None,
+            lengths=None if lengths is None else lambda _epoch: lengths,
             batch_size=self.batch_size,
         )
         return DataLoader(items, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
