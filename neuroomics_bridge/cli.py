@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from neuroomics_bridge.backbone.config import DEFAULT_BACKBONE
 from neuroomics_bridge.errors import NobError
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="nob-demo", help="output folder (index.html, metrics, reports, bridge)")
     demo.add_argument("--data", default=None, help="a cohort folder (Cohort.to_files layout); default: synthetic")
     demo.add_argument("--quick", action="store_true", help="a smaller, ~2 minute run")
-    demo.add_argument("--backbone", default="smollm2-135m-instruct", help="registry id, model directory or .gguf")
+    demo.add_argument("--backbone", default=DEFAULT_BACKBONE, help="registry id, model directory or .gguf")
     demo.set_defaults(run=_cmd_demo)
 
     report = commands.add_parser("report", help="write reports for a cohort folder with a trained bridge")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from neuroomics_bridge.backbone.config import DEFAULT_BACKBONE
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 from neuroomics_bridge.reports.report import Report
@@ -69,7 +70,7 @@ def run_demo(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     settings: DemoSettings = FULL,
-    backbone: str = "smollm2-135m-instruct",
+    backbone: str = DEFAULT_BACKBONE,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> DemoResult:

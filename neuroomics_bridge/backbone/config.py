@@ -8,11 +8,14 @@ from typing import Literal, get_args
 from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
-__all__ = ["BackboneConfig", "DType", "Pooling", "Quantize"]
+__all__ = ["DEFAULT_BACKBONE", "BackboneConfig", "DType", "Pooling", "Quantize"]
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Quantize = Literal["none", "int8"]
 Pooling = Literal["mean", "last"]
+
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+"""The bundled backbone (SmolLM2-135M-Instruct): what loads when no other is named."""
 
 
 @dataclasses.dataclass
@@ -43,7 +46,7 @@ class BackboneConfig(YamlConfig):
         On an unknown ``dtype`` or ``quantize``, or an empty ``name``.
     """
 
-    name: str = "smollm2-135m-instruct"
+    name: str = DEFAULT_BACKBONE
     local_dir: str | None = None
     dtype: DType = "auto"
     device: str = "auto"
