@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from neuroomics_bridge import DataError, TextBackbone, get_card
+from neuroomics_bridge.backbone import text
 from neuroomics_bridge.backbone.text import COMPLETION_TEMPLATE
 
 from .conftest import CLINICAL_SENTENCES
@@ -174,3 +175,33 @@ def test_weights_hash_is_stable_and_tracks_the_weights(tiny_model_dir, tmp_path)
         model.model.norm.weight.add_(1.0)
     model.save_pretrained(changed_dir)
     assert TextBackbone.from_pretrained(changed_dir, dtype="float32").weights_hash != first
+
+
+def test_kv_cache_bytes_per_token_is_what_the_model_caches(tiny_backbone: TextBackbone) -> None:
+    ids = torch.tensor([tiny_backbone.tokenize([CLINICAL_SENTENCES[0]])[0]])
+    with torch.no_grad():
+        cache = tiny_backbone.model(input_ids=ids, use_cache=True).past_key_values
+    cached = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert tiny_backbone.kv_cache_bytes_per_token == cached // ids.shape[1]
+
+
+def test_generation_splits_a_batch_whose_cache_would_not_fit(
+    tiny_backbone: TextBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = CLINICAL_SENTENCES[:5]
+    longest_row = max(len(ids) for ids in tiny_backbone.tokenize(prompts)) + 5  # prompt + max_new_tokens
+    rows_per_call: list[int] = []
+    plain_generate = tiny_backbone.model.generate
+
+    def counting_generate(**kwargs: object) -> torch.Tensor:
+        rows_per_call.append(len(kwargs["input_ids"]))  # type: ignore[arg-type]
+        return plain_generate(**kwargs)
+
+    monkeypatch.setattr(tiny_backbone.model, "generate", counting_generate)
+    two_rows = 2 * longest_row * tiny_backbone.kv_cache_bytes_per_token / text.KV_CACHE_MEMORY_SHARE
+    for memory, expected_rows in ((two_rows, [2, 2, 1]), (100 * two_rows, [5]), (0, [5])):  # 0: unknown
+        monkeypatch.setattr(text, "available_memory", lambda device=None, memory=memory: int(memory))
+        rows_per_call.clear()
+        answers = tiny_backbone.generate(prompts, max_new_tokens=5, batch_size=5)
+        assert rows_per_call == expected_rows
+        assert answers == [tiny_backbone.generate(p, max_new_tokens=5)[0] for p in prompts]

@@ -205,8 +205,11 @@ def _onednn_enabled(enabled: bool) -> Iterator[None]:
         torch.backends.mkldnn.enabled = saved
 
 
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux ``MemAvailable``; 0 where unknown)."""
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes of memory available to new allocations: a CUDA ``device``'s free memory, else the
+    host's (Linux ``MemAvailable``; 0 where unknown)."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():

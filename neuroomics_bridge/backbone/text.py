@@ -24,6 +24,7 @@ from neuroomics_bridge.backbone.cards import COMPLETION_TEMPLATE, ModelCard
 from neuroomics_bridge.backbone.config import BackboneConfig, Pooling
 from neuroomics_bridge.backbone.gguf import convert_gguf
 from neuroomics_bridge.backbone.hardware import (
+    available_memory,
     default_device,
     default_dtype,
     resolve_dtype,
@@ -42,6 +43,9 @@ __all__ = ["TextBackbone", "COMPLETION_TEMPLATE", "Pooling"]
 
 STATIC_CACHE_BUCKET = 256
 """Compiled decoding sizes its static cache in multiples of this many tokens (one graph per size)."""
+KV_CACHE_MEMORY_SHARE = 0.5
+"""Most of the memory available when ``generate`` starts that one batch's key/value cache may
+take; a batch that would need more is split (a 7B LLaMA's cache holds 0.5 MB a token)."""
 
 
 Messages = str | Sequence[Mapping[str, str]]
@@ -194,6 +198,15 @@ class TextBackbone:
     def dtype(self) -> torch.dtype:
         """The dtype of the input embeddings (the precision the model runs in)."""
         return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def kv_cache_bytes_per_token(self) -> int:
+        """Bytes of key/value cache one token of one generated row holds (keys and values of
+        every layer, in :attr:`dtype`): 23 KB for the default backbone, 0.5 MB for a 7B LLaMA-2."""
+        config = self.model.config
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return 2 * config.num_hidden_layers * kv_heads * head_dim * self.dtype.itemsize
 
     @property
     def chat_template(self) -> str:
@@ -546,7 +559,9 @@ class TextBackbone:
         do_sample, temperature, top_p
             Sample with these settings instead of greedy decoding.
         batch_size
-            Prompts per ``generate`` call (batches are formed by length).
+            Most prompts per ``generate`` call (batches are formed by length). A batch whose
+            key/value cache would take more than :data:`KV_CACHE_MEMORY_SHARE` of the memory
+            available now is split, so a large backbone does not run out of memory.
         prompt_lookup
             ``n`` drafts ``n`` tokens from n-grams of the prompt and verifies them in one forward
             pass (transformers' prompt-lookup decoding), for one greedy prompt without a prefix; it
@@ -593,7 +608,16 @@ class TextBackbone:
         else:  # unset sampling knobs a checkpoint's generation_config may carry
             options.update(temperature=None, top_p=None, top_k=None)
         texts: list[str] = [""] * len(prompts)
-        for batch in _length_sorted_batches(token_ids, batch_size, show_progress, desc="generate"):
+        cache_tokens = int(KV_CACHE_MEMORY_SHARE * available_memory(self.device)) // self.kv_cache_bytes_per_token
+        batches = _length_sorted_batches(
+            token_ids,
+            batch_size,
+            show_progress,
+            desc="generate",
+            token_budget=cache_tokens or None,  # 0: the available memory is unknown
+            row_extra=k + max_new_tokens,
+        )
+        for batch in batches:
             rows = [token_ids[i] for i in batch]
             if prefix_embeds is None:
                 ids, mask = _pad(rows, self.tokenizer.pad_token_id, side="left")
@@ -695,13 +719,27 @@ def _truncate(token_ids: list[list[int]], limit: int, *, side: Literal["left", "
 
 
 def _length_sorted_batches(
-    token_ids: Sequence[Sequence[int]], batch_size: int, show_progress: bool | None, *, desc: str
+    token_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    show_progress: bool | None,
+    *,
+    desc: str,
+    token_budget: int | None = None,
+    row_extra: int = 0,
 ) -> Iterator[list[int]]:
-    """Index batches of similar lengths (longest first, so memory peaks early)."""
+    """Index batches of similar lengths (longest first, so memory peaks early) of at most
+    ``batch_size`` rows and, with ``token_budget``, at most that many tokens, each row counted
+    as its batch's longest plus ``row_extra`` (one row whatever its length)."""
     if batch_size < 1:
         raise DataError(f"batch_size: expected >= 1, got {batch_size}")
     order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        rows = batch_size
+        if token_budget is not None:
+            rows = max(1, min(rows, token_budget // (len(token_ids[order[start]]) + row_extra)))
+        batches.append(order[start : start + rows])
+        start += rows
     yield from progress(batches, desc=desc, show=show_progress, unit="batch")
 
 

@@ -31,7 +31,8 @@ REPORT_BATCH_SIZE = 64
 so more rows per step cost little: 64 prompts of 60 new tokens took 4.8 s at 64 a batch against
 7.1 s at 32 and 11.0 s at 16 (default backbone, Intel Xeon, 2 cores), the demo's 360 reports
 45 s against 64 s at 32. The key/value cache grows with it (a 7B LLaMA's is ~0.5 MB a token, so
-64 rows of 200 tokens hold ~6.7 GB): pass a smaller ``batch_size`` for a large backbone."""
+64 rows of 200 tokens hold ~6.7 GB); :meth:`TextBackbone.generate` splits a batch whose cache
+would take more than half the memory available, so this is an upper bound."""
 
 IMPRESSION = "Impression"
 DATA_NAMES = {"gene": "gene expression", "brain": "brain imaging"}
