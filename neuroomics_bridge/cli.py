@@ -19,7 +19,13 @@ from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
 def _cmd_demo(args: argparse.Namespace) -> int:
     from neuroomics_bridge.demo import FULL, QUICK, format_metrics, run_demo
 
-    result = run_demo(args.out, data_dir=args.data, settings=QUICK if args.quick else FULL, backbone=args.backbone)
+    result = run_demo(
+        args.out,
+        data_dir=args.data,
+        settings=QUICK if args.quick else FULL,
+        backbone=args.backbone,
+        compile_training=args.compile_training,
+    )
     print(f"\nheld-out metrics ({RESEARCH_NOTICE}):")
     print(format_metrics(result.metrics))
     example = result.reports[0]
@@ -170,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default=None, help="a cohort folder (Cohort.to_files layout); default: synthetic")
     demo.add_argument("--quick", action="store_true", help="a smaller, ~2 minute run")
     demo.add_argument("--backbone", default=DEFAULT_BACKBONE, help="registry id, model directory or .gguf")
+    demo.add_argument(
+        "--compile-training",
+        action="store_true",
+        help="torch.compile the prefix stage's steps (a first run compiles for minutes, later ones reuse the cache)",
+    )
     demo.set_defaults(run=_cmd_demo)
 
     report = commands.add_parser("report", help="write reports for a cohort folder with a trained bridge")

@@ -72,12 +72,15 @@ def run_demo(
     settings: DemoSettings = FULL,
     backbone: str = DEFAULT_BACKBONE,
     seed: int = 0,
+    compile_training: bool = False,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the pipeline and write ``out_dir/index.html``, ``metrics.json``, reports and ``bridge/``.
 
     ``data_dir`` is a folder in the :meth:`Cohort.to_files` layout (a user's own files); by
     default a synthetic cohort of ``settings.subjects`` subjects is drawn with ``seed``.
+    ``compile_training`` runs the prefix stage's steps through ``torch.compile`` (see
+    :func:`~neuroomics_bridge.training.fit_alignment`).
     """
     import torch
 
@@ -115,7 +118,7 @@ def run_demo(
     torch.manual_seed(seed)  # the adapters' initial weights: the same whether or not the backbone was converted now
     bridge = Bridge(text_backbone, dims)
     with _quiet_lightning():
-        contrastive, prefix = _fit_both_stages(bridge, cohort, split, settings, out, step)
+        contrastive, prefix = _fit_both_stages(bridge, cohort, split, settings, out, step, compile_training)
     reference = ReferenceSet.build(bridge, split.train)
     test = (
         split.test
@@ -150,7 +153,13 @@ def run_demo(
 
 
 def _fit_both_stages(
-    bridge: Any, cohort: Cohort, split: Any, settings: DemoSettings, out: Path, step: Callable[[str], None]
+    bridge: Any,
+    cohort: Cohort,
+    split: Any,
+    settings: DemoSettings,
+    out: Path,
+    step: Callable[[str], None],
+    compile_training: bool,
 ) -> tuple[Any, Any]:
     from neuroomics_bridge.training import fit_alignment
     from neuroomics_bridge.training.args import PREFIX_LORA
@@ -174,6 +183,7 @@ def _fit_both_stages(
         root_dir=out / "runs" / "prefix",
         limit_train_batches=settings.prefix_batches or 1.0,
         lora=PREFIX_LORA,  # LLaVA's second step: the frozen 135M default alone never learns the report format
+        compile_training=compile_training,
     )
     return contrastive, prefix
 

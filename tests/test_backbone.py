@@ -205,3 +205,41 @@ def test_generation_splits_a_batch_whose_cache_would_not_fit(
         answers = tiny_backbone.generate(prompts, max_new_tokens=5, batch_size=5)
         assert rows_per_call == expected_rows
         assert answers == [tiny_backbone.generate(p, max_new_tokens=5)[0] for p in prompts]
+
+
+def test_compiled_training_gives_the_eager_hidden_states_and_gradients(tiny_backbone: TextBackbone) -> None:
+    torch.manual_seed(0)
+    for rows, length in ((3, 7), (4, 9)):  # dynamic shapes: the second batch reuses the first graph
+        embeds = torch.randn(rows, length, tiny_backbone.hidden_size, requires_grad=True)
+        mask = torch.ones(rows, length, dtype=torch.long)
+        mask[1, length - 2 :] = 0  # right padding, as training rows have
+        eager = tiny_backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask)
+        (eager_grad,) = torch.autograd.grad(eager.square().sum(), embeds)
+        with tiny_backbone.compiled_training():
+            compiled = tiny_backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask)
+            (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), embeds)
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_training_compile_falls_back_to_eager_with_one_warning(
+    tiny_backbone: TextBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_compile(module: torch.nn.Module, **options: object) -> object:
+        def run(**inputs: object) -> object:
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    ids = torch.tensor(tiny_backbone.tokenize(CLINICAL_SENTENCES[:1]))
+    eager = tiny_backbone.last_hidden_state(input_ids=ids)
+    with tiny_backbone.compiled_training():
+        with torch.no_grad():  # gradient-free forwards never take the compiled path
+            torch.testing.assert_close(tiny_backbone.last_hidden_state(input_ids=ids), eager)
+        with pytest.warns(UserWarning, match="compiled training failed .*no C.. compiler.*trains eagerly") as caught:
+            first = tiny_backbone.last_hidden_state(input_ids=ids)
+            second = tiny_backbone.last_hidden_state(input_ids=ids)
+    assert len([w for w in caught if "compiled training failed" in str(w.message)]) == 1
+    torch.testing.assert_close(first, eager)
+    torch.testing.assert_close(second, eager)

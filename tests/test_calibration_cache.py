@@ -116,7 +116,7 @@ def grounding_bridge(make_bridge, small_cohort):
 
 def test_an_unknown_training_attention_is_refused_by_name(tiny_backbone) -> None:
     from neuroomics_bridge.errors import ConfigError
-    from neuroomics_bridge.training.trainer import TrainingAttention
+    from neuroomics_bridge.training.trainer import TrainingBackbone
 
     with pytest.raises(ConfigError, match="got 'flash'"):
-        TrainingAttention(tiny_backbone, "flash")
+        TrainingBackbone(tiny_backbone, "flash")

@@ -276,3 +276,29 @@ def test_a_cohort_that_does_not_fit_the_bridge_is_refused(make_bridge, encoded, 
     bridge = make_bridge({"gene": 8}, SMALL)
     with pytest.raises(DataError, match=r"cohort modalities \['brain', 'gene'\] differ from the bridge's \['gene'\]"):
         fit_alignment(bridge, cohort, split=split, root_dir=tmp_path)
+
+
+def test_prefix_stage_can_train_through_the_compiled_decoder(new_bridge, encoded, tmp_path, monkeypatch) -> None:
+    cohort, split = encoded
+    bridge = new_bridge()
+    decoder = bridge.backbone.model.get_decoder()
+    compiled_calls: list[bool] = []
+
+    def spy_compile(module: torch.nn.Module, **options: object) -> object:
+        assert module is decoder and options == {"dynamic": True}
+
+        def run(**inputs: object) -> object:
+            compiled_calls.append(torch.is_grad_enabled())
+            return module(**inputs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    recorder = BatchRecorder()
+    fit_alignment(
+        bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, precision="32-true",
+        compile_training=True, callbacks=[recorder],
+    )  # fmt: skip
+    assert len(compiled_calls) == len(recorder.batches) > 0  # every training step, no validation forward
+    bridge.backbone.last_hidden_state(input_ids=torch.tensor([[5, 6, 7]]))
+    assert len(compiled_calls) == len(recorder.batches)  # the compiled graph is gone after the fit

@@ -8,6 +8,7 @@ token), in length-sorted batches so little compute is spent on padding. The deco
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -94,6 +95,7 @@ class TextBackbone:
         self.card = card
         self._weight_files = tuple(weight_files)
         self.compile_decoding = compile_decoding
+        self._training_decoder: Any = None  # the compiled decoder inside compiled_training()
         self._kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
         if self._kernel == "aten":
             route_single_row_matmuls_to_aten(self.model)
@@ -638,6 +640,54 @@ class TextBackbone:
             for i, text in zip(batch, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 texts[i] = _cut_at(text, stop).strip()
         return texts
+
+    def last_hidden_state(self, **inputs: Any) -> torch.Tensor:
+        """The decoder's last hidden states (no LM head): what training losses score from.
+
+        Inside :meth:`compiled_training`, calls with gradients on run the ``torch.compile``'d
+        decoder; a compile that fails (no C++ compiler, an unsupported op) switches it off with
+        one warning and the call runs eagerly.
+
+        Parameters
+        ----------
+        **inputs
+            The decoder's keyword inputs (``input_ids`` or ``inputs_embeds``, ``attention_mask``,
+            ``use_cache`` ...).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, length, hidden_size)``.
+        """
+        if self._training_decoder is not None and torch.is_grad_enabled():
+            try:
+                return self._training_decoder(**inputs).last_hidden_state
+            except Exception as err:  # any compiler failure; the eager call below re-raises the rest
+                warnings.warn(
+                    f"compiled training failed ({type(err).__name__}: {str(err)[:200]}); {self.name} trains "
+                    "eagerly from now on",
+                    stacklevel=2,
+                )
+                self._training_decoder = None
+        return self.model.get_decoder()(**inputs).last_hidden_state
+
+    @contextlib.contextmanager
+    def compiled_training(self) -> Iterator[None]:
+        """Within the block, training forwards (:meth:`last_hidden_state` with gradients on)
+        run the decoder through ``torch.compile`` (dynamic shapes: one graph for every batch
+        size and length).
+
+        Compiled, a prefix-stage step takes about two thirds of the eager one on a 2-core CPU
+        (README, "Performance"); the first step compiles (minutes on a CPU, seconds with a warm
+        inductor cache), so it pays off over hundreds of steps or on later runs. Gradient-free
+        forwards (validation, generation) stay eager, and the compiled graph is dropped at the
+        end of the block.
+        """
+        self._training_decoder = torch.compile(self.model.get_decoder(), dynamic=True)
+        try:
+            yield
+        finally:
+            self._training_decoder = None
 
     def _generate(self, **kwargs: Any) -> torch.Tensor:
         """``model.generate``, compiled over a static cache when :attr:`compile_decoding` is on.

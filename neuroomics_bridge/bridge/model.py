@@ -388,7 +388,7 @@ class Bridge(ReportGenerationMixin):
             labels[row, start : start + len(target)] = torch.tensor(target, device=embeds.device)
         # The LM head runs only where a report token is predicted (a fifth of the compute of a
         # full forward over a 49k vocabulary at every position of prefix and prompt).
-        hidden = backbone.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask)
         scored = labels[:, 1:] != -100
         logits = backbone.model.get_output_embeddings()(hidden[:, :-1][scored]).float()
         target_ids = labels[:, 1:][scored]

@@ -29,7 +29,7 @@ from neuroomics_bridge.training.args import Stage, optimizer_args, run_dir, stag
 from neuroomics_bridge.training.contrastive import ContrastiveStage
 from neuroomics_bridge.training.data import CohortDataModule
 from neuroomics_bridge.training.prefix import CONTENT_WEIGHT, PREFIX_LAYOUTS, PrefixStage
-from neuroomics_bridge.training.trainer import TrainableState, TrainingAttention, build_trainer, mixed_precision
+from neuroomics_bridge.training.trainer import TrainableState, TrainingBackbone, build_trainer, mixed_precision
 
 __all__ = ["AlignmentModule", "AlignmentResult", "CohortDataModule", "Stage", "fit_alignment"]
 
@@ -70,6 +70,11 @@ class AlignmentModule(LightningModule):
         Prefix stage: the backbone's attention implementation while training (``"sdpa"``,
         ``"eager"``); ``"auto"``: the faster here, timed once per machine
         (:func:`~neuroomics_bridge.backbone.attention.training_attention`).
+    compile_training
+        Prefix stage: run the training forwards through ``torch.compile``
+        (:meth:`~neuroomics_bridge.backbone.text.TextBackbone.compiled_training`): steps about a
+        third shorter on a 2-core CPU, after a first step that compiles for minutes (seconds
+        with a warm inductor cache).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class AlignmentModule(LightningModule):
         save_to: str | os.PathLike[str] | None = None,
         lora: LoRAConfig | None = None,
         attention: str = "auto",
+        compile_training: bool = False,
     ) -> None:
         super().__init__()
         self.optimizer_args = optimizer_args(
@@ -109,7 +115,7 @@ class AlignmentModule(LightningModule):
         self.seed = seed
         self.class_prompt, self.save_to = class_prompt, save_to
         self.metrics: dict[str, float] = {}
-        self.attention = attention
+        self.attention, self.compile_training = attention, compile_training
         # The caller's flags, captured before peft (which freezes every base weight) goes in,
         # are put back at teardown.
         self._callers_flags = [TrainableState.capture(module) for module in (self.adapters, bridge.backbone.model)]
@@ -158,9 +164,11 @@ class AlignmentModule(LightningModule):
             for state in self._callers_flags:
                 state.restore()
 
-    def configure_callbacks(self) -> list[TrainingAttention]:
+    def configure_callbacks(self) -> list[TrainingBackbone]:
         """The prefix stage trains through the backbone with the attention chosen for training."""
-        return [TrainingAttention(self.bridge.backbone, self.attention)] if self.stage == "prefix" else []
+        if self.stage != "prefix":
+            return []
+        return [TrainingBackbone(self.bridge.backbone, self.attention, compiled=self.compile_training)]
 
     def on_fit_start(self) -> None:
         """The stage's preparation (text cache and centring, or the subjects' evidence)."""
@@ -260,6 +268,7 @@ def fit_alignment(
     class_prompt: ClassPrompt = CLASS_PROMPT,
     lora: LoRAConfig | None = None,
     attention: str = "auto",
+    compile_training: bool = False,
     **trainer_kwargs: Any,
 ) -> AlignmentResult:
     """Train one stage of ``bridge`` on an encoded ``cohort``; the best weights end up in ``bridge``.
@@ -270,8 +279,9 @@ def fit_alignment(
     to the Lightning ``Trainer`` (``strategy``, ``devices``, ``precision`` ...). ``lora`` (prefix
     stage) also trains LoRA adapters inside the backbone, saved with the bridge,
     ``content_weight`` weighs rare report tokens more in its loss, ``group_by_length`` batches
-    subjects of similar row length, and ``attention`` names the
-    backbone's attention implementation while it trains (``"auto"``: the faster here). The test fold's
+    subjects of similar row length, ``attention`` names the
+    backbone's attention implementation while it trains (``"auto"``: the faster here), and
+    ``compile_training`` runs its training forwards through ``torch.compile``. The test fold's
     metrics (zero-shot accuracy per modality with one ``class_prompt`` per label, see
     :func:`evaluate_bridge`; cross-modal recall; or the report perplexity gap) are returned and
     recorded for the model card.
@@ -299,6 +309,7 @@ def fit_alignment(
         class_prompt=class_prompt,
         lora=lora,
         attention=attention,
+        compile_training=compile_training,
     )
     trainer_kwargs.setdefault("precision", mixed_precision() if defaults.mixed_precision else "32-true")
     trainer_kwargs.setdefault("use_distributed_sampler", False)  # CohortDataModule shards by itself

@@ -26,7 +26,7 @@ from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, u
 from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.data import SubjectSampler
-from neuroomics_bridge.training.trainer import TrainableState, TrainingAttention, build_trainer, mixed_precision
+from neuroomics_bridge.training.trainer import TrainableState, TrainingBackbone, build_trainer, mixed_precision
 
 __all__ = [
     "InstructionTuneModule",
@@ -152,7 +152,10 @@ class InstructionTuneModule(LightningModule):
         Where :func:`save_lora` writes the adapter at the end, if given.
     attention
         The backbone's attention implementation while training; ``"auto"``: the faster here
-        (see :class:`~neuroomics_bridge.training.trainer.TrainingAttention`).
+        (see :class:`~neuroomics_bridge.training.trainer.TrainingBackbone`).
+    compile_training
+        Run the training forwards through ``torch.compile`` (faster steps after a first one
+        that compiles; see :meth:`~neuroomics_bridge.backbone.text.TextBackbone.compiled_training`).
 
     Raises
     ------
@@ -171,6 +174,7 @@ class InstructionTuneModule(LightningModule):
         warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
         output_dir: str | os.PathLike[str] | None = None,
         attention: str = "auto",
+        compile_training: bool = False,
     ) -> None:
         super().__init__()
         from peft import get_peft_model
@@ -195,16 +199,16 @@ class InstructionTuneModule(LightningModule):
             base = prepare_model_for_kbit_training(base)
         self.model = get_peft_model(base, self.lora.to_peft())
         self.lr, self.weight_decay, self.betas, self.warmup_fraction = lr, weight_decay, tuple(betas), warmup_fraction
-        self.output_dir, self.attention = output_dir, attention
+        self.output_dir, self.attention, self.compile_training = output_dir, attention, compile_training
 
     def teardown(self, stage: str) -> None:
         """After fitting, give the base weights back their captured dtype and ``requires_grad`` flags."""
         if stage == "fit":
             self._callers_state.restore()
 
-    def configure_callbacks(self) -> list[TrainingAttention]:
+    def configure_callbacks(self) -> list[TrainingBackbone]:
         """Train through the backbone with the attention chosen for training."""
-        return [TrainingAttention(self.backbone, self.attention)]
+        return [TrainingBackbone(self.backbone, self.attention, compiled=self.compile_training)]
 
     def on_fit_end(self) -> None:
         """Say the weights changed (peft injected the adapters into ``backbone.model``); save the adapter if asked."""
@@ -216,13 +220,12 @@ class InstructionTuneModule(LightningModule):
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of the response tokens; the LM head runs at those positions only
         (the prompt's positions would cost a full vocabulary projection each and score nothing)."""
-        causal_lm = self.model.get_base_model()  # the LoRA layers sit inside it
-        hidden = causal_lm.get_decoder()(
+        hidden = self.backbone.last_hidden_state(  # the LoRA layers sit inside the backbone's model
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state
+        )
         targets = batch["labels"][:, 1:]
         scored = targets != -100
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
+        logits = self.backbone.model.get_output_embeddings()(hidden[:, :-1][scored]).float()
         return torch.nn.functional.cross_entropy(logits, targets[scored])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -281,6 +284,7 @@ def instruction_tune(
     output_dir: str | os.PathLike[str] | None = None,
     ckpt_path: str | None = None,
     attention: str = "auto",
+    compile_training: bool = False,
     **trainer_kwargs: Any,
 ) -> InstructionTuneModule:
     """LoRA-tune ``backbone`` on ``records``.
@@ -308,6 +312,8 @@ def instruction_tune(
         Resume with ``"last"``.
     attention
         The backbone's attention implementation while training (``"auto"``: the faster here).
+    compile_training
+        Run the training forwards through ``torch.compile`` (see :class:`InstructionTuneModule`).
     **trainer_kwargs
         Passed to :func:`build_trainer` (precision defaults to :func:`mixed_precision`).
 
@@ -335,6 +341,7 @@ def instruction_tune(
         warmup_fraction=optimizer.warmup_fraction,
         output_dir=output_dir,
         attention=attention,
+        compile_training=compile_training,
     )
     trainer_kwargs.setdefault("precision", mixed_precision())
     monitor = "val/loss" if val_records else "train/loss"

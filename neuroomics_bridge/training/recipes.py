@@ -101,6 +101,7 @@ def alignment_model(
     seed: int = 0,
     modality_dims: dict[str, int] | None = None,
     lora: LoRAConfig | None = None,
+    compile_training: bool = False,
 ) -> AlignmentModule:
     """The ``model:`` factory of ``nob align``: the alignment module of one stage.
 
@@ -118,7 +119,7 @@ def alignment_model(
     modality_dims
         Linked from the data; required without ``init_from``, and must match the saved bridge's
         with it.
-    lora
+    lora, compile_training
         Passed to :class:`AlignmentModule`.
 
     Raises
@@ -148,6 +149,7 @@ def alignment_model(
         seed=seed,
         save_to=save_to,
         lora=lora,
+        compile_training=compile_training,
     )
 
 
@@ -347,6 +349,7 @@ def instruct_model(
     weight_decay: float = INSTRUCT_OPTIMIZER.weight_decay,
     warmup_fraction: float = INSTRUCT_OPTIMIZER.warmup_fraction,
     output_dir: str | None = "nob-runs/instruct-adapter",
+    compile_training: bool = False,
 ) -> InstructionTuneModule:
     """The ``model:`` factory of ``nob instruct``: LoRA instruction tuning of the data's backbone (linked).
 
@@ -354,7 +357,13 @@ def instruct_model(
     of :class:`InstructionTuneModule`.
     """
     return InstructionTuneModule(
-        backbone, lora, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction, output_dir=output_dir
+        backbone,
+        lora,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_fraction=warmup_fraction,
+        output_dir=output_dir,
+        compile_training=compile_training,
     )
 
 
