@@ -11,11 +11,15 @@ of steps four ways in one run:
 - ``library default``: calibrated attention and the prefix stage's LoRA without dropout
   (:data:`neuroomics_bridge.training.args.PREFIX_LORA`);
 - ``length-grouped``: the same with ``group_by_length=True`` (an opt-in: faster, but it cost
-  grounding on the demo, see ``training/prefix.py``).
+  grounding on the demo, see ``training/prefix.py``);
+- ``compiled``: the library default with ``compile_training=True`` (its first step, which
+  compiles, is printed apart as ``first_step_seconds``: minutes with a cold inductor cache,
+  seconds with a warm one).
 
 Only the training steps are timed (a Lightning callback around each batch, the first one left
-out as warm-up). The figure is real (unpadded) tokens per second: the first three variants see
-the same batches, the last one batches of similar length, so padding is the difference.
+out as warm-up). The figure is real (unpadded) tokens per second: every variant but the
+length-grouped one sees the same batches, that one batches of similar length, so padding is the
+difference.
 Goal: >= 1.5x the baseline.
 
 Run: ``python benchmarks/bench_prefix_stage.py [--steps 12]``. Prints one JSON line per variant.
@@ -78,14 +82,15 @@ def main() -> None:
     split = cohort.split(seed=0)
     split = dataclasses.replace(split, test=split.test.subset(split.test.subject_ids[:8]))  # a short end-of-fit score
     chosen = training_attention(TextBackbone.from_pretrained("smollm2-135m-instruct"))
-    variants = {
-        "baseline": ("sdpa", LoRAConfig(), False),
-        "calibrated attention": ("auto", LoRAConfig(), False),
-        "library default": ("auto", PREFIX_LORA, False),
-        "length-grouped": ("auto", PREFIX_LORA, True),
+    variants = {  # attention, LoRA, group_by_length, compile_training
+        "baseline": ("sdpa", LoRAConfig(), False, False),
+        "calibrated attention": ("auto", LoRAConfig(), False, False),
+        "library default": ("auto", PREFIX_LORA, False, False),
+        "length-grouped": ("auto", PREFIX_LORA, True, False),
+        "compiled": ("auto", PREFIX_LORA, False, True),
     }
     tokens_per_second: dict[str, float] = {}
-    for name, (attention, lora, group_by_length) in variants.items():
+    for name, (attention, lora, group_by_length, compile_training) in variants.items():
         backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into it
         torch.manual_seed(0)
         bridge = Bridge(backbone, {m: x.shape[1] for m, x in cohort.features.items()})
@@ -103,6 +108,7 @@ def main() -> None:
                 lora=lora,
                 attention=attention,
                 group_by_length=group_by_length,
+                compile_training=compile_training,
                 root_dir=Path(folder),
                 enable_progress_bar=False,
                 callbacks=[timer],
@@ -116,6 +122,8 @@ def main() -> None:
                     "attention": chosen if attention == "auto" else attention,
                     "lora_dropout": lora.dropout,
                     "group_by_length": group_by_length,
+                    "compile_training": compile_training,
+                    "first_step_seconds": round(timer.seconds[0], 1),
                     "seconds_per_step": round(statistics.median(timer.seconds[1:]), 3),
                     "tokens_per_second": round(tokens_per_second[name], 1),
                     "ratio": round(tokens_per_second[name] / tokens_per_second["baseline"], 2),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,6 +47,24 @@ def test_library_error_exits_2_with_one_line_and_no_traceback() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "unknown backbone 'no-such-backbone'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_passes_its_options_to_run_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from neuroomics_bridge import demo
+
+    calls: list[dict[str, object]] = []
+
+    def record(out_dir: str, **options: object) -> demo.DemoResult:
+        calls.append({"out_dir": out_dir, **options})
+        report = SimpleNamespace(subject_id="sub-1", sections={"Impression": "control"})
+        metrics = {"zero_shot/gene/accuracy": 1.0}
+        return demo.DemoResult(out_dir=tmp_path, metrics=metrics, reports=[report], page=tmp_path / "index.html")
+
+    monkeypatch.setattr(demo, "run_demo", record)
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--compile-training", "--out", str(tmp_path)]) == 0
+    assert [(c["settings"], c["compile_training"]) for c in calls] == [(demo.QUICK, False), (demo.FULL, True)]
+    assert {c["out_dir"] for c in calls} == {str(tmp_path)}
 
 
 def align(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
