@@ -580,7 +580,7 @@ def test_the_demo_trains_each_stage_for_the_library_default_unless_it_names_epoc
     monkeypatch.setattr(training, "fit_alignment", lambda *a, max_epochs, **k: epochs.setdefault(a[2], max_epochs))
     settings = getattr(demo, settings_name)
     steps: list[str] = []
-    demo._fit_both_stages(None, None, None, settings, tmp_path, steps.append)
+    demo._fit_both_stages(None, None, None, settings, tmp_path, steps.append, compile_training=False)
     for stage in ("contrastive", "prefix"):
         named = getattr(settings, f"{stage}_epochs")
         assert epochs[stage] == settings.epochs(stage) == (stage_args(stage).max_epochs if named is None else named)

@@ -285,7 +285,7 @@ def test_prefix_stage_can_train_through_the_compiled_decoder(new_bridge, encoded
     compiled_calls: list[bool] = []
 
     def spy_compile(module: torch.nn.Module, **options: object) -> object:
-        assert module is decoder and options == {"dynamic": True}
+        assert module is decoder and options == {"dynamic": True, "options": {"emulate_precision_casts": True}}
 
         def run(**inputs: object) -> object:
             compiled_calls.append(torch.is_grad_enabled())
