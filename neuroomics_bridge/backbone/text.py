@@ -677,7 +677,7 @@ class TextBackbone:
         run the decoder through ``torch.compile`` (dynamic shapes: one graph for every batch
         size and length).
 
-        Compiled, a prefix-stage step takes about two thirds of the eager one on a 2-core CPU
+        Compiled, a prefix-stage step takes about three quarters of the eager one on a 2-core CPU
         (README, "Performance"); the first step compiles (minutes on a CPU, seconds with a warm
         inductor cache), so it pays off over hundreds of steps or on later runs. Gradient-free
         forwards (validation, generation) stay eager, and the compiled graph is dropped at the

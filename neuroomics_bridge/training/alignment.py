@@ -73,7 +73,7 @@ class AlignmentModule(LightningModule):
     compile_training
         Prefix stage: run the training forwards through ``torch.compile``
         (:meth:`~neuroomics_bridge.backbone.text.TextBackbone.compiled_training`): steps about a
-        third shorter on a 2-core CPU, after a first step that compiles for minutes (seconds
+        quarter shorter on a 2-core CPU, after a first step that compiles for minutes (seconds
         with a warm inductor cache).
     """
 
