@@ -663,11 +663,7 @@ class TextBackbone:
             try:
                 return self._training_decoder(**inputs).last_hidden_state
             except Exception as err:  # any compiler failure; the eager call below re-raises the rest
-                warnings.warn(
-                    f"compiled training failed ({type(err).__name__}: {str(err)[:200]}); {self.name} trains "
-                    "eagerly from now on",
-                    stacklevel=2,
-                )
+                self._warn_compile_failed("training", "trains", err)
                 self._training_decoder = None
         return self.model.get_decoder()(**inputs).last_hidden_state
 
@@ -709,13 +705,16 @@ class TextBackbone:
                 static = {"cache_implementation": "static", "max_cache_len": length}
                 return self.model.generate(**kwargs, **static, compile_config=_decode_compile_config())
             except Exception as err:  # any compiler failure; the eager call below re-raises the rest
-                warnings.warn(
-                    f"compiled decoding failed ({type(err).__name__}: {str(err)[:200]}); {self.name} decodes "
-                    "eagerly from now on",
-                    stacklevel=3,
-                )
+                self._warn_compile_failed("decoding", "decodes", err, stacklevel=4)
                 self.compile_decoding = False
         return self.model.generate(**kwargs)
+
+    def _warn_compile_failed(self, what: str, verb: str, err: Exception, stacklevel: int = 3) -> None:
+        """The one warning a failed compile gives before this backbone falls back to eager ``what``."""
+        warnings.warn(
+            f"compiled {what} failed ({type(err).__name__}: {str(err)[:200]}); {self.name} {verb} eagerly from now on",
+            stacklevel=stacklevel,
+        )
 
 
 # --------------------------------------------------------------------------------- helpers
