@@ -1,14 +1,17 @@
 """Shared fixtures: a tiny random LLaMA built here, small bridges on it, and the bundled default backbone.
 
-The test session gets its own cache directory, so the default backbone's GGUF is converted
-once per run and the user's real cache is never touched. Every test gets torch's default dtype
-and thread count back as they were (a test that changes them cannot leak into the next).
+Each test process gets its own cache directory, removed when the process ends, so the default
+backbone's GGUF is converted once per process, the user's real cache is never touched, and a
+run leaves no half-gigabyte conversion behind in the temp folder. Every test gets torch's
+default dtype and thread count back as they were (a test that changes them cannot leak into
+the next).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -30,12 +33,14 @@ CLINICAL_SENTENCES = [
 ]
 
 
+TEST_CACHE_KEY = pytest.StashKey[Path]()
 TINY_BRIDGE_DIMS = {"gene": 6, "brain": 4}
 TINY_BRIDGE_CONFIG = BridgeConfig(embed_dim=8, head_hidden=16, prefix_tokens=2)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="nob-test-cache-")
+    config.stash[TEST_CACHE_KEY] = Path(tempfile.mkdtemp(prefix="nob-test-cache-"))
+    os.environ["XDG_CACHE_HOME"] = str(config.stash[TEST_CACHE_KEY])
     os.environ.pop("NOB_MODEL_DIR", None)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # set in each pytest-xdist worker
     if workers > 1:  # share the cores: each worker, and every `nob` it starts, gets its part of them
@@ -43,6 +48,11 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ["NUMBA_NUM_THREADS"] = str(threads)  # numba would reset OpenMP to every core
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if TEST_CACHE_KEY in config.stash:
+        shutil.rmtree(config.stash[TEST_CACHE_KEY], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
