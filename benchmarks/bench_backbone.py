@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import random
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from measure import best_seconds, emit
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.calibration import cpu_model
@@ -64,20 +62,6 @@ QUESTIONS = [
     "Name two causes of white matter hyperintensities.",
     "What is bradykinesia?",
 ]
-
-
-def emit(name: str, ratio: float, **figures: float | str) -> None:
-    print(json.dumps({"benchmark": name, "ratio": round(ratio, 3), **figures}), flush=True)
-
-
-def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def read_bandwidth(megabytes: int = 512) -> float:
@@ -242,9 +226,8 @@ def main() -> None:
         "int8_compiled": TextBackbone.from_pretrained("smollm2-135m-instruct", quantize="int8", compile_decoding=True),
     }
     bandwidth = read_bandwidth()
-    print(json.dumps({"benchmark": "machine", "cpu": cpu_model(), "threads": torch.get_num_threads(),
-                      "read_bandwidth_gb_per_s": round(bandwidth / 1e9, 1),
-                      "weight_mb_per_token": round(weight_bytes(backbone.model) / 1e6, 1)}), flush=True)  # fmt: skip
+    emit("machine", cpu=cpu_model(), threads=torch.get_num_threads(), read_bandwidth_gb_per_s=round(bandwidth / 1e9, 1),
+         weight_mb_per_token=round(weight_bytes(backbone.model) / 1e6, 1))  # fmt: skip
     bench_encode(backbone)
     bench_generate_vs_transformers(backbone, opt_ins, bandwidth)
     bench_batched_generation(backbone)

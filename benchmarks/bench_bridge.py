@@ -11,27 +11,12 @@ Run: ``python benchmarks/bench_bridge.py``. Prints one JSON line per figure.
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
-
-
-def emit(name: str, ratio: float, **figures: float | str | int) -> None:
-    print(json.dumps({"benchmark": name, "ratio": round(ratio, 3), **figures}), flush=True)
-
-
-def seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from measure import best_seconds, emit
 
 
 def encoded_cohort(n_subjects: int):
@@ -65,8 +50,8 @@ def bench_text_cache(backbone) -> None:
         return backbone.encode(wrapped, pooling=bridge.config.text_pooling, show_progress=False)
 
     bridge.text_encoder.encode(split.train.reports)  # fill the cache once, as training does up front
-    cached_s = seconds(lambda: epoch(bridge.text_encoder.encode), repeats=3)
-    uncached_s = seconds(lambda: epoch(re_encoding), repeats=1)
+    cached_s = best_seconds(lambda: epoch(bridge.text_encoder.encode), repeats=3)
+    uncached_s = best_seconds(lambda: epoch(re_encoding), repeats=1)
     emit(
         "contrastive_epoch_text_cache_vs_reencoding",
         uncached_s / cached_s,
@@ -91,7 +76,7 @@ def bench_faiss() -> None:
         return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
 
     same = [list(map(int, row)) for row in index.search(queries, 10).ids] == brute().tolist()
-    faiss_s, numpy_s = seconds(lambda: index.search(queries, 10)), seconds(brute)
+    faiss_s, numpy_s = best_seconds(lambda: index.search(queries, 10)), best_seconds(brute)
     emit(
         "faiss_flat_search_vs_numpy_brute_force",
         numpy_s / faiss_s,
@@ -124,7 +109,7 @@ def bench_prefix_precision() -> None:
             return int(tokens.sum())
 
         tokens = step()
-        rates[label] = tokens / seconds(step, repeats=2)
+        rates[label] = tokens / best_seconds(step, repeats=2)
     emit(
         "prefix_training_tokens_per_s_bf16_vs_fp32",
         rates["bf16"] / rates["fp32"],

@@ -12,26 +12,10 @@ Run: ``python benchmarks/bench_encoders.py``. Prints one JSON line per figure.
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
-from collections.abc import Callable
 
 import numpy as np
-
-
-def emit(name: str, ratio: float, **figures: float | str | int) -> None:
-    print(json.dumps({"benchmark": name, "ratio": round(ratio, 3), **figures}), flush=True)
-
-
-def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from measure import best_seconds, emit
 
 
 def bench_parcellation() -> None:

@@ -13,11 +13,10 @@ Run: ``python benchmarks/bench_eval.py``. Prints one JSON line.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import torch
+from measure import best_of, emit
 
 SAMPLES = Path(__file__).parents[1] / "examples" / "data" / "benchmarks"
 
@@ -57,35 +56,26 @@ def plain_loglikelihood(backbone, contexts: list[str], continuations: list[str])
     return torch.tensor(scores, dtype=torch.float64)
 
 
-def best_of(repeats: int, run) -> tuple[float, torch.Tensor]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
 def main() -> None:
     from neuroomics_bridge import TextBackbone
 
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
     contexts, continuations, questions = pairs(backbone)
     backbone.loglikelihood(contexts[:8], continuations[:8])  # warm-up
-    ours_s, (ours, _) = best_of(3, lambda: backbone.loglikelihood(contexts, continuations))
-    plain_s, plain = best_of(3, lambda: plain_loglikelihood(backbone, contexts, continuations))
+    ours_s, (ours, _) = best_of(lambda: backbone.loglikelihood(contexts, continuations), warm_up=False)
+    plain_s, plain = best_of(lambda: plain_loglikelihood(backbone, contexts, continuations), warm_up=False)
     picked, picked_plain = choices(ours, questions), choices(plain, questions)
     agreement = sum(a == b for a, b in zip(picked, picked_plain, strict=True)) / len(picked)
     if agreement < 0.9:
         raise SystemExit(
             f"only {agreement:.2f} of the chosen options agree: the ratio would not compare like with like"
         )
-    print(json.dumps({
-        "benchmark": "mc_loglikelihood_vs_plain_forward", "ratio": round(plain_s / ours_s, 3),
-        "pairs": len(contexts), "ours_s": round(ours_s, 3), "plain_s": round(plain_s, 3),
-        "same_choice": round(agreement, 3), "max_abs_diff": round(float((ours - plain).abs().max()), 5),
-        "dtype": str(backbone.dtype),
-    }), flush=True)  # fmt: skip
+    emit(
+        "mc_loglikelihood_vs_plain_forward", plain_s / ours_s,
+        pairs=len(contexts), ours_s=round(ours_s, 3), plain_s=round(plain_s, 3),
+        same_choice=round(agreement, 3), max_abs_diff=round(float((ours - plain).abs().max()), 5),
+        dtype=str(backbone.dtype),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,22 +23,18 @@ so ``demo_seconds`` is the time ``nob demo`` takes.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from measure import emit
 
 from neuroomics_bridge.allocator import keep_freed_memory
 from neuroomics_bridge.backbone.calibration import cpu_model
 
 CATEGORIES = ("diagnosis", "severity", "sex", "age", "gene_findings", "brain_findings")
-
-
-def emit(name: str, **figures: float | str | int) -> None:
-    print(json.dumps({"benchmark": name, **figures}), flush=True)
 
 
 def demo_figures(seed: int, folder: Path, compile_training: bool) -> dict[str, float]:

@@ -28,11 +28,11 @@ figure set and seed, then the means; ratios against the baseline measured in the
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from measure import emit
 
 from neuroomics_bridge.backbone.calibration import cpu_model
 from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error
@@ -40,10 +40,6 @@ from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibra
 UNSEEN = ("CD34+", "Dendritic", "CD19+ B")
 CENTRING = (("", False), ("centred/", True))
 Pooled = list[tuple[np.ndarray, list[int]]]  # (probabilities, true class index) of each seed's test fold
-
-
-def emit(name: str, **figures: object) -> None:
-    print(json.dumps({"benchmark": name, **figures}), flush=True)
 
 
 def accuracy(probabilities: np.ndarray, labels: list[str], names: list[str]) -> float:

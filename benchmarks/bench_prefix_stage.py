@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from measure import emit
 
 from neuroomics_bridge import Bridge, LoRAConfig, TextBackbone
 from neuroomics_bridge.backbone.attention import training_attention
@@ -114,25 +114,20 @@ def main() -> None:
                 callbacks=[timer],
             )
         tokens_per_second[name] = sum(timer.tokens[1:]) / sum(timer.seconds[1:])
-        print(
-            json.dumps(
-                {
-                    "benchmark": "prefix_stage",
-                    "variant": name,
-                    "attention": chosen if attention == "auto" else attention,
-                    "lora_dropout": lora.dropout,
-                    "group_by_length": group_by_length,
-                    "compile_training": compile_training,
-                    "first_step_seconds": round(timer.seconds[0], 1),
-                    "seconds_per_step": round(statistics.median(timer.seconds[1:]), 3),
-                    "tokens_per_second": round(tokens_per_second[name], 1),
-                    "ratio": round(tokens_per_second[name] / tokens_per_second["baseline"], 2),
-                    "goal": 1.5,
-                    "cpu": cpu_model(),
-                    "threads": torch.get_num_threads(),
-                }
-            ),
-            flush=True,
+        emit(
+            "prefix_stage",
+            tokens_per_second[name] / tokens_per_second["baseline"],
+            variant=name,
+            attention=chosen if attention == "auto" else attention,
+            lora_dropout=lora.dropout,
+            group_by_length=group_by_length,
+            compile_training=compile_training,
+            first_step_seconds=round(timer.seconds[0], 1),
+            seconds_per_step=round(statistics.median(timer.seconds[1:]), 3),
+            tokens_per_second=round(tokens_per_second[name], 1),
+            goal=1.5,
+            cpu=cpu_model(),
+            threads=torch.get_num_threads(),
         )
 
 

@@ -12,7 +12,6 @@ Run: ``python benchmarks/bench_pretrain.py``. Prints one JSON line per figure.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
@@ -20,14 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure import emit
 
 SAMPLES = Path(__file__).parents[1] / "examples" / "data" / "corpora"
 STEPS = 6  # timed steps per arm, after one warm-up step
 BLOCK = 512
-
-
-def emit(name: str, ratio: float, **figures: float | str | int) -> None:
-    print(json.dumps({"benchmark": name, "ratio": round(ratio, 3), **figures}), flush=True)
 
 
 def documents(tokenizer) -> list[list[int]]:

@@ -14,10 +14,10 @@ Run: ``python benchmarks/bench_retrieval.py [spread]``. Prints one JSON line per
 
 from __future__ import annotations
 
-import json
-import time
+import functools
 
 import numpy as np
+from measure import best_of, emit
 
 from neuroomics_bridge.retrieval import EmbeddingIndex
 
@@ -29,33 +29,29 @@ def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, spread: flo
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
-
-
 def main(spread: float) -> None:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((CENTRES, DIM)) / np.sqrt(DIM)
     data, queries = clustered(rng, N, centres, spread), clustered(rng, QUERIES, centres, spread)
     ids = [str(i) for i in range(N)]
-    exact_index, exact_build = timed(lambda: EmbeddingIndex.build(data, ids))
-    exact, exact_time = timed(lambda: exact_index.search(queries, K))
+    exact_build, exact_index = best_of(lambda: EmbeddingIndex.build(data, ids), repeats=1, warm_up=False)
+    exact_time, exact = best_of(lambda: exact_index.search(queries, K), repeats=1, warm_up=False)
     truth = [set(row) for row in exact.ids]
     settings = [("IVF1024,Flat", {"nprobe": 8}), ("IVF1024,Flat", {"nprobe": 64}),
                 ("HNSW32", {"ef_search": 32}), ("HNSW32", {"ef_search": 128})]  # fmt: skip
-    built: dict[str, tuple[EmbeddingIndex, float]] = {}
+    built: dict[str, tuple[float, EmbeddingIndex]] = {}
     for factory, params in settings:
         if factory not in built:
-            built[factory] = timed(lambda f=factory: EmbeddingIndex.build(data, ids, factory=f, train_size=50_000))
-        index, build_seconds = built[factory]
-        found, seconds = timed(lambda i=index, p=params: i.search(queries, K, **p))
+            build = functools.partial(EmbeddingIndex.build, data, ids, factory=factory, train_size=50_000)
+            built[factory] = best_of(build, repeats=1, warm_up=False)
+        build_seconds, index = built[factory]
+        seconds, found = best_of(functools.partial(index.search, queries, K, **params), repeats=1, warm_up=False)
         recall = float(np.mean([len(truth[q] & set(row)) / K for q, row in enumerate(found.ids)]))
-        record = {"benchmark": f"{factory} {params}", "ratio": round(exact_time / seconds, 2)}
-        record |= {"recall@10": round(recall, 4), "query_s": round(seconds, 4), "flat_query_s": round(exact_time, 4)}
-        record |= {"build_s": round(build_seconds, 1), "flat_build_s": round(exact_build, 2), "spread": spread}
-        print(json.dumps(record), flush=True)
+        emit(
+            f"{factory} {params}", exact_time / seconds,
+            **{"recall@10": round(recall, 4)}, query_s=round(seconds, 4), flat_query_s=round(exact_time, 4),
+            build_s=round(build_seconds, 1), flat_build_s=round(exact_build, 2), spread=spread,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run: ``python benchmarks/bench_scale.py``. Prints one JSON line.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from measure import emit
 
 SIZES = (1_000, 10_000)
 
@@ -85,15 +85,7 @@ def main() -> None:
             assert lines == n, (lines, n)
             figures[n] = {"peak_rss_mib": round(rss), "seconds": round(seconds)}
         ratio = figures[SIZES[1]]["peak_rss_mib"] / figures[SIZES[0]]["peak_rss_mib"]
-        print(
-            json.dumps(
-                {
-                    "benchmark": "nob_report_peak_rss_10k_vs_1k",
-                    "ratio": round(ratio, 3),
-                    **{str(k): v for k, v in figures.items()},
-                }
-            )
-        )
+        emit("nob_report_peak_rss_10k_vs_1k", ratio, **{str(k): v for k, v in figures.items()})
 
 
 if __name__ == "__main__":
