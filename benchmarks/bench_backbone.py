@@ -27,7 +27,7 @@ import random
 from pathlib import Path
 
 import torch
-from measure import best_seconds, emit
+from common import best_seconds, emit
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.calibration import cpu_model

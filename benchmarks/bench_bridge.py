@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from measure import best_seconds, emit
+from common import best_seconds, emit
 
 
 def encoded_cohort(n_subjects: int):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from measure import best_seconds, emit
+from common import best_seconds, emit
 
 
 def bench_parcellation() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from measure import best_of, emit
+from common import best_of, emit
 
 SAMPLES = Path(__file__).parents[1] / "examples" / "data" / "benchmarks"
 

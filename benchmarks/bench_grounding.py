@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from measure import emit
+from common import emit
 
 from neuroomics_bridge.allocator import keep_freed_memory
 from neuroomics_bridge.backbone.calibration import cpu_model

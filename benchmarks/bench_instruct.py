@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit
 from lightning.pytorch.callbacks import Callback
-from measure import emit
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.calibration import cpu_model

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from measure import emit
+from common import emit
 
 from neuroomics_bridge.backbone.calibration import cpu_model
 from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error

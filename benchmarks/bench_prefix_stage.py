@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit
 from lightning.pytorch.callbacks import Callback
-from measure import emit
 
 from neuroomics_bridge import Bridge, LoRAConfig, TextBackbone
 from neuroomics_bridge.backbone.attention import training_attention

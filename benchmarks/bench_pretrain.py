@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import emit
+from common import emit
 
 SAMPLES = Path(__file__).parents[1] / "examples" / "data" / "corpora"
 STEPS = 6  # timed steps per arm, after one warm-up step

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from measure import best_of, emit
+from common import best_of, emit
 
 from neuroomics_bridge.retrieval import EmbeddingIndex
 

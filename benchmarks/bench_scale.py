@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from measure import emit
+from common import emit
 
 SIZES = (1_000, 10_000)
 

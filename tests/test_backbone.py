@@ -209,7 +209,7 @@ def test_generation_splits_a_batch_whose_cache_would_not_fit(
 
 def test_compiled_training_gives_the_eager_hidden_states_and_gradients(tiny_backbone: TextBackbone) -> None:
     torch.manual_seed(0)
-    for rows, length in ((3, 7), (4, 9)):  # dynamic shapes: the second batch reuses the first graph
+    for rows, length in ((3, 7), (4, 9)):  # two shapes through one compiled (dynamic) decoder
         embeds = torch.randn(rows, length, tiny_backbone.hidden_size, requires_grad=True)
         mask = torch.ones(rows, length, dtype=torch.long)
         mask[1, length - 2 :] = 0  # right padding, as training rows have
@@ -218,6 +218,7 @@ def test_compiled_training_gives_the_eager_hidden_states_and_gradients(tiny_back
         with tiny_backbone.compiled_training():
             compiled = tiny_backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask)
             (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), embeds)
+            assert tiny_backbone._training_decoder is not None  # compiled, not the eager fallback
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
 
@@ -243,3 +244,18 @@ def test_a_failing_training_compile_falls_back_to_eager_with_one_warning(
     assert len([w for w in caught if "compiled training failed" in str(w.message)]) == 1
     torch.testing.assert_close(first, eager)
     torch.testing.assert_close(second, eager)
+
+
+def test_a_compile_that_fails_at_once_trains_eagerly_with_one_warning(
+    tiny_backbone: TextBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(module: torch.nn.Module, **options: object) -> object:
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    ids = torch.tensor(tiny_backbone.tokenize(CLINICAL_SENTENCES[:1]))
+    eager = tiny_backbone.last_hidden_state(input_ids=ids)
+    failed = "compiled training failed .*not supported.*trains eagerly"
+    with pytest.warns(UserWarning, match=failed) as caught, tiny_backbone.compiled_training():
+        torch.testing.assert_close(tiny_backbone.last_hidden_state(input_ids=ids), eager)
+    assert len([w for w in caught if "compiled training failed" in str(w.message)]) == 1

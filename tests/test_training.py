@@ -302,3 +302,30 @@ def test_prefix_stage_can_train_through_the_compiled_decoder(new_bridge, encoded
     assert len(compiled_calls) == len(recorder.batches) > 0  # every training step, no validation forward
     bridge.backbone.last_hidden_state(input_ids=torch.tensor([[5, 6, 7]]))
     assert len(compiled_calls) == len(recorder.batches)  # the compiled graph is gone after the fit
+
+
+class FailAtStep(Callback):
+    """Raises in the given training step, as a crash mid-fit would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index: int) -> None:
+        if batch_index == self.step:
+            raise RuntimeError("crash mid-fit")
+
+
+def test_a_failed_fit_puts_the_backbone_back(new_bridge, encoded, tmp_path, monkeypatch) -> None:
+    cohort, split = encoded
+    bridge = new_bridge()
+    model = bridge.backbone.model
+    attention_before = model.config._attn_implementation
+    other = "eager" if attention_before != "eager" else "sdpa"
+    monkeypatch.setattr(torch, "compile", lambda module, **options: module)  # "compiled" at once
+    with pytest.raises(RuntimeError, match="crash mid-fit"):
+        fit_alignment(
+            bridge, cohort, "prefix", split=split, max_epochs=1, root_dir=tmp_path, precision="32-true",
+            attention=other, compile_training=True, callbacks=[FailAtStep(1)],
+        )  # fmt: skip
+    assert model.config._attn_implementation == attention_before
+    assert bridge.backbone._training_decoder is None

@@ -206,10 +206,23 @@ def _onednn_enabled(enabled: bool) -> Iterator[None]:
 
 
 def available_memory(device: torch.device | None = None) -> int:
-    """Bytes of memory available to new allocations: a CUDA ``device``'s free memory, else the
-    host's (Linux ``MemAvailable``; 0 where unknown)."""
+    """Bytes of memory available to new allocations on ``device``.
+
+    Parameters
+    ----------
+    device
+        A CUDA device, or ``None``/a CPU device for the host.
+
+    Returns
+    -------
+    int
+        For a CUDA device, its free memory plus what PyTorch's caching allocator holds unused
+        (freed tensors it keeps for reuse); for the host, Linux's ``MemAvailable``; 0 where
+        unknown.
+    """
     if device is not None and device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + cached_unused
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():

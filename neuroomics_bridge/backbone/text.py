@@ -205,7 +205,7 @@ class TextBackbone:
     def kv_cache_bytes_per_token(self) -> int:
         """Bytes of key/value cache one token of one generated row holds (keys and values of
         every layer, in :attr:`dtype`): 23 KB for the default backbone, 0.5 MB for a 7B LLaMA-2."""
-        config = self.model.config
+        config = self.model.config.get_text_config()
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return 2 * config.num_hidden_layers * kv_heads * head_dim * self.dtype.itemsize
@@ -610,14 +610,16 @@ class TextBackbone:
         else:  # unset sampling knobs a checkpoint's generation_config may carry
             options.update(temperature=None, top_p=None, top_k=None)
         texts: list[str] = [""] * len(prompts)
-        cache_tokens = int(KV_CACHE_MEMORY_SHARE * available_memory(self.device)) // self.kv_cache_bytes_per_token
+        memory = available_memory(self.device)  # 0: unknown, so batches are not split
+        # a compiled step's static cache rounds each batch's length up to the next bucket
+        rounding = STATIC_CACHE_BUCKET - 1 if self.compile_decoding else 0
         batches = _length_sorted_batches(
             token_ids,
             batch_size,
             show_progress,
             desc="generate",
-            token_budget=cache_tokens or None,  # 0: the available memory is unknown
-            row_extra=k + max_new_tokens,
+            token_budget=int(KV_CACHE_MEMORY_SHARE * memory) // self.kv_cache_bytes_per_token if memory else None,
+            row_extra=k + max_new_tokens + rounding,
         )
         for batch in batches:
             rows = [token_ids[i] for i in batch]
@@ -670,21 +672,30 @@ class TextBackbone:
     @contextlib.contextmanager
     def compiled_training(self) -> Iterator[None]:
         """Within the block, training forwards (:meth:`last_hidden_state` with gradients on)
-        run the decoder through ``torch.compile`` (dynamic shapes: one graph for every batch
-        size and length).
+        run the decoder through ``torch.compile`` (dynamic shapes, so batches of other sizes and
+        lengths mostly reuse one graph).
 
         Compiled, a prefix-stage step takes about three quarters of the eager one on a 2-core CPU
         (README, "Performance"); the first step compiles (minutes on a CPU, seconds with a warm
         inductor cache), so it pays off over hundreds of steps or on later runs. Gradient-free
         forwards (validation, generation) stay eager, and the compiled graph is dropped at the
-        end of the block.
+        end of the block. Where ``torch.compile`` itself fails, the block trains eagerly after
+        one warning.
+
+        Yields
+        ------
+        None
+            Control, with compiled training forwards, until the block ends.
         """
         # Fused kernels keep float32 intermediates where eager rounds to bf16; in bf16 training
         # that moved the prefix stage's gradients off the eager ones (cosine 0.78; grounding fell
         # on two demo seeds). Rounding as eager does keeps them together (cosine 0.9999).
-        self._training_decoder = torch.compile(
-            self.model.get_decoder(), dynamic=True, options={"emulate_precision_casts": True}
-        )
+        try:
+            self._training_decoder = torch.compile(
+                self.model.get_decoder(), dynamic=True, options={"emulate_precision_casts": True}
+            )
+        except Exception as err:  # e.g. a Python version Dynamo does not support
+            self._warn_compile_failed("training", "trains", err, stacklevel=4)
         try:
             yield
         finally:

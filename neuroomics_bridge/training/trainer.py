@@ -145,6 +145,10 @@ class TrainingBackbone(Callback):
                 self._switched.enter_context(self.backbone.compiled_training())
 
     def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        """Put the backbone back, however fitting ended."""
+        """Put the backbone back when fitting ends."""
         if stage == "fit":
             self._switched.close()
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        """Put the backbone back when fitting fails (Lightning calls no ``teardown`` then)."""
+        self._switched.close()

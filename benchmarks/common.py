@@ -12,14 +12,17 @@ from collections.abc import Callable
 from typing import TypeVar
 
 Result = TypeVar("Result")
+NO_BASELINE = object()
+"""``emit``'s ``ratio`` for a figure without a baseline: the line then has no ``ratio`` key."""
 
 
-def emit(name: str, ratio: float | None = None, **figures: object) -> None:
+def emit(name: str, ratio: float | object | None = NO_BASELINE, **figures: object) -> None:
     """Print one figure as a JSON line: its name, its ratio to the baseline timed in the same run
-    (where it has one, rounded to three places) and the raw figures behind it."""
+    (rounded to three places; ``None``, written as ``null``, where the baseline is zero) and the
+    raw figures behind it."""
     record: dict[str, object] = {"benchmark": name}
-    if ratio is not None:
-        record["ratio"] = round(ratio, 3)
+    if ratio is not NO_BASELINE:
+        record["ratio"] = None if ratio is None else round(ratio, 3)
     print(json.dumps(record | figures), flush=True)
 
 
