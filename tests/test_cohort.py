@@ -28,9 +28,16 @@ def test_split_is_disjoint_complete_stratified_and_stable(small_cohort) -> None:
     again = small_cohort.split(seed=7)
     assert again.test.subject_ids == split.test.subject_ids
     assert small_cohort.split(seed=8).test.subject_ids != split.test.subject_ids
-    # A subject's fold does not depend on the rest of the cohort.
+    # Within a label, subjects keep one order whoever else is in the cohort, so a smaller cohort's
+    # cuts fall along it too: none of its training subjects is in a later fold of the whole
+    # cohort's split than any of its test subjects.
+    fold_of = {subject: i for i, fold in enumerate(folds) for subject in fold}
+    label_of = dict(zip(small_cohort.subject_ids, small_cohort.labels, strict=True))
     smaller = small_cohort.subset(small_cohort.subject_ids[:40]).split(seed=7)
-    assert set(smaller.train.subject_ids) <= folds[0] | folds[1] | folds[2]
+    for label in set(smaller.train.labels):
+        train = [fold_of[s] for s in smaller.train.subject_ids if label_of[s] == label]
+        test = [fold_of[s] for s in smaller.test.subject_ids if label_of[s] == label]
+        assert not test or max(train) <= min(test), label
 
 
 def test_subset_keeps_every_field_aligned(small_cohort) -> None:

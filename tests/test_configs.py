@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from neuroomics_bridge import BackboneConfig, ConfigError, TextBackbone
+from neuroomics_bridge.backbone.hardware import default_dtype
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CONFIG_CLASSES = {"backbone.yaml": BackboneConfig}
@@ -51,8 +53,9 @@ def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypat
 def test_shipped_config_loads_and_builds(name: str) -> None:
     config = CONFIG_CLASSES[name].from_yaml(CONFIGS / name)
     built = TextBackbone.from_config(config)
-    if isinstance(built, TextBackbone):
-        assert built.name == config.name
+    assert built.name == config.name and built.compile_decoding == config.compile_decoding
+    assert built.quantization == (None if config.quantize == "none" else config.quantize)
+    assert built.dtype == (default_dtype(built.device) if config.dtype == "auto" else getattr(torch, config.dtype))
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.config import BridgeConfig
 from neuroomics_bridge.training import SafetensorsCheckpointIO
 from tests.preempted import KILL_AT_STEP
+from tests.steps import StepRecorder
 
 WORKER = Path(__file__).parent / "preempted.py"
 
@@ -61,7 +62,10 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(job: str, tmp_path, ti
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no clean-up ran
     last = SafetensorsCheckpointIO().load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")
     assert 0 < last["global_step"] < KILL_AT_STEP[job]  # resuming really starts part-way
-    resumed = run(tiny_model_dir, tmp_path / "killed", ckpt_path="last")
+    recorder = StepRecorder()
+    resumed = run(tiny_model_dir, tmp_path / "killed", ckpt_path="last", callbacks=[recorder])
+    assert recorder.steps[0] == last["global_step"]  # picked up where the checkpoint left off
+    assert recorder.steps == list(range(last["global_step"], recorder.steps[-1] + 1))
     whole = run(tiny_model_dir, tmp_path / "whole")
     for name, value in whole.items():
         # float32 rounding of the resumed path: ~1e-8 on weights, a few ulp on a fitted temperature of ~4

@@ -13,6 +13,7 @@ from lightning.pytorch import Callback
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER
 from neuroomics_bridge.training.pretrain import continual_pretrain
+from tests.steps import StepRecorder
 
 SYMPTOMS = ["resting tremor", "memory decline", "bradykinesia", "apathy", "rigidity", "disinhibition"]
 FINDINGS = ["hippocampal atrophy", "striatal volume loss", "frontal atrophy", "no focal atrophy"]
@@ -76,7 +77,9 @@ class StopAfterSteps(Callback):
 def test_resuming_from_last_matches_an_uninterrupted_run(tmp_path, tiny_model_dir) -> None:
     whole, _ = run(tmp_path, tiny_model_dir, "whole", val_check_interval=6)
     run(tmp_path, tiny_model_dir, "resumed", val_check_interval=6, callbacks=[StopAfterSteps(6)])
-    resumed, _ = run(tmp_path, tiny_model_dir, "resumed", val_check_interval=6, ckpt_path="last")
+    recorder = StepRecorder()
+    resumed, _ = run(tmp_path, tiny_model_dir, "resumed", val_check_interval=6, ckpt_path="last", callbacks=[recorder])
+    assert recorder.steps == list(range(6, 12))  # the six steps left, not all twelve again
     assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").read_bytes()[8:9] == b"{"  # safetensors, no pickle
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)

@@ -16,6 +16,7 @@ from neuroomics_bridge.config import BridgeConfig
 from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
 from neuroomics_bridge.training import SafetensorsCheckpointIO, fit_alignment
 from neuroomics_bridge.training.data import GROUP_BATCHES, SubjectSampler
+from tests.steps import StepRecorder
 
 SMALL = BridgeConfig(embed_dim=16, head_hidden=32, prefix_tokens=2)
 
@@ -119,10 +120,12 @@ def test_resuming_from_last_matches_an_uninterrupted_run(new_bridge, encoded, tm
     fit_alignment(
         interrupted, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", callbacks=[stop]
     )
-    resumed = new_bridge()
+    resumed, recorder = new_bridge(), StepRecorder()
     result = fit_alignment(
-        resumed, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", ckpt_path="last"
-    )
+        resumed, cohort, "contrastive", split=split, max_epochs=4, root_dir=tmp_path / "resumed", ckpt_path="last",
+        callbacks=[recorder],
+    )  # fmt: skip
+    assert sorted(set(recorder.epochs)) == [2, 3]  # resumed after the two finished epochs, not from scratch
     last = SafetensorsCheckpointIO().load_checkpoint(result.last_checkpoint)
     reference = SafetensorsCheckpointIO().load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     assert last["epoch"] == reference["epoch"] == 3

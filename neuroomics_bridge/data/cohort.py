@@ -163,8 +163,8 @@ class Cohort:
     def split(self, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), *, seed: int = 0) -> CohortSplit:
         """Deterministic train/val/test split by subject, stratified by label when there are labels.
 
-        Within each label, subjects are ordered by a hash of ``seed`` and their id, so a subject's
-        fold does not depend on who else is in the cohort.
+        Within each label, subjects are ordered by a hash of ``seed`` and their id, so their order
+        does not depend on who else is in the cohort (only where the cuts fall does).
 
         Parameters
         ----------
