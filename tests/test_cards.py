@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuroomics_bridge import ConfigError, ModelCard, get_card, list_cards, validate_cards
+from neuroomics_bridge import ConfigError, get_card, list_cards, validate_cards
 from neuroomics_bridge.backbone.cards import cards_dir, load_card
 
 REQUIRED_IDS = {
@@ -57,7 +57,6 @@ def test_me_llama_cards_record_the_papers_recipe() -> None:
 def test_only_the_default_is_bundled() -> None:
     bundled = [card.id for card in list_cards() if card.weights.source == "bundled"]
     assert bundled == ["smollm2-135m-instruct"]
-    assert all(isinstance(card, ModelCard) for card in list_cards())
 
 
 def _write_card(folder: Path, card_id: str, **overrides) -> Path:

@@ -57,8 +57,6 @@ def test_an_int8_backbone_is_opt_in_and_close_to_the_float_one(tiny_model_dir: P
         single = quantized.model(ids[:, :1]).logits  # one row: the int8 kernel
     assert (logits - reference).abs().max() < 0.02 * reference.abs().max()
     torch.testing.assert_close(single[0, 0], logits[0, 0], rtol=1e-4, atol=1e-4)
-    (text,) = quantized.generate("Tremor of the right hand", max_new_tokens=5)
-    assert isinstance(text, str)
     embedded = quantized.encode(["Tremor of the right hand."])
     assert torch.nn.functional.cosine_similarity(embedded, tiny_backbone.encode(["Tremor of the right hand."])) > 0.99
 
