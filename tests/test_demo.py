@@ -223,6 +223,10 @@ def test_evaluate_scores_a_labelled_folder_with_every_demo_metric(demo_dir, eval
         assert 0 <= metrics[f"report/{variant}/diagnosis"] <= 1
     reports = [json.loads(line) for line in (evaluated / "reports.jsonl").read_text().splitlines()]
     assert len(reports) == 8 and all(r["notice"] == RESEARCH_NOTICE for r in reports)
+    cohort = synthetic_cohort(10, seed=42, cells_per_subject=6, missing_rate=0.1)  # the folder ``evaluated`` scored
+    label_of = dict(zip(cohort.subject_ids, cohort.labels, strict=True))
+    named_right = [r["label"] == label_of[r["subject_id"]] for r in reports]  # the written reports' impressions
+    assert metrics["report/label_accuracy"] == pytest.approx(sum(named_right) / len(named_right))
 
 
 def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) -> None:
