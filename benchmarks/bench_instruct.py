@@ -21,16 +21,13 @@ Run: ``python benchmarks/bench_instruct.py [--steps 12]``. Prints one JSON line 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit
-from lightning.pytorch.callbacks import Callback
+from common import StepTimer, emit
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.calibration import cpu_model
@@ -40,23 +37,16 @@ from neuroomics_bridge.training.instruct import instruction_tune
 RECORDS = Path(__file__).parents[1] / "examples" / "data" / "instructions" / "train.jsonl"
 
 
-class StepTimer(Callback):
-    """Wall time, real (unpadded) and padded tokens of each training batch (forward, backward,
-    optimiser step)."""
+class InstructStepTimer(StepTimer):
+    """Real tokens of an instruction batch (its attention mask), and its padded size."""
 
     def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self.tokens: list[int] = []
+        super().__init__()
         self.padded: list[int] = []
-        self._started = 0.0
 
-    def on_train_batch_start(self, trainer: Any, module: Any, batch: dict[str, Any], batch_index: int) -> None:
-        self.tokens.append(int(batch["attention_mask"].sum()))
+    def real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
         self.padded.append(batch["attention_mask"].numel())
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, *args: object) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
+        return int(batch["attention_mask"].sum())
 
 
 def main() -> None:
@@ -74,7 +64,7 @@ def main() -> None:
     tokens_per_second: dict[str, float] = {}
     for name, (group_by_length, compile_training) in variants.items():
         backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into it
-        timer = StepTimer()
+        timer = InstructStepTimer()
         with tempfile.TemporaryDirectory() as folder:
             instruction_tune(
                 backbone,
@@ -87,16 +77,17 @@ def main() -> None:
                 enable_progress_bar=False,
                 callbacks=[timer],
             )
-        tokens_per_second[name] = sum(timer.tokens[1:]) / sum(timer.seconds[1:])
+        figures = timer.figures()
+        tokens_per_second[name] = figures["tokens_per_second"]
         emit(
             "instruction_tuning",
             tokens_per_second[name] / tokens_per_second["library default"],
             variant=name,
             group_by_length=group_by_length,
             compile_training=compile_training,
-            first_step_seconds=round(timer.seconds[0], 1),
-            seconds_per_step=round(statistics.median(timer.seconds[1:]), 3),
-            tokens_per_second=round(tokens_per_second[name], 1),
+            first_step_seconds=round(figures["first_step_seconds"], 1),
+            seconds_per_step=round(figures["seconds_per_step"], 3),
+            tokens_per_second=round(figures["tokens_per_second"], 1),
             padding=round(1 - sum(timer.tokens[1:]) / sum(timer.padded[1:]), 3),
             cpu=cpu_model(),
             threads=torch.get_num_threads(),

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit
-from lightning.pytorch.callbacks import Callback
+from common import StepTimer, emit
 
 from neuroomics_bridge import Bridge, LoRAConfig, TextBackbone
 from neuroomics_bridge.backbone.attention import training_attention
@@ -49,25 +46,20 @@ from neuroomics_bridge.training import fit_alignment
 from neuroomics_bridge.training.args import PREFIX_LORA
 
 
-class StepTimer(Callback):
-    """Wall time and real (unpadded) tokens of each training batch (forward, backward, optimiser step)."""
+class PrefixStepTimer(StepTimer):
+    """Real tokens of a prefix-stage batch: each subject's ``[prompt][report]`` in this epoch's
+    layout, plus its soft tokens and EOS."""
 
     def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self.tokens: list[int] = []
+        super().__init__()
         self._lengths: list[int] = []  # [prompt][report] tokens per subject in this epoch
-        self._started = 0.0
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         self._lengths = module.stage_impl.row_lengths(module, trainer.current_epoch)
 
-    def on_train_batch_start(self, trainer: Any, module: Any, batch: dict[str, Any], batch_index: int) -> None:
+    def real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
         soft_tokens_and_eos = module.bridge.adapters.projector.n_tokens + 1
-        self.tokens.append(sum(self._lengths[int(i)] + soft_tokens_and_eos for i in batch["index"]))
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, *args: object) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
+        return sum(self._lengths[int(i)] + soft_tokens_and_eos for i in batch["index"])
 
 
 def main() -> None:
@@ -94,7 +86,7 @@ def main() -> None:
         backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into it
         torch.manual_seed(0)
         bridge = Bridge(backbone, {m: x.shape[1] for m, x in cohort.features.items()})
-        timer = StepTimer()
+        timer = PrefixStepTimer()
         with tempfile.TemporaryDirectory() as folder:
             fit_alignment(
                 bridge,
@@ -113,7 +105,8 @@ def main() -> None:
                 enable_progress_bar=False,
                 callbacks=[timer],
             )
-        tokens_per_second[name] = sum(timer.tokens[1:]) / sum(timer.seconds[1:])
+        figures = timer.figures()
+        tokens_per_second[name] = figures["tokens_per_second"]
         emit(
             "prefix_stage",
             tokens_per_second[name] / tokens_per_second["baseline"],
@@ -122,9 +115,9 @@ def main() -> None:
             lora_dropout=lora.dropout,
             group_by_length=group_by_length,
             compile_training=compile_training,
-            first_step_seconds=round(timer.seconds[0], 1),
-            seconds_per_step=round(statistics.median(timer.seconds[1:]), 3),
-            tokens_per_second=round(tokens_per_second[name], 1),
+            first_step_seconds=round(figures["first_step_seconds"], 1),
+            seconds_per_step=round(figures["seconds_per_step"], 3),
+            tokens_per_second=round(figures["tokens_per_second"], 1),
             goal=1.5,
             cpu=cpu_model(),
             threads=torch.get_num_threads(),

@@ -7,9 +7,12 @@ on ``sys.path``); it is not part of the library.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from lightning.pytorch.callbacks import Callback
 
 Result = TypeVar("Result")
 NO_BASELINE = object()
@@ -43,3 +46,33 @@ def best_of(fn: Callable[[], Result], repeats: int = 3, warm_up: bool = True) ->
 def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     """:func:`best_of`'s time alone, after a warm-up call."""
     return best_of(fn, repeats)[0]
+
+
+class StepTimer(Callback):
+    """Wall time and real (unpadded) tokens of each training batch: forward, backward and
+    optimiser step. The first step (warm-up, or compiling) is reported apart and left out of the
+    rates. Subclasses say how many real tokens a batch holds (:meth:`real_tokens`)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.tokens: list[int] = []
+        self._started = 0.0
+
+    def real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
+        """The batch's tokens that are not padding."""
+        raise NotImplementedError
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: dict[str, Any], batch_index: int) -> None:
+        self.tokens.append(self.real_tokens(trainer, module, batch))
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+    def figures(self) -> dict[str, float]:
+        """Real tokens per second and the median step after the first, and the first step."""
+        return {
+            "tokens_per_second": sum(self.tokens[1:]) / sum(self.seconds[1:]),
+            "seconds_per_step": statistics.median(self.seconds[1:]),
+            "first_step_seconds": self.seconds[0],
+        }
