@@ -264,3 +264,30 @@ def test_a_compile_that_fails_at_once_trains_eagerly_with_one_warning(
     with pytest.warns(UserWarning, match=failed) as caught, tiny_backbone.compiled_training():
         torch.testing.assert_close(tiny_backbone.last_hidden_state(input_ids=ids), eager)
     assert len([w for w in caught if "compiled training failed" in str(w.message)]) == 1
+
+
+def test_the_cache_budget_counts_a_tiny_memory_and_the_compiled_cache_rounding(
+    tiny_backbone: TextBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = CLINICAL_SENTENCES[:3]
+    rows_per_call: list[int] = []
+
+    def counting_generate(**kwargs: object) -> torch.Tensor:  # eager, whatever compile_decoding says
+        rows_per_call.append(len(kwargs["input_ids"]))  # type: ignore[arg-type]
+        return tiny_backbone.model.generate(**kwargs)
+
+    monkeypatch.setattr(tiny_backbone, "_generate", counting_generate)
+    longest_row = max(len(ids) for ids in tiny_backbone.tokenize(prompts)) + 5  # prompt + max_new_tokens
+    three_rows = 3 * longest_row * tiny_backbone.kv_cache_bytes_per_token / text.KV_CACHE_MEMORY_SHARE
+    # 1 byte: known and too small for any batch, so one row at a time (0 would mean unknown); a
+    # compiled step's static cache adds up to STATIC_CACHE_BUCKET - 1 tokens to every row
+    for memory, compiled, expected_rows in (
+        (1, False, [1, 1, 1]),
+        (three_rows, False, [3]),
+        (three_rows, True, [1, 1, 1]),
+    ):
+        monkeypatch.setattr(text, "available_memory", lambda device=None, memory=memory: int(memory))
+        monkeypatch.setattr(tiny_backbone, "compile_decoding", compiled)
+        rows_per_call.clear()
+        tiny_backbone.generate(prompts, max_new_tokens=5, batch_size=3)
+        assert rows_per_call == expected_rows, (memory, compiled)
