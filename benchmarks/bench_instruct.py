@@ -38,13 +38,13 @@ RECORDS = Path(__file__).parents[1] / "examples" / "data" / "instructions" / "tr
 
 
 class InstructStepTimer(StepTimer):
-    """Real tokens of an instruction batch (its attention mask), and its padded size."""
+    """Counts an instruction batch's real tokens (its attention mask) and keeps its padded size."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(self._real_tokens)
         self.padded: list[int] = []
 
-    def real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
+    def _real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
         self.padded.append(batch["attention_mask"].numel())
         return int(batch["attention_mask"].sum())
 
@@ -77,17 +77,14 @@ def main() -> None:
                 enable_progress_bar=False,
                 callbacks=[timer],
             )
-        figures = timer.figures()
-        tokens_per_second[name] = figures["tokens_per_second"]
+        tokens_per_second[name] = timer.tokens_per_second
         emit(
             "instruction_tuning",
             tokens_per_second[name] / tokens_per_second["library default"],
             variant=name,
             group_by_length=group_by_length,
             compile_training=compile_training,
-            first_step_seconds=round(figures["first_step_seconds"], 1),
-            seconds_per_step=round(figures["seconds_per_step"], 3),
-            tokens_per_second=round(figures["tokens_per_second"], 1),
+            **timer.figures(),
             padding=round(1 - sum(timer.tokens[1:]) / sum(timer.padded[1:]), 3),
             cpu=cpu_model(),
             threads=torch.get_num_threads(),

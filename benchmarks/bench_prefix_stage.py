@@ -47,17 +47,17 @@ from neuroomics_bridge.training.args import PREFIX_LORA
 
 
 class PrefixStepTimer(StepTimer):
-    """Real tokens of a prefix-stage batch: each subject's ``[prompt][report]`` in this epoch's
-    layout, plus its soft tokens and EOS."""
+    """Counts a prefix-stage batch's real tokens: each subject's ``[prompt][report]`` in this
+    epoch's layout, plus its soft tokens and EOS."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(self._real_tokens)
         self._lengths: list[int] = []  # [prompt][report] tokens per subject in this epoch
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         self._lengths = module.stage_impl.row_lengths(module, trainer.current_epoch)
 
-    def real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
+    def _real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
         soft_tokens_and_eos = module.bridge.adapters.projector.n_tokens + 1
         return sum(self._lengths[int(i)] + soft_tokens_and_eos for i in batch["index"])
 
@@ -105,8 +105,7 @@ def main() -> None:
                 enable_progress_bar=False,
                 callbacks=[timer],
             )
-        figures = timer.figures()
-        tokens_per_second[name] = figures["tokens_per_second"]
+        tokens_per_second[name] = timer.tokens_per_second
         emit(
             "prefix_stage",
             tokens_per_second[name] / tokens_per_second["baseline"],
@@ -115,9 +114,7 @@ def main() -> None:
             lora_dropout=lora.dropout,
             group_by_length=group_by_length,
             compile_training=compile_training,
-            first_step_seconds=round(figures["first_step_seconds"], 1),
-            seconds_per_step=round(figures["seconds_per_step"], 3),
-            tokens_per_second=round(figures["tokens_per_second"], 1),
+            **timer.figures(),
             goal=1.5,
             cpu=cpu_model(),
             threads=torch.get_num_threads(),

@@ -51,16 +51,19 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
 class StepTimer(Callback):
     """Wall time and real (unpadded) tokens of each training batch: forward, backward and
     optimiser step. The first step (warm-up, or compiling) is reported apart and left out of the
-    rates. Subclasses say how many real tokens a batch holds (:meth:`real_tokens`)."""
+    rates.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    real_tokens
+        ``(trainer, module, batch) -> int``: how many of the batch's tokens are not padding.
+    """
+
+    def __init__(self, real_tokens: Callable[[Any, Any, dict[str, Any]], int]) -> None:
+        self.real_tokens = real_tokens
         self.seconds: list[float] = []
         self.tokens: list[int] = []
         self._started = 0.0
-
-    def real_tokens(self, trainer: Any, module: Any, batch: dict[str, Any]) -> int:
-        """The batch's tokens that are not padding."""
-        raise NotImplementedError
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: dict[str, Any], batch_index: int) -> None:
         self.tokens.append(self.real_tokens(trainer, module, batch))
@@ -69,10 +72,16 @@ class StepTimer(Callback):
     def on_train_batch_end(self, *args: object) -> None:
         self.seconds.append(time.perf_counter() - self._started)
 
+    @property
+    def tokens_per_second(self) -> float:
+        """Real tokens per second over the steps after the first."""
+        return sum(self.tokens[1:]) / sum(self.seconds[1:])
+
     def figures(self) -> dict[str, float]:
-        """Real tokens per second and the median step after the first, and the first step."""
+        """The figures a benchmark line prints: the rate, the median step after the first, and
+        the first step, rounded."""
         return {
-            "tokens_per_second": sum(self.tokens[1:]) / sum(self.seconds[1:]),
-            "seconds_per_step": statistics.median(self.seconds[1:]),
-            "first_step_seconds": self.seconds[0],
+            "first_step_seconds": round(self.seconds[0], 1),
+            "seconds_per_step": round(statistics.median(self.seconds[1:]), 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
         }
