@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from neuroomics_bridge import TextBackbone
-from neuroomics_bridge.backbone.packed import PackedLinear, drop_packed_weights, pack_linear_weights
+from neuroomics_bridge.backbone.packed import (
+    STACKED_ROWS_MAX,
+    PackedLinear,
+    drop_packed_weights,
+    pack_linear_weights,
+)
+
+
+def _has_packed_copy(layer: PackedLinear) -> bool:
+    return layer._packed is not None or (layer._siblings is not None and layer._siblings._packed is not None)
 
 
 def _layer(dtype: torch.dtype, bias: bool = True) -> tuple[nn.Linear, PackedLinear]:
@@ -87,6 +96,62 @@ def test_packing_a_model_keeps_its_parameters_and_their_ties(tiny_model_dir: Pat
         torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def _block_with_siblings(bias: bool) -> nn.Module:
+    torch.manual_seed(0)
+    block = nn.Module()
+    for name, width in (("q_proj", 16), ("k_proj", 8), ("v_proj", 8), ("o_proj", 16)):
+        block.add_module(name, nn.Linear(16, width, bias=bias).requires_grad_(False))
+    return block
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_siblings_are_packed_as_one_stack_and_each_gets_its_own_output(bias: bool) -> None:
+    block = _block_with_siblings(bias)
+    plain = copy.deepcopy(block)
+    pack_linear_weights(block)
+    q, k, v, o = block.q_proj, block.k_proj, block.v_proj, block.o_proj
+    assert q._siblings is not None and q._siblings is k._siblings is v._siblings and o._siblings is None
+    x, y = torch.randn(3, 16), torch.randn(3, 16)
+    with torch.inference_mode():
+        got = [q(x), k(x), v(x)]  # one multiply of the stack; k and v take their waiting slices
+        assert q._siblings._waiting == {} and all(layer._packed is None for layer in (q, k, v))
+        assert [t.shape[-1] for t in got] == [16, 8, 8]
+        for layer, out in zip(("q_proj", "k_proj", "v_proj"), got, strict=True):
+            torch.testing.assert_close(out, getattr(plain, layer)(x))
+        # a sibling called on another input, or twice, computes afresh instead of taking a slice
+        q(x)
+        torch.testing.assert_close(k(y), plain.k_proj(y))
+        torch.testing.assert_close(q(y), plain.q_proj(y))
+        torch.testing.assert_close(q(y), plain.q_proj(y))
+        many_rows = torch.randn(STACKED_ROWS_MAX + 1, 16)  # prefill-sized: each layer multiplies on its own
+        torch.testing.assert_close(q(many_rows), plain.q_proj(many_rows))
+        assert q._siblings._input is not many_rows
+    with torch.no_grad():  # a weight changed between siblings' calls: the waiting slice is stale
+        q(x)
+        block.v_proj.weight.mul_(2)
+        plain.v_proj.weight.mul_(2)
+        torch.testing.assert_close(v(x), plain.v_proj(x))
+        x.mul_(3)  # the input changed in place: the same tensor, another value
+        q(x)
+        x.add_(1)
+        torch.testing.assert_close(k(x), plain.k_proj(x))
+
+
+def test_a_copy_of_a_model_stacks_its_own_siblings() -> None:
+    block = _block_with_siblings(bias=False)
+    pack_linear_weights(block)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        expected = [block.q_proj(x), block.k_proj(x)]
+        clone = copy.deepcopy(block)
+        assert clone.q_proj._siblings is clone.k_proj._siblings is not block.q_proj._siblings
+        assert clone.q_proj._siblings.layers == [clone.q_proj, clone.k_proj, clone.v_proj]
+        assert clone.q_proj._siblings._packed is None
+        clone.k_proj.weight.zero_()
+        assert clone.q_proj(x).equal(expected[0]) and not clone.k_proj(x).any()
+        assert block.k_proj(x).equal(expected[1]), "the original keeps its own weights and stack"
+
+
 def test_a_backbone_packs_its_weights_where_packing_measured_fastest(tiny_model_dir: Path, monkeypatch) -> None:
     from neuroomics_bridge.backbone import text
 
@@ -95,9 +160,9 @@ def test_a_backbone_packs_its_weights_where_packing_measured_fastest(tiny_model_
     layers = [m for m in backbone.model.modules() if isinstance(m, PackedLinear)]
     assert layers and not any(type(m) is nn.Linear for m in backbone.model.modules())
     greedy = backbone.generate("Axial FLAIR shows", max_new_tokens=6)
-    assert all(layer._packed is not None for layer in layers)
+    assert all(_has_packed_copy(layer) for layer in layers)
     backbone.mark_weights_changed()
-    assert all(layer._packed is None for layer in layers)
+    assert not any(_has_packed_copy(layer) for layer in layers)
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
     plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
     assert plain.generate("Axial FLAIR shows", max_new_tokens=6) == greedy

@@ -19,6 +19,15 @@ calls the registered op ``neuroomics_bridge::packed_linear``, which the graph ru
 call: it fetches the layer's packed copy at run time (packing again if the weight changed), so
 compiled decoding reads the same copy as eager decoding, with no second copy per graph and
 nothing baked into the graph that could go stale.
+
+Layers of one module that always read the same input (a LLaMA block's query, key and value
+projections; its MLP's gate and up projections: :data:`SIBLING_LAYERS`) are packed as one stacked
+matrix, so a decoding step makes one oneDNN call where it made three or two. Each such call costs
+about 19 µs before it reads a byte (measured on the Intel Xeon: a 64 x 64 layer takes as long as
+a 576 x 576 one), so stacking takes the default backbone's 211 single-row calls to 121 and its
+linear layers from 19.3 to 17.0 ms a token. The first sibling called multiplies the stack and
+keeps the others' slices until they are called with the same input. Inputs of many rows (prefill,
+encoding) take the plain layers instead (:data:`STACKED_ROWS_MAX`).
 """
 
 from __future__ import annotations
@@ -27,9 +36,27 @@ import weakref
 from typing import Self
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PackedLinear", "drop_packed_weights", "pack_linear_weights", "packed_linear"]
+__all__ = [
+    "SIBLING_LAYERS",
+    "STACKED_ROWS_MAX",
+    "PackedLinear",
+    "drop_packed_weights",
+    "pack_linear_weights",
+    "packed_linear",
+]
+
+SIBLING_LAYERS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Names of linear layers that one module (LLaMA-family attention, MLP) always calls on the same input."""
+
+STACKED_ROWS_MAX = 64
+"""Most input rows that siblings multiply as one stack: decoding steps, up to the 64 rows reports
+are decoded in. On more rows (prefill, encoding) the stacked matmul is still faster, but its
+strided slices slow the attention and MLP after them: encoding 64 texts (Intel Xeon, AMX, 2
+cores) took 2–7% longer stacked than per layer in three runs, and for that many rows oneDNN reads
+the plain weight about as fast as a packed one, so those rows take the plain layers."""
 
 
 class PackedLinear(nn.Linear):
@@ -42,6 +69,7 @@ class PackedLinear(nn.Linear):
     _packed: torch.Tensor | None = None
     _packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
     _layer_key: int  # this layer's key in _LAYERS, what compiled graphs pass to packed_linear
+    _siblings: _Siblings | None = None  # the stack this layer is packed in, if any
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -70,6 +98,8 @@ class PackedLinear(nn.Linear):
         return self._packed_forward(x)
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._siblings is not None:
+            return self._siblings.forward(self, x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
 
     def __getstate__(self) -> dict:
@@ -90,6 +120,76 @@ class PackedLinear(nn.Linear):
             with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
             self._packed_from = source
+        return self._packed
+
+
+class _Siblings:
+    """Linear layers that read one input, multiplied as one stacked, packed matrix.
+
+    The first member called on an input multiplies the whole stack and returns its own slice;
+    the others' slices wait for them, valid while the input is the same tensor (unchanged) and
+    no weight has changed since.
+    """
+
+    def __init__(self, layers: list[PackedLinear]) -> None:
+        self.layers = layers
+        self.widths = [layer.out_features for layer in layers]
+        self._packed: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._packed_from: list | None = None
+        self._parameter_dicts: list[dict] | None = None  # each layer's own parameter dict
+        self._drop_waiting()
+
+    def __getstate__(self) -> dict:
+        """Copies leave the packed stack and waiting slices out, as :class:`PackedLinear` does."""
+        return {"layers": self.layers, "widths": self.widths}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.drop()
+
+    def drop(self) -> None:
+        """Forget the packed stack and any waiting slices."""
+        self._packed = self._packed_from = self._parameter_dicts = None
+        self._drop_waiting()
+
+    def _drop_waiting(self) -> None:
+        self._input: torch.Tensor | None = None
+        self._waiting: dict[int, torch.Tensor] = {}
+        self._waiting_for: tuple | None = None
+
+    def _state(self, x: torch.Tensor) -> tuple:
+        """What the slices computed from ``x`` depend on: the parameters' storage and versions, and
+        ``x``'s version (inference tensors have none; they cannot change outside inference mode)."""
+        if self._parameter_dicts is None:  # read directly: Module.__getattr__ would cost more than a saved call
+            self._parameter_dicts = [layer._parameters for layer in self.layers]
+        parameters = [(p.data_ptr(), p._version) for d in self._parameter_dicts for p in d.values() if p is not None]
+        return parameters, None if x.is_inference() else x._version
+
+    def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > STACKED_ROWS_MAX * x.shape[-1]:
+            return F.linear(x, layer.weight, layer.bias)
+        index = self.layers.index(layer)
+        state = self._state(x)
+        if self._input is x and self._waiting_for == state and index in self._waiting:
+            out = self._waiting.pop(index)
+            if not self._waiting:
+                self._drop_waiting()
+            return out
+        weight, bias = self._packed_stack(state[0])
+        stacked = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        slices = stacked.split(self.widths, dim=-1)
+        self._input, self._waiting_for = x, state
+        self._waiting = {i: part for i, part in enumerate(slices) if i != index}
+        return slices[index]
+
+    def _packed_stack(self, parameters: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stacked weight, packed, and the stacked bias (or ``None``), rebuilt when ``parameters`` moved."""
+        if self._packed is None or self._packed_from != parameters:
+            with torch.inference_mode(False), torch.no_grad():
+                weight = torch.cat([layer.weight.detach() for layer in self.layers])
+                biases = [layer.bias.detach() for layer in self.layers if layer.bias is not None]
+                self._packed = (torch.ops.mkldnn._reorder_linear_weight(weight), torch.cat(biases) if biases else None)
+            self._packed_from = parameters
         return self._packed
 
 
@@ -114,7 +214,9 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     packed copy is looked up (and repacked if ``weight`` changed) when the graph runs, not when
     it is traced.
     """
-    return _LAYERS[layer]._packed_forward(x)  # weight and bias are the layer's own: the graph's inputs
+    # weight and bias are the layer's own (the graph's inputs); a sibling's slice is a strided view,
+    # and the graph was traced for the contiguous result the fake below promises
+    return _LAYERS[layer]._packed_forward(x).contiguous()
 
 
 @torch.library.register_fake("neuroomics_bridge::packed_linear", lib=_OPS)
@@ -126,7 +228,9 @@ def pack_linear_weights(model: nn.Module) -> int:
     """Make every plain ``nn.Linear`` of ``model`` a :class:`PackedLinear`, in place.
 
     The parameters stay the same objects (tied weights stay tied, state-dict keys do not change);
-    each layer packs its weight at its first gradient-free forward. Calling it again does nothing.
+    each layer packs its weight at its first gradient-free forward. Siblings (:data:`SIBLING_LAYERS`,
+    children of one module with the same input width, dtype and bias or none) are packed as one
+    stack. Calling it again does nothing.
 
     Returns
     -------
@@ -137,7 +241,28 @@ def pack_linear_weights(model: nn.Module) -> int:
     for name, linear in linears:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, PackedLinear.from_linear(linear))
+    if linears:
+        _stack_siblings(model)
     return len(linears)
+
+
+def _stack_siblings(model: nn.Module) -> None:
+    for module in model.modules():
+        for names in SIBLING_LAYERS:
+            layers = [getattr(module, name, None) for name in names]
+            if not all(isinstance(layer, PackedLinear) and layer._siblings is None for layer in layers):
+                continue
+            first = layers[0].weight
+            if all(
+                layer.in_features == layers[0].in_features
+                and layer.weight.dtype == first.dtype
+                and layer.weight.device == first.device
+                and (layer.bias is None) == (layers[0].bias is None)
+                for layer in layers
+            ):
+                siblings = _Siblings(layers)
+                for layer in layers:
+                    layer._siblings = siblings
 
 
 def drop_packed_weights(model: nn.Module) -> None:
@@ -145,3 +270,5 @@ def drop_packed_weights(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, PackedLinear):
             module._packed = module._packed_from = None
+            if module._siblings is not None:
+                module._siblings.drop()
