@@ -93,7 +93,7 @@ def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_model_dir, mon
 
 def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_dir, monkeypatch, tmp_path) -> None:
     from neuroomics_bridge.backbone import calibration, text
-    from neuroomics_bridge.backbone.packed import PackedLinear
+    from neuroomics_bridge.backbone.packed import PackedLinear, stack_siblings
 
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
     model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model  # plain nn.Linear layers
@@ -104,6 +104,10 @@ def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_
     monkeypatch.setattr(hardware, "available_memory", lambda: 0)
     assert hardware.single_row_kernel(model) in ("aten", "onednn") and len(timed) == 2
     monkeypatch.setattr(hardware, "available_memory", lambda: 2**40)
+    stacked = []
+    monkeypatch.setattr(hardware, "stack_siblings", lambda parent: stacked.append(parent) or stack_siblings(parent))
     hardware.single_row_kernel(model)  # a choice made without "packed" is not reused
     assert len(timed) == 5
     assert not any(isinstance(m, PackedLinear) for m in model.modules()), "the timing packs copies only"
+    timed_stacks = [m.q_proj._siblings for m in stacked if hasattr(m, "q_proj")]  # timed as decoding runs them
+    assert len(timed_stacks) == model.config.num_hidden_layers and None not in timed_stacks

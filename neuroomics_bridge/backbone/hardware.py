@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from neuroomics_bridge.backbone.packed import PackedLinear
+from neuroomics_bridge.backbone.packed import PackedLinear, stack_siblings
 
 __all__ = [
     "default_device",
@@ -148,9 +148,10 @@ def single_row_kernel(model: torch.nn.Module) -> str:
 
     Times every linear layer of ``model`` on one row, as a decoding step runs them, three ways:
     ATen (oneDNN off), oneDNN on the plain weight, and oneDNN on a prepacked copy of the weight
-    (:class:`~neuroomics_bridge.backbone.packed.PackedLinear`; offered only where a second copy
-    of the weights fits in half the available memory). Once per CPU, library versions, dtype and
-    layer shapes, then cached (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
+    (:class:`~neuroomics_bridge.backbone.packed.PackedLinear`, sibling layers stacked as decoding
+    runs them; offered only where a second copy of the weights fits in half the available
+    memory). Once per CPU, library versions, dtype and layer shapes, then cached
+    (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
     On an AMD EPYC with AVX512-BF16 ATen beat plain oneDNN by 2x for bf16; on an Intel Xeon with
     AMX the prepacked weights won (README, "Performance"), so it is measured, not assumed.
 
@@ -166,30 +167,43 @@ def single_row_kernel(model: torch.nn.Module) -> str:
     """
     from neuroomics_bridge.backbone.calibration import calibrated_choice
 
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    named = [(name, m) for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    linears = [m for _, m in named]
     if not linears or linears[0].weight.device.type != "cpu":
         return "onednn"
 
     @functools.cache
-    def rows() -> list[torch.Tensor]:  # only built when the cache has no answer
+    def rows() -> dict[int, torch.Tensor]:  # one row per input width, so stacked siblings share theirs
         generator = torch.Generator().manual_seed(0)
-        return [torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears]
+        return {
+            m.in_features: torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears
+        }
 
     def decode_step(layers: list[torch.nn.Module], onednn: bool) -> None:
         with _onednn_enabled(onednn), torch.inference_mode():
-            for layer, row in zip(layers, rows(), strict=True):
-                layer(row)
+            for layer in layers:
+                layer(rows()[layer.in_features])
+
+    @functools.cache
+    def packed() -> list[PackedLinear]:  # as decoding runs them: siblings stacked; freed after timing
+        parents: dict[str, torch.nn.Module] = {}
+        for name, linear in named:
+            parent, _, child = name.rpartition(".")
+            parents.setdefault(parent, torch.nn.Module()).add_module(child, PackedLinear.from_linear(linear))
+        for parent in parents.values():
+            stack_siblings(parent)
+        return [layer for parent in parents.values() for layer in parent.children()]
 
     candidates = {"aten": lambda: decode_step(linears, False), "onednn": lambda: decode_step(linears, True)}
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
     if 2 * weight_bytes <= available_memory():
-        packed = functools.cache(lambda: [PackedLinear.from_linear(m) for m in linears])  # copies freed after timing
         candidates["packed"] = lambda: decode_step(packed(), True)
     shapes = sorted({(m.in_features, m.out_features) for m in linears})
     context = {
         "dtype": str(linears[0].weight.dtype),
         "linears": f"{len(linears)}:{shapes}",
         "candidates": ",".join(candidates),  # a choice made without "packed" is not the answer with it
+        "packed": "siblings stacked",  # what the packed candidate times since 2026-12-06
     }
     return calibrated_choice("single-row-matmul", candidates, context=context, repeats=5)
 

@@ -46,6 +46,7 @@ __all__ = [
     "drop_packed_weights",
     "pack_linear_weights",
     "packed_linear",
+    "stack_siblings",
 ]
 
 SIBLING_LAYERS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -242,11 +243,14 @@ def pack_linear_weights(model: nn.Module) -> int:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, PackedLinear.from_linear(linear))
     if linears:
-        _stack_siblings(model)
+        stack_siblings(model)
     return len(linears)
 
 
-def _stack_siblings(model: nn.Module) -> None:
+def stack_siblings(model: nn.Module) -> None:
+    """Pack each set of sibling :class:`PackedLinear` layers of ``model`` (:data:`SIBLING_LAYERS`:
+    children of one module with the same input width, dtype, device and bias or none) as one
+    stack, in place; layers already stacked are left as they are."""
     for module in model.modules():
         for names in SIBLING_LAYERS:
             layers = [getattr(module, name, None) for name in names]
