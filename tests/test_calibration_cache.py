@@ -40,6 +40,21 @@ def test_the_faster_candidate_is_timed_once_then_read_from_the_cache(tmp_path) -
     assert entry["seconds"]["slow"] > entry["seconds"]["fast"]
 
 
+def test_candidates_take_turns_so_a_slow_spell_slows_them_alike(tmp_path) -> None:
+    calls = []
+
+    def make(name: str, seconds: float):
+        def run() -> None:
+            calls.append(name)
+            time.sleep(seconds + (0.05 if len(calls) <= 4 else 0.0))  # the machine is busy for four runs
+
+        return run
+
+    candidates = {"fast": make("fast", 0.0), "slow": make("slow", 0.01)}
+    assert calibrated_choice("task", candidates, repeats=3, path=tmp_path / "kernels.json") == "fast"
+    assert calls == ["fast", "slow", "fast", "slow", "slow", "fast", "fast", "slow"]  # warm-ups, then rotated rounds
+
+
 def test_another_machine_key_or_context_times_again(tmp_path, monkeypatch) -> None:
     path = tmp_path / "kernels.json"
     candidates, calls = counting_candidates({"a": 0.0, "b": 0.0})

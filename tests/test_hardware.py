@@ -82,8 +82,8 @@ def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_model_dir, mon
     model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model  # plain nn.Linear layers
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty kernel cache
     timed = []
-    original = calibration._best_time
-    monkeypatch.setattr(calibration, "_best_time", lambda run, repeats: timed.append(run) or original(run, repeats))
+    original = calibration._best_times
+    monkeypatch.setattr(calibration, "_best_times", lambda runs, repeats: timed.extend(runs) or original(runs, repeats))
     first = hardware.single_row_kernel(model)
     candidates = len(timed)
     assert first in ("aten", "onednn", "packed") and candidates in (2, 3)  # 3 where a packed copy fits
@@ -99,8 +99,8 @@ def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_
     model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model  # plain nn.Linear layers
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty kernel cache
     timed = []
-    original = calibration._best_time
-    monkeypatch.setattr(calibration, "_best_time", lambda run, repeats: timed.append(run) or original(run, repeats))
+    original = calibration._best_times
+    monkeypatch.setattr(calibration, "_best_times", lambda runs, repeats: timed.extend(runs) or original(runs, repeats))
     monkeypatch.setattr(hardware, "available_memory", lambda: 0)
     assert hardware.single_row_kernel(model) in ("aten", "onednn") and len(timed) == 2
     monkeypatch.setattr(hardware, "available_memory", lambda: 2**40)

@@ -68,7 +68,7 @@ def calibrated_choice(
         What is being chosen (``"training-attention"``); part of the key.
     candidates
         Name -> a function running the workload once with that implementation. Each is run once
-        to warm up, then ``repeats`` times; the smallest time counts.
+        to warm up, then ``repeats`` times, the candidates taking turns; the smallest time counts.
     context
         The rest of the key: whatever else decides the winner (model shape, dtype, device).
     repeats
@@ -90,7 +90,7 @@ def calibrated_choice(
     cached = entries.get(digest, {}).get("choice")
     if cached in candidates:
         return cached
-    seconds = {name: _best_time(run, repeats) for name, run in candidates.items()}
+    seconds = _best_times(candidates, repeats)
     choice = min(seconds, key=seconds.__getitem__)
     entries = _read(file)  # another process may have written meanwhile: keep its entries
     entries[digest] = {"key": key, "choice": choice, "seconds": seconds}
@@ -99,13 +99,24 @@ def calibrated_choice(
     return choice
 
 
-def _best_time(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up: first-call allocations and kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
+def _best_times(candidates: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Each candidate's smallest time over ``repeats`` rounds in which the candidates take turns.
+
+    Taking turns (first warming each up once, then one run of each per round, the order rotated
+    every round) makes a slow spell of a shared machine slow every candidate alike; timing them
+    one after another once let such a spell pick ATen over prepacked weights on an Intel Xeon
+    (2026-12-06: every candidate about three times its usual time).
+    """
+    names = list(candidates)
+    for name in names:
+        candidates[name]()  # warm-up: first-call allocations and kernel selection
+    best = dict.fromkeys(names, float("inf"))
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            candidates[name]()
+            best[name] = min(best[name], time.perf_counter() - started)
     return best
 
 
