@@ -103,9 +103,8 @@ def _best_times(candidates: Mapping[str, Callable[[], object]], repeats: int) ->
     """Each candidate's smallest time over ``repeats`` rounds in which the candidates take turns.
 
     Taking turns (first warming each up once, then one run of each per round, the order rotated
-    every round) makes a slow spell of a shared machine slow every candidate alike; timing them
-    one after another once let such a spell pick ATen over prepacked weights on an Intel Xeon
-    (2026-12-06: every candidate about three times its usual time).
+    every round) keeps a slow spell of a shared machine from landing on one candidate only (on
+    an Intel Xeon, 2026-12-06, such a spell tripled every time while a choice was being made).
     """
     names = list(candidates)
     for name in names:
