@@ -75,15 +75,22 @@ def test_a_backbone_routes_single_rows_only_where_aten_measured_faster(
     assert _flag_seen_inside_forward(backbone, torch.tensor([[5]])) is switched
 
 
-def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_model_dir, monkeypatch, tmp_path) -> None:
+def _unpacked_model_and_timed_candidates(tiny_model_dir, monkeypatch, tmp_path) -> tuple[torch.nn.Module, list]:
+    """The tiny model with plain ``nn.Linear`` layers, an empty kernel cache, and the list every
+    timed candidate's name is appended to."""
     from neuroomics_bridge.backbone import calibration, text
 
     monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
-    model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model  # plain nn.Linear layers
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty kernel cache
-    timed = []
+    model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    timed: list = []
     original = calibration._best_times
     monkeypatch.setattr(calibration, "_best_times", lambda runs, repeats: timed.extend(runs) or original(runs, repeats))
+    return model, timed
+
+
+def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_model_dir, monkeypatch, tmp_path) -> None:
+    model, timed = _unpacked_model_and_timed_candidates(tiny_model_dir, monkeypatch, tmp_path)
     first = hardware.single_row_kernel(model)
     candidates = len(timed)
     assert first in ("aten", "onednn", "packed") and candidates in (2, 3)  # 3 where a packed copy fits
@@ -92,15 +99,9 @@ def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_model_dir, mon
 
 
 def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_dir, monkeypatch, tmp_path) -> None:
-    from neuroomics_bridge.backbone import calibration, text
     from neuroomics_bridge.backbone.packed import PackedLinear, stack_siblings
 
-    monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
-    model = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32").model  # plain nn.Linear layers
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty kernel cache
-    timed = []
-    original = calibration._best_times
-    monkeypatch.setattr(calibration, "_best_times", lambda runs, repeats: timed.extend(runs) or original(runs, repeats))
+    model, timed = _unpacked_model_and_timed_candidates(tiny_model_dir, monkeypatch, tmp_path)
     monkeypatch.setattr(hardware, "available_memory", lambda: 0)
     assert hardware.single_row_kernel(model) in ("aten", "onednn") and len(timed) == 2
     monkeypatch.setattr(hardware, "available_memory", lambda: 2**40)
