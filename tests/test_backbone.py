@@ -263,6 +263,36 @@ def test_a_compile_that_fails_at_once_trains_eagerly_with_one_warning(
     assert len([w for w in caught if "compiled training failed" in str(w.message)]) == 1
 
 
+def test_a_compile_that_fails_in_the_backward_trains_eagerly_with_one_warning(
+    tiny_backbone: TextBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._dynamo.backends.common import aot_autograd
+
+    backward_compiles: list[int] = []
+
+    def failing_backward(graph: torch.fx.GraphModule, example_inputs: object) -> object:
+        backward_compiles.append(1)
+        raise RuntimeError("the backward kernel did not build")
+
+    plain_compile = torch.compile
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=failing_backward)
+    monkeypatch.setattr(torch, "compile", lambda module, **options: plain_compile(module, backend=backend))
+    torch.manual_seed(0)
+    embeds = torch.randn(2, 6, tiny_backbone.hidden_size, requires_grad=True)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    (eager_grad,) = torch.autograd.grad(
+        tiny_backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask).square().sum(), embeds
+    )
+    failed = "compiled training failed .*backward kernel did not build.*trains eagerly"
+    with pytest.warns(UserWarning, match=failed) as caught, tiny_backbone.compiled_training():
+        for _ in range(2):  # a training step each: the loss's backward must work, on the eager decoder
+            hidden = tiny_backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask)
+            (grad,) = torch.autograd.grad(hidden.square().sum(), embeds)
+            torch.testing.assert_close(grad, eager_grad)
+    assert backward_compiles, "the backend's backward compiler was never reached"
+    assert len([w for w in caught if "compiled training failed" in str(w.message)]) == 1
+
+
 def test_the_cache_budget_counts_a_tiny_memory_and_the_compiled_cache_rounding(
     tiny_backbone: TextBackbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:

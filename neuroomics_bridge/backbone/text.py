@@ -96,6 +96,7 @@ class TextBackbone:
         self._weight_files = tuple(weight_files)
         self.compile_decoding = compile_decoding
         self._training_decoder: Any = None  # the compiled decoder inside compiled_training()
+        self._training_backward_built = False  # whether its backward has compiled (at the first backward)
         self._kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
         if self._kernel == "aten":
             route_single_row_matmuls_to_aten(self.model)
@@ -648,7 +649,11 @@ class TextBackbone:
 
         Inside :meth:`compiled_training`, calls with gradients on run the ``torch.compile``'d
         decoder; a compile that fails (no C++ compiler, an unsupported op) switches it off with
-        one warning and the call runs eagerly.
+        one warning and the call runs eagerly. torch compiles the backward only when it first
+        runs, inside the loss's ``backward()``, where nothing could fall back any more; so the
+        first compiled call runs a forward and its backward (zero gradients, nothing
+        accumulated) before the forward it returns, and a backward that fails to compile falls
+        back here too.
 
         Parameters
         ----------
@@ -663,6 +668,10 @@ class TextBackbone:
         """
         if self._training_decoder is not None and torch.is_grad_enabled():
             try:
+                if not self._training_backward_built:  # a first forward whose backward only compiles
+                    probe = self._training_decoder(**inputs).last_hidden_state
+                    _build_backward(probe, [*inputs.values(), *self.model.parameters()])
+                    self._training_backward_built = True
                 return self._training_decoder(**inputs).last_hidden_state
             except Exception as err:  # any compiler failure; the eager call below re-raises the rest
                 self._warn_compile_failed("training", "trains", err)
@@ -690,6 +699,7 @@ class TextBackbone:
         # Fused kernels keep float32 intermediates where eager rounds to bf16; in bf16 training
         # that moved the prefix stage's gradients off the eager ones (cosine 0.78; grounding fell
         # on two demo seeds). Rounding as eager does keeps them together (cosine 0.9999).
+        self._training_backward_built = False
         try:
             self._training_decoder = torch.compile(
                 self.model.get_decoder(), dynamic=True, options={"emulate_precision_casts": True}
@@ -729,6 +739,18 @@ class TextBackbone:
 
 
 # --------------------------------------------------------------------------------- helpers
+def _build_backward(output: torch.Tensor, candidates: Sequence[Any]) -> None:
+    """Run ``output``'s backward once, with zero gradients, down to the ``candidates`` that need them.
+
+    Whatever compiles lazily at the first backward (a ``torch.compile``'d graph's backward)
+    compiles now, and fails now if it fails. Nothing accumulates into ``.grad``, and the graph
+    beyond the candidates (e.g. the prefix projector that made ``inputs_embeds``) is not run.
+    """
+    targets = [t for t in candidates if isinstance(t, torch.Tensor) and t.requires_grad]
+    if output.requires_grad and targets:
+        torch.autograd.grad(output, targets, torch.zeros_like(output), allow_unused=True)
+
+
 @functools.cache
 def _decode_compile_config() -> Any:
     """transformers' compile settings for decoding: fixed shapes, and CPUs allowed (its default is GPUs only)."""
