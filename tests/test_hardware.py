@@ -112,3 +112,31 @@ def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_
     assert not any(isinstance(m, PackedLinear) for m in model.modules()), "the timing packs copies only"
     timed_stacks = [m.q_proj._siblings for m in stacked if hasattr(m, "q_proj")]  # timed as decoding runs them
     assert len(timed_stacks) == model.config.num_hidden_layers and None not in timed_stacks
+
+
+def _cgroup_files(root, files: dict[str, str]):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_cgroup_memory_limit_caps_the_memory_counted_as_available(tmp_path, monkeypatch) -> None:
+    gib = 2**30
+    v2 = _cgroup_files(tmp_path / "v2", {"memory.max": f"{4 * gib}\n", "memory.current": f"{3 * gib}\n",
+                                         "memory.stat": f"anon {2 * gib}\ninactive_file {gib // 2}\n"})  # fmt: skip
+    assert hardware.cgroup_memory_headroom(v2) == 4 * gib - (3 * gib - gib // 2)  # file cache counts as free
+    v1 = _cgroup_files(tmp_path / "v1", {"memory/memory.limit_in_bytes": f"{2 * gib}\n",
+                                         "memory/memory.usage_in_bytes": f"{3 * gib}\n",
+                                         "memory/memory.stat": "total_inactive_file 0\n"})  # fmt: skip
+    assert hardware.cgroup_memory_headroom(v1) == 0  # over the limit: nothing left
+    assert hardware.cgroup_memory_headroom(_cgroup_files(tmp_path / "open", {"memory.max": "max\n"})) is None
+    unlimited_v1 = {"memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": "1\n"}
+    assert hardware.cgroup_memory_headroom(_cgroup_files(tmp_path / "open-v1", unlimited_v1)) is None
+    assert hardware.cgroup_memory_headroom(tmp_path / "none") is None
+
+    host = hardware.available_memory()
+    monkeypatch.setattr(hardware, "cgroup_memory_headroom", lambda: gib)
+    assert hardware.available_memory() == (min(host, gib) if host else gib)
+    monkeypatch.setattr(hardware, "cgroup_memory_headroom", lambda: None)
+    assert hardware.available_memory() == host

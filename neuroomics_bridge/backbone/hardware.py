@@ -26,6 +26,7 @@ __all__ = [
     "route_single_row_matmuls_to_aten",
     "single_row_kernel",
     "available_memory",
+    "cgroup_memory_headroom",
 ]
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
@@ -231,15 +232,62 @@ def available_memory(device: torch.device | None = None) -> int:
     -------
     int
         For a CUDA device, its free memory plus what PyTorch's caching allocator holds unused
-        (freed tensors it keeps for reuse); for the host, Linux's ``MemAvailable``; 0 where
-        unknown.
+        (freed tensors it keeps for reuse); for the host, Linux's ``MemAvailable``, or less
+        where a memory-limited cgroup (a container, a batch job) allows less
+        (:func:`cgroup_memory_headroom`); 0 where unknown.
     """
     if device is not None and device.type == "cuda":
         cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(torch.cuda.mem_get_info(device)[0]) + cached_unused
+    host = 0
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+                host = int(line.split()[1]) * 1024
+    headroom = cgroup_memory_headroom()
+    if headroom is None:
+        return host
+    return min(host, headroom) if host else headroom
+
+
+# (limit, usage, statistics, the statistic of reclaimable file cache) for cgroup v2 and v1
+_CGROUP_MEMORY_FILES = (
+    ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+)
+_NO_CGROUP_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_memory_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes the memory cgroup this process runs in lets it allocate before the OOM killer acts.
+
+    ``MemAvailable`` describes the whole host; inside a container or a Slurm/Kubernetes job the
+    cgroup's limit is what counts. Headroom is the limit less the cgroup's working set (its
+    usage less the inactive file cache, which the kernel reclaims first), as ``docker stats``
+    and Kubernetes count it.
+
+    Parameters
+    ----------
+    root
+        Where the cgroup file system is mounted (cgroup v2's ``memory.max`` or v1's
+        ``memory/memory.limit_in_bytes`` under it).
+
+    Returns
+    -------
+    int or None
+        The headroom (0 at or over the limit), or ``None`` where no memory limit is set or none
+        can be read.
+    """
+    for limit_name, usage_name, stat_name, reclaimable in _CGROUP_MEMORY_FILES:
+        limit_file = root / limit_name
+        if not limit_file.is_file():
+            continue
+        limit = limit_file.read_text().strip()
+        if limit == "max" or int(limit) >= _NO_CGROUP_LIMIT:
+            return None
+        usage = int((root / usage_name).read_text())
+        stat_file = root / stat_name
+        stats = dict(line.split() for line in stat_file.read_text().splitlines()) if stat_file.is_file() else {}
+        return max(int(limit) - (usage - int(stats.get(reclaimable, 0))), 0)
+    return None
