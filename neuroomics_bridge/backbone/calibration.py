@@ -5,9 +5,11 @@ oneDNN or ATen for a bf16 matmul) depends on the CPU, the torch build and the te
 what wins on an AMD EPYC can lose on an Intel Xeon with AMX. :func:`calibrated_choice` times the
 candidates on a representative workload the first time a task is met and records the winner in
 ``<cache>/kernels.json``, keyed by the CPU model, the torch and transformers versions, the
-thread count and the task's own context (model shape, dtype). Later calls, in this process or
-another, read the choice back, so seeded runs on one machine keep taking the same path; any change
-of key (another CPU, an upgraded torch) times the candidates again.
+thread count and the task's own context (model shape, dtype). The first later process to meet the
+key times the candidates once more and keeps each one's best time over both timings (a shared
+machine's slow spell during the first timing no longer decides for good); after that every call,
+in any process, reads the choice back, so seeded runs on one machine keep taking the same path.
+Any change of key (another CPU, an upgraded torch) times the candidates again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from neuroomics_bridge.io import atomic_write_text, cache_root
 __all__ = ["CALIBRATION_FILE", "calibrated_choice", "cpu_model", "machine_key"]
 
 CALIBRATION_FILE = "kernels.json"
+CONFIRMING_TIMINGS = 2
+"""Timings, each in another process, that a cached choice rests on before it is only read back."""
+
+_timed_here: set[tuple[str, str]] = set()  # (cache file, key digest) this process timed: not timed again
 
 
 def cpu_model() -> str:
@@ -79,21 +85,27 @@ def calibrated_choice(
     Returns
     -------
     str
-        The winning candidate's name, read from the cache when this key was timed before.
+        The winning candidate's name: read from the cache when this key was timed before (in
+        this process, or :data:`CONFIRMING_TIMINGS` times in others); else timed, the best
+        times merged with the cached ones.
     """
     if not candidates:
         raise ValueError(f"{task}: no candidates to choose from")
     file = Path(path) if path is not None else cache_root() / CALIBRATION_FILE
     key = {"task": task, **machine_key(), **dict(context or {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    entries = _read(file)
-    cached = entries.get(digest, {}).get("choice")
-    if cached in candidates:
-        return cached
-    seconds = _best_times(candidates, repeats)
+    entry = _read(file).get(digest, {})
+    confirmed = (str(file), digest) in _timed_here or entry.get("timings", 1) >= CONFIRMING_TIMINGS
+    if entry.get("choice") in candidates and confirmed:
+        return entry["choice"]
+    _timed_here.add((str(file), digest))
+    earlier = entry.get("seconds", {}) if entry.get("choice") in candidates else {}
+    timed = _best_times(candidates, repeats)
+    seconds = {name: min(t, earlier.get(name, float("inf"))) for name, t in timed.items()}
     choice = min(seconds, key=seconds.__getitem__)
     entries = _read(file)  # another process may have written meanwhile: keep its entries
-    entries[digest] = {"key": key, "choice": choice, "seconds": seconds}
+    timings = entry.get("timings", 1) + 1 if earlier else 1
+    entries[digest] = {"key": key, "choice": choice, "seconds": seconds, "timings": timings}
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, json.dumps(entries, indent=1, sort_keys=True))
     return choice
