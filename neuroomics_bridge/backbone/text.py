@@ -668,7 +668,7 @@ class TextBackbone:
         """
         if self._training_decoder is not None and torch.is_grad_enabled():
             try:
-                if not self._training_backward_built:  # a first forward whose backward only compiles
+                if not self._training_backward_built:  # one backward first: a failing backward compile fails here
                     probe = self._training_decoder(**inputs).last_hidden_state
                     _build_backward(probe, [*inputs.values(), *self.model.parameters()])
                     self._training_backward_built = True
