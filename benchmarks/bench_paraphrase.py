@@ -158,9 +158,11 @@ def unseen_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
     names, X = list(UNSEEN), held.features["gene"]
     figures = {"n_test_cells": float(held.n_subjects)}
     wordings = {"training": datasets.PBMC_CELL_TYPES, **PBMC_WORDING_SETS}
-    for name, wording in wordings.items():
-        texts = {label: wording[label] for label in names}
-        figures[f"unseen/{name}"] = accuracy(bridge.zero_shot("gene", X, texts), held.labels, names)
+    for prefix, centred in CENTRING:
+        for name, wording in wordings.items():
+            texts = {label: wording[label] for label in names}
+            probabilities = bridge.zero_shot("gene", X, texts, center_prompts=centred)
+            figures[f"{prefix}unseen/{name}"] = accuracy(probabilities, held.labels, names)
     figures["chance"] = max(held.labels.count(c) for c in names) / held.n_subjects
     return figures
 
