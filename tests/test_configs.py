@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from neuroomics_bridge import BackboneConfig, ConfigError, TextBackbone
-from neuroomics_bridge.backbone.hardware import default_dtype
+from neuroomics_bridge.backbone import text
+from neuroomics_bridge.backbone.hardware import default_dtype, timed_cpu_dtype
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CONFIG_CLASSES = {"backbone.yaml": BackboneConfig}
@@ -55,7 +56,10 @@ def test_shipped_config_loads_and_builds(name: str) -> None:
     built = TextBackbone.from_config(config)
     assert built.name == config.name and built.compile_decoding == config.compile_decoding
     assert built.quantization == (None if config.quantize == "none" else config.quantize)
-    assert built.dtype == (default_dtype(built.device) if config.dtype == "auto" else getattr(torch, config.dtype))
+    expected = default_dtype(built.device) if config.dtype == "auto" else getattr(torch, config.dtype)
+    if config.dtype == "auto" and expected == torch.bfloat16 and built.device.type == "cpu":  # timed, then cached
+        expected = timed_cpu_dtype(text._linear_shapes(Path(built.model.config.name_or_path)))
+    assert built.dtype == expected
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:

@@ -15,6 +15,64 @@ def test_cpu_dtype_follows_native_bf16_support(monkeypatch, native: bool, expect
     assert hardware.default_dtype(torch.device("cpu")) == expected
 
 
+def test_float32_is_chosen_only_where_it_times_faster_for_a_decoding_row_and_a_block(monkeypatch) -> None:
+    from neuroomics_bridge.backbone import calibration
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "available_memory", lambda: 2**40)
+    for winners, expected in (
+        (("float32", "float32"), torch.float32),
+        (("float32", "bfloat16"), torch.bfloat16),
+        (("bfloat16", "float32"), torch.bfloat16),
+    ):
+        timed = []
+
+        def choose(task, candidates, *, context, winners=winners, timed=timed):
+            for run in candidates.values():  # every candidate runs its workload on the model's shapes
+                run()
+            timed.append((task, sorted(candidates), context["linears"]))
+            return winners[len(timed) - 1]
+
+        monkeypatch.setattr(calibration, "calibrated_choice", choose)
+        assert hardware.timed_cpu_dtype([(8, 16), (16, 8)]) == expected
+        assert timed == [
+            (f"cpu-dtype-{rows}-rows", ["bfloat16", "float32"], "2:[(8, 16), (16, 8)]")
+            for rows in (1, hardware.BLOCK_ROWS)
+        ]
+
+
+def test_the_dtype_is_timed_on_the_first_layers_and_only_where_it_can_be(monkeypatch) -> None:
+    from neuroomics_bridge.backbone import calibration
+
+    timed = []
+    monkeypatch.setattr(
+        calibration, "calibrated_choice", lambda task, c, *, context: timed.append(context) or "float32"
+    )
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert hardware.timed_cpu_dtype([(8, 8)]) == torch.float32 and not timed  # emulated bf16: never
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "available_memory", lambda: 2 * 6 * 64 - 1)
+    assert hardware.timed_cpu_dtype([(8, 8)]) == torch.bfloat16 and not timed  # two copies do not fit
+    monkeypatch.setattr(hardware, "available_memory", lambda: 2**40)
+    monkeypatch.setattr(hardware, "TIMED_FLOAT32_BYTES", 4 * 8 * 16 * 2)
+    assert hardware.timed_cpu_dtype([(8, 16)] * 5) == torch.float32
+    assert hardware.timed_cpu_dtype([(64, 64), (8, 8)]) == torch.float32  # over the budget: the first layer only
+    assert [context["linears"] for context in timed] == ["2:[(8, 16)]"] * 2 + ["1:[(64, 64)]"] * 2
+
+
+def test_a_backbone_loaded_without_a_dtype_takes_the_timed_one(tiny_model_dir, monkeypatch) -> None:
+    from neuroomics_bridge.backbone import text
+
+    asked = []
+    monkeypatch.setattr(text, "timed_cpu_dtype", lambda shapes: asked.append(shapes) or torch.float32)
+    monkeypatch.setattr(text, "default_dtype", lambda device, preferred: torch.bfloat16)  # a native-bf16 CPU
+    model = TextBackbone.from_pretrained(tiny_model_dir, device="cpu").model
+    assert model.dtype == torch.float32
+    assert asked == [[(m.in_features, m.out_features) for m in model.modules() if type(m) is torch.nn.Linear]]
+    assert TextBackbone.from_pretrained(tiny_model_dir, device="cpu", dtype="bfloat16").model.dtype == torch.bfloat16
+    assert len(asked) == 1  # a dtype given is never timed
+
+
 def test_dtype_names_resolve_and_unknown_ones_fail() -> None:
     assert hardware.resolve_dtype("bfloat16") is torch.bfloat16
     assert hardware.resolve_dtype(torch.float16) is torch.float16

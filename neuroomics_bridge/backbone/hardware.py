@@ -11,7 +11,7 @@ import contextlib
 import functools
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from neuroomics_bridge.backbone.packed import PackedLinear, stack_siblings
 __all__ = [
     "default_device",
     "default_dtype",
+    "timed_cpu_dtype",
     "cpu_has_native_bf16",
     "resolve_dtype",
     "route_single_row_matmuls_to_aten",
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+BLOCK_ROWS = 64
+"""Token rows of the many-row workload the dtype is timed on (a prompt's prefill, an encoding batch)."""
+TIMED_FLOAT32_BYTES = 2**30
+"""The float32 weight bytes of the layers the dtype is timed on: past any L3, so rows stream weights."""
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -81,6 +86,69 @@ def default_dtype(device: torch.device, *, preferred: torch.dtype = torch.bfloat
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
+
+
+def timed_cpu_dtype(linear_shapes: Sequence[tuple[int, int]]) -> torch.dtype:
+    """bf16 or float32 for a model with these linear layers on this CPU, whichever times faster.
+
+    A CPU's flags say whether bf16 runs in hardware, not whether it is faster there: on the Intel
+    Xeon with AMX bf16 decoding was no faster than plain float32's (README, "Performance"). So
+    where the flags allow bf16 both dtypes are timed on random weights of the model's shapes, for
+    two workloads separately: one decoding step (one token row through every layer, bf16 on
+    ATen's single-row kernel) and a block of :data:`BLOCK_ROWS` rows (prefill, encoding, a
+    training batch). float32 is chosen only where it is faster on both, since bf16 also halves
+    the weights' memory. Once per CPU, library versions and shapes, then cached
+    (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
+
+    Parameters
+    ----------
+    linear_shapes
+        ``(in_features, out_features)`` of the model's linear layers in the order they run. Only
+        the first layers up to :data:`TIMED_FLOAT32_BYTES` of float32 weights are timed (at
+        least one).
+
+    Returns
+    -------
+    torch.dtype
+        float32 without native bf16 (untimed: emulated bf16 is several times slower); bf16,
+        untimed, where the timed layers in both dtypes would take over half the available memory;
+        else the timed choice.
+    """
+    from neuroomics_bridge.backbone.calibration import calibrated_choice
+
+    if not cpu_has_native_bf16():
+        return torch.float32
+    timed, total = [], 0
+    for shape in linear_shapes:
+        total += 4 * shape[0] * shape[1]
+        if timed and total > TIMED_FLOAT32_BYTES:
+            break
+        timed.append(shape)
+    if not timed or 2 * 6 * sum(i * o for i, o in timed) > available_memory():  # fp32 + bf16 bytes, twice
+        return torch.bfloat16
+
+    @functools.cache
+    def weights(dtype: torch.dtype) -> list[torch.Tensor]:  # made on first use, freed with the closure
+        generator = torch.Generator().manual_seed(0)
+        return [torch.empty(o, i, dtype=dtype).uniform_(-0.05, 0.05, generator=generator) for i, o in timed]
+
+    def run(dtype: torch.dtype, rows: int) -> None:
+        inputs = {i: torch.full((rows, i), 0.01, dtype=dtype) for i, _ in timed}
+        with _onednn_enabled(rows > 1 or dtype != torch.bfloat16), torch.inference_mode():
+            for weight in weights(dtype):
+                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+
+    dtypes = {name: _DTYPES[name] for name in ("bfloat16", "float32")}
+    context = {"linears": f"{len(timed)}:{sorted(set(timed))}"}
+    chosen = {
+        rows: calibrated_choice(
+            f"cpu-dtype-{rows}-rows",
+            {name: functools.partial(run, dtype, rows) for name, dtype in dtypes.items()},
+            context=context,
+        )
+        for rows in (1, BLOCK_ROWS)
+    }
+    return torch.float32 if set(chosen.values()) == {"float32"} else torch.bfloat16
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
