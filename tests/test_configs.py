@@ -63,7 +63,7 @@ def test_shipped_config_loads_and_builds(name: str) -> None:
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
-    config = BackboneConfig(name="me-llama-13b", local_dir="/data/me-llama", dtype="bfloat16")
+    config = BackboneConfig(name="me-llama-13b", local_dir="/data/me-llama", dtype="bfloat16", kernel="packed")
     config.to_yaml(tmp_path / "backbone.yaml")
     assert BackboneConfig.from_yaml(tmp_path / "backbone.yaml") == config
 
@@ -77,6 +77,17 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path: Path) -> None:
 def test_bad_choice_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"BackboneConfig\.dtype: expected one of .* got 'int8'"):
         BackboneConfig(dtype="int8")
+    with pytest.raises(ConfigError, match=r"BackboneConfig\.kernel: expected one of .* got 'mkl'"):
+        BackboneConfig(kernel="mkl")
+
+
+def test_a_forced_kernel_is_taken_untimed_and_a_bad_one_refused_before_loading(tiny_model_dir, monkeypatch) -> None:
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: pytest.fail("a kernel given is not timed"))
+    assert getattr(TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="aten").model,
+                   "_nob_single_row_aten", False)  # fmt: skip
+    monkeypatch.setattr(text, "_load", lambda *args: pytest.fail("refused before the weights load"))
+    with pytest.raises(ConfigError, match=r"TextBackbone\.kernel: expected one of .* got 'mkl'"):
+        TextBackbone.from_pretrained(tiny_model_dir, kernel="mkl")
 
 
 def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:

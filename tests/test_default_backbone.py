@@ -78,13 +78,13 @@ def test_every_single_row_kernel_gives_the_same_greedy_tokens(default_backbone: 
     from neuroomics_bridge.backbone.packed import PackedLinear
 
     prompts = ["Describe the main symptoms of Parkinson's disease.", "What does hippocampal atrophy suggest?"]
-    monkeypatch.setattr(text, "single_row_kernel", lambda model: "onednn")
-    fresh = TextBackbone.from_pretrained("smollm2-135m-instruct")
+    monkeypatch.setattr(text, "single_row_kernel", lambda model: pytest.fail("a kernel given is not timed"))
+    fresh = TextBackbone.from_pretrained("smollm2-135m-instruct", kernel="onednn")
     assert not getattr(fresh.model, "_nob_single_row_aten", False)
     assert not any(isinstance(m, PackedLinear) for m in fresh.model.modules())
     with_onednn = [fresh.generate(p, max_new_tokens=24) for p in prompts]
-    monkeypatch.setattr(text, "single_row_kernel", lambda model: "packed")
-    packed = TextBackbone.from_pretrained("smollm2-135m-instruct")
+    packed = TextBackbone.from_pretrained("smollm2-135m-instruct", kernel="packed")
+    assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
     assert [packed.generate(p, max_new_tokens=24) for p in prompts] == with_onednn
-    hardware.route_single_row_matmuls_to_aten(fresh.model)
+    hardware.route_single_row_matmuls_to_aten(fresh.model)  # as kernel="aten" does (a third load spared)
     assert [fresh.generate(p, max_new_tokens=24) for p in prompts] == with_onednn

@@ -8,11 +8,14 @@ from typing import Literal, get_args
 from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
-__all__ = ["DEFAULT_BACKBONE", "BackboneConfig", "DType", "Pooling", "Quantize"]
+__all__ = ["DEFAULT_BACKBONE", "BackboneConfig", "DType", "Kernel", "Pooling", "Quantize"]
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Quantize = Literal["none", "int8"]
 Pooling = Literal["mean", "last"]
+Kernel = Literal["auto", "aten", "onednn", "packed"]
+"""How a CPU model's linear layers run single-token-row forwards (decoding steps): ``"auto"``
+times the other three on this machine (:func:`~neuroomics_bridge.backbone.hardware.single_row_kernel`)."""
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 """The bundled backbone (SmolLM2-135M-Instruct): what loads when no other is named."""
@@ -39,11 +42,14 @@ class BackboneConfig(YamlConfig):
         :meth:`TextBackbone.from_pretrained`).
     compile_decoding
         Decode with a static cache and ``torch.compile`` (opt-in; see :meth:`TextBackbone.generate`).
+    kernel
+        ``"auto"`` times the single-row kernels on this CPU; ``"aten"``, ``"onednn"`` or
+        ``"packed"`` forces one (see :data:`Kernel`).
 
     Raises
     ------
     ConfigError
-        On an unknown ``dtype`` or ``quantize``, or an empty ``name``.
+        On an unknown ``dtype``, ``quantize`` or ``kernel``, or an empty ``name``.
     """
 
     name: str = DEFAULT_BACKBONE
@@ -52,9 +58,11 @@ class BackboneConfig(YamlConfig):
     device: str = "auto"
     quantize: Quantize = "none"
     compile_decoding: bool = False
+    kernel: Kernel = "auto"
 
     def __post_init__(self) -> None:
         check_choice("BackboneConfig", "dtype", self.dtype, get_args(DType))
         check_choice("BackboneConfig", "quantize", self.quantize, get_args(Quantize))
+        check_choice("BackboneConfig", "kernel", self.kernel, get_args(Kernel))
         if not self.name:
             raise ConfigError("BackboneConfig.name: expected a registry id or a path, got ''")

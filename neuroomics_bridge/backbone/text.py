@@ -15,14 +15,14 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
 import torch
 import torch.nn.functional as F
 
 from neuroomics_bridge.backbone import resolve
 from neuroomics_bridge.backbone.cards import COMPLETION_TEMPLATE, ModelCard
-from neuroomics_bridge.backbone.config import BackboneConfig, Pooling
+from neuroomics_bridge.backbone.config import BackboneConfig, Kernel, Pooling
 from neuroomics_bridge.backbone.gguf import convert_gguf
 from neuroomics_bridge.backbone.hardware import (
     available_memory,
@@ -37,6 +37,7 @@ from neuroomics_bridge.backbone.packed import drop_packed_weights, pack_linear_w
 from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
 from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
+from neuroomics_bridge.yamlconfig import check_choice
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -78,6 +79,15 @@ class TextBackbone:
     compile_decoding
         Decode with a static key/value cache and ``torch.compile`` (see :meth:`generate`); an
         attribute, so it can be switched on a loaded backbone.
+    kernel
+        The single-row kernel: ``"auto"`` (timed, see ``model``), or ``"aten"``, ``"onednn"``
+        or ``"packed"`` to force one (:data:`~neuroomics_bridge.backbone.config.Kernel`; a model
+        not on the CPU takes only ``"auto"`` or ``"onednn"``, which leave it as it is).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown ``kernel``, or a CPU kernel for a model elsewhere.
     """
 
     def __init__(
@@ -89,7 +99,11 @@ class TextBackbone:
         card: ModelCard | None = None,
         weight_files: Sequence[Path] = (),
         compile_decoding: bool = False,
+        kernel: Kernel = "auto",
     ) -> None:
+        check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))
+        if model.device.type != "cpu" and kernel in ("aten", "packed"):
+            raise ConfigError(f"kernel: {kernel!r} is a CPU kernel, and {name} is not on the CPU")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -98,7 +112,7 @@ class TextBackbone:
         self.compile_decoding = compile_decoding
         self._training_decoder: Any = None  # the compiled decoder inside compiled_training()
         self._training_backward_built = False  # whether its backward has compiled (at the first backward)
-        self._kernel = single_row_kernel(self.model)  # timed on this CPU once, then cached
+        self._kernel = single_row_kernel(self.model) if kernel == "auto" else kernel  # timed once, then cached
         if self._kernel == "aten":
             route_single_row_matmuls_to_aten(self.model)
         elif self._kernel == "packed":
@@ -116,6 +130,7 @@ class TextBackbone:
             device=None if config.device == "auto" else config.device,
             quantize=None if config.quantize == "none" else config.quantize,
             compile_decoding=config.compile_decoding,
+            kernel=config.kernel,
         )
 
     @classmethod
@@ -128,6 +143,7 @@ class TextBackbone:
         device: str | torch.device | None = None,
         quantize: Literal["int8"] | None = None,
         compile_decoding: bool = False,
+        kernel: Kernel = "auto",
     ) -> Self:
         """Load a backbone without touching the network.
 
@@ -152,13 +168,18 @@ class TextBackbone:
         compile_decoding
             Opt-in: decode with a static key/value cache and ``torch.compile`` (see
             :meth:`generate`).
+        kernel
+            ``"auto"`` times the single-row kernels on this CPU; ``"aten"``, ``"onednn"`` or
+            ``"packed"`` forces one.
 
         Raises
         ------
         ModelNotFoundError, InvalidModelError, CorruptFileError
         ConfigError
-            On an unknown ``quantize``, or ``"int8"`` for a model not on the CPU.
+            On an unknown ``quantize`` or ``kernel``, ``"int8"`` for a model not on the CPU, or a
+            CPU kernel for a model elsewhere.
         """
+        check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))  # before the weights load
         location = resolve.locate_weights(name_or_path, local_dir=local_dir)
         if location.is_gguf:
             directory = convert_gguf(location.path, digest=location.card.weights.sha256 if location.card else None)
@@ -182,7 +203,15 @@ class TextBackbone:
         if quantize == "int8":
             quantize_int8(model)
         name = card.id if card else str(location.path.resolve())
-        return cls(model, tokenizer, name=name, card=card, weight_files=weight_files, compile_decoding=compile_decoding)
+        return cls(
+            model,
+            tokenizer,
+            name=name,
+            card=card,
+            weight_files=weight_files,
+            compile_decoding=compile_decoding,
+            kernel=kernel,
+        )
 
     # ----------------------------------------------------------------------------- properties
     @property
