@@ -193,8 +193,12 @@ def test_a_cgroup_memory_limit_caps_the_memory_counted_as_available(tmp_path, mo
     assert hardware.cgroup_memory_headroom(_cgroup_files(tmp_path / "open-v1", unlimited_v1)) is None
     assert hardware.cgroup_memory_headroom(tmp_path / "none") is None
 
-    host = hardware.available_memory()
-    monkeypatch.setattr(hardware, "cgroup_memory_headroom", lambda: gib)
-    assert hardware.available_memory() == (min(host, gib) if host else gib)
-    monkeypatch.setattr(hardware, "cgroup_memory_headroom", lambda: None)
-    assert hardware.available_memory() == host
+    for host, headroom, available in (
+        (8 * gib, gib, gib),
+        (8 * gib, None, 8 * gib),
+        (0, gib, gib),
+        (gib, 8 * gib, gib),
+    ):
+        monkeypatch.setattr(hardware, "_host_memory_available", lambda host=host: host)
+        monkeypatch.setattr(hardware, "cgroup_memory_headroom", lambda headroom=headroom: headroom)
+        assert hardware.available_memory() == available

@@ -307,16 +307,20 @@ def available_memory(device: torch.device | None = None) -> int:
     if device is not None and device.type == "cuda":
         cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(torch.cuda.mem_get_info(device)[0]) + cached_unused
-    host = 0
+    host, headroom = _host_memory_available(), cgroup_memory_headroom()
+    if headroom is None:
+        return host
+    return min(host, headroom) if host else headroom
+
+
+def _host_memory_available() -> int:
+    """Linux's ``MemAvailable`` in bytes; 0 where unknown."""
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                host = int(line.split()[1]) * 1024
-    headroom = cgroup_memory_headroom()
-    if headroom is None:
-        return host
-    return min(host, headroom) if host else headroom
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 # (limit, usage, statistics, the statistic of reclaimable file cache) for cgroup v2 and v1
