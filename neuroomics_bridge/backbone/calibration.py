@@ -95,16 +95,16 @@ def calibrated_choice(
     key = {"task": task, **machine_key(), **dict(context or {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     entry = _read(file).get(digest, {})
-    confirmed = (str(file), digest) in _timed_here or entry.get("timings", 1) >= CONFIRMING_TIMINGS
-    if entry.get("choice") in candidates and confirmed:
+    cached = entry.get("choice") in candidates
+    if cached and ((str(file), digest) in _timed_here or entry.get("timings", 1) >= CONFIRMING_TIMINGS):
         return entry["choice"]
     _timed_here.add((str(file), digest))
-    earlier = entry.get("seconds", {}) if entry.get("choice") in candidates else {}
+    earlier = entry.get("seconds", {}) if cached else {}
     timed = _best_times(candidates, repeats)
     seconds = {name: min(t, earlier.get(name, float("inf"))) for name, t in timed.items()}
     choice = min(seconds, key=seconds.__getitem__)
     entries = _read(file)  # another process may have written meanwhile: keep its entries
-    timings = entry.get("timings", 1) + 1 if earlier else 1
+    timings = entry.get("timings", 1) + 1 if cached else 1
     entries[digest] = {"key": key, "choice": choice, "seconds": seconds, "timings": timings}
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, json.dumps(entries, indent=1, sort_keys=True))

@@ -128,15 +128,18 @@ def timed_cpu_dtype(linear_shapes: Sequence[tuple[int, int]]) -> torch.dtype:
         return torch.bfloat16
 
     @functools.cache
-    def weights(dtype: torch.dtype) -> list[torch.Tensor]:  # made on first use, freed with the closure
+    def weights(dtype: torch.dtype) -> list[torch.Tensor]:  # made at the warm-up, freed with the closure
         generator = torch.Generator().manual_seed(0)
         return [torch.empty(o, i, dtype=dtype).uniform_(-0.05, 0.05, generator=generator) for i, o in timed]
 
+    @functools.cache
+    def inputs(dtype: torch.dtype, rows: int) -> dict[int, torch.Tensor]:  # one per input width, made at the warm-up
+        return {i: torch.full((rows, i), 0.01, dtype=dtype) for i, _ in timed}
+
     def run(dtype: torch.dtype, rows: int) -> None:
-        inputs = {i: torch.full((rows, i), 0.01, dtype=dtype) for i, _ in timed}
         with _onednn_enabled(rows > 1 or dtype != torch.bfloat16), torch.inference_mode():
             for weight in weights(dtype):
-                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+                torch.nn.functional.linear(inputs(dtype, rows)[weight.shape[1]], weight)
 
     dtypes = {name: _DTYPES[name] for name in ("bfloat16", "float32")}
     context = {"linears": f"{len(timed)}:{sorted(set(timed))}"}
