@@ -156,7 +156,9 @@ def test_the_single_row_kernel_is_timed_once_per_model_shape(tiny_model_dir, mon
     assert torch.backends.mkldnn.enabled
 
 
-def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_dir, monkeypatch, tmp_path) -> None:
+def test_the_packed_candidate_is_timed_only_where_onednn_packs_the_dtype_and_a_copy_fits(
+    tiny_model_dir, monkeypatch, tmp_path
+) -> None:
     from neuroomics_bridge.backbone.packed import PackedLinear, stack_siblings
 
     model, timed = _unpacked_model_and_timed_candidates(tiny_model_dir, monkeypatch, tmp_path)
@@ -170,6 +172,10 @@ def test_the_packed_candidate_is_timed_only_where_a_second_copy_fits(tiny_model_
     assert not any(isinstance(m, PackedLinear) for m in model.modules()), "the timing packs copies only"
     timed_stacks = [m.q_proj._siblings for m in stacked if hasattr(m, "q_proj")]  # timed as decoding runs them
     assert len(timed_stacks) == model.config.num_hidden_layers and None not in timed_stacks
+    monkeypatch.setattr(hardware, "PACKABLE_DTYPES", frozenset({torch.bfloat16}))  # as on AVX2 for bf16
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "unpackable"))  # an empty cache: timed afresh
+    timed.clear()
+    assert hardware.single_row_kernel(model) in ("aten", "onednn") and len(timed) == 2
 
 
 def _cgroup_files(root, files: dict[str, str]):

@@ -12,6 +12,7 @@ from torch import nn
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.packed import (
+    PACKABLE_DTYPES,
     STACKED_ROWS_MAX,
     PackedLinear,
     drop_packed_weights,
@@ -29,7 +30,12 @@ def _layer(dtype: torch.dtype, bias: bool = True) -> tuple[nn.Linear, PackedLine
     return linear, PackedLinear.from_linear(linear)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+BF16_PACKABLE = pytest.mark.skipif(
+    torch.bfloat16 not in PACKABLE_DTYPES, reason="oneDNN cannot pack bf16 on this CPU (AVX2 only)"
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=BF16_PACKABLE)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_a_packed_layer_computes_what_the_plain_one_does(dtype: torch.dtype, bias: bool) -> None:
     linear, packed = _layer(dtype, bias)
@@ -41,6 +47,24 @@ def test_a_packed_layer_computes_what_the_plain_one_does(dtype: torch.dtype, bia
     assert list(packed.state_dict()) == list(linear.state_dict())
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_a_dtype_onednn_cannot_pack_here_takes_the_plain_path_and_is_refused_as_a_kernel(
+    tiny_model_dir: Path, monkeypatch
+) -> None:
+    """As bf16 on an AVX2-only CPU (AMD EPYC, Zen 3), where oneDNN refuses to pack it."""
+    from neuroomics_bridge.backbone import packed, text
+    from neuroomics_bridge.errors import ConfigError
+
+    for module in (packed, text):
+        monkeypatch.setattr(module, "PACKABLE_DTYPES", frozenset())  # nothing packable
+    linear, layer = _layer(torch.float32)
+    x = torch.randn(3, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), linear(x))
+    assert layer._packed is None
+    with pytest.raises(ConfigError, match=r"kernel: 'packed' needs oneDNN to pack torch\.float32"):
+        TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="packed")
 
 
 def test_forwards_that_need_a_gradient_take_the_plain_path() -> None:

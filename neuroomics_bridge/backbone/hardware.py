@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from neuroomics_bridge.backbone.packed import PackedLinear, stack_siblings
+from neuroomics_bridge.backbone.packed import PACKABLE_DTYPES, PackedLinear, stack_siblings
 
 __all__ = [
     "default_device",
@@ -221,9 +221,9 @@ def single_row_kernel(model: torch.nn.Module) -> str:
     Times every linear layer of ``model`` on one row, as a decoding step runs them, three ways:
     ATen (oneDNN off), oneDNN on the plain weight, and oneDNN on a prepacked copy of the weight
     (:class:`~neuroomics_bridge.backbone.packed.PackedLinear`, sibling layers stacked as decoding
-    runs them; offered only where a second copy of the weights fits in half the available
-    memory). Once per CPU, library versions, dtype and layer shapes, then cached
-    (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
+    runs them; offered only where oneDNN can pack the weights' dtype on this CPU and a second copy
+    of the weights fits in half the available memory). Once per CPU, library versions, dtype and
+    layer shapes, then cached (:func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
     On an AMD EPYC with AVX512-BF16 ATen beat plain oneDNN by 2x for bf16; on an Intel Xeon with
     AMX the prepacked weights won (README, "Performance"), so it is measured, not assumed.
 
@@ -268,7 +268,7 @@ def single_row_kernel(model: torch.nn.Module) -> str:
 
     candidates = {"aten": lambda: decode_step(linears, False), "onednn": lambda: decode_step(linears, True)}
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-    if 2 * weight_bytes <= available_memory():
+    if linears[0].weight.dtype in PACKABLE_DTYPES and 2 * weight_bytes <= available_memory():
         candidates["packed"] = lambda: decode_step(packed(), True)
     shapes = sorted({(m.in_features, m.out_features) for m in linears})
     context = {

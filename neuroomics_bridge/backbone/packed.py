@@ -41,6 +41,7 @@ from torch import nn
 
 __all__ = [
     "SIBLING_LAYERS",
+    "PACKABLE_DTYPES",
     "STACKED_ROWS_MAX",
     "PackedLinear",
     "drop_packed_weights",
@@ -60,11 +61,26 @@ cores) took 2–7% longer stacked than per layer in three runs, and for that man
 the plain weight about as fast as a packed one, so those rows take the plain layers."""
 
 
+PACKABLE_DTYPES = frozenset(
+    dtype
+    for dtype, packable in (
+        (torch.float32, True),
+        (torch.bfloat16, torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        (torch.float16, torch.ops.mkldnn._is_mkldnn_fp16_supported()),
+    )
+    if packable
+)
+"""The weight dtypes oneDNN can prepack on this CPU: float32 always; bf16 and float16 only with the
+instructions its packed kernels need (AVX512BW/VL/DQ or AVX-NE-CONVERT), so not on an AMD EPYC
+with AVX2 alone (Zen 3), where packing bf16 raises."""
+
+
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` whose gradient-free CPU forwards use a oneDNN-prepacked weight.
 
-    Forwards that need a gradient (training, LoRA on top), or that run on another device or dtype
-    or under autocast, take the plain ``nn.Linear`` path; the results agree up to float rounding.
+    Forwards that need a gradient (training, LoRA on top), that run on another device or dtype or
+    under autocast, or whose weight dtype this CPU cannot pack (:data:`PACKABLE_DTYPES`), take the
+    plain ``nn.Linear`` path; the results agree up to float rounding.
     """
 
     _packed: torch.Tensor | None = None
@@ -91,6 +107,7 @@ class PackedLinear(nn.Linear):
             or not x.is_cpu
             or x.dtype != weight.dtype
             or torch.is_autocast_enabled("cpu")
+            or weight.dtype not in PACKABLE_DTYPES
         )
         if plain:
             return super().forward(x)

@@ -33,7 +33,7 @@ from neuroomics_bridge.backbone.hardware import (
     single_row_kernel,
     timed_cpu_dtype,
 )
-from neuroomics_bridge.backbone.packed import drop_packed_weights, pack_linear_weights
+from neuroomics_bridge.backbone.packed import PACKABLE_DTYPES, drop_packed_weights, pack_linear_weights
 from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
 from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
@@ -104,6 +104,11 @@ class TextBackbone:
         check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))
         if model.device.type != "cpu" and kernel in ("aten", "packed"):
             raise ConfigError(f"kernel: {kernel!r} is a CPU kernel, and {name} is not on the CPU")
+        if kernel == "packed" and model.dtype not in PACKABLE_DTYPES:
+            raise ConfigError(
+                f"kernel: 'packed' needs oneDNN to pack {model.dtype} weights, which this CPU's instructions "
+                f"({torch.backends.cpu.get_cpu_capability()}) do not allow; use 'auto', 'aten' or 'onednn'"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
