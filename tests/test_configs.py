@@ -10,6 +10,7 @@ import torch
 from neuroomics_bridge import BackboneConfig, ConfigError, TextBackbone
 from neuroomics_bridge.backbone import text
 from neuroomics_bridge.backbone.hardware import default_dtype, timed_cpu_dtype
+from neuroomics_bridge.training.trainer import mixed_precision
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CONFIG_CLASSES = {"backbone.yaml": BackboneConfig}
@@ -32,10 +33,12 @@ def test_alignment_configs_parse_and_build(tmp_path, tiny_model_dir) -> None:
     prefix = AlignmentCLI(
         ["--config", str(CONFIGS / "align_prefix.yaml"), *small, "--model.init_from", str(saved)], run=False
     )
-    assert prefix.model.stage == "prefix" and prefix.trainer.precision in ("bf16-mixed", "32-true")
+    assert prefix.model.stage == "prefix" and prefix.trainer.precision == mixed_precision()
+    assert contrastive.trainer.precision == "32-true"
 
 
 def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypatch) -> None:
+    from neuroomics_bridge.training import trainer
     from neuroomics_bridge.training.recipes import InstructCLI, PretrainCLI
 
     monkeypatch.chdir(CONFIGS.parent)  # the configs name the sample data relative to the repository
@@ -47,6 +50,10 @@ def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypat
     instruct = InstructCLI(["--config", str(CONFIGS / "instruct.yaml"), *tiny], run=False)
     assert instruct.model.lora.r == 8 and instruct.model.model.peft_config["default"].r == 8
     assert len(instruct.datamodule.train_items) > len(instruct.datamodule.val_items) > 0
+    for native, precision in ((False, "32-true"), (True, "bf16-mixed")):  # the machine's, not the YAML's
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        for cli, name in ((PretrainCLI, "pretrain.yaml"), (InstructCLI, "instruct.yaml")):
+            assert cli(["--config", str(CONFIGS / name), *tiny], run=False).trainer.precision == precision
 
 
 @pytest.mark.slow

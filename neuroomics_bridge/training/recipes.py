@@ -218,8 +218,10 @@ class LibraryCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs, **self.trainer_overrides(trainer))
 
     def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
-        """Trainer arguments a recipe sets where the YAML's ``trainer`` section leaves them unset."""
-        return {}
+        """Trainer arguments a recipe sets where the YAML's ``trainer`` section leaves them unset:
+        the machine's precision (:func:`~neuroomics_bridge.training.trainer.mixed_precision`), since
+        bf16 autocast on a CPU without native bf16 runs several times slower than float32."""
+        return {"precision": mixed_precision()} if trainer.get("precision") is None else {}
 
 
 class AlignmentCLI(LibraryCLI):
