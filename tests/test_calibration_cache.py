@@ -85,6 +85,18 @@ def test_another_machine_key_or_context_times_again(tmp_path, monkeypatch) -> No
     assert len(json.loads(path.read_text())) == 3  # the old entries are kept beside the new one
 
 
+def test_a_cpu_of_the_same_name_with_other_instructions_times_again(tmp_path, monkeypatch) -> None:
+    """VMs name an AVX2-only AMD EPYC and an AVX512-BF16 one alike; a shared home must not mix them."""
+    path = tmp_path / "kernels.json"
+    candidates, calls = counting_candidates({"a": 0.0, "b": 0.0})
+    for isa in ("AVX2", "AVX512", "AVX2"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
+        monkeypatch.setattr(calibration, "_timed_here", set())  # each as a process of its own
+        calibrated_choice("task", candidates, repeats=1, path=path)
+    assert calls == {"a": 6, "b": 6}  # AVX2 timed, AVX512 timed, AVX2 confirmed once
+    assert sorted(entry["key"]["isa"] for entry in json.loads(path.read_text()).values()) == ["AVX2", "AVX512"]
+
+
 def test_a_cached_choice_that_is_no_longer_a_candidate_is_timed_again(tmp_path) -> None:
     path = tmp_path / "kernels.json"
     calibrated_choice("task", counting_candidates({"gone": 0.0})[0], repeats=1, path=path)

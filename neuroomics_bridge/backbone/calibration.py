@@ -47,11 +47,18 @@ def cpu_model() -> str:
 
 
 def machine_key() -> dict[str, str]:
-    """What a kernel timing depends on besides the workload: CPU, library versions, threads."""
+    """What a kernel timing depends on besides the workload: CPU, library versions, threads.
+
+    The CPU is its model name and the widest instruction set PyTorch dispatches to on it
+    (``"AVX2"``, ``"AVX512"``, ...): virtual machines name an AVX2-only AMD EPYC (Zen 3) and one
+    with AVX512-BF16 alike, ``"AMD EPYC"``, and a home folder shared between such nodes must not
+    hand one the other's choices.
+    """
     import transformers
 
     return {
         "cpu": cpu_model(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": str(torch.get_num_threads()),
