@@ -11,18 +11,26 @@ streams the weight once per row), so it wins up to about 16 rows for the model's
 about 100 for the LM head; :data:`MAX_KERNEL_ROWS` is the default cut. It is an opt-in
 (``TextBackbone.from_pretrained(..., quantize="int8")``): greedy text can differ from the bf16
 model's, and README ("Performance") states by how much.
+
+For a float32 model the kernel's activations are float32 or bf16, whichever
+:func:`int8_kernel_dtype` times faster here: on an AMD EPYC with AVX2 alone (Zen 3, 2 threads)
+the kernel took 110 ms for one token row through the default backbone's layers in float32 and
+20.5 ms in bf16 (2026-12-06), so float32 int8 decoding there ran at half plain ``transformers``'
+speed.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Self
 
 import torch
 from torch import nn
 
+from neuroomics_bridge.backbone.calibration import calibrated_choice
 from neuroomics_bridge.errors import ConfigError
 
-__all__ = ["Int8Linear", "quantize_int8"]
+__all__ = ["Int8Linear", "int8_kernel_dtype", "quantize_int8"]
 
 INT8_MAX = 127
 MAX_KERNEL_ROWS = 8
@@ -42,14 +50,24 @@ class Int8Linear(nn.Module):
         The float bias, or ``None``.
     max_kernel_rows
         Inputs of at most this many token rows run the int8 kernel; larger ones dequantise.
+    kernel_dtype
+        The dtype the kernel's activations are cast to (its output is cast back); ``None``: the
+        input's own.
     """
 
     def __init__(
-        self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, *, max_kernel_rows: int
+        self,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        max_kernel_rows: int,
+        kernel_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.max_kernel_rows = max_kernel_rows
+        self.kernel_dtype = kernel_dtype
         self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
@@ -65,20 +83,59 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        scale = self.scale.to(rows.dtype)
         if rows.shape[0] <= self.max_kernel_rows:
-            out = torch._weight_int8pack_mm(rows.contiguous(), self.weight, scale)
+            dtype = rows.dtype if self.kernel_dtype is None else self.kernel_dtype
+            out = torch._weight_int8pack_mm(rows.to(dtype).contiguous(), self.weight, self.scale.to(dtype))
+            out = out.to(rows.dtype)
         else:  # x @ (s q)^T = (x @ q^T) s: one int8 -> float pass over the weight, the scale on the output
-            out = nn.functional.linear(rows, self.weight.to(rows.dtype)) * scale
+            out = nn.functional.linear(rows, self.weight.to(rows.dtype)) * self.scale.to(rows.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
+        kernel = "" if self.kernel_dtype is None else f", kernel activations {self.kernel_dtype}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only{kernel}"
 
 
-def quantize_int8(model: nn.Module, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -> int:
+def int8_kernel_dtype(model: nn.Module) -> torch.dtype:
+    """The activation dtype the int8 kernel runs fastest in for ``model``'s :class:`Int8Linear` layers.
+
+    A bf16 or float16 model's own dtype, untimed. For a float32 model, one token row through
+    every int8 layer is timed with float32 and with bf16 activations (once per CPU, library
+    versions and layer shapes, then cached: :func:`~neuroomics_bridge.backbone.calibration.calibrated_choice`).
+    bf16 activations add a rounding of each input row (relative error below 2**-8, about an int8
+    step); README ("Performance") gives what int8 costs with it.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    if not layers or layers[0].scale.dtype != torch.float32:
+        return layers[0].scale.dtype if layers else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    copies = {  # sharing the model's buffers: its own layers are left as they are
+        name: [Int8Linear(m.weight, m.scale, m.bias, max_kernel_rows=1, kernel_dtype=dtype) for m in layers]
+        for name, dtype in dtypes.items()
+    }
+    generator = torch.Generator().manual_seed(0)
+    rows = {m.in_features: torch.randn(1, m.in_features, generator=generator) for m in layers}
+
+    def decode_step(name: str) -> None:
+        with torch.inference_mode():
+            for layer in copies[name]:
+                layer(rows[layer.in_features])
+
+    shapes = sorted({(m.in_features, m.out_features) for m in layers})
+    choice = calibrated_choice(
+        "int8-kernel-activations",
+        {name: functools.partial(decode_step, name) for name in dtypes},
+        context={"dtype": "torch.float32", "linears": f"{len(layers)}:{shapes}"},
+        repeats=5,
+    )
+    return dtypes[choice]
+
+
+def quantize_int8(
+    model: nn.Module, *, max_kernel_rows: int = MAX_KERNEL_ROWS, kernel_dtype: torch.dtype | None = None
+) -> int:
     """Replace every ``nn.Linear`` of a CPU model by an :class:`Int8Linear`, in place.
 
     In place because the point is memory: a copy would hold both weights at once. A tied output
@@ -90,6 +147,8 @@ def quantize_int8(model: nn.Module, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -
         A model on the CPU, for inference (the int8 layers have no trainable weight).
     max_kernel_rows
         Largest ``batch * sequence`` row count that runs the int8 kernel (see :class:`Int8Linear`).
+    kernel_dtype
+        The kernel's activation dtype; ``None``: :func:`int8_kernel_dtype`'s choice for the model.
 
     Returns
     -------
@@ -109,4 +168,8 @@ def quantize_int8(model: nn.Module, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -
             )
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, Int8Linear.from_linear(linear, max_kernel_rows=max_kernel_rows))
+    chosen = int8_kernel_dtype(model) if kernel_dtype is None else kernel_dtype
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            module.kernel_dtype = chosen
     return len(linears)
