@@ -2,7 +2,8 @@
 PYTHON ?= python3
 # pytest worker processes (pytest-xdist; test files stay whole, so module fixtures run once):
 # two on the 2-core CI machine, each with one torch thread; slow files are sent first, in file
-# order (tests/conftest.py), not reordered by test count.
+# order (tests/conftest.py), not reordered by test count. The 15 slowest tests are listed at the end:
+# CPUs differ (an AVX2-only one trains in float32, several times slower than one with bf16).
 TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,7 +25,7 @@ demo: install
 	$(BIN)/nob demo
 
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: install
 	$(BIN)/ruff check .
