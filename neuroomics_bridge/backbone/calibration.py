@@ -5,11 +5,12 @@ oneDNN or ATen for a bf16 matmul) depends on the CPU, the torch build and the te
 what wins on an AMD EPYC can lose on an Intel Xeon with AMX. :func:`calibrated_choice` times the
 candidates on a representative workload the first time a task is met and records the winner in
 ``<cache>/kernels.json``, keyed by the CPU model and instruction set, the torch and transformers
-versions, the thread count and the task's own context (model shape, dtype). The first later process to meet the
-key times the candidates once more and keeps each one's best time over both timings (a shared
-machine's slow spell during the first timing no longer decides for good); after that every call,
-in any process, reads the choice back, so seeded runs on one machine keep taking the same path.
-Any change of key (another CPU, an upgraded torch) times the candidates again.
+versions, the thread count and the task's own context (model shape, dtype). The first later
+process to meet the key times the candidates once more and keeps each one's best time over both
+timings (a shared machine's slow spell during the first timing no longer decides for good);
+after that every call, in any process, reads the choice back, so seeded runs on one machine keep
+taking the same path. Any change of key (another CPU, an upgraded torch) times the candidates
+again.
 """
 
 from __future__ import annotations

@@ -108,8 +108,9 @@ def int8_kernel_dtype(model: nn.Module) -> torch.dtype:
     step); README ("Performance") gives what int8 costs with it.
     """
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    if not layers or layers[0].scale.dtype != torch.float32:
-        return layers[0].scale.dtype if layers else torch.float32
+    dtype = layers[0].scale.dtype if layers else torch.float32
+    if not layers or dtype != torch.float32:
+        return dtype
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     copies = {  # sharing the model's buffers: its own layers are left as they are
         name: [Int8Linear(m.weight, m.scale, m.bias, max_kernel_rows=1, kernel_dtype=dtype) for m in layers]
