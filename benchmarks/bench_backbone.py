@@ -186,19 +186,20 @@ def bench_int8_accuracy(backbone: TextBackbone, int8: TextBackbone) -> None:
     else float32), beside what bf16 costs against float32 where the library made that change:
     identical greedy answers, the share of each answer's words before the first difference, and
     the perplexity of the bundled clinical notes (each note after its first line)."""
-    fp32 = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+    library = str(backbone.dtype).removeprefix("torch.")
+    comparisons = {f"int8_vs_{library}": (int8, backbone)}
+    if backbone.dtype != torch.float32:  # a float32 library model is its own float32 reference
+        fp32 = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+        comparisons[f"{library}_vs_float32"] = (backbone, fp32)
     prompts = [backbone.chat(q) for q in QUESTIONS] + [backbone.chat(f"Summarise this note.\n\n{NOTE}")]
-    answers = {b: b.generate(prompts, max_new_tokens=64, batch_size=1) for b in (fp32, backbone, int8)}
+    models = dict.fromkeys(model for pair in comparisons.values() for model in pair)
+    answers = {b: b.generate(prompts, max_new_tokens=64, batch_size=1) for b in models}
     notes = sorted((Path(__file__).parents[1] / "examples/data/corpora/clinical").glob("*.txt"))[:24]
     first_lines, rests = zip(*(note.read_text().split("\n", 1) for note in notes), strict=True)
     perplexity = {}
     for model in answers:
         logprob, n_tokens = model.loglikelihood(first_lines, rests, show_progress=False)
         perplexity[model] = float(torch.exp(-logprob.sum() / n_tokens.sum()))
-    library = str(backbone.dtype).removeprefix("torch.")
-    comparisons = {f"int8_vs_{library}": (int8, backbone)}
-    if backbone.dtype != torch.float32:
-        comparisons[f"{library}_vs_float32"] = (backbone, fp32)
     for name, (model, reference) in comparisons.items():
         pairs = list(zip(answers[reference], answers[model], strict=True))
         before_difference = [

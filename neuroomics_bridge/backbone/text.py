@@ -87,7 +87,8 @@ class TextBackbone:
     Raises
     ------
     ConfigError
-        On an unknown ``kernel``, or a CPU kernel for a model elsewhere.
+        On an unknown ``kernel``, a CPU kernel for a model elsewhere, or ``"packed"`` for a dtype
+        oneDNN cannot pack on this CPU (:data:`~neuroomics_bridge.backbone.packed.PACKABLE_DTYPES`).
     """
 
     def __init__(
@@ -181,8 +182,8 @@ class TextBackbone:
         ------
         ModelNotFoundError, InvalidModelError, CorruptFileError
         ConfigError
-            On an unknown ``quantize`` or ``kernel``, ``"int8"`` for a model not on the CPU, or a
-            CPU kernel for a model elsewhere.
+            On an unknown ``quantize`` or ``kernel``, ``"int8"`` for a model not on the CPU, a CPU
+            kernel for a model elsewhere, or ``"packed"`` for a dtype this CPU cannot pack.
         """
         check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))  # before the weights load
         location = resolve.locate_weights(name_or_path, local_dir=local_dir)
