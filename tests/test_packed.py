@@ -12,6 +12,7 @@ from torch import nn
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.packed import (
+    COPY_ROWS_MAX,
     PACKABLE_DTYPES,
     STACKED_ROWS_MAX,
     PackedLinear,
@@ -240,3 +241,61 @@ def test_compiled_decoding_reads_the_packed_weights_as_they_are_now(tiny_model_d
     head.data.neg_()  # invisible to version counters until announced
     backbone.mark_weights_changed()
     assert greedy(True) == original
+
+
+def _bf16_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """What a layer with a bf16 row copy computes for a float32 input: all in bf16, then float32."""
+    bias = None if layer.bias is None else layer.bias.to(torch.bfloat16)
+    return nn.functional.linear(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16), bias).float()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_bf16_row_copy_serves_single_rows_and_the_float32_weights_the_rest(bias: bool) -> None:
+    block = _block_with_siblings(bias)
+    plain = copy.deepcopy(block)
+    pack_linear_weights(block, row_dtype=torch.bfloat16)
+    layers = [block.q_proj, block.k_proj, block.v_proj, block.o_proj]
+    assert all(layer.row_dtype == torch.bfloat16 for layer in layers)
+    assert block.q_proj._siblings is block.v_proj._siblings is not None, "siblings share one bf16 stack"
+    row, rows = torch.randn(1, 1, 16), torch.randn(1, COPY_ROWS_MAX + 1, 16)
+    with torch.inference_mode():
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            out = getattr(block, name)(row)
+            assert out.dtype == torch.float32
+            assert out.equal(_bf16_linear(getattr(plain, name), row)), name
+            assert not out.equal(getattr(plain, name)(row)), "the row must have read the bf16 copy"
+            assert getattr(block, name)(rows).equal(getattr(plain, name)(rows)), "more rows: the float32 weights"
+        stack = block.q_proj._siblings._packed[0]
+        assert stack.dtype == torch.bfloat16 and stack.shape == (32, 16)
+    with torch.no_grad():  # the copy follows an in-place change of the float32 weight
+        block.o_proj.weight.mul_(2)
+        plain.o_proj.weight.mul_(2)
+        assert block.o_proj(row).equal(_bf16_linear(plain.o_proj, row))
+    x = row.clone().requires_grad_(True)
+    block.o_proj(x).sum().backward()  # a forward that needs a gradient takes the float32 weights
+    torch.testing.assert_close(x.grad, plain.o_proj.weight.sum(dim=0).expand(1, 1, -1))
+
+
+def test_a_backbone_decodes_through_a_bf16_copy_only_when_asked(tiny_model_dir: Path) -> None:
+    from neuroomics_bridge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'bf16-copy' is for float32 models, and .* is loaded as torch\.bfloat16"):
+        TextBackbone.from_pretrained(tiny_model_dir, dtype="bfloat16", kernel="bf16-copy")
+    copied = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="bf16-copy")
+    plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="onednn")
+    layers = [m for m in copied.model.modules() if isinstance(m, PackedLinear)]
+    assert layers and all(layer.row_dtype == torch.bfloat16 for layer in layers)
+    assert copied.model.dtype == torch.float32 and copied.weights_hash == plain.weights_hash
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        torch.testing.assert_close(copied.model(ids).logits, plain.model(ids).logits, rtol=0, atol=0)  # prefill
+        step = {b: b.model(ids[:, :1]).logits for b in (copied, plain)}  # a decoding step's single row
+    assert not step[copied].equal(step[plain])
+    torch.testing.assert_close(step[copied], step[plain], rtol=0.05, atol=0.05)
+    texts = ["Axial FLAIR shows", "Memory decline over two years"]
+    torch.testing.assert_close(copied.encode(texts), plain.encode(texts), rtol=0, atol=0)
+    greedy = [copied.generate(text, max_new_tokens=8)[0] for text in texts]
+    copied.compile_decoding = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a fallback to eager decoding would warn
+        assert [copied.generate(text, max_new_tokens=8)[0] for text in texts] == greedy

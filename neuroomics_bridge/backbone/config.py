@@ -13,9 +13,13 @@ __all__ = ["DEFAULT_BACKBONE", "BackboneConfig", "DType", "Kernel", "Pooling", "
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Quantize = Literal["none", "int8"]
 Pooling = Literal["mean", "last"]
-Kernel = Literal["auto", "aten", "onednn", "packed"]
+Kernel = Literal["auto", "aten", "onednn", "packed", "bf16-copy"]
 """How a CPU model's linear layers run single-token-row forwards (decoding steps): ``"auto"``
-times the other three on this machine (:func:`~neuroomics_bridge.backbone.hardware.single_row_kernel`)."""
+times ``"aten"``, ``"onednn"`` and ``"packed"`` on this machine
+(:func:`~neuroomics_bridge.backbone.hardware.single_row_kernel`); they compute the same thing.
+``"bf16-copy"``, for float32 models only, is an opt-in that changes what is computed: single rows
+read a bf16 copy of the weights (:attr:`~neuroomics_bridge.backbone.packed.PackedLinear.row_dtype`),
+half the bytes, so greedy text can differ from the float32 model's (README, "Performance")."""
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 """The bundled backbone (SmolLM2-135M-Instruct): what loads when no other is named."""
@@ -44,7 +48,8 @@ class BackboneConfig(YamlConfig):
         Decode with a static cache and ``torch.compile`` (opt-in; see :meth:`TextBackbone.generate`).
     kernel
         ``"auto"`` times the single-row kernels on this CPU; ``"aten"``, ``"onednn"`` or
-        ``"packed"`` forces one (see :data:`Kernel`).
+        ``"packed"`` forces one; ``"bf16-copy"`` decodes a float32 model through a bf16 copy of
+        its weights (opt-in; see :data:`Kernel`).
 
     Raises
     ------

@@ -28,6 +28,16 @@ a 576 x 576 one), so stacking takes the default backbone's 211 single-row calls 
 linear layers from 19.3 to 17.0 ms a token. The first sibling called multiplies the stack and
 keeps the others' slices until they are called with the same input. Inputs of many rows (prefill,
 encoding) take the plain layers instead (:data:`STACKED_ROWS_MAX`).
+
+A float32 model can also decode through a bf16 copy of its weights (``pack_linear_weights(model,
+row_dtype=torch.bfloat16)``, ``TextBackbone(kernel="bf16-copy")``): single token rows are cast to
+bf16, multiplied by the copy (packed where oneDNN can pack bf16, plain elsewhere) and cast back,
+so a decoding step reads half the bytes; every larger input takes the float32 weights. On an AMD
+EPYC with AVX2 alone (Zen 3, 2 threads), where oneDNN cannot pack bf16 and float32 is the model's
+dtype, one token row through the default backbone's 211 linear layers took 18.0 ms on plain bf16
+weights against 28.9 ms on packed float32 ones (2026-12-06), while 64 rows took 5x longer in bf16.
+It rounds each layer's input and weight to bf16, so greedy text can differ from the float32
+model's: an opt-in (README, "Performance").
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "COPY_ROWS_MAX",
     "SIBLING_LAYERS",
     "PACKABLE_DTYPES",
     "STACKED_ROWS_MAX",
@@ -60,6 +71,10 @@ strided slices slow the attention and MLP after them: encoding 64 texts (Intel X
 cores) took 2–7% longer stacked than per layer in three runs, and for that many rows oneDNN reads
 the plain weight about as fast as a packed one, so those rows take the plain layers."""
 
+COPY_ROWS_MAX = 1
+"""Most input rows that read a layer's copy in another dtype (:attr:`PackedLinear.row_dtype`):
+decoding one prompt. Larger inputs take the float32 weights, since where bf16 is the copy's dtype
+because the CPU runs float32 models, it also runs bf16 matmuls of many rows slowly (emulated)."""
 
 PACKABLE_DTYPES = frozenset(
     dtype
@@ -80,13 +95,17 @@ class PackedLinear(nn.Linear):
 
     Forwards that need a gradient (training, LoRA on top), that run on another device or dtype or
     under autocast, or whose weight dtype this CPU cannot pack (:data:`PACKABLE_DTYPES`), take the
-    plain ``nn.Linear`` path; the results agree up to float rounding.
+    plain ``nn.Linear`` path; the results agree up to float rounding. With :attr:`row_dtype` set,
+    gradient-free forwards of at most :data:`COPY_ROWS_MAX` rows read a copy of the weight in that
+    dtype instead (packed where this CPU can pack it), and every other forward takes the plain path.
     """
 
     _packed: torch.Tensor | None = None
     _packed_from: tuple[int, int] | None = None  # (storage address, version) of the weight packed
     _layer_key: int  # this layer's key in _LAYERS, what compiled graphs pass to packed_linear
     _siblings: _Siblings | None = None  # the stack this layer is packed in, if any
+    row_dtype: torch.dtype | None = None
+    """The dtype of the copy single rows read, where it is not the weight's (:func:`pack_linear_weights`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -107,7 +126,11 @@ class PackedLinear(nn.Linear):
             or not x.is_cpu
             or x.dtype != weight.dtype
             or torch.is_autocast_enabled("cpu")
-            or weight.dtype not in PACKABLE_DTYPES
+            or (
+                weight.dtype not in PACKABLE_DTYPES
+                if self.row_dtype is None
+                else x.numel() > COPY_ROWS_MAX * x.shape[-1]
+            )
         )
         if plain:
             return super().forward(x)
@@ -118,7 +141,7 @@ class PackedLinear(nn.Linear):
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._siblings is not None:
             return self._siblings.forward(self, x)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+        return _multiply(x, self.packed_weight(), self.bias)
 
     def __getstate__(self) -> dict:
         """``copy.deepcopy`` (and pickling) leave the packed copy out (oneDNN's opaque tensors have
@@ -132,11 +155,12 @@ class PackedLinear(nn.Linear):
         _register(self)  # a copy is a layer of its own
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's blocked layout, packed again whenever the weight has changed."""
+        """The weight in oneDNN's blocked layout (in :attr:`row_dtype`, if set; plain where this CPU
+        cannot pack that dtype), made again whenever the weight has changed."""
         source = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed_from != source:
             with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+                self._packed = _inference_copy(self.weight.detach(), self.row_dtype)
             self._packed_from = source
         return self._packed
 
@@ -184,7 +208,7 @@ class _Siblings:
         return parameters, None if x.is_inference() else x._version
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > STACKED_ROWS_MAX * x.shape[-1]:
+        if x.numel() > STACKED_ROWS_MAX * x.shape[-1]:  # a copy in row_dtype has had the smaller limit
             return F.linear(x, layer.weight, layer.bias)
         index = self.layers.index(layer)
         state = self._state(x)
@@ -194,21 +218,42 @@ class _Siblings:
                 self._drop_waiting()
             return out
         weight, bias = self._packed_stack(state[0])
-        stacked = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        stacked = _multiply(x, weight, bias)
         slices = stacked.split(self.widths, dim=-1)
         self._input, self._waiting_for = x, state
         self._waiting = {i: part for i, part in enumerate(slices) if i != index}
         return slices[index]
 
     def _packed_stack(self, parameters: list) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The stacked weight, packed, and the stacked bias (or ``None``), rebuilt when ``parameters`` moved."""
+        """The stacked weight, packed (as :meth:`PackedLinear.packed_weight`), and the stacked bias
+        (or ``None``) in the same dtype, rebuilt when ``parameters`` moved."""
         if self._packed is None or self._packed_from != parameters:
             with torch.inference_mode(False), torch.no_grad():
-                weight = torch.cat([layer.weight.detach() for layer in self.layers])
+                row_dtype = self.layers[0].row_dtype
+                weight = _inference_copy(torch.cat([layer.weight.detach() for layer in self.layers]), row_dtype)
                 biases = [layer.bias.detach() for layer in self.layers if layer.bias is not None]
-                self._packed = (torch.ops.mkldnn._reorder_linear_weight(weight), torch.cat(biases) if biases else None)
+                self._packed = (weight, torch.cat(biases) if biases else None)
             self._packed_from = parameters
         return self._packed
+
+
+def _inference_copy(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``weight`` in ``dtype`` (``None``: its own), in oneDNN's packed layout where this CPU can pack
+    that dtype, else as a contiguous plain tensor."""
+    weight = weight if dtype is None else weight.to(dtype)
+    return torch.ops.mkldnn._reorder_linear_weight(weight) if weight.dtype in PACKABLE_DTYPES else weight.contiguous()
+
+
+def _multiply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for an :func:`_inference_copy` ``weight``, computed in the copy's
+    dtype, the result in ``x``'s."""
+    if x.dtype != weight.dtype:
+        x, dtype = x.to(weight.dtype), x.dtype
+        bias = None if bias is None else bias.to(weight.dtype)
+        return _multiply(x, weight, bias).to(dtype)
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 _LAYERS: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
@@ -242,13 +287,22 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: i
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def pack_linear_weights(model: nn.Module) -> int:
+def pack_linear_weights(model: nn.Module, *, row_dtype: torch.dtype | None = None) -> int:
     """Make every plain ``nn.Linear`` of ``model`` a :class:`PackedLinear`, in place.
 
     The parameters stay the same objects (tied weights stay tied, state-dict keys do not change);
     each layer packs its weight at its first gradient-free forward. Siblings (:data:`SIBLING_LAYERS`,
     children of one module with the same input width, dtype and bias or none) are packed as one
     stack. Calling it again does nothing.
+
+    Parameters
+    ----------
+    model
+        The model whose linear layers are replaced.
+    row_dtype
+        Where given and not a layer's weight dtype, that layer's forwards of at most
+        :data:`COPY_ROWS_MAX` rows read a copy of its weight in this dtype
+        (:attr:`PackedLinear.row_dtype`), and every other forward its plain weight.
 
     Returns
     -------
@@ -258,7 +312,10 @@ def pack_linear_weights(model: nn.Module) -> int:
     linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     for name, linear in linears:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, PackedLinear.from_linear(linear))
+        layer = PackedLinear.from_linear(linear)
+        if row_dtype not in (None, linear.weight.dtype):
+            layer.row_dtype = row_dtype
+        setattr(model.get_submodule(parent), child, layer)
     if linears:
         stack_siblings(model)
     return len(linears)
@@ -266,8 +323,8 @@ def pack_linear_weights(model: nn.Module) -> int:
 
 def stack_siblings(model: nn.Module) -> None:
     """Pack each set of sibling :class:`PackedLinear` layers of ``model`` (:data:`SIBLING_LAYERS`:
-    children of one module with the same input width, dtype, device and bias or none) as one
-    stack, in place; layers already stacked are left as they are."""
+    children of one module with the same input width, dtype, row dtype, device and bias or none)
+    as one stack, in place; layers already stacked are left as they are."""
     for module in model.modules():
         for names in SIBLING_LAYERS:
             layers = [getattr(module, name, None) for name in names]
@@ -277,6 +334,7 @@ def stack_siblings(model: nn.Module) -> None:
             if all(
                 layer.in_features == layers[0].in_features
                 and layer.weight.dtype == first.dtype
+                and layer.row_dtype == layers[0].row_dtype
                 and layer.weight.device == first.device
                 and (layer.bias is None) == (layers[0].bias is None)
                 for layer in layers

@@ -81,14 +81,16 @@ class TextBackbone:
         attribute, so it can be switched on a loaded backbone.
     kernel
         The single-row kernel: ``"auto"`` (timed, see ``model``), or ``"aten"``, ``"onednn"``
-        or ``"packed"`` to force one (:data:`~neuroomics_bridge.backbone.config.Kernel`; a model
-        not on the CPU takes only ``"auto"`` or ``"onednn"``, which leave it as it is).
+        or ``"packed"`` to force one, or the opt-in ``"bf16-copy"`` for a float32 model
+        (:data:`~neuroomics_bridge.backbone.config.Kernel`; a model not on the CPU takes only
+        ``"auto"`` or ``"onednn"``, which leave it as it is).
 
     Raises
     ------
     ConfigError
-        On an unknown ``kernel``, a CPU kernel for a model elsewhere, or ``"packed"`` for a dtype
-        oneDNN cannot pack on this CPU (:data:`~neuroomics_bridge.backbone.packed.PACKABLE_DTYPES`).
+        On an unknown ``kernel``, a CPU kernel for a model elsewhere, ``"packed"`` for a dtype
+        oneDNN cannot pack on this CPU (:data:`~neuroomics_bridge.backbone.packed.PACKABLE_DTYPES`),
+        or ``"bf16-copy"`` for a model that is not float32.
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class TextBackbone:
         kernel: Kernel = "auto",
     ) -> None:
         check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))
-        if model.device.type != "cpu" and kernel in ("aten", "packed"):
+        if model.device.type != "cpu" and kernel in ("aten", "packed", "bf16-copy"):
             raise ConfigError(f"kernel: {kernel!r} is a CPU kernel, and {name} is not on the CPU")
+        if kernel == "bf16-copy" and model.dtype != torch.float32:
+            raise ConfigError(f"kernel: 'bf16-copy' is for float32 models, and {name} is loaded as {model.dtype}")
         if kernel == "packed" and model.dtype not in PACKABLE_DTYPES:
             raise ConfigError(
                 f"kernel: 'packed' needs oneDNN to pack {model.dtype} weights, which this CPU's instructions "
@@ -123,6 +127,8 @@ class TextBackbone:
             route_single_row_matmuls_to_aten(self.model)
         elif self._kernel == "packed":
             pack_linear_weights(self.model)
+        elif self._kernel == "bf16-copy":
+            pack_linear_weights(self.model, row_dtype=torch.bfloat16)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -176,14 +182,18 @@ class TextBackbone:
             :meth:`generate`).
         kernel
             ``"auto"`` times the single-row kernels on this CPU; ``"aten"``, ``"onednn"`` or
-            ``"packed"`` forces one.
+            ``"packed"`` forces one. ``"bf16-copy"`` (opt-in, float32 models): decoding steps
+            read a bf16 copy of the weights, half the bytes; faster where float32 is the CPU's
+            dtype (an AVX2-only CPU), at a cost in accuracy (README, "Performance"). The copy
+            takes half the float32 weights' memory again.
 
         Raises
         ------
         ModelNotFoundError, InvalidModelError, CorruptFileError
         ConfigError
             On an unknown ``quantize`` or ``kernel``, ``"int8"`` for a model not on the CPU, a CPU
-            kernel for a model elsewhere, or ``"packed"`` for a dtype this CPU cannot pack.
+            kernel for a model elsewhere, ``"packed"`` for a dtype this CPU cannot pack, or
+            ``"bf16-copy"`` for a model that is not float32.
         """
         check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))  # before the weights load
         location = resolve.locate_weights(name_or_path, local_dir=local_dir)
