@@ -9,8 +9,12 @@
 3. batched generation: 8 prompts in one call vs 8 sequential calls (goal >= 3x).
 4. the opt-ins, generation tokens/s as in 2.: int8 weight-only (``quantize="int8"``), compiled
    decoding over a static cache (``compile_decoding=True``; the first call compiles, the warm-up
-   absorbs it) and both. What int8 costs: the share of prompts whose greedy text equals the bf16
-   model's, and the perplexity of the bundled clinical notes relative to the bf16 model's.
+   absorbs it), both, and the float32 model decoding through a bf16 copy of its weights
+   (``dtype="float32", kernel="bf16-copy"``), alone and compiled. What int8 costs: the share of
+   prompts whose greedy text equals the library model's, and the perplexity of the bundled
+   clinical notes relative to the library model's. What the bf16 copy costs against float32: the
+   same greedy comparison, and the perplexity of the notes' first tokens fed one row at a time
+   (only single rows read the copy, so a whole-text pass would score the float32 weights).
 
 Every generation figure also gives its fraction of the memory-bandwidth limit: batch-1 decoding
 reads every weight once per token, so tokens/s x weight bytes / read bandwidth (a large-tensor
@@ -156,10 +160,13 @@ def bench_generate_vs_transformers(backbone: TextBackbone, opt_ins: dict[str, Te
                 ours_bandwidth_fraction=round(ours_tps * weight_bytes(model.model) / bandwidth, 3),
                 plain_bandwidth_fraction=round(plain_tps * weight_bytes(plain_model) / bandwidth, 3),
                 ours_weight_mb_per_token=round(weight_bytes(model.model) / 1e6, 1),
-                ours_dtype=str(model.dtype) + (" + int8 linear weights" if model.quantization else ""),
+                ours_dtype=str(model.dtype) + LINEAR_WEIGHTS.get(model.quantization or model.kernel, ""),
                 compiled=model.compile_decoding,
                 plain_dtype=str(plain_model.dtype),
             )
+
+
+LINEAR_WEIGHTS = {"int8": " + int8 linear weights", "bf16-copy": " + a bf16 copy of the linear weights for single rows"}
 
 
 def bench_batched_generation(backbone: TextBackbone) -> None:
@@ -181,15 +188,36 @@ def bench_batched_generation(backbone: TextBackbone) -> None:
     )
 
 
-def bench_int8_accuracy(backbone: TextBackbone, int8: TextBackbone) -> None:
-    """What int8 weights cost against the library's model (bf16 where the CPU runs bf16 natively,
-    else float32), beside what bf16 costs against float32 where the library made that change:
-    identical greedy answers, the share of each answer's words before the first difference, and
-    the perplexity of the bundled clinical notes (each note after its first line)."""
+def single_row_perplexity(backbone: TextBackbone, texts: list[str], tokens: int = 96) -> float:
+    """Perplexity of each text's first ``tokens`` tokens, fed one token row per forward over a
+    key/value cache, as decoding steps run (what a single-row kernel computes)."""
+    from transformers import DynamicCache
+
+    nll, count = 0.0, 0
+    for ids in backbone.tokenize(texts):
+        ids = torch.tensor(ids[: tokens + 1])
+        cache = DynamicCache(config=backbone.model.config)
+        with torch.inference_mode():
+            for position in range(len(ids) - 1):
+                logits = backbone.model(ids[None, position : position + 1], past_key_values=cache).logits
+                nll -= float(torch.log_softmax(logits[0, -1].float(), -1)[ids[position + 1]])
+                count += 1
+    return float(torch.exp(torch.tensor(nll / count)))
+
+
+def bench_opt_in_accuracy(backbone: TextBackbone, int8: TextBackbone, bf16_copy: TextBackbone) -> None:
+    """What the opt-ins that change the arithmetic cost, each against the model it rounds:
+    int8 weights against the library's model (bf16 where the CPU runs bf16 natively, else
+    float32), the bf16 copy against float32, and bf16 against float32 where the library made that
+    change. Each gives identical greedy answers, the share of each answer's words before the first
+    difference, and a perplexity ratio: of the bundled clinical notes (each after its first line),
+    or for the bf16 copy of the notes' first tokens fed one row at a time."""
     library = str(backbone.dtype).removeprefix("torch.")
-    comparisons = {f"int8_vs_{library}": (int8, backbone)}
+    fp32 = backbone
     if backbone.dtype != torch.float32:  # a float32 library model is its own float32 reference
         fp32 = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")
+    comparisons = {f"int8_vs_{library}": (int8, backbone), "bf16_copy_vs_float32": (bf16_copy, fp32)}
+    if fp32 is not backbone:
         comparisons[f"{library}_vs_float32"] = (backbone, fp32)
     prompts = [backbone.chat(q) for q in QUESTIONS] + [backbone.chat(f"Summarise this note.\n\n{NOTE}")]
     models = dict.fromkeys(model for pair in comparisons.values() for model in pair)
@@ -200,6 +228,8 @@ def bench_int8_accuracy(backbone: TextBackbone, int8: TextBackbone) -> None:
     for model in answers:
         logprob, n_tokens = model.loglikelihood(first_lines, rests, show_progress=False)
         perplexity[model] = float(torch.exp(-logprob.sum() / n_tokens.sum()))
+    row_notes = list(rests[:4])
+    row_perplexity = {model: single_row_perplexity(model, row_notes) for model in comparisons["bf16_copy_vs_float32"]}
     for name, (model, reference) in comparisons.items():
         pairs = list(zip(answers[reference], answers[model], strict=True))
         before_difference = [
@@ -213,22 +243,29 @@ def bench_int8_accuracy(backbone: TextBackbone, int8: TextBackbone) -> None:
             prompts=len(pairs),
             mean_share_of_words_before_the_first_difference=round(sum(before_difference) / len(pairs), 3),
         )
+        by_rows = model is bf16_copy
+        scores = row_perplexity if by_rows else perplexity
         emit(
-            f"perplexity_ratio[{name}, clinical_notes]",
-            perplexity[model] / perplexity[reference],
-            perplexity=round(perplexity[model], 3),
-            reference_perplexity=round(perplexity[reference], 3),
-            notes=len(notes),
+            f"perplexity_ratio[{name}, {'notes_fed_one_row_at_a_time' if by_rows else 'clinical_notes'}]",
+            scores[model] / scores[reference],
+            perplexity=round(scores[model], 3),
+            reference_perplexity=round(scores[reference], 3),
+            notes=len(row_notes) if by_rows else len(notes),
         )
 
 
 def main() -> None:
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
     int8 = TextBackbone.from_pretrained("smollm2-135m-instruct", quantize="int8")
+    bf16_copy = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32", kernel="bf16-copy")
     opt_ins = {
         "int8": int8,
         "compiled": TextBackbone.from_pretrained("smollm2-135m-instruct", compile_decoding=True),
         "int8_compiled": TextBackbone.from_pretrained("smollm2-135m-instruct", quantize="int8", compile_decoding=True),
+        "bf16_copy": bf16_copy,
+        "bf16_copy_compiled": TextBackbone.from_pretrained(
+            "smollm2-135m-instruct", dtype="float32", kernel="bf16-copy", compile_decoding=True
+        ),
     }
     bandwidth = read_bandwidth()
     emit("machine", cpu=cpu_model(), threads=torch.get_num_threads(), read_bandwidth_gb_per_s=round(bandwidth / 1e9, 1),
@@ -236,7 +273,7 @@ def main() -> None:
     bench_encode(backbone)
     bench_generate_vs_transformers(backbone, opt_ins, bandwidth)
     bench_batched_generation(backbone)
-    bench_int8_accuracy(backbone, int8)
+    bench_opt_in_accuracy(backbone, int8, bf16_copy)
 
 
 if __name__ == "__main__":

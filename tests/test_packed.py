@@ -285,6 +285,7 @@ def test_a_backbone_decodes_through_a_bf16_copy_only_when_asked(tiny_model_dir: 
     plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="onednn")
     layers = [m for m in copied.model.modules() if isinstance(m, PackedLinear)]
     assert layers and all(layer.row_dtype == torch.bfloat16 for layer in layers)
+    assert copied.kernel == "bf16-copy" and "bf16 copy for single rows" in repr(copied)
     assert copied.model.dtype == torch.float32 and copied.weights_hash == plain.weights_hash
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.inference_mode():

@@ -303,6 +303,11 @@ class TextBackbone:
             self.name = name
 
     @property
+    def kernel(self) -> Kernel:
+        """The single-row kernel the linear layers run: as passed, or the one timed fastest for ``"auto"``."""
+        return self._kernel
+
+    @property
     def quantization(self) -> Literal["int8"] | None:
         """``"int8"`` when the linear layers hold int8 weights (``from_pretrained(quantize=)``), else ``None``."""
         return "int8" if any(isinstance(m, Int8Linear) for m in self.model.modules()) else None
@@ -320,6 +325,7 @@ class TextBackbone:
         int8 = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, Int8Linear))
         n_params = sum(p.numel() for p in self.model.parameters()) + int8
         weights = f"dtype={self.dtype}" + (", int8 linear weights" if int8 else "")
+        weights += ", bf16 copy for single rows" if self.kernel == "bf16-copy" else ""
         return f"TextBackbone({self.name!r}, params={n_params / 1e6:.1f}M, {weights}, device={self.device})"
 
     # ----------------------------------------------------------------------------- prompting
