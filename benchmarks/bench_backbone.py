@@ -35,6 +35,7 @@ from common import best_seconds, emit
 
 from neuroomics_bridge import TextBackbone
 from neuroomics_bridge.backbone.calibration import cpu_model
+from neuroomics_bridge.backbone.packed import PackedLinear
 
 FINDINGS = [
     "Resting tremor of the right hand with cogwheel rigidity.",
@@ -76,13 +77,18 @@ def read_bandwidth(megabytes: int = 512) -> float:
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes one decoded token reads: every weight matrix and norm, the LM head (tied or not, int8 or
-    not) included, the input embedding table (one row of it is read) not."""
+    not) included, the input embedding table (one row of it is read) not; a linear layer that
+    decodes through a copy in another dtype (``kernel="bf16-copy"``) counts in that dtype."""
     embedding = model.get_input_embeddings().weight
     tensors = {t.data_ptr(): t for t in itertools.chain(model.parameters(), model.buffers())}
     tensors.pop(embedding.data_ptr())
     head = model.get_output_embeddings().weight
     tensors[head.data_ptr()] = head
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    sizes = {pointer: t.element_size() for pointer, t in tensors.items()}
+    for layer in model.modules():
+        if isinstance(layer, PackedLinear) and layer.row_dtype is not None:
+            sizes[layer.weight.data_ptr()] = layer.row_dtype.itemsize
+    return sum(t.numel() * sizes[pointer] for pointer, t in tensors.items())
 
 
 def bench_encode(backbone: TextBackbone) -> None:

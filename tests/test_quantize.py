@@ -138,6 +138,20 @@ def test_compiled_decoding_keeps_the_tiny_models_greedy_tokens(tiny_model_dir: P
     assert compiled.compile_decoding and hasattr(compiled.model, "_compiled_call")  # transformers compiled it
 
 
+def test_compiled_decoding_runs_int8_layers_with_bf16_kernel_activations(tiny_model_dir: Path) -> None:
+    """As on the AVX2-only AMD EPYC, where Inductor's own lowering of the int8 kernel refused the
+    cast activations and compiled decoding fell back to eager."""
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", kernel="onednn")
+    quantize_int8(backbone.model, kernel_dtype=torch.bfloat16)
+    prompts = ["Tremor of the right hand", "Memory decline over two years with preserved insight"]
+    expected = [backbone.generate(p, max_new_tokens=12)[0] for p in prompts]
+    backbone.compile_decoding = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a fallback to eager decoding would warn
+        assert [backbone.generate(p, max_new_tokens=12)[0] for p in prompts] == expected
+    assert backbone.compile_decoding and hasattr(backbone.model, "_compiled_call")
+
+
 def test_a_failing_compile_falls_back_to_eager_decoding_with_one_warning(tiny_model_dir: Path, monkeypatch) -> None:
     from transformers.generation.configuration_utils import CompileConfig
 

@@ -16,7 +16,11 @@ For a float32 model the kernel's activations are float32 or bf16, whichever
 :func:`int8_kernel_dtype` times faster here: on an AMD EPYC with AVX2 alone (Zen 3, 2 threads)
 the kernel took 110 ms for one token row through the default backbone's layers in float32 and
 20.5 ms in bf16 (2026-12-06), so float32 int8 decoding there ran at half plain ``transformers``'
-speed.
+speed. Inside ``torch.compile`` (``compile_decoding=True``) the kernel is called through the
+registered op ``neuroomics_bridge::int8_mm``, which the graph runs as an opaque call: Inductor's own
+lowering of ``_weight_int8pack_mm`` refused the cast activations it was handed (an
+``AssertionError`` at compile time on the AVX2 AMD EPYC, 2026-12-06, so int8 with compiled
+decoding fell back to eager decoding there).
 """
 
 from __future__ import annotations
@@ -85,8 +89,8 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] <= self.max_kernel_rows:
             dtype = rows.dtype if self.kernel_dtype is None else self.kernel_dtype
-            out = torch._weight_int8pack_mm(rows.to(dtype).contiguous(), self.weight, self.scale.to(dtype))
-            out = out.to(rows.dtype)
+            kernel = torch.ops.neuroomics_bridge.int8_mm if torch.compiler.is_compiling() else torch._weight_int8pack_mm
+            out = kernel(rows.to(dtype).contiguous(), self.weight, self.scale.to(dtype)).to(rows.dtype)
         else:  # x @ (s q)^T = (x @ q^T) s: one int8 -> float pass over the weight, the scale on the output
             out = nn.functional.linear(rows, self.weight.to(rows.dtype)) * self.scale.to(rows.dtype)
         if self.bias is not None:
@@ -96,6 +100,22 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         kernel = "" if self.kernel_dtype is None else f", kernel activations {self.kernel_dtype}"
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only{kernel}"
+
+
+_OPS = torch.library.Library("neuroomics_bridge", "FRAGMENT")  # the namespace backbone.packed defines
+_OPS.define("int8_mm(Tensor x, Tensor weight, Tensor scale) -> Tensor")
+
+
+@torch.library.impl(_OPS, "int8_mm", "CPU")
+def int8_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``torch._weight_int8pack_mm(x, weight, scale)``, as the op ``neuroomics_bridge::int8_mm``: an
+    opaque call inside compiled graphs (see the module docstring)."""
+    return torch._weight_int8pack_mm(x, weight, scale)
+
+
+@torch.library.register_fake("neuroomics_bridge::int8_mm", lib=_OPS)
+def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 def int8_kernel_dtype(model: nn.Module) -> torch.dtype:
