@@ -226,7 +226,7 @@ class _Siblings:
 
     def _packed_stack(self, parameters: list) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The stacked weight, packed (as :meth:`PackedLinear.packed_weight`), and the stacked bias
-        (or ``None``) in the same dtype, rebuilt when ``parameters`` moved."""
+        (or ``None``), rebuilt when ``parameters`` moved."""
         if self._packed is None or self._packed_from != parameters:
             with torch.inference_mode(False), torch.no_grad():
                 row_dtype = self.layers[0].row_dtype
@@ -247,13 +247,15 @@ def _inference_copy(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.Te
 def _multiply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for an :func:`_inference_copy` ``weight``, computed in the copy's
     dtype, the result in ``x``'s."""
-    if x.dtype != weight.dtype:
-        x, dtype = x.to(weight.dtype), x.dtype
+    dtype = x.dtype
+    if dtype != weight.dtype:
+        x = x.to(weight.dtype)
         bias = None if bias is None else bias.to(weight.dtype)
-        return _multiply(x, weight, bias).to(dtype)
     if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    else:
+        out = F.linear(x, weight, bias)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 _LAYERS: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
