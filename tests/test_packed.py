@@ -281,6 +281,8 @@ def test_a_backbone_decodes_through_a_bf16_copy_only_when_asked(tiny_model_dir: 
 
     with pytest.raises(ConfigError, match=r"'bf16-copy' is for float32 models, and .* is loaded as torch\.bfloat16"):
         TextBackbone.from_pretrained(tiny_model_dir, dtype="bfloat16", kernel="bf16-copy")
+    with pytest.raises(ConfigError, match=r"'bf16-copy' copies float32 linear weights, and .*'s are int8"):
+        TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", quantize="int8", kernel="bf16-copy")
     copied = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="bf16-copy")
     plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="onednn")
     layers = [m for m in copied.model.modules() if isinstance(m, PackedLinear)]

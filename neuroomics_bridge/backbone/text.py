@@ -90,7 +90,7 @@ class TextBackbone:
     ConfigError
         On an unknown ``kernel``, a CPU kernel for a model elsewhere, ``"packed"`` for a dtype
         oneDNN cannot pack on this CPU (:data:`~neuroomics_bridge.backbone.packed.PACKABLE_DTYPES`),
-        or ``"bf16-copy"`` for a model that is not float32.
+        or ``"bf16-copy"`` for a model that is not float32 or whose linear layers are int8.
     """
 
     def __init__(
@@ -109,6 +109,11 @@ class TextBackbone:
             raise ConfigError(f"kernel: {kernel!r} is a CPU kernel, and {name} is not on the CPU")
         if kernel == "bf16-copy" and model.dtype != torch.float32:
             raise ConfigError(f"kernel: 'bf16-copy' is for float32 models, and {name} is loaded as {model.dtype}")
+        if kernel == "bf16-copy" and any(isinstance(m, Int8Linear) for m in model.modules()):
+            raise ConfigError(
+                f"kernel: 'bf16-copy' copies float32 linear weights, and {name}'s are int8 (quantize='int8'); "
+                "use one of the two"
+            )
         if kernel == "packed" and model.dtype not in PACKABLE_DTYPES:
             raise ConfigError(
                 f"kernel: 'packed' needs oneDNN to pack {model.dtype} weights, which this CPU's instructions "
@@ -193,7 +198,7 @@ class TextBackbone:
         ConfigError
             On an unknown ``quantize`` or ``kernel``, ``"int8"`` for a model not on the CPU, a CPU
             kernel for a model elsewhere, ``"packed"`` for a dtype this CPU cannot pack, or
-            ``"bf16-copy"`` for a model that is not float32.
+            ``"bf16-copy"`` for a model that is not float32 or with ``quantize="int8"``.
         """
         check_choice("TextBackbone", "kernel", kernel, get_args(Kernel))  # before the weights load
         location = resolve.locate_weights(name_or_path, local_dir=local_dir)
