@@ -57,6 +57,8 @@ NOTE = (
     "idiopathic Parkinson's disease, Hoehn and Yahr stage 2. Plan: titrate levodopa, physiotherapy, review in "
     "three months."
 )
+LINEAR_WEIGHTS = {"int8": " + int8 linear weights", "bf16-copy": " + a bf16 copy of the linear weights for single rows"}
+"""What a figure's ``ours_dtype`` adds for an opt-in that changes the linear layers' weights."""
 QUESTIONS = [
     "What is the most likely diagnosis for a resting tremor with bradykinesia?",
     "Explain what hippocampal atrophy on MRI suggests.",
@@ -172,9 +174,6 @@ def bench_generate_vs_transformers(backbone: TextBackbone, opt_ins: dict[str, Te
             )
 
 
-LINEAR_WEIGHTS = {"int8": " + int8 linear weights", "bf16-copy": " + a bf16 copy of the linear weights for single rows"}
-
-
 def bench_batched_generation(backbone: TextBackbone) -> None:
     prompts = [backbone.chat(q) for q in QUESTIONS]
 
@@ -231,7 +230,7 @@ def bench_opt_in_accuracy(backbone: TextBackbone, int8: TextBackbone, bf16_copy:
     notes = sorted((Path(__file__).parents[1] / "examples/data/corpora/clinical").glob("*.txt"))[:24]
     first_lines, rests = zip(*(note.read_text().split("\n", 1) for note in notes), strict=True)
     perplexity = {}
-    for model in answers:
+    for model in {m for name, pair in comparisons.items() if not name.startswith("bf16_copy") for m in pair}:
         logprob, n_tokens = model.loglikelihood(first_lines, rests, show_progress=False)
         perplexity[model] = float(torch.exp(-logprob.sum() / n_tokens.sum()))
     row_notes = list(rests[:4])
