@@ -230,7 +230,8 @@ def bench_opt_in_accuracy(backbone: TextBackbone, int8: TextBackbone, bf16_copy:
     notes = sorted((Path(__file__).parents[1] / "examples/data/corpora/clinical").glob("*.txt"))[:24]
     first_lines, rests = zip(*(note.read_text().split("\n", 1) for note in notes), strict=True)
     perplexity = {}
-    for model in {m for name, pair in comparisons.items() if not name.startswith("bf16_copy") for m in pair}:
+    whole_text_scored = {m for pair in comparisons.values() if pair[0] is not bf16_copy for m in pair}
+    for model in whole_text_scored:
         logprob, n_tokens = model.loglikelihood(first_lines, rests, show_progress=False)
         perplexity[model] = float(torch.exp(-logprob.sum() / n_tokens.sum()))
     row_notes = list(rests[:4])

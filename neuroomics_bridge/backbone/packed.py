@@ -208,7 +208,7 @@ class _Siblings:
         return parameters, None if x.is_inference() else x._version
 
     def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > STACKED_ROWS_MAX * x.shape[-1]:  # a copy in row_dtype has had the smaller limit
+        if x.numel() > STACKED_ROWS_MAX * x.shape[-1]:  # (row_dtype layers never send more than COPY_ROWS_MAX)
             return F.linear(x, layer.weight, layer.bias)
         index = self.layers.index(layer)
         state = self._state(x)

@@ -109,7 +109,7 @@ class TextBackbone:
             raise ConfigError(f"kernel: {kernel!r} is a CPU kernel, and {name} is not on the CPU")
         if kernel == "bf16-copy" and model.dtype != torch.float32:
             raise ConfigError(f"kernel: 'bf16-copy' is for float32 models, and {name} is loaded as {model.dtype}")
-        if kernel == "bf16-copy" and any(isinstance(m, Int8Linear) for m in model.modules()):
+        if kernel == "bf16-copy" and _has_int8_layers(model):
             raise ConfigError(
                 f"kernel: 'bf16-copy' copies float32 linear weights, and {name}'s are int8 (quantize='int8'); "
                 "use one of the two"
@@ -315,7 +315,7 @@ class TextBackbone:
     @property
     def quantization(self) -> Literal["int8"] | None:
         """``"int8"`` when the linear layers hold int8 weights (``from_pretrained(quantize=)``), else ``None``."""
-        return "int8" if any(isinstance(m, Int8Linear) for m in self.model.modules()) else None
+        return "int8" if _has_int8_layers(self.model) else None
 
     def check_trainable(self, what: str) -> None:
         """Raise :class:`~neuroomics_bridge.errors.ConfigError` when ``what`` would train weights
@@ -800,6 +800,11 @@ class TextBackbone:
 
 
 # --------------------------------------------------------------------------------- helpers
+def _has_int8_layers(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s linear layers hold int8 weights (``quantize_int8``)."""
+    return any(isinstance(m, Int8Linear) for m in model.modules())
+
+
 def _build_backward(output: torch.Tensor, candidates: Sequence[Any]) -> None:
     """Run ``output``'s backward once, with zero gradients, down to the ``candidates`` that need them.
 
