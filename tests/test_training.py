@@ -140,7 +140,12 @@ def test_prefix_stage_trains_only_the_projector(new_bridge, encoded, tmp_path) -
     model = bridge.backbone.model
     attention_before, seen = model.config._attn_implementation, set()
     other = "eager" if attention_before != "eager" else "sdpa"
-    hook = model.get_decoder().register_forward_pre_hook(lambda *_: seen.add(model.config._attn_implementation))
+
+    def record(_module, _args, kwargs) -> None:  # a packed batch attends with the implementation it carries
+        packed = kwargs.get("packed_rows")
+        seen.add(model.config._attn_implementation if packed is None else packed.attention)
+
+    hook = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
     try:
         result = fit_alignment(
             bridge, cohort, "prefix", split=split, max_epochs=2, root_dir=tmp_path, precision="32-true", attention=other
@@ -176,7 +181,8 @@ class BatchRecorder(Callback):
     def decoder_input(self, _module, _args, kwargs) -> None:
         if self._training:
             epoch, rows, _ = self.batches[-1]
-            self.batches[-1] = (epoch, rows, kwargs["inputs_embeds"].shape[1])
+            packed = kwargs.get("packed_rows")  # a packed batch keeps its padded layout's width here
+            self.batches[-1] = (epoch, rows, kwargs["inputs_embeds"].shape[1] if packed is None else packed.longest)
 
 
 def test_prefix_stage_can_batch_rows_of_similar_length(new_bridge, encoded, tmp_path) -> None:

@@ -34,6 +34,7 @@ from neuroomics_bridge.backbone.hardware import (
     timed_cpu_dtype,
 )
 from neuroomics_bridge.backbone.packed import PACKABLE_DTYPES, drop_packed_weights, pack_linear_weights
+from neuroomics_bridge.backbone.packing import pack_inputs, packed_forward
 from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
 from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
@@ -91,6 +92,13 @@ class TextBackbone:
         On an unknown ``kernel``, a CPU kernel for a model elsewhere, ``"packed"`` for a dtype
         oneDNN cannot pack on this CPU (:data:`~neuroomics_bridge.backbone.packed.PACKABLE_DTYPES`),
         or ``"bf16-copy"`` for a model that is not float32 or whose linear layers are int8.
+
+    Attributes
+    ----------
+    pack_rows
+        Whether :meth:`last_hidden_state` runs a right-padded batch as one packed sequence of
+        its real tokens (:mod:`~neuroomics_bridge.backbone.packing`: the same loss and
+        gradients, no compute on padding); ``True`` by default, ``False`` runs it padded.
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class TextBackbone:
         self.card = card
         self._weight_files = tuple(weight_files)
         self.compile_decoding = compile_decoding
+        self.pack_rows = True
         self._training_decoder: Any = None  # the compiled decoder inside compiled_training()
         self._training_backward_built = False  # whether its backward has compiled (at the first backward)
         self._kernel = single_row_kernel(self.model) if kernel == "auto" else kernel  # timed once, then cached
@@ -708,13 +717,16 @@ class TextBackbone:
     def last_hidden_state(self, **inputs: Any) -> torch.Tensor:
         """The decoder's last hidden states (no LM head): what training losses score from.
 
-        Inside :meth:`compiled_training`, calls with gradients on run the ``torch.compile``'d
-        decoder; a compile that fails (no C++ compiler, an unsupported op) switches it off with
-        one warning and the call runs eagerly. torch compiles the backward only when it first
-        runs, inside the loss's ``backward()``, where nothing could fall back any more; so the
-        first compiled call runs a forward and its backward (zero gradients, nothing
-        accumulated) before the forward it returns, and a backward that fails to compile falls
-        back here too.
+        A right-padded batch runs as one packed sequence of its real tokens (with
+        :attr:`pack_rows`, where :func:`~neuroomics_bridge.backbone.packing.pack_inputs` finds
+        that exact): the same hidden states at real positions, zero at padding, without the
+        padding's compute. Inside :meth:`compiled_training`, calls with gradients on run the
+        ``torch.compile``'d decoder; a compile that fails (no C++ compiler, an unsupported op)
+        switches it off with one warning and the call runs eagerly. torch compiles the backward
+        only when it first runs, inside the loss's ``backward()``, where nothing could fall back
+        any more; so the first compiled call runs a forward and its backward (zero gradients,
+        nothing accumulated) before the forward it returns, and a backward that fails to compile
+        falls back here too.
 
         Parameters
         ----------
@@ -727,6 +739,17 @@ class TextBackbone:
         torch.Tensor
             ``(batch, length, hidden_size)``.
         """
+        packed = pack_inputs(self.model, inputs) if self.pack_rows else None
+        if packed is not None:
+            packed_inputs, rows = packed
+            with packed_forward(self.model) as switched:
+                if switched:
+                    return rows.pad(self._decoder_output(packed_inputs)[0])
+        return self._decoder_output(inputs)
+
+    def _decoder_output(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The last hidden states of the decoder on ``inputs``, compiled where
+        :meth:`last_hidden_state` says."""
         if self._training_decoder is not None and torch.is_grad_enabled():
             try:
                 if not self._training_backward_built:  # one backward first: a failing backward compile fails here
