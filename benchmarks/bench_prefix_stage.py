@@ -2,24 +2,27 @@
 
 The demo's prefix stage (400 synthetic subjects, default encoders, projector + LoRA in the
 default backbone, batches of 8 ``[prefix][prompt][report]`` rows) is trained for the same number
-of steps four ways in one run:
+of steps six ways in one run:
 
 - ``baseline``: SDPA attention and LoRA with Me-LLaMA-chat's dropout 0.05, batches in plain
   random order (the library before the kernel calibration);
 - ``calibrated attention``: the attention implementation ``training_attention`` timed here,
   same LoRA;
-- ``library default``: calibrated attention and the prefix stage's LoRA without dropout
-  (:data:`neuroomics_bridge.training.args.PREFIX_LORA`);
-- ``length-grouped``: the same with ``group_by_length=True`` (an opt-in: faster, but it cost
-  grounding on the demo, see ``training/prefix.py``);
+- ``LoRA without dropout``: calibrated attention and the prefix stage's LoRA without dropout
+  (:data:`neuroomics_bridge.training.args.PREFIX_LORA`), batches still run padded;
+- ``library default``: the same, each right-padded batch run as one packed sequence of its real
+  tokens (``backbone/packing.py``; ``TextBackbone.pack_rows``);
+- ``length-grouped``: the same with ``group_by_length=True`` (an opt-in: less padding in
+  attention, but it cost grounding on the demo, see ``training/prefix.py``);
 - ``compiled``: the library default with ``compile_training=True`` (its first step, which
   compiles, is printed apart as ``first_step_seconds``: minutes with a cold inductor cache,
   seconds with a warm one).
 
 Only the training steps are timed (a Lightning callback around each batch, the first one left
 out as warm-up). The figure is real (unpadded) tokens per second: every variant but the
-length-grouped one sees the same batches, that one batches of similar length, so padding is the
-difference.
+length-grouped one sees the same batches, that one batches of similar length; the padded
+variants compute on the padding too. Freed memory is kept mapped as ``nob`` and the test workers
+keep it (:func:`~neuroomics_bridge.allocator.keep_freed_memory`).
 Goal: >= 1.5x the baseline.
 
 Run: ``python benchmarks/bench_prefix_stage.py [--steps 12]``. Prints one JSON line per variant.
@@ -38,6 +41,7 @@ import torch
 from common import StepTimer, emit
 
 from neuroomics_bridge import Bridge, LoRAConfig, TextBackbone
+from neuroomics_bridge.allocator import keep_freed_memory
 from neuroomics_bridge.backbone.attention import training_attention
 from neuroomics_bridge.backbone.calibration import cpu_model
 from neuroomics_bridge.datasets import synthetic_cohort
@@ -66,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
+    keep_freed_memory()
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
     raw = synthetic_cohort(400, seed=0)
@@ -74,16 +79,18 @@ def main() -> None:
     split = cohort.split(seed=0)
     split = dataclasses.replace(split, test=split.test.subset(split.test.subject_ids[:8]))  # a short end-of-fit score
     chosen = training_attention(TextBackbone.from_pretrained("smollm2-135m-instruct"))
-    variants = {  # attention, LoRA, group_by_length, compile_training
-        "baseline": ("sdpa", LoRAConfig(), False, False),
-        "calibrated attention": ("auto", LoRAConfig(), False, False),
-        "library default": ("auto", PREFIX_LORA, False, False),
-        "length-grouped": ("auto", PREFIX_LORA, True, False),
-        "compiled": ("auto", PREFIX_LORA, False, True),
+    variants = {  # attention, LoRA, packed rows, group_by_length, compile_training
+        "baseline": ("sdpa", LoRAConfig(), False, False, False),
+        "calibrated attention": ("auto", LoRAConfig(), False, False, False),
+        "LoRA without dropout": ("auto", PREFIX_LORA, False, False, False),
+        "library default": ("auto", PREFIX_LORA, True, False, False),
+        "length-grouped": ("auto", PREFIX_LORA, True, True, False),
+        "compiled": ("auto", PREFIX_LORA, True, False, True),
     }
     tokens_per_second: dict[str, float] = {}
-    for name, (attention, lora, group_by_length, compile_training) in variants.items():
+    for name, (attention, lora, pack_rows, group_by_length, compile_training) in variants.items():
         backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into it
+        backbone.pack_rows = pack_rows
         torch.manual_seed(0)
         bridge = Bridge(backbone, {m: x.shape[1] for m, x in cohort.features.items()})
         timer = PrefixStepTimer()
@@ -112,6 +119,7 @@ def main() -> None:
             variant=name,
             attention=chosen if attention == "auto" else attention,
             lora_dropout=lora.dropout,
+            packed_rows=pack_rows,
             group_by_length=group_by_length,
             compile_training=compile_training,
             **timer.figures(),
