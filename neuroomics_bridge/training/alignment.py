@@ -56,8 +56,8 @@ class AlignmentModule(LightningModule):
         Prefix stage: the loss weight of rare report tokens (see :class:`PrefixStage`);
         ``None``: the stage's default.
     group_by_length
-        Prefix stage: batch subjects of similar row length (less padding, worse grounding on
-        the demo; see :class:`PrefixStage`).
+        Prefix stage: batch subjects of similar row length (less padding in attention, worse
+        grounding on the demo; see :class:`PrefixStage`).
     seed
         Seeds the per-step randomness, so a resumed run continues exactly.
     class_prompt

@@ -75,8 +75,9 @@ class InstructionDataModule(LightningDataModule):
         Batch training records of similar length (see
         :class:`~neuroomics_bridge.training.data.SubjectSampler`): a batch is padded to its
         longest record (22% of the shipped records' tokens are padding in plain batches, 4%
-        grouped). Off by default, as in Hugging Face's Trainer: batches of one length are often
-        batches of one task, and its effect on what is learnt is not measured here.
+        grouped), though it runs packed, so only its attention computes on the padding. Off by
+        default, as in Hugging Face's Trainer: batches of one length are often batches of one
+        task, and its effect on what is learnt is not measured here.
 
     Raises
     ------
@@ -301,7 +302,8 @@ def instruction_tune(
     max_epochs, batch_size, max_length
         Epochs, records per batch and most tokens per record.
     group_by_length
-        Batch records of similar length (less padding); the order stays seeded by ``seed``.
+        Batch records of similar length (less padding in attention); the order stays seeded by
+        ``seed``.
     optimizer
         AdamW and its warm-up/cosine schedule; defaults to :data:`training.args.INSTRUCT_OPTIMIZER`.
     root_dir

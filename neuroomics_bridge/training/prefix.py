@@ -15,11 +15,13 @@ teaches those least. With ``content_weight > 1`` the tokens found in at most
 ``max_document_frequency`` of the training reports weigh that much more in the loss
 (:func:`content_token_weights`); validation and every perplexity stay unweighted.
 
-Every row is padded to the longest of its batch; ``group_by_length=True`` batches subjects of
-similar ``[prompt][report]`` length (the prompt's length follows its layout). It is off by default:
-on the demo it cut padding from 17% to 4% of the tokens but cost grounding (three seeds: full
-reports' severity 0.75 -> 0.64, below the retrieval copy's 0.66; README), since a batch then
-holds one layout and reports alike instead of a mix.
+Every row is padded to the longest of its batch, and the batch runs packed (the backbone's
+:meth:`~neuroomics_bridge.backbone.text.TextBackbone.last_hidden_state`): only attention computes
+on the padding. ``group_by_length=True`` batches subjects of similar ``[prompt][report]`` length
+(the prompt's length follows its layout). It is off by default: on the demo it cut padding from
+17% to 4% of the tokens but cost grounding (three seeds: full reports' severity 0.75 -> 0.64,
+below the retrieval copy's 0.66; README), since a batch then holds one layout and reports alike
+instead of a mix.
 """
 
 from __future__ import annotations
@@ -100,8 +102,9 @@ class PrefixStage:
         training reports (1: every token weighs the same).
     group_by_length
         Batch training subjects of similar row length (see
-        :class:`~neuroomics_bridge.training.data.SubjectSampler`): less padding (17% -> 4% of
-        the demo's tokens), worse grounding on the demo (module docstring), so off by default.
+        :class:`~neuroomics_bridge.training.data.SubjectSampler`): less padding in attention
+        (17% -> 4% of the demo's tokens), worse grounding on the demo (module docstring), so off
+        by default.
     """
 
     layouts: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(PREFIX_LAYOUTS))
