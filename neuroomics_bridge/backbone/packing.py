@@ -110,10 +110,13 @@ def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[dict
     starts = torch.cumsum(lengths, 0) - lengths
     gather = torch.where(real_positions, starts[:, None] + positions[None, :], 0).reshape(-1)
     keep = (positions[:, None] >= positions[None, :])[None, None] & real_positions[:, None, None, :]
-    dtype = _float_dtype(model, inputs)
-    attention_mask = keep if attention == "sdpa" else torch.zeros(keep.shape, dtype=dtype, device=mask.device)
-    if attention == "eager":
-        attention_mask = attention_mask.masked_fill(~keep, torch.finfo(dtype).min)
+    if attention == "sdpa":
+        attention_mask = keep
+    else:  # eager attention adds its mask to the scores
+        dtype = _float_dtype(model, inputs)
+        attention_mask = torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~keep, torch.finfo(dtype).min
+        )
     packing = PackedRows(real=real, gather=gather, mask=attention_mask, attention=attention)
     packed = {key: value for key, value in inputs.items() if key != "attention_mask"}
     for key in ("input_ids", "inputs_embeds"):
