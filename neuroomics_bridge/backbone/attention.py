@@ -15,13 +15,12 @@ trains in float32, timing all 30 layers took 35 s on 2 threads and 71 s on one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import torch
 
 from neuroomics_bridge.backbone.calibration import calibrated_choice
+from neuroomics_bridge.backbone.packing import attention_implementation
 from neuroomics_bridge.backbone.text import TextBackbone
 
 __all__ = ["ATTENTION_CANDIDATES", "attention_implementation", "training_attention"]
@@ -30,17 +29,6 @@ ATTENTION_CANDIDATES = ("sdpa", "eager")
 TIMING_SHAPE = (8, 128)  # rows x tokens of a prefix-stage batch
 TIMED_LAYERS = 4
 """Decoder layers the candidates are timed on (the model's first layers' shapes, random weights)."""
-
-
-@contextlib.contextmanager
-def attention_implementation(model: torch.nn.Module, implementation: str) -> Iterator[None]:
-    """Run ``model`` with ``implementation`` (``"sdpa"``, ``"eager"`` ...) inside the block only."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation(implementation)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 def training_attention(backbone: TextBackbone) -> str:

@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["PACKED_ATTENTION", "PackedRows", "pack_inputs", "packed_attention", "packed_forward"]
+__all__ = [
+    "PACKED_ATTENTION",
+    "PackedRows",
+    "attention_implementation",
+    "pack_inputs",
+    "packed_attention",
+    "packed_forward",
+]
 
 PACKED_ATTENTION = "neuroomics_bridge_packed"
 """The name :func:`packed_attention` is registered under in transformers' ``AttentionInterface``."""
@@ -70,13 +77,17 @@ class PackedRows:
         """Length of the padded batch (its longest row)."""
         return self.mask.shape[-1]
 
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """``(rows, longest, ...)`` values of the padded batch -> ``(n_real, ...)``, in row order."""
+        return padded.reshape(self.rows * self.longest, *padded.shape[2:])[self.real]
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """``(n_real, ...)`` values of the packed sequence -> ``(rows, longest, ...)``, zero at padding."""
         padded = packed.new_zeros(self.rows * self.longest, *packed.shape[1:]).index_copy(0, self.real, packed)
         return padded.view(self.rows, self.longest, *packed.shape[1:])
 
 
-def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], PackedRows] | None:
+def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The decoder inputs of a right-padded batch as one packed row, or ``None`` where packing
     would not be exact (see the module docstring) or saves nothing (no padding).
 
@@ -90,9 +101,10 @@ def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[dict
 
     Returns
     -------
-    (dict, PackedRows) or None
-        The packed inputs (``(1, n_real)`` ids or ``(1, n_real, hidden)`` embeddings, per-row
-        ``position_ids``, no mask, ``packed_rows``) and where each real token came from.
+    dict or None
+        The packed inputs: ``(1, n_real)`` ids or ``(1, n_real, hidden)`` embeddings, per-row
+        ``position_ids``, no mask, and ``packed_rows`` (a :class:`PackedRows`: where each real
+        token came from, to pad the outputs again).
     """
     mask = inputs.get("attention_mask")
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
@@ -121,11 +133,21 @@ def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[dict
     packed = {key: value for key, value in inputs.items() if key != "attention_mask"}
     for key in ("input_ids", "inputs_embeds"):
         if inputs.get(key) is not None:
-            value = inputs[key]
-            packed[key] = value.reshape(rows * longest, *value.shape[2:])[real][None]
-    packed["position_ids"] = positions.expand(rows, longest).reshape(-1)[real][None]
+            packed[key] = packing.pack(inputs[key])[None]
+    packed["position_ids"] = packing.pack(positions.expand(rows, longest))[None]
     packed["packed_rows"] = packing
-    return packed, packing
+    return packed
+
+
+@contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """Run ``model`` with ``implementation`` (``"sdpa"``, ``"eager"`` ...) inside the block only."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 @contextlib.contextmanager
@@ -135,12 +157,8 @@ def packed_forward(model: torch.nn.Module) -> Iterator[bool]:
     from transformers import AttentionInterface
 
     AttentionInterface.register(PACKED_ATTENTION, packed_attention)
-    before = model.config._attn_implementation
-    model.set_attn_implementation(PACKED_ATTENTION)
-    try:
+    with attention_implementation(model, PACKED_ATTENTION):
         yield model.config._attn_implementation == PACKED_ATTENTION
-    finally:
-        model.set_attn_implementation(before)
 
 
 def packed_attention(
@@ -166,7 +184,7 @@ def packed_attention(
 
     inner = _inner_attention(module, packed_rows.attention)
     output, _ = inner(module, padded(query), padded(key), padded(value), packed_rows.mask, **kwargs)
-    return output.reshape(rows * longest, *output.shape[2:])[packed_rows.real][None], None
+    return packed_rows.pack(output)[None], None
 
 
 def _inner_attention(module: torch.nn.Module, attention: str) -> Any:

@@ -741,10 +741,9 @@ class TextBackbone:
         """
         packed = pack_inputs(self.model, inputs) if self.pack_rows else None
         if packed is not None:
-            packed_inputs, rows = packed
             with packed_forward(self.model) as switched:
                 if switched:
-                    return rows.pad(self._decoder_output(packed_inputs)[0])
+                    return packed["packed_rows"].pad(self._decoder_output(packed)[0])
         return self._decoder_output(inputs)
 
     def _decoder_output(self, inputs: Mapping[str, Any]) -> torch.Tensor:
