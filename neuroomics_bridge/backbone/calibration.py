@@ -21,14 +21,14 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from neuroomics_bridge.io import atomic_write_text, cache_root
 
-__all__ = ["CALIBRATION_FILE", "calibrated_choice", "cpu_model", "machine_key"]
+__all__ = ["CALIBRATION_FILE", "calibrated_choice", "cpu_model", "machine_key", "random_rows", "run_rows"]
 
 CALIBRATION_FILE = "kernels.json"
 CONFIRMING_TIMINGS = 2
@@ -117,6 +117,23 @@ def calibrated_choice(
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, json.dumps(entries, indent=1, sort_keys=True))
     return choice
+
+
+def random_rows(widths: Iterable[int], rows: int, dtype: torch.dtype) -> dict[int, torch.Tensor]:
+    """Seeded random inputs of ``rows`` token rows, one per input width, for a timed workload.
+
+    Layers of one width share their input, as a decoding step's stacked sibling layers do.
+    """
+    generator = torch.Generator().manual_seed(0)
+    return {width: torch.randn(rows, width, generator=generator).to(dtype) for width in sorted(set(widths))}
+
+
+def run_rows(layers: Iterable[torch.nn.Module], inputs: Mapping[int, torch.Tensor]) -> None:
+    """Run each of ``layers`` once on the input of its width (``inputs[layer.in_features]``),
+    without autograd: the workload a kernel or dtype candidate is timed on."""
+    with torch.inference_mode():
+        for layer in layers:
+            layer(inputs[layer.in_features])
 
 
 def _best_times(candidates: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -114,7 +114,7 @@ def timed_cpu_dtype(linear_shapes: Sequence[tuple[int, int]]) -> torch.dtype:
         untimed, where the timed layers in both dtypes would take over half the available memory;
         else the timed choice.
     """
-    from neuroomics_bridge.backbone.calibration import calibrated_choice
+    from neuroomics_bridge.backbone.calibration import calibrated_choice, random_rows, run_rows
 
     if not cpu_has_native_bf16():
         return torch.float32
@@ -128,18 +128,20 @@ def timed_cpu_dtype(linear_shapes: Sequence[tuple[int, int]]) -> torch.dtype:
         return torch.bfloat16
 
     @functools.cache
-    def weights(dtype: torch.dtype) -> list[torch.Tensor]:  # made at the warm-up, freed with the closure
+    def layers(dtype: torch.dtype) -> list[torch.nn.Linear]:  # made at the warm-up, freed with the closure
         generator = torch.Generator().manual_seed(0)
-        return [torch.empty(o, i, dtype=dtype).uniform_(-0.05, 0.05, generator=generator) for i, o in timed]
+        made = [torch.nn.utils.skip_init(torch.nn.Linear, i, o, bias=False, dtype=dtype) for i, o in timed]
+        for layer in made:  # its own generator: the caller's random stream is left as it was
+            torch.nn.init.uniform_(layer.weight, -0.05, 0.05, generator=generator)
+        return made
 
     @functools.cache
-    def inputs(dtype: torch.dtype, rows: int) -> dict[int, torch.Tensor]:  # one per input width, made at the warm-up
-        return {i: torch.full((rows, i), 0.01, dtype=dtype) for i, _ in timed}
+    def inputs(dtype: torch.dtype, rows: int) -> dict[int, torch.Tensor]:  # made at the warm-up
+        return random_rows((i for i, _ in timed), rows, dtype)
 
     def run(dtype: torch.dtype, rows: int) -> None:
-        with _onednn_enabled(rows > 1 or dtype != torch.bfloat16), torch.inference_mode():
-            for weight in weights(dtype):
-                torch.nn.functional.linear(inputs(dtype, rows)[weight.shape[1]], weight)
+        with _onednn_enabled(rows > 1 or dtype != torch.bfloat16):
+            run_rows(layers(dtype), inputs(dtype, rows))
 
     dtypes = {name: _DTYPES[name] for name in ("bfloat16", "float32")}
     context = {"linears": f"{len(timed)}:{sorted(set(timed))}"}
@@ -237,7 +239,7 @@ def single_row_kernel(model: torch.nn.Module) -> str:
     str
         ``"aten"``, ``"onednn"`` or ``"packed"``.
     """
-    from neuroomics_bridge.backbone.calibration import calibrated_choice
+    from neuroomics_bridge.backbone.calibration import calibrated_choice, random_rows, run_rows
 
     named = [(name, m) for name, m in model.named_modules() if type(m) is torch.nn.Linear]
     linears = [m for _, m in named]
@@ -245,16 +247,12 @@ def single_row_kernel(model: torch.nn.Module) -> str:
         return "onednn"
 
     @functools.cache
-    def rows() -> dict[int, torch.Tensor]:  # one row per input width, so stacked siblings share theirs
-        generator = torch.Generator().manual_seed(0)
-        return {
-            m.in_features: torch.randn(1, 1, m.in_features, generator=generator).to(m.weight.dtype) for m in linears
-        }
+    def rows() -> dict[int, torch.Tensor]:  # made at the warm-up
+        return random_rows((m.in_features for m in linears), 1, linears[0].weight.dtype)
 
     def decode_step(layers: list[torch.nn.Module], onednn: bool) -> None:
-        with _onednn_enabled(onednn), torch.inference_mode():
-            for layer in layers:
-                layer(rows()[layer.in_features])
+        with _onednn_enabled(onednn):
+            run_rows(layers, rows())
 
     @functools.cache
     def packed() -> list[PackedLinear]:  # as decoding runs them: siblings stacked; freed after timing

@@ -31,7 +31,7 @@ from typing import Self
 import torch
 from torch import nn
 
-from neuroomics_bridge.backbone.calibration import calibrated_choice
+from neuroomics_bridge.backbone.calibration import calibrated_choice, random_rows, run_rows
 from neuroomics_bridge.errors import ConfigError
 
 __all__ = ["Int8Linear", "int8_kernel_dtype", "quantize_int8"]
@@ -136,18 +136,11 @@ def int8_kernel_dtype(model: nn.Module) -> torch.dtype:
         name: [Int8Linear(m.weight, m.scale, m.bias, max_kernel_rows=1, kernel_dtype=dtype) for m in layers]
         for name, dtype in dtypes.items()
     }
-    generator = torch.Generator().manual_seed(0)
-    rows = {m.in_features: torch.randn(1, m.in_features, generator=generator) for m in layers}
-
-    def decode_step(name: str) -> None:
-        with torch.inference_mode():
-            for layer in copies[name]:
-                layer(rows[layer.in_features])
-
+    rows = random_rows((m.in_features for m in layers), 1, torch.float32)
     shapes = sorted({(m.in_features, m.out_features) for m in layers})
     choice = calibrated_choice(
         "int8-kernel-activations",
-        {name: functools.partial(decode_step, name) for name in dtypes},
+        {name: functools.partial(run_rows, copies[name], rows) for name in dtypes},
         context={"dtype": "torch.float32", "linears": f"{len(layers)}:{shapes}"},
         repeats=5,
     )
