@@ -76,9 +76,9 @@ def write_reports(
     target = Path(out)
     if target.suffix not in FORMATS:
         raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
+    cohort = Cohort.from_files(data_dir)  # a bad folder fails before the bridge is loaded
     bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
     bridge, encoders, reference = bundle.bridge, bundle.encoders, bundle.references
-    cohort = Cohort.from_files(data_dir)
     classes = sorted({label for label in reference.labels if label}) if reference is not None else []
     written = 0
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
@@ -168,11 +168,11 @@ def evaluate_folder(
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_bridge, evaluate_reports, report_label_metrics
     from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 
-    bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
-    bridge, reference = bundle.bridge, bundle.references
-    raw = Cohort.from_files(data_dir)
+    raw = Cohort.from_files(data_dir)  # a bad or unlabelled folder fails before the bridge is loaded
     if raw.labels is None:
         raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv to score against")
+    bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
+    bridge, reference = bundle.bridge, bundle.references
     seen = set(zip(reference.subject_ids, reference.reports, strict=True)) if reference is not None else set()
     texts = raw.reports or [None] * raw.n_subjects
     in_reference = [(s, text) in seen for s, text in zip(raw.subject_ids, texts, strict=True)]
