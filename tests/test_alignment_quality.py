@@ -50,7 +50,7 @@ def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffle
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
     from neuroomics_bridge.training.args import PREFIX_LORA
 
-    cohort, full = encoded_synthetic(400, seed=1)  # the demo's cohort and prefix stage: smaller ones learn too little
+    cohort, full = encoded_synthetic(400, seed=1)  # the demo's cohort: smaller ones learn too little
     # the demo's 280 training subjects; 24 of its 60 validation and 60 test subjects, the test ones
     # reported (on one float32 thread, all 60 cost 105 s of validation and 79 s of perplexities)
     split = CohortSplit(full.train, *(fold.subset(fold.subject_ids[:24]) for fold in (full.val, full.test)))
