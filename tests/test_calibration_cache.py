@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuroomics_bridge.backbone import calibration
+from neuroomics_bridge.backbone import calibration, packing
 from neuroomics_bridge.backbone.attention import ATTENTION_CANDIDATES, attention_implementation, training_attention
 from neuroomics_bridge.backbone.calibration import calibrated_choice
 
@@ -128,6 +128,32 @@ def test_training_attention_is_a_candidate_and_leaves_the_rng_and_model_alone(ti
     assert tiny_backbone.model.config._attn_implementation == before
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(p.grad is None for p in tiny_backbone.model.parameters())
+
+
+def test_training_attention_times_the_layout_the_backbone_trains_with(tiny_backbone, monkeypatch, tmp_path) -> None:
+    """Packed batches attend row by row, padded ones under a mask: each layout is timed as it runs,
+    under its own key."""
+    monkeypatch.setattr(calibration, "cache_root", lambda: tmp_path)
+    packed_queries = []
+    plain = packing.packed_attention
+
+    def counting(module, query, *args, **kwargs):
+        packed_queries.append(query.shape)
+        return plain(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(packing, "packed_attention", counting)
+    layouts = {}
+    for pack_rows in (True, False):
+        tiny_backbone.pack_rows = pack_rows
+        try:
+            training_attention(tiny_backbone)
+        finally:
+            tiny_backbone.pack_rows = True
+        layouts[pack_rows] = len(packed_queries)
+        packed_queries.clear()
+    assert layouts[True] > 0 and layouts[False] == 0
+    entries = json.loads((tmp_path / calibration.CALIBRATION_FILE).read_text()).values()
+    assert sorted(entry["key"]["layout"] for entry in entries) == ["packed", "padded"]
 
 
 def test_every_training_attention_gives_the_same_loss_gradient_and_greedy_tokens(grounding_bridge) -> None:

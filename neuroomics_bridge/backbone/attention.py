@@ -10,17 +10,20 @@ each on a training-sized batch, once per machine and model shape (see
 the model for the length of a ``with`` block. The candidates differ only in the attention that
 every decoder layer runs alike, so they are timed on the first :data:`TIMED_LAYERS` layers of
 the model's shape (random weights): on an AMD EPYC with AVX2 alone, where the default backbone
-trains in float32, timing all 30 layers took 35 s on 2 threads and 71 s on one.
+trains in float32, timing all 30 layers took 35 s on 2 threads and 71 s on one. They run as
+training runs them: packed (one row at a time, see :mod:`~neuroomics_bridge.backbone.packing`)
+where the backbone packs its batches, padded under the batch's mask where it does not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 
 from neuroomics_bridge.backbone.calibration import calibrated_choice
-from neuroomics_bridge.backbone.packing import attention_implementation
+from neuroomics_bridge.backbone.packing import attention_implementation, pack_inputs, packed_forward
 from neuroomics_bridge.backbone.text import TextBackbone
 
 __all__ = ["ATTENTION_CANDIDATES", "attention_implementation", "training_attention"]
@@ -34,9 +37,10 @@ TIMED_LAYERS = 4
 def training_attention(backbone: TextBackbone) -> str:
     """The faster attention implementation for training steps of ``backbone`` on this machine.
 
-    Timed once (about ten forward and backward passes of a ``(8, 128)`` batch through a decoder of
-    :data:`TIMED_LAYERS` layers of the model's shapes) per CPU, library versions, model shape,
-    dtype and device, then read from the kernel cache.
+    Timed once (about ten forward and backward passes of a ``(8, 128)`` right-padded batch through a
+    decoder of :data:`TIMED_LAYERS` layers of the model's shapes, packed where ``backbone`` packs
+    its training batches) per CPU, library versions, model shape, dtype, device and layout, then
+    read from the kernel cache.
 
     Parameters
     ----------
@@ -49,26 +53,29 @@ def training_attention(backbone: TextBackbone) -> str:
         One of :data:`ATTENTION_CANDIDATES`.
     """
     config = backbone.model.config.get_text_config()
-    context = {
-        "model": f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}-{config.num_attention_heads}h",
-        "dtype": str(backbone.dtype),
-        "device": backbone.device.type,
-        "shape": "x".join(map(str, TIMING_SHAPE)),
-    }
     generator = torch.Generator().manual_seed(0)
     embeds = torch.randn(*TIMING_SHAPE, config.hidden_size, generator=generator).to(backbone.device, backbone.dtype)
     rows, tokens = TIMING_SHAPE
     lengths = torch.arange(tokens, tokens - 4 * rows, -4)  # right-padded rows of unequal length, as in training
     mask = (torch.arange(tokens)[None, :] < lengths[:, None]).long().to(backbone.device)
     decoder = _timing_decoder(backbone)
+    packs = backbone.pack_rows and pack_inputs(decoder, {"inputs_embeds": embeds, "attention_mask": mask}) is not None
+    context = {
+        "model": f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}-{config.num_attention_heads}h",
+        "dtype": str(backbone.dtype),
+        "device": backbone.device.type,
+        "shape": "x".join(map(str, TIMING_SHAPE)),
+        "layout": "packed" if packs else "padded",
+    }
 
     def step(implementation: str) -> None:
-        inputs = embeds.detach().requires_grad_(True)
+        inputs = {"inputs_embeds": embeds.detach().requires_grad_(True), "attention_mask": mask}
         autocast = torch.autocast(backbone.device.type, dtype=backbone.dtype, enabled=backbone.dtype != torch.float32)
         with attention_implementation(decoder, implementation), torch.random.fork_rng(devices=[]):
-            with autocast:
-                loss = decoder(inputs_embeds=inputs, attention_mask=mask).last_hidden_state.float().square().mean()
-            torch.autograd.grad(loss, inputs)  # to the inputs only: no parameter's .grad is touched
+            packed = pack_inputs(decoder, inputs) if packs else None  # packed rows keep the implementation
+            with autocast, packed_forward(decoder) if packed is not None else contextlib.nullcontext():
+                loss = decoder(**(packed or inputs)).last_hidden_state.float().square().mean()
+            torch.autograd.grad(loss, inputs["inputs_embeds"])  # to the inputs only: no parameter's .grad is touched
 
     return calibrated_choice(
         "training-attention",

@@ -5,12 +5,15 @@ prefix stage's tokens on the demo, 22% of the shipped instruction records'). Her
 tokens of all rows are concatenated into one ``(1, n_real)`` sequence, each row's positions
 counting from 0 again, so those layers see real tokens only. Attention, the one place where rows
 must not see each other, goes through a transformers attention function registered as
-:data:`PACKED_ATTENTION`: it lays each layer's queries, keys and values back out as the padded
-``(rows, longest)`` batch, runs transformers' own kernel there (SDPA or eager, whichever the model
-was set to) under the padded batch's causal mask, and packs the output again. So the loss and
-the gradients are the padded batch's (to float rounding), while a step costs what its real
-tokens cost: 1.13-1.25x shorter prefix-stage steps in float32 on one thread of an AVX2 AMD EPYC
-(README, "Performance").
+:data:`PACKED_ATTENTION`: it runs transformers' own kernel (SDPA or eager, whichever the model
+was set to) on each row's slice of the packed queries, keys and values, causal within the row,
+so a batch's attention costs the sum of its rows' squared lengths rather than rows times the
+longest row's square. Inside ``torch.compile`` (where a loop over the rows would be traced anew
+for every set of lengths) it instead lays them back out as the padded ``(rows, longest)`` batch
+and attends there under the padded batch's causal mask, one graph for every batch. Either way
+the loss and the gradients are the padded batch's (to float rounding), while a step costs what
+its real tokens cost: 1.13-1.25x shorter prefix-stage steps in float32 on one thread of an AVX2
+AMD EPYC (README, "Performance").
 
 :func:`pack_inputs` applies only where this is exact: right padding with at least one padded
 position, a model that dispatches attention through transformers' ``AttentionInterface``, full
@@ -52,17 +55,21 @@ class PackedRows:
     real
         ``(n_real,)`` flat indices of the real positions in the ``(rows * longest)`` layout, in
         row order: the packed sequence is the padded batch at these positions.
+    lengths
+        Each row's number of real tokens, in row order: its slice of the packed sequence.
     gather
         ``(rows * longest,)`` the packed index of every padded position (padding: 0, which
-        the mask hides from every real query).
+        the mask hides from every real query), for the padded attention of compiled graphs.
     mask
         ``(rows, 1, longest, longest)`` the padded batch's causal mask in the format of
-        ``attention`` (boolean for SDPA, additive for eager).
+        ``attention`` (boolean for SDPA, additive for eager); its top-left ``length`` square
+        is a row's own causal mask.
     attention
-        The implementation the padded attention runs with (one of :data:`INNER_ATTENTION`).
+        The implementation attention runs with (one of :data:`INNER_ATTENTION`).
     """
 
     real: torch.Tensor
+    lengths: tuple[int, ...]
     gather: torch.Tensor
     mask: torch.Tensor
     attention: str
@@ -129,7 +136,9 @@ def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, 
         attention_mask = torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(
             ~keep, torch.finfo(dtype).min
         )
-    packing = PackedRows(real=real, gather=gather, mask=attention_mask, attention=attention)
+    packing = PackedRows(
+        real=real, lengths=tuple(lengths.tolist()), gather=gather, mask=attention_mask, attention=attention
+    )
     packed = {key: value for key, value in inputs.items() if key != "attention_mask"}
     for key in ("input_ids", "inputs_embeds"):
         if inputs.get(key) is not None:
@@ -172,19 +181,30 @@ def packed_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Attention of a packed row (a transformers attention function): ``(1, heads, n_real,
-    head_dim)`` queries, keys and values are laid out as the padded batch, attended there by
-    ``packed_rows.attention`` under the padded causal mask, and packed back to ``(1, n_real,
-    heads, head_dim)``. ``attention_mask`` is ``None`` (transformers builds none for a custom
-    implementation) and is not used."""
-    rows, longest = packed_rows.rows, packed_rows.longest
-
-    def padded(states: torch.Tensor) -> torch.Tensor:
-        heads, head_dim = states.shape[1], states.shape[3]
-        return states[0][:, packed_rows.gather].view(heads, rows, longest, head_dim).transpose(0, 1)
-
+    head_dim)`` queries, keys and values, attended by ``packed_rows.attention`` one row at a
+    time (or, while ``torch.compile`` traces, as the padded batch: see the module docstring),
+    returned as ``(1, n_real, heads, head_dim)``. ``attention_mask`` is ``None`` (transformers
+    builds none for a custom implementation) and is not used."""
     inner = _inner_attention(module, packed_rows.attention)
-    output, _ = inner(module, padded(query), padded(key), padded(value), packed_rows.mask, **kwargs)
-    return packed_rows.pack(output)[None], None
+    if torch.compiler.is_compiling():
+        rows, longest = packed_rows.rows, packed_rows.longest
+
+        def padded(states: torch.Tensor) -> torch.Tensor:
+            heads, head_dim = states.shape[1], states.shape[3]
+            return states[0][:, packed_rows.gather].view(heads, rows, longest, head_dim).transpose(0, 1)
+
+        output, _ = inner(module, padded(query), padded(key), padded(value), packed_rows.mask, **kwargs)
+        return packed_rows.pack(output)[None], None
+    outputs, start = [], 0
+    for row, length in enumerate(packed_rows.lengths):
+        span = slice(start, start + length)
+        # SDPA without a mask attends causally (its fastest kernel); eager needs the causal mask,
+        # which is the padded mask's corner for this row
+        mask = None if packed_rows.attention == "sdpa" else packed_rows.mask[row : row + 1, :, :length, :length]
+        output, _ = inner(module, query[:, :, span], key[:, :, span], value[:, :, span], mask, **kwargs)
+        outputs.append(output)
+        start += length
+    return torch.cat(outputs, dim=1), None
 
 
 def _inner_attention(module: torch.nn.Module, attention: str) -> Any:
