@@ -33,6 +33,25 @@ def packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
 
 
 @pytest.fixture
+def attended_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The query length of every call packed attention makes to the inner (SDPA or eager) kernel."""
+    lengths: list[int] = []
+    plain = packing._inner_attention
+
+    def recording(module: torch.nn.Module, attention: str) -> Callable[..., object]:
+        inner = plain(module, attention)
+
+        def run(module: torch.nn.Module, query: torch.Tensor, *args: object, **kwargs: object) -> object:
+            lengths.append(query.shape[2])
+            return inner(module, query, *args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(packing, "_inner_attention", recording)
+    return lengths
+
+
+@pytest.fixture
 def padded_too(tiny_backbone: TextBackbone) -> Iterator[Callable[..., torch.Tensor]]:
     """``run(**inputs)``: the backbone's last hidden states computed padded (packing off)."""
 
@@ -53,7 +72,11 @@ def right_padding_mask(lengths: tuple[int, ...]) -> torch.Tensor:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_a_packed_batch_gives_the_padded_batchs_hidden_states_and_gradients(
-    tiny_backbone: TextBackbone, packed_calls: list[torch.Size], padded_too: Callable[..., torch.Tensor], attention: str
+    tiny_backbone: TextBackbone,
+    packed_calls: list[torch.Size],
+    attended_lengths: list[int],
+    padded_too: Callable[..., torch.Tensor],
+    attention: str,
 ) -> None:
     torch.manual_seed(0)
     mask = right_padding_mask(LENGTHS)
@@ -66,6 +89,7 @@ def test_a_packed_batch_gives_the_padded_batchs_hidden_states_and_gradients(
         assert tiny_backbone.model.config._attn_implementation == attention  # switched back after the forward
     n_layers = tiny_backbone.model.config.num_hidden_layers
     assert packed_calls == [torch.Size([1, packed_calls[0][1], sum(LENGTHS), packed_calls[0][3]])] * n_layers
+    assert attended_lengths == list(LENGTHS) * n_layers  # each row attended at its own length, no padding
     torch.testing.assert_close(packed, padded * real, rtol=1e-5, atol=1e-6)
     assert not packed[~mask.bool()].any()  # zero at padding
     # the losses of training score real positions only: their gradients are the padded batch's
