@@ -74,7 +74,7 @@ def training_attention(backbone: TextBackbone) -> str:
         with attention_implementation(decoder, implementation), torch.random.fork_rng(devices=[]):
             packed = pack_inputs(decoder, inputs) if packs else None  # packed rows keep the implementation
             with autocast, packed_forward(decoder) if packed is not None else contextlib.nullcontext():
-                loss = decoder(**(packed or inputs)).last_hidden_state.float().square().mean()
+                loss = decoder(**(inputs if packed is None else packed)).last_hidden_state.float().square().mean()
             torch.autograd.grad(loss, inputs["inputs_embeds"])  # to the inputs only: no parameter's .grad is touched
 
     return calibrated_choice(
