@@ -17,13 +17,12 @@ where the backbone packs its batches, padded under the batch's mask where it doe
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 
 from neuroomics_bridge.backbone.calibration import calibrated_choice
-from neuroomics_bridge.backbone.packing import attention_implementation, pack_inputs, packed_forward
+from neuroomics_bridge.backbone.packing import attention_implementation, pack_inputs, padded_output
 from neuroomics_bridge.backbone.text import TextBackbone
 
 __all__ = ["ATTENTION_CANDIDATES", "attention_implementation", "training_attention"]
@@ -68,13 +67,16 @@ def training_attention(backbone: TextBackbone) -> str:
         "layout": "packed" if packs else "padded",
     }
 
+    def forward(inputs: dict) -> torch.Tensor:
+        return decoder(**inputs).last_hidden_state
+
     def step(implementation: str) -> None:
         inputs = {"inputs_embeds": embeds.detach().requires_grad_(True), "attention_mask": mask}
         autocast = torch.autocast(backbone.device.type, dtype=backbone.dtype, enabled=backbone.dtype != torch.float32)
         with attention_implementation(decoder, implementation), torch.random.fork_rng(devices=[]):
-            packed = pack_inputs(decoder, inputs) if packs else None  # packed rows keep the implementation
-            with autocast, packed_forward(decoder) if packed is not None else contextlib.nullcontext():
-                loss = decoder(**(inputs if packed is None else packed)).last_hidden_state.float().square().mean()
+            with autocast:  # packed inside the implementation switch, so the packed rows attend with it
+                hidden = padded_output(decoder, forward, inputs) if packs else forward(inputs)
+                loss = hidden.float().square().mean()
             torch.autograd.grad(loss, inputs["inputs_embeds"])  # to the inputs only: no parameter's .grad is touched
 
     return calibrated_choice(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "pack_inputs",
     "packed_attention",
     "packed_forward",
+    "padded_output",
 ]
 
 PACKED_ATTENTION = "neuroomics_bridge_packed"
@@ -146,6 +147,35 @@ def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, 
     packed["position_ids"] = packing.pack(positions.expand(rows, longest))[None]
     packed["packed_rows"] = packing
     return packed
+
+
+def padded_output(
+    model: torch.nn.Module, forward: Callable[[Mapping[str, Any]], torch.Tensor], inputs: Mapping[str, Any]
+) -> torch.Tensor:
+    """``forward(inputs)``, a right-padded batch run packed where :func:`pack_inputs` finds that
+    exact and ``model`` can switch to :func:`packed_attention`, its output padded back (zero at
+    padding); otherwise run as given.
+
+    Parameters
+    ----------
+    model
+        The model ``forward`` runs (whose attention is switched).
+    forward
+        Runs the model on keyword inputs; returns ``(batch, length, ...)`` values.
+    inputs
+        The keyword inputs, as :func:`pack_inputs` takes them.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, length, ...)``, as ``forward(inputs)`` returns them.
+    """
+    packed = pack_inputs(model, inputs)
+    if packed is not None:
+        with packed_forward(model) as switched:
+            if switched:
+                return packed["packed_rows"].pad(forward(packed)[0])
+    return forward(inputs)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from neuroomics_bridge.backbone.hardware import (
     timed_cpu_dtype,
 )
 from neuroomics_bridge.backbone.packed import PACKABLE_DTYPES, drop_packed_weights, pack_linear_weights
-from neuroomics_bridge.backbone.packing import pack_inputs, packed_forward
+from neuroomics_bridge.backbone.packing import padded_output
 from neuroomics_bridge.backbone.quantize import Int8Linear, quantize_int8
 from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError
 from neuroomics_bridge.progress import progress, quiet_transformers_progress
@@ -739,11 +739,8 @@ class TextBackbone:
         torch.Tensor
             ``(batch, length, hidden_size)``.
         """
-        packed = pack_inputs(self.model, inputs) if self.pack_rows else None
-        if packed is not None:
-            with packed_forward(self.model) as switched:
-                if switched:
-                    return packed["packed_rows"].pad(self._decoder_output(packed)[0])
+        if self.pack_rows:
+            return padded_output(self.model, self._decoder_output, inputs)
         return self._decoder_output(inputs)
 
     def _decoder_output(self, inputs: Mapping[str, Any]) -> torch.Tensor:
