@@ -82,19 +82,8 @@ def run_demo(
     ``compile_training`` runs the prefix stage's steps through ``torch.compile`` (see
     :func:`~neuroomics_bridge.training.fit_alignment`).
     """
-    import torch
-
-    from neuroomics_bridge.backbone import TextBackbone
     from neuroomics_bridge.backbone.resolve import locate_weights
-    from neuroomics_bridge.bridge import Bridge
-    from neuroomics_bridge.bridge.bundle import BridgeBundle
-    from neuroomics_bridge.dashboard import write_page
     from neuroomics_bridge.datasets import synthetic_cohort
-    from neuroomics_bridge.encoders.cohort import default_cohort_encoder
-    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports, report_label_metrics
-    from neuroomics_bridge.inference import save_reports
-    from neuroomics_bridge.io import atomic_write_text
-    from neuroomics_bridge.retrieval import ReferenceSet
 
     locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
     out = Path(out_dir)
@@ -105,7 +94,21 @@ def run_demo(
         log(f"[{time.perf_counter() - started:6.1f} s] {message}")
 
     step("loading the cohort" + (f" from {data_dir}" if data_dir else f" (synthetic, {settings.subjects} subjects)"))
+    # a bad folder fails here, before torch and the models are imported
     raw = Cohort.from_files(data_dir) if data_dir else synthetic_cohort(settings.subjects, seed=seed)
+
+    import torch
+
+    from neuroomics_bridge.backbone import TextBackbone
+    from neuroomics_bridge.bridge import Bridge
+    from neuroomics_bridge.bridge.bundle import BridgeBundle
+    from neuroomics_bridge.dashboard import write_page
+    from neuroomics_bridge.encoders.cohort import default_cohort_encoder
+    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports, report_label_metrics
+    from neuroomics_bridge.inference import save_reports
+    from neuroomics_bridge.io import atomic_write_text
+    from neuroomics_bridge.retrieval import ReferenceSet
+
     encoding = default_cohort_encoder(raw)
     split = raw.split(seed=seed)
     step(f"encoding {', '.join(encoding.encoders)} on the {split.train.n_subjects} training subjects")

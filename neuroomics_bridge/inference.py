@@ -70,13 +70,15 @@ def write_reports(
     DataError
         For another output suffix.
     """
-    from neuroomics_bridge.bridge.bundle import BridgeBundle
     from neuroomics_bridge.data.cohort import Cohort
 
     target = Path(out)
     if target.suffix not in FORMATS:
         raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
-    cohort = Cohort.from_files(data_dir)  # a bad folder fails before the bridge is loaded
+    cohort = Cohort.from_files(data_dir)  # a bad folder fails before torch and the bridge are loaded
+
+    from neuroomics_bridge.bridge.bundle import BridgeBundle
+
     bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
     bridge, encoders, reference = bundle.bridge, bundle.encoders, bundle.references
     classes = sorted({label for label in reference.labels if label}) if reference is not None else []
@@ -162,15 +164,17 @@ def evaluate_folder(
     DataError
         When the cohort has no labels, or no subject is left to score.
     """
+    from neuroomics_bridge.data.cohort import Cohort
+
+    raw = Cohort.from_files(data_dir)  # a bad or unlabelled folder fails before torch and the bridge are loaded
+    if raw.labels is None:
+        raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv to score against")
+
     from neuroomics_bridge.bridge.bundle import BridgeBundle
     from neuroomics_bridge.dashboard import write_page
-    from neuroomics_bridge.data.cohort import Cohort
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_bridge, evaluate_reports, report_label_metrics
     from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 
-    raw = Cohort.from_files(data_dir)  # a bad or unlabelled folder fails before the bridge is loaded
-    if raw.labels is None:
-        raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv to score against")
     bundle = BridgeBundle.load(bridge_dir, need_encoders=True)
     bridge, reference = bundle.bridge, bundle.references
     seen = set(zip(reference.subject_ids, reference.reports, strict=True)) if reference is not None else set()

@@ -49,6 +49,18 @@ def test_library_error_exits_2_with_one_line_and_no_traceback() -> None:
     assert "unknown backbone 'no-such-backbone'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command", ["demo --quick --out o", "report --bridge b --out r.jsonl", "evaluate --bridge b --out e"]
+)
+def test_a_missing_data_folder_fails_before_torch_is_imported(command: str, tmp_path: Path) -> None:
+    # a fresh process: does the error come before the seconds spent importing torch and the models?
+    args = [*command.split(), "--data", str(tmp_path / "missing")]
+    probe = f"import sys; from neuroomics_bridge.cli import main; print(main({args!r}), 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.stdout.splitlines()[-1].split() == ["2", "False"], result.stderr[-2000:]  # demo logs steps before
+    assert f"{tmp_path / 'missing'}: no such cohort folder" in result.stderr
+
+
 def test_demo_passes_its_options_to_run_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from neuroomics_bridge import demo
 
