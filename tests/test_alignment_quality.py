@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from neuroomics_bridge import BrainEncoder, GeneEncoder, datasets
@@ -20,10 +21,23 @@ def encoded_synthetic(n_subjects: int, seed: int = 0):
     return cohort, cohort.split(seed=seed)
 
 
-def test_contrastive_stage_reaches_zero_shot_diagnosis_from_genes_and_brains(default_backbone, tmp_path) -> None:
-    cohort, split = encoded_synthetic(400)
-    bridge = Bridge(default_backbone, {"gene": 32, "brain": 32})
-    metrics = fit_alignment(bridge, cohort, "contrastive", split=split, root_dir=tmp_path).metrics
+@pytest.fixture(scope="module")
+def demo_cohort_aligned(tmp_path_factory):
+    """The demo's cohort (400 subjects, seed 0) and a bridge after its contrastive stage, with that
+    stage's metrics: one encoding of the cohort's reports serves both tests below. The bridge has its
+    own default backbone, since the prefix-stage test puts LoRA in it."""
+    from neuroomics_bridge import TextBackbone
+
+    cohort, split = encoded_synthetic(400)  # the demo's cohort: smaller ones learn too little
+    torch.manual_seed(0)  # the adapters' initial weights, whichever tests ran before in this process
+    bridge = Bridge(TextBackbone.from_pretrained("smollm2-135m-instruct"), {"gene": 32, "brain": 32})
+    root = tmp_path_factory.mktemp("contrastive")
+    result = fit_alignment(bridge, cohort, "contrastive", split=split, root_dir=root, enable_progress_bar=False)
+    return cohort, split, bridge, result.metrics
+
+
+def test_contrastive_stage_reaches_zero_shot_diagnosis_from_genes_and_brains(demo_cohort_aligned) -> None:
+    *_, metrics = demo_cohort_aligned
     assert metrics["zero_shot/gene/accuracy"] >= 0.9, metrics
     assert metrics["zero_shot/brain/accuracy"] >= 0.9, metrics
     chance = metrics["recall@5/gene<->brain/chance"]
@@ -44,28 +58,27 @@ def test_real_cells_zero_shot_by_cell_type_text_rivals_knn_on_pca(default_backbo
     assert zero_shot >= 0.7 and zero_shot >= baseline - 0.1, (zero_shot, baseline)
 
 
-def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffled_prefix_does_not(tmp_path) -> None:
-    from neuroomics_bridge import ReferenceSet, TextBackbone
+def test_reports_from_the_prefix_alone_name_the_subjects_diagnosis_and_a_shuffled_prefix_does_not(
+    demo_cohort_aligned, tmp_path
+) -> None:
+    from neuroomics_bridge import ReferenceSet
     from neuroomics_bridge.data.cohort import CohortSplit
     from neuroomics_bridge.evaluation.bridge_metrics import evaluate_reports
     from neuroomics_bridge.training.args import PREFIX_LORA
 
-    cohort, full = encoded_synthetic(400, seed=1)  # the demo's cohort: smaller ones learn too little
+    cohort, full, bridge, _ = demo_cohort_aligned
     # the demo's 280 training subjects; 24 of its 60 validation and 60 test subjects, the test ones
     # reported (on one float32 thread, all 60 cost 105 s of validation and 79 s of perplexities)
     split = CohortSplit(full.train, *(fold.subset(fold.subject_ids[:24]) for fold in (full.val, full.test)))
-    backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")  # its own: LoRA goes into this one
-    bridge = Bridge(backbone, {"gene": 32, "brain": 32})
-    options = {"split": split, "enable_progress_bar": False, "seed": 1}
-    fit_alignment(bridge, cohort, "contrastive", root_dir=tmp_path / "c", **options)
     metrics = fit_alignment(
-        bridge, cohort, "prefix", max_epochs=3, lora=PREFIX_LORA, root_dir=tmp_path / "p", **options
-    ).metrics
+        bridge, cohort, "prefix", split=split, max_epochs=3, lora=PREFIX_LORA, root_dir=tmp_path,
+        enable_progress_bar=False,
+    ).metrics  # fmt: skip
     reports = evaluate_reports(
         bridge, split.test, reference=ReferenceSet.build(bridge, split.train), layouts=["prefix_only"]
     )
     own, shuffled = (reports.metrics[f"report/prefix_only{s}/diagnosis"] for s in ("", "/shuffled"))
     assert own >= 0.7 and own >= shuffled + 0.3, reports.metrics  # seeds 0-2 measured in the README
     assert reports.metrics["report/prefix_only/sex"] >= 0.9  # a stated covariate, copied into the report
-    # the subject's own prefix makes its report likelier than another subject's (seeds 0-2: gap 4-14%)
+    # the subject's own prefix makes its report likelier than another subject's (seeds 0-2: gap 4-14%; this test 9%)
     assert metrics["prefix/perplexity_matched"] < metrics["prefix/perplexity_shuffled"], metrics
