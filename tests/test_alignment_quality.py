@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from neuroomics_bridge import BrainEncoder, GeneEncoder, datasets
+from neuroomics_bridge import BrainEncoder, GeneEncoder, TextBackbone, datasets
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.evaluation import classification_metrics
 from neuroomics_bridge.training import fit_alignment
@@ -26,8 +26,6 @@ def demo_cohort_aligned(tmp_path_factory):
     """The demo's cohort (400 subjects, seed 0) and a bridge after its contrastive stage, with that
     stage's metrics: one encoding of the cohort's reports serves both tests below. The bridge has its
     own default backbone, since the prefix-stage test puts LoRA in it."""
-    from neuroomics_bridge import TextBackbone
-
     cohort, split = encoded_synthetic(400)  # the demo's cohort: smaller ones learn too little
     torch.manual_seed(0)  # the adapters' initial weights, whichever tests ran before in this process
     bridge = Bridge(TextBackbone.from_pretrained("smollm2-135m-instruct"), {"gene": 32, "brain": 32})
