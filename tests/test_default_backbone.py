@@ -59,7 +59,7 @@ def test_gguf_is_converted_once_and_reloads_identical_logits(monkeypatch, tmp_pa
 
     monkeypatch.setattr(gguf, "_load_gguf", recording_load)
     # the kernel forced, not timed: a timed choice of "packed" swaps in prepacked weights, whose
-    # other summation order moves logits by ~1e-4 (seen in CI); this test is about the conversion
+    # other summation order moves logits by up to 6e-4 (seen in CI); this test is about the conversion
     options = {"dtype": "float32", "kernel": "onednn"}
     first = TextBackbone.from_pretrained("smollm2-135m-instruct", **options)
     assert len(converted) == 1
