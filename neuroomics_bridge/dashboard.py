@@ -1,7 +1,8 @@
 """The demo's HTML page: metrics, training curves, the aligned space, retrieval, example reports.
 
-Plots are PNG files under ``<out>/plots`` drawn with matplotlib (Agg, no display needed) and
-linked from ``<out>/index.html``; every text on the page is escaped.
+Plots are PNG files under ``<out>/plots``, drawn on matplotlib ``Figure`` objects (no pyplot, so
+no display is needed and the process's plotting backend is left alone, e.g. a notebook's) and
+written atomically; they are linked from ``<out>/index.html``, where every text is escaped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from neuroomics_bridge.io import atomic_write_text
+from neuroomics_bridge.io import atomic_write_text, save_figure
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.reports.report import Report
 
@@ -63,9 +64,6 @@ def write_page(
     title, subjects
         The page's heading and its line about the subjects.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     images = {
@@ -145,14 +143,15 @@ def _grounding_table(metrics: dict[str, float]) -> str:
 
 
 def _grounding_plot(metrics: dict[str, float], path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     variants, figures = _grounding_rows(metrics)
     facts = [f for f in figures if f not in ("copied", "rouge_l")]
     variants = [v for v in variants if any(f"report/{v}/{f}" in metrics for f in facts)]  # not copied-only rows
     if not variants or not facts:
         return None
-    figure, axis = plt.subplots(figsize=(10, 3.8))
+    figure = Figure(figsize=(10, 3.8))
+    axis = figure.subplots()
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
         values = [metrics.get(f"report/{variant}/{f}", np.nan) for f in facts]
@@ -161,15 +160,12 @@ def _grounding_plot(metrics: dict[str, float], path: Path) -> Path | None:
     axis.set_xticks(np.arange(len(facts)) + 0.4 - width / 2, facts)
     axis.set(ylabel="share stated correctly", ylim=(0, 1.05))
     axis.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _reliability_plot(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
     """Reliability diagram per modality: accuracy against confidence in ten bins, ECE in the legend."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error, reliability_bins
     from neuroomics_bridge.reports.prompts import CLASS_PROMPT, class_mapping
@@ -178,7 +174,8 @@ def _reliability_plot(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
         return None
     classes = class_mapping(CLASS_PROMPT, test.labels)
     index = {name: i for i, name in enumerate(classes)}
-    figure, axis = plt.subplots(figsize=(5, 4.5))
+    figure = Figure(figsize=(5, 4.5))
+    axis = figure.subplots()
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
     drawn = False
     for modality in bridge.modalities:
@@ -194,23 +191,20 @@ def _reliability_plot(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
         axis.plot(confidence[used], accuracy[used], marker="o", label=label)
         drawn = True
     if not drawn:
-        plt.close(figure)
         return None
     axis.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _training_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     usable = {stage: h for stage, h in histories.items() if not h.empty and "train/loss" in h}
     if not usable:
         return None
-    figure, axes = plt.subplots(1, len(usable), figsize=(5 * len(usable), 3.5), squeeze=False)
+    figure = Figure(figsize=(5 * len(usable), 3.5))
+    axes = figure.subplots(1, len(usable), squeeze=False)
     for axis, (stage, history) in zip(axes[0], usable.items(), strict=True):
         for column, label in (("train/loss", "train"), ("val/loss", "validation")):
             if column in history:
@@ -218,14 +212,12 @@ def _training_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path | N
                 axis.plot(curve.index + 1, curve.to_numpy(), marker="o", label=label)
         axis.set(title=f"{stage} stage", xlabel="epoch", ylabel="loss")
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _aligned_map(bridge: Bridge, cohort: Cohort, path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from sklearn.decomposition import PCA
 
     points, labels, kinds = [], [], []
@@ -240,9 +232,10 @@ def _aligned_map(bridge: Bridge, cohort: Cohort, path: Path) -> Path | None:
     prompts = bridge.embed_text([f"Impression: {c}." for c in classes])
     pca = PCA(n_components=2).fit(np.concatenate(points))
     projected, anchors = pca.transform(np.concatenate(points)), pca.transform(prompts)
-    figure, axis = plt.subplots(figsize=(7, 5.5))
+    figure = Figure(figsize=(7, 5.5))
+    axis = figure.subplots()
     markers = dict(zip(bridge.modalities, "os^vD", strict=False))
-    colours = plt.get_cmap("tab10")
+    colours = colormaps["tab10"]
     for c, label in enumerate(classes):
         for modality in bridge.modalities:
             keep = [
@@ -253,14 +246,11 @@ def _aligned_map(bridge: Bridge, cohort: Cohort, path: Path) -> Path | None:
         axis.scatter(*anchors[c], s=220, marker="*", color=colours(c), edgecolor="black")
     axis.set(title="subjects by modality; stars: class prompts", xlabel="PC1", ylabel="PC2")
     axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _retrieval_matrix(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if len(bridge.modalities) < 2:
         return None
@@ -272,7 +262,8 @@ def _retrieval_matrix(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
     order = np.argsort(labels, kind="stable")
     a = bridge.embed(first, test.features[first][rows])[order]
     b = bridge.embed(second, test.features[second][rows])[order]
-    figure, axis = plt.subplots(figsize=(6, 5))
+    figure = Figure(figsize=(6, 5))
+    axis = figure.subplots()
     image = axis.imshow(a @ b.T, cmap="viridis")
     figure.colorbar(image, ax=axis, label="cosine similarity")
     axis.set(title=f"{first} (rows) vs {second} (columns), sorted by diagnosis", xlabel=second, ylabel=first)
@@ -280,10 +271,7 @@ def _retrieval_matrix(bridge: Bridge, test: Cohort, path: Path) -> Path | None:
     for edge in boundaries:
         axis.axhline(edge, color="white", lw=0.6)
         axis.axvline(edge, color="white", lw=0.6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _side_by_side(reports: list[Report], test: Cohort) -> str:

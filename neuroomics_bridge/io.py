@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,7 @@ __all__ = [
     "current_umask",
     "atomic_directory",
     "atomic_write_text",
+    "save_figure",
     "file_sha256",
     "check_safetensors",
 ]
@@ -58,7 +60,9 @@ def current_umask() -> int:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` keeps its previous content.
+    On an exception the temporary file is removed and ``path`` keeps its previous content. The
+    new file gets the mode a plain ``open(path, "w")`` would leave: an existing file's own mode,
+    else the umask's.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +72,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():
-            _plain_modes(tmp)
+            _plain_modes(tmp, like=target)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -98,10 +102,15 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _plain_modes(path: Path) -> None:
+def _plain_modes(path: Path, like: Path | None = None) -> None:
     """Give ``path`` (and everything under a folder) the mode a plain ``open()`` / ``mkdir()``
     would: temporary files and folders start private (0600 / 0700), and some writers (safetensors)
-    keep that mode, so colleagues sharing a folder could not read what the library wrote."""
+    keep that mode, so colleagues sharing a folder could not read what the library wrote. A file
+    that replaces an existing file ``like`` takes its mode instead, as ``open(like, "w")`` keeps
+    it (a file restricted to its owner stays so)."""
+    if like is not None and path.is_file() and like.is_file() and not like.is_symlink():
+        path.chmod(stat.S_IMODE(like.stat().st_mode))
+        return
     umask = current_umask()
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
         if not item.is_symlink():
@@ -112,6 +121,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` (UTF-8) through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Lay out a matplotlib ``Figure`` and write it as a PNG at ``path``, atomically (a failed
+    save leaves an earlier plot at ``path`` whole); returns ``path``."""
+    figure.tight_layout()
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return target
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:

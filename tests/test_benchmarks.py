@@ -309,6 +309,36 @@ def test_comparison_pairs_items_with_mcnemar_when_predictions_are_there() -> Non
     assert "McNemar p=1 (0 only A right, 0 only B right) |" in same
 
 
+def test_the_plot_leaves_the_plotting_backend_alone_and_a_failed_save_keeps_the_old_plot(tmp_path: Path) -> None:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from neuroomics_bridge.evaluation.harness import plot_runs
+
+    runs = [_run({"medqa": {"accuracy": 0.3}}), _run({"medqa": {"accuracy": 0.5}}, sha="def")]
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # e.g. a notebook's own backend: drawing a plot must not switch it
+    try:
+        path = plot_runs(runs, tmp_path / "runs.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    good = path.read_bytes()
+    assert good[:8] == b"\x89PNG\r\n\x1a\n"
+
+    class FailingSave(Figure):
+        def savefig(self, fname, **kwargs):
+            Path(fname).write_bytes(b"half a PNG")
+            raise OSError("disk full")
+
+    from neuroomics_bridge.io import save_figure
+
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(FailingSave(), path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.png"]
+
+
 def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, samples: Path, tmp_path: Path) -> None:
     run = run_benchmarks(tiny_backbone, ["pubmedqa", "ncbi-disease"], samples, limit=3, batch_size=4)
     path = run.save(tmp_path / "run.json")

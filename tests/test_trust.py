@@ -114,6 +114,21 @@ def test_written_files_and_folders_get_the_mode_a_plain_open_would_give(tmp_path
     assert {mode(p) for p in saved.iterdir()} == {0o666 & ~umask}
 
 
+def test_an_overwritten_file_keeps_its_mode_as_a_plain_open_keeps_it(tmp_path) -> None:
+    from neuroomics_bridge.io import atomic_write_text
+
+    for name in ("metrics.json", "plain.txt"):
+        (tmp_path / name).write_text("old")
+        (tmp_path / name).chmod(0o640)  # restricted by its owner, e.g. patient-level outputs
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    with open(tmp_path / "plain.txt", "w") as handle:  # the reference: what open() gives
+        handle.write("x")
+
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("metrics.json", "plain.txt")}
+    assert modes == {"metrics.json": 0o640, "plain.txt": 0o640}
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
 def test_every_saved_card_carries_the_research_notice(tmp_path, tiny_backbone, make_bridge) -> None:
     bridge_dir = make_bridge({"gene": 4}, SMALL).save_pretrained(tmp_path / "bridge")
     assert RESEARCH_NOTICE in (bridge_dir / "README.md").read_text()

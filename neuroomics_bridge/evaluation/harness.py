@@ -21,7 +21,7 @@ import numpy as np
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
-from neuroomics_bridge.io import atomic_path, atomic_write_text, file_sha256, read_jsonl
+from neuroomics_bridge.io import atomic_write_text, file_sha256, read_jsonl, save_figure
 from neuroomics_bridge.progress import progress
 
 if TYPE_CHECKING:
@@ -293,14 +293,12 @@ def plot_runs(runs: Sequence[BenchmarkRun], path: str | os.PathLike[str]) -> Pat
 
     Error bars show the binomial standard error where there is one; returns ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     tasks = list(dict.fromkeys(r.task for run in runs for r in run.results))
     width = 0.8 / len(runs)
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(tasks) + 2), 3.6))
+    figure = Figure(figsize=(max(6.0, 0.9 * len(tasks) + 2), 3.6))
+    axis = figure.subplots()
     for i, run in enumerate(runs):
         by_task = {r.task: r for r in run.results}
         values, errors = [], []
@@ -315,9 +313,4 @@ def plot_runs(runs: Sequence[BenchmarkRun], path: str | os.PathLike[str]) -> Pat
     axis.set_ylim(0, 1)
     axis.set_ylabel("headline metric")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
-    return target
+    return save_figure(figure, path)
