@@ -63,12 +63,12 @@ def test_a_later_process_times_once_more_and_keeps_each_candidates_best_time(tmp
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "slow"
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "slow" and calls["fast"] == 2
     delays["fast"] = 0.0
-    monkeypatch.setattr(calibration, "_timed_here", set())  # another process
+    monkeypatch.setattr(calibration, "_timed_here", {})  # another process
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "fast" and calls["fast"] == 4
     entry = next(iter(json.loads(path.read_text()).values()))
     assert entry["timings"] == calibration.CONFIRMING_TIMINGS and entry["seconds"]["fast"] < 0.01
     delays["fast"] = 0.05  # a slow spell in a third process changes nothing: it only reads
-    monkeypatch.setattr(calibration, "_timed_here", set())
+    monkeypatch.setattr(calibration, "_timed_here", {})
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "fast" and calls["fast"] == 4
 
 
@@ -91,7 +91,7 @@ def test_a_cpu_of_the_same_name_with_other_instructions_times_again(tmp_path, mo
     candidates, calls = counting_candidates({"a": 0.0, "b": 0.0})
     for isa in ("AVX2", "AVX512", "AVX2"):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
-        monkeypatch.setattr(calibration, "_timed_here", set())  # each as a process of its own
+        monkeypatch.setattr(calibration, "_timed_here", {})  # each as a process of its own
         calibrated_choice("task", candidates, repeats=1, path=path)
     assert calls == {"a": 6, "b": 6}  # AVX2 timed, AVX512 timed, AVX2 confirmed once
     assert sorted(entry["key"]["isa"] for entry in json.loads(path.read_text()).values()) == ["AVX2", "AVX512"]
@@ -110,6 +110,30 @@ def test_an_unreadable_cache_warns_and_is_rewritten(tmp_path) -> None:
     with pytest.warns(UserWarning, match="kernels.json: unreadable kernel calibration"):
         assert calibrated_choice("task", counting_candidates({"x": 0.0})[0], repeats=1, path=path) == "x"
     assert next(iter(json.loads(path.read_text()).values()))["choice"] == "x"
+
+
+@pytest.mark.parametrize(
+    "content", ['{"abc": "garbage"}', '{"abc": {"choice": "x", "timings": "2"}}', "[1, 2]", '{"abc": {"seconds": 1}}']
+)
+def test_a_cache_entry_of_another_shape_is_timed_again_with_a_warning(tmp_path, content: str) -> None:
+    path = tmp_path / "kernels.json"
+    path.write_text(content)
+    candidates, calls = counting_candidates({"x": 0.0})
+    with pytest.warns(UserWarning, match="kernels.json: .*(malformed|expected a JSON object)"):
+        assert calibrated_choice("task", candidates, repeats=1, path=path) == "x"
+    assert calls == {"x": 2}
+    assert any(entry.get("choice") == "x" for entry in json.loads(path.read_text()).values())
+
+
+def test_a_cache_folder_that_cannot_be_written_still_gives_the_choice_timed_once(tmp_path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    candidates, calls = counting_candidates({"slow": 0.02, "fast": 0.0})
+    with pytest.warns(UserWarning, match="kernel calibration not cached"):
+        assert calibrated_choice("task", candidates, repeats=1, path=blocked / "kernels.json") == "fast"
+    assert calibrated_choice("task", candidates, repeats=1, path=blocked / "kernels.json") == "fast"
+    assert calls == {"slow": 2, "fast": 2}  # this process does not time it again
+    assert blocked.read_text().startswith("a file")
 
 
 def test_attention_switch_is_undone_even_when_the_block_fails(tiny_backbone) -> None:

@@ -34,7 +34,7 @@ CALIBRATION_FILE = "kernels.json"
 CONFIRMING_TIMINGS = 2
 """Timings, each in another process, that a cached choice rests on before it is only read back."""
 
-_timed_here: set[tuple[str, str]] = set()  # (cache file, key digest) this process timed: not timed again
+_timed_here: dict[tuple[str, str], str] = {}  # (cache file, key digest) -> the choice this process timed
 
 
 def cpu_model() -> str:
@@ -102,11 +102,12 @@ def calibrated_choice(
     file = Path(path) if path is not None else cache_root() / CALIBRATION_FILE
     key = {"task": task, **machine_key(), **dict(context or {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    if _timed_here.get((str(file), digest)) in candidates:
+        return _timed_here[(str(file), digest)]
     entry = _read(file).get(digest, {})
     cached = entry.get("choice") in candidates
-    if cached and ((str(file), digest) in _timed_here or entry.get("timings", 1) >= CONFIRMING_TIMINGS):
+    if cached and entry.get("timings", 1) >= CONFIRMING_TIMINGS:
         return entry["choice"]
-    _timed_here.add((str(file), digest))
     earlier = entry.get("seconds", {}) if cached else {}
     timed = _best_times(candidates, repeats)
     seconds = {name: min(t, earlier.get(name, float("inf"))) for name, t in timed.items()}
@@ -114,8 +115,11 @@ def calibrated_choice(
     entries = _read(file)  # another process may have written meanwhile: keep its entries
     timings = entry.get("timings", 1) + 1 if cached else 1
     entries[digest] = {"key": key, "choice": choice, "seconds": seconds, "timings": timings}
-    file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(file, json.dumps(entries, indent=1, sort_keys=True))
+    _timed_here[(str(file), digest)] = choice
+    try:
+        atomic_write_text(file, json.dumps(entries, indent=1, sort_keys=True))
+    except OSError as error:  # a read-only or missing cache folder: the choice still holds in this process
+        warnings.warn(f"{file}: kernel calibration not cached ({error}); {task} uses {choice!r}", stacklevel=2)
     return choice
 
 
@@ -157,6 +161,8 @@ def _best_times(candidates: Mapping[str, Callable[[], object]], repeats: int) ->
 
 
 def _read(file: Path) -> dict[str, dict]:
+    """The cache's entries by key digest; a file that cannot be read or parsed counts as empty,
+    and an entry of another shape (edited by hand, an older layout) as absent, with a warning."""
     if not file.is_file():
         return {}
     try:
@@ -164,4 +170,23 @@ def _read(file: Path) -> dict[str, dict]:
     except (OSError, ValueError) as error:
         warnings.warn(f"{file}: unreadable kernel calibration ({error}); timing again", stacklevel=3)
         return {}
-    return entries if isinstance(entries, dict) else {}
+    if not isinstance(entries, dict):
+        warnings.warn(
+            f"{file}: expected a JSON object of entries, got {type(entries).__name__}; timing again", stacklevel=3
+        )
+        return {}
+    malformed = [digest for digest, entry in entries.items() if not _well_formed(entry)]
+    if malformed:
+        warnings.warn(
+            f"{file}: {len(malformed)} malformed kernel calibration entries ignored; timing again", stacklevel=3
+        )
+    return {digest: entry for digest, entry in entries.items() if digest not in malformed}
+
+
+def _well_formed(entry: object) -> bool:
+    """Whether a cache entry has the shape :func:`calibrated_choice` writes."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("choice"), str):
+        return False
+    seconds, timings = entry.get("seconds", {}), entry.get("timings", 1)
+    numbers = isinstance(seconds, dict) and all(isinstance(t, int | float) for t in seconds.values())
+    return numbers and isinstance(timings, int)
