@@ -112,13 +112,19 @@ def test_text_cache_encodes_each_text_once_and_persists(tiny_backbone, tmp_path)
     assert fresh.encoded_count == 0
 
 
-def test_text_cache_keeps_dtypes_and_poolings_apart(tiny_model_dir) -> None:
+def test_text_cache_keeps_dtypes_poolings_and_weight_formats_apart(tiny_model_dir) -> None:
     folders = {
         CachedTextEncoder(TextBackbone.from_pretrained(tiny_model_dir, dtype=dtype), pooling=pooling).directory
         for dtype in ("float32", "bfloat16")
         for pooling in ("last", "mean")
     }
     assert len(folders) == 4
+    formats = [{}, {"quantize": "int8"}, {"kernel": "bf16-copy"}]  # the same weight files, other vectors
+    folders = [
+        CachedTextEncoder(TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", **loading)).directory
+        for loading in formats
+    ]
+    assert len(set(folders)) == 3 and folders[1].name.endswith("-int8")
 
 
 def test_save_pretrained_writes_adapters_only_and_reloads_identically(bridge, tmp_path) -> None:

@@ -64,10 +64,14 @@ class CachedTextEncoder:
 
     @property
     def directory(self) -> Path:
-        """The shard folder: ``<cache>/text/<weights hash>-<pooling>-<dtype>`` unless one was given."""
+        """The shard folder: ``<cache>/text/<weights hash>-<pooling>-<dtype>`` (then ``-int8`` or
+        ``-bf16-copy`` where the linear layers compute in those) unless one was given."""
         if self._directory is None:
             dtype = str(self.backbone.dtype).removeprefix("torch.")  # bf16 and fp32 embeddings differ slightly
-            self._directory = cache_root() / "text" / f"{self.backbone.weights_hash[:24]}-{self.pooling}-{dtype}"
+            parts = [self.backbone.weights_hash[:24], self.pooling, dtype]
+            parts += [self.backbone.quantization] if self.backbone.quantization else []  # same files, other vectors
+            parts += ["bf16-copy"] if self.backbone.kernel == "bf16-copy" else []  # single-token texts differ
+            self._directory = cache_root() / "text" / "-".join(parts)
         return self._directory
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 16, show_progress: bool | None = None) -> torch.Tensor:
