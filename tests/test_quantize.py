@@ -123,9 +123,10 @@ def test_quantisation_is_checked_where_it_is_asked_for(tiny_model_dir: Path) -> 
         BackboneConfig(quantize="int4")
     with pytest.raises(ConfigError, match="quantize: expected None or 'int8', got 'int4'"):
         TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", quantize="int4")
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"))
-    with pytest.raises(ConfigError, match="expected every linear layer on the cpu, 0 is on meta"):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4, device="meta"))
+    with pytest.raises(ConfigError, match="expected every linear layer on the cpu, 1 is on meta"):
         quantize_int8(model)
+    assert [type(layer) for layer in model] == [torch.nn.Linear] * 2  # refused whole, not half-quantised
 
 
 def test_compiled_decoding_keeps_the_tiny_models_greedy_tokens(tiny_model_dir: Path, tiny_backbone) -> None:

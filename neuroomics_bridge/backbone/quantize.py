@@ -175,11 +175,12 @@ def quantize_int8(
         When a linear layer is not on the CPU (the kernel is a CPU path here).
     """
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    for name, linear in linears:
+    for name, linear in linears:  # all checked before any is replaced: a refused model stays as it was
         if linear.weight.device.type != "cpu":
             raise ConfigError(
                 f"quantize='int8': expected every linear layer on the cpu, {name} is on {linear.weight.device}"
             )
+    for name, linear in linears:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, Int8Linear.from_linear(linear, max_kernel_rows=max_kernel_rows))
     chosen = int8_kernel_dtype(model) if kernel_dtype is None else kernel_dtype
