@@ -214,3 +214,20 @@ def test_an_unknown_training_attention_is_refused_by_name(tiny_backbone) -> None
 
     with pytest.raises(ConfigError, match="got 'flash'"):
         TrainingBackbone(tiny_backbone, "flash")
+
+
+def test_training_attention_times_models_of_other_head_shapes_apart(tiny_backbone, monkeypatch, tmp_path) -> None:
+    """Models alike in layers, width and query heads but not in key/value heads, head size or MLP
+    width time differently, so one's choice must not answer for another."""
+    from transformers import LlamaForCausalLM
+
+    from neuroomics_bridge.backbone.text import TextBackbone
+
+    monkeypatch.setattr(calibration, "cache_root", lambda: tmp_path)
+    base = tiny_backbone.model.config
+    for change in ({}, {"num_key_value_heads": 4}, {"head_dim": 16}, {"intermediate_size": 128}):
+        config = type(base).from_dict({**base.to_dict(), **change})
+        other = TextBackbone(LlamaForCausalLM(config), tiny_backbone.tokenizer, name="tiny", kernel="onednn")
+        training_attention(other)
+    entries = json.loads((tmp_path / calibration.CALIBRATION_FILE).read_text()).values()
+    assert len({entry["key"]["model"] for entry in entries}) == 4

@@ -18,6 +18,7 @@ where the backbone packs its batches, padded under the batch's mask where it doe
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ def training_attention(backbone: TextBackbone) -> str:
     decoder = _timing_decoder(backbone)
     packs = backbone.pack_rows and pack_inputs(decoder, {"inputs_embeds": embeds, "attention_mask": mask}) is not None
     context = {
-        "model": f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}-{config.num_attention_heads}h",
+        "model": _shape_key(config),
         "dtype": str(backbone.dtype),
         "device": backbone.device.type,
         "shape": "x".join(map(str, TIMING_SHAPE)),
@@ -101,3 +102,15 @@ def _timing_decoder(backbone: TextBackbone) -> torch.nn.Module:
         torch.manual_seed(0)
         decoder = AutoModel.from_config(config, dtype=backbone.dtype)
     return decoder.requires_grad_(False).eval()
+
+
+def _shape_key(config: Any) -> str:
+    """Every shape the timed step depends on: layers, widths, query and key/value heads, head size."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    intermediate = getattr(config, "intermediate_size", 0)
+    return (
+        f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}-{heads}h"
+        f"-{kv_heads}kv-{head_dim}d-{intermediate}i"
+    )
