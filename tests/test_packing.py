@@ -99,6 +99,24 @@ def test_a_packed_batch_gives_the_padded_batchs_hidden_states_and_gradients(
     assert not packed_grad[~mask.bool()].any()  # padding's embeddings feed nothing real
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_a_mask_of_floats_or_booleans_packs_as_one_of_integers(
+    tiny_backbone: TextBackbone,
+    packed_calls: list[torch.Size],
+    padded_too: Callable[..., torch.Tensor],
+    dtype: torch.dtype,
+) -> None:
+    """transformers takes 0/1 masks of any dtype; packing counts the real tokens alike."""
+    torch.manual_seed(0)
+    mask = right_padding_mask(LENGTHS).to(dtype)
+    embeds = torch.randn(len(LENGTHS), max(LENGTHS), tiny_backbone.hidden_size)
+    with torch.no_grad():
+        packed = tiny_backbone.last_hidden_state(inputs_embeds=embeds, attention_mask=mask)
+        padded = padded_too(inputs_embeds=embeds, attention_mask=mask)
+    assert packed_calls
+    torch.testing.assert_close(packed, padded * mask.bool()[..., None], rtol=1e-5, atol=1e-6)
+
+
 def test_token_ids_pack_as_embeddings_do(
     tiny_backbone: TextBackbone, packed_calls: list[torch.Size], padded_too: Callable[..., torch.Tensor]
 ) -> None:

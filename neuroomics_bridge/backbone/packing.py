@@ -120,7 +120,7 @@ def pack_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, 
         return None
     if {"position_ids", "cache", "past_key_values", "packed_rows"} & inputs.keys():
         return None
-    lengths = mask.sum(1)
+    lengths = mask.bool().sum(1)  # masks of 0/1 floats count alike
     rows, longest = mask.shape
     positions = torch.arange(longest, device=mask.device)
     real_positions = positions[None, :] < lengths[:, None]
