@@ -201,7 +201,9 @@ class _Siblings:
 
     def _state(self, x: torch.Tensor) -> tuple:
         """What the slices computed from ``x`` depend on: the parameters' storage and versions, and
-        ``x``'s version (inference tensors have none; they cannot change outside inference mode)."""
+        ``x``'s version. Inference tensors have no version, so an in-place change to ``x`` between
+        two sibling calls inside ``torch.inference_mode`` would go unseen; the blocks of
+        :data:`SIBLING_LAYERS` call their siblings back to back on one unchanged input."""
         if self._parameter_dicts is None:  # read directly: Module.__getattr__ would cost more than a saved call
             self._parameter_dicts = [layer._parameters for layer in self.layers]
         parameters = [(p.data_ptr(), p._version) for d in self._parameter_dicts for p in d.values() if p is not None]
