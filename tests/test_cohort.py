@@ -122,6 +122,45 @@ def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
         Cohort.from_files(bad)
 
 
+def test_subject_ids_that_are_not_file_names_stay_inside_the_folder(tmp_path) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4))
+    ids = ["ok", "../../escaped", "site/1", "_0_ok"]
+    folder = Cohort(ids, reports=list("abcd"), brains=[image] * 4).to_files(tmp_path / "cohort")
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.nii.gz"))
+    assert len(written) == 4 and all(path.startswith("cohort/brain/") for path in written)
+    restored = Cohort.from_files(folder)
+    assert restored.subject_ids == ids
+    for path in restored.brains:
+        np.testing.assert_array_equal(np.asanyarray(nib.load(path).dataobj), np.asanyarray(image.dataobj))
+
+
+def test_a_malformed_folder_names_its_file_and_what_it_found(tmp_path) -> None:
+    import anndata as ad
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "reports.csv").write_text("subject_id,report\ns1,x\ns1,y\n")
+    with pytest.raises(DataError, match=r"reports\.csv: each subject_id must appear once; repeated: \['s1'\]"):
+        Cohort.from_files(folder)
+    (folder / "reports.csv").write_text("subject_id,report\ns1,x\ns2,y\n")
+    (folder / "covariates.csv").write_text("subject_id,age\ns1,50\ns2,60\ns2,61\n")
+    with pytest.raises(DataError, match=r"covariates\.csv: each subject_id must appear once; repeated: \['s2'\]"):
+        Cohort.from_files(folder)
+    (folder / "covariates.csv").unlink()
+    cells = ad.AnnData(np.ones((2, 3), np.float32), obs=pd.DataFrame({"donor": ["s1", "s2"]}, index=["c1", "c2"]))
+    cells.write_h5ad(folder / "genes.h5ad")
+    with pytest.raises(DataError, match=r"genes\.h5ad: expected obs\['subject_id'\].*obs has \['donor'\]"):
+        Cohort.from_files(folder)
+    (folder / "genes.h5ad").unlink()
+    (folder / "cohort.json").write_text(json.dumps({"format": "neuroomics-bridge/cohort-v1", "brain_files": ["s1"]}))
+    with pytest.raises(
+        DataError, match=r"cohort\.json: expected brain_files to map subject ids to file paths, got list"
+    ):
+        Cohort.from_files(folder)
+
+
 def test_cohort_rejects_misaligned_fields() -> None:
     with pytest.raises(DataError, match=r"duplicated id\(s\) \['a'\]"):
         Cohort(subject_ids=["a", "a"])

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, read_manifest
 
 __all__ = ["Cohort", "CohortSplit", "COHORT_FORMAT"]
+
+_PLAIN_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 COHORT_FORMAT = "neuroomics-bridge/cohort-v1"
 ImageSource = str | os.PathLike[str] | Any
@@ -107,7 +110,10 @@ class Cohort:
                 table.index = pd.Index(self.subject_ids, name="subject_id")
                 setattr(self, name, table)
         if self.genes is not None and self.gene_groupby not in self.genes.obs:
-            raise DataError(f"Cohort.genes: obs['{self.gene_groupby}'] (the subject column) not found")
+            raise DataError(
+                f"Cohort.genes: obs['{self.gene_groupby}'] (the subject column) not found; "
+                f"obs has {list(self.genes.obs.columns)}"
+            )
 
     # ------------------------------------------------------------------------------ views
     @property
@@ -296,10 +302,10 @@ class Cohort:
 
         folder.mkdir()
         files = {}
-        for subject, image in zip(self.subject_ids, self.brains or [], strict=True):
+        for index, (subject, image) in enumerate(zip(self.subject_ids, self.brains or [], strict=True)):
             if image is None:
                 continue
-            name = f"{subject}.nii.gz"
+            name = f"{_file_stem(subject, index)}.nii.gz"
             if isinstance(image, (str, os.PathLike)):
                 shutil.copyfile(image, folder / name)
             else:
@@ -335,13 +341,27 @@ class Cohort:
                 f"{reports_file}: expected columns subject_id, report (and label); got {list(table.columns)}"
             )
         subject_ids = table["subject_id"].tolist()
+        _check_unique(subject_ids, reports_file)
         tables = {name: _read_table(folder / f"{name}.csv", subject_ids) for name in ("covariates", "phenotypes")}
         genes = None
+        groupby = manifest.get("gene_groupby", "subject_id")
         if (folder / "genes.h5ad").is_file():
             import anndata as ad
 
             genes = ad.read_h5ad(folder / "genes.h5ad")
+            if groupby not in genes.obs:
+                raise DataError(
+                    f"{folder / 'genes.h5ad'}: expected obs['{groupby}'] (each cell's subject id); "
+                    f"obs has {list(genes.obs.columns)}"
+                )
         brain_files = manifest.get("brain_files")
+        if brain_files is not None and not (
+            isinstance(brain_files, dict) and all(isinstance(v, str) for v in brain_files.values())
+        ):
+            raise DataError(
+                f"{folder / 'cohort.json'}: expected brain_files to map subject ids to file paths, "
+                f"got {type(brain_files).__name__}"
+            )
         if brain_files is None and (folder / "brain").is_dir():
             brain_files = {p.name.split(".nii")[0]: f"brain/{p.name}" for p in (folder / "brain").glob("*.nii*")}
         brains = (
@@ -367,7 +387,16 @@ class Cohort:
             phenotypes=tables["phenotypes"],
             genes=genes,
             brains=brains,
-            gene_groupby=manifest.get("gene_groupby", "subject_id"),
+            gene_groupby=groupby,
+        )
+
+
+def _check_unique(subject_ids: list[str], file: Path) -> None:
+    """:class:`DataError` naming ``file`` and the ids it lists more than once."""
+    index = pd.Index(subject_ids)
+    if index.has_duplicates:
+        raise DataError(
+            f"{file}: each subject_id must appear once; repeated: {list(index[index.duplicated()].unique()[:10])}"
         )
 
 
@@ -388,9 +417,21 @@ def _read_table(file: Path, subject_ids: list[str]) -> pd.DataFrame | None:
     table = pd.read_csv(file, dtype={"subject_id": str})
     if "subject_id" not in table.columns:
         raise DataError(f"{file}: expected a subject_id column; got {list(table.columns)}")
+    _check_unique(table["subject_id"].tolist(), file)
     table = table.set_index("subject_id")
     unknown = sorted(set(table.index) - set(subject_ids))
     missing = [s for s in subject_ids if s not in table.index]
     if unknown or missing:
         raise DataError(f"{file}: subject ids differ from reports.csv (missing {missing[:5]}, unknown {unknown[:5]})")
     return table.loc[subject_ids]
+
+
+def _file_stem(subject: str, index: int) -> str:
+    """A file name for ``subject``'s image: the id itself where it is a plain name, else ``_``,
+    the subject's position and the id with every other character replaced. An id such as
+    ``"../x"`` or ``"site/1"`` must not name a path outside the folder or a missing sub-folder;
+    the manifest maps ids to files, so the name need not be the id, and the leading ``_``, which
+    no plain name has, keeps the two kinds from colliding."""
+    if _PLAIN_STEM.fullmatch(subject):
+        return subject
+    return f"_{index}_" + re.sub(r"[^A-Za-z0-9._-]", "_", subject)
