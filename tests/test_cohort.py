@@ -161,6 +161,38 @@ def test_a_malformed_folder_names_its_file_and_what_it_found(tmp_path) -> None:
         Cohort.from_files(folder)
 
 
+def test_saved_encoders_that_were_cut_or_edited_name_the_file_and_the_entry(tmp_path, small_cohort) -> None:
+    from neuroomics_bridge import CorruptFileError
+    from neuroomics_bridge.encoders.cohort import CohortEncoder
+    from neuroomics_bridge.io import read_arrays, write_arrays
+
+    fitted = CohortEncoder({"gene": GeneEncoder(n_components=4, n_top_genes=100)}, residualize=["age", "site"])
+    folder = tmp_path / "encoders"
+    fitted.fit(small_cohort).save(folder)
+    no_site = small_cohort.subset(small_cohort.subject_ids)
+    no_site.covariates = no_site.covariates.drop(columns="site")
+    with pytest.raises(DataError, match=r"covariates \(covariates\.csv\) lack \['site'\]; they have \["):
+        CohortEncoder.load(folder).transform(no_site)
+    arrays, metadata = read_arrays(folder / "gene.safetensors")
+    write_arrays(folder / "gene.safetensors", {**arrays, "components_": arrays["components_"][:, :5]}, metadata)
+    with pytest.raises(CorruptFileError, match=r"gene\.safetensors: components_: expected shape \('k', 100\), got"):
+        CohortEncoder.load(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for edit, message in (
+        ({"class": "GenEncoder"}, r"modalities\['gene'\]: expected a 'class' in \['BrainEncoder', 'GeneEncoder'"),
+        ({"file": None}, r"modalities\['gene'\]: expected .* and its 'file'"),
+    ):
+        entry = {key: value for key, value in {**manifest["modalities"]["gene"], **edit}.items() if value is not None}
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "modalities": {"gene": entry}}))
+        with pytest.raises(CorruptFileError, match=r"manifest\.json: " + message):
+            CohortEncoder.load(folder)
+    (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "residualize"}))
+    with pytest.raises(
+        CorruptFileError, match=r"manifest\.json: expected 'modalities' \(an object\) and 'residualize'"
+    ):
+        CohortEncoder.load(folder)
+
+
 def test_cohort_rejects_misaligned_fields() -> None:
     with pytest.raises(DataError, match=r"duplicated id\(s\) \['a'\]"):
         Cohort(subject_ids=["a", "a"])

@@ -74,7 +74,17 @@ class PersistentEstimator(BaseEstimator):
             setattr(estimator, name, arrays[name])
         for name, value in metadata["fitted"].items():
             setattr(estimator, name, value)
+        for name, expected in estimator._fitted_shapes().items():  # a tensor cut or swapped fails here, by name
+            actual = np.shape(getattr(estimator, name))
+            if len(actual) != len(expected) or any(e not in (None, a) for e, a in zip(expected, actual, strict=True)):
+                wanted = tuple("k" if e is None else e for e in expected)
+                raise CorruptFileError(f"{path}: {name}: expected shape {wanted}, got {actual}")
         return estimator
+
+    def _fitted_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """The shape each fitted array must have, given the fitted values (``None``: any size);
+        checked at :meth:`load`."""
+        return {}
 
     def _check_fitted(self) -> None:
         try:

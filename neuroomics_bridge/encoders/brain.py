@@ -47,6 +47,17 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
     _fitted_arrays = ("feature_mean_", "feature_std_", "components_", "pca_mean_", "atlas_labels_", "atlas_affine_")
     _fitted_values = ("feature_names_", "region_names_")
 
+    def _fitted_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """One value per atlas feature; the components span them; a 4 x 4 affine."""
+        features = len(self.feature_names_)
+        return {
+            "feature_mean_": (features,),
+            "feature_std_": (features,),
+            "pca_mean_": (features,),
+            "components_": (None, features),
+            "atlas_affine_": (4, 4),
+        }
+
     def __init__(
         self,
         atlas: Atlas | ImageLike = "mni-gm-64",

@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, read_manifest
 
 __all__ = ["CohortEncoder", "ENCODER_FORMAT", "default_cohort_encoder"]
@@ -160,8 +160,10 @@ class CohortEncoder:
         folder = Path(directory)
         if not folder.is_dir():
             raise MissingFileError(f"{folder}: missing; not a saved CohortEncoder")
-        manifest = read_manifest(folder / "manifest.json", ENCODER_FORMAT)
-        classes = {"GeneEncoder": GeneEncoder, "BrainEncoder": BrainEncoder}
+        file = folder / "manifest.json"
+        manifest = read_manifest(file, ENCODER_FORMAT)
+        classes = {"GeneEncoder": GeneEncoder, "BrainEncoder": BrainEncoder, "PrecomputedEncoder": PrecomputedEncoder}
+        _check_manifest(file, manifest, classes)
         encoders: dict[str, Any] = {}
         residualizers = {}
         for modality, entry in manifest["modalities"].items():
@@ -171,7 +173,8 @@ class CohortEncoder:
                 encoders[modality] = classes[entry["class"]].load(folder / entry["file"])
             if "residualizer" in entry:
                 residualizers[modality] = Residualizer.load(folder / entry["residualizer"])
-        loaded = cls(encoders, residualize=manifest["residualize"])
+        residualize = manifest["residualize"]
+        loaded = cls(encoders, residualize=residualize)
         loaded.residualizers_ = residualizers
         return loaded
 
@@ -214,7 +217,32 @@ def default_cohort_encoder(
     return CohortEncoder(encoders, residualize=[c for c in residualize if c in known])
 
 
+def _check_manifest(file: Path, manifest: dict[str, Any], classes: Mapping[str, type]) -> None:
+    """:class:`CorruptFileError` naming ``file`` and the entry where a (hand-edited) manifest
+    is not of the shape :meth:`CohortEncoder.save` writes."""
+    modalities, residualize = manifest.get("modalities"), manifest.get("residualize")
+    if not isinstance(modalities, dict) or not isinstance(residualize, list):
+        raise CorruptFileError(
+            f"{file}: expected 'modalities' (an object) and 'residualize' (a list), "
+            f"got {type(modalities).__name__} and {type(residualize).__name__}"
+        )
+    for modality, entry in modalities.items():
+        kind = entry.get("class") if isinstance(entry, dict) else None
+        needed = "params" if kind == "PrecomputedEncoder" else "file"
+        if kind not in classes or needed not in entry:
+            raise CorruptFileError(
+                f"{file}: modalities[{modality!r}]: expected a 'class' in {sorted(classes)} and its "
+                f"{needed!r}, got {entry!r}"
+            )
+
+
 def _covariates(cohort: Any, columns: Sequence[str]) -> Any:
     if cohort.covariates is None:
         raise DataError(f"residualize {list(columns)}: this cohort has no covariates table (covariates.csv)")
+    missing = [c for c in columns if c not in cohort.covariates.columns]
+    if missing:
+        raise DataError(
+            f"residualize {list(columns)}: covariates (covariates.csv) lack {missing}; "
+            f"they have {list(cohort.covariates.columns)}"
+        )
     return cohort.covariates[list(columns)]

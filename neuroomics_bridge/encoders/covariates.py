@@ -37,6 +37,11 @@ class Residualizer(PersistentEstimator, TransformerMixin):
     _fitted_arrays = ("coef_", "numeric_mean_", "numeric_std_")
     _fitted_values = ("numeric_", "levels_")
 
+    def _fitted_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """One mean and scale per numeric covariate; one coefficient row per design column."""
+        design = 1 + len(self.numeric_) + sum(len(levels) - 1 for levels in self.levels_.values())
+        return {"numeric_mean_": (len(self.numeric_),), "numeric_std_": (len(self.numeric_),), "coef_": (design, None)}
+
     def __init__(self, covariates: Sequence[str] | None = None, *, categorical: Sequence[str] = ()) -> None:
         self.covariates = covariates
         self.categorical = categorical

@@ -76,6 +76,11 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
     _fitted_arrays = ("mean_", "std_", "components_", "pca_mean_")
     _fitted_values = ("genes_", "input_kind_", "id_type_")
 
+    def _fitted_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """One value per selected gene; the components span them."""
+        genes = len(self.genes_)
+        return {"mean_": (genes,), "std_": (genes,), "pca_mean_": (genes,), "components_": (None, genes)}
+
     def __init__(
         self,
         n_components: int = 50,
