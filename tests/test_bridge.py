@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -145,6 +146,25 @@ def test_save_pretrained_writes_adapters_only_and_reloads_identically(bridge, tm
     x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
     np.testing.assert_array_equal(restored.embed("gene", x), bridge.embed("gene", x))
     assert restored.card_info == bridge.card_info
+
+
+def test_saved_adapters_of_other_shapes_are_refused_by_file_and_key(bridge, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from neuroomics_bridge import BridgeBundle
+
+    folder = bridge.save_pretrained(tmp_path / "bridge")
+    weights = load_file(folder / "adapters.safetensors")
+    key = next(k for k, v in weights.items() if v.ndim == 2)
+    rows, columns = weights[key].shape
+    save_file({**weights, key: torch.zeros(rows, columns + 1)}, folder / "adapters.safetensors")
+    with pytest.raises(
+        CorruptFileError, match=rf"adapters\.safetensors: .*{re.escape(key)}: expected \({rows}, {columns}\), got"
+    ):
+        Bridge.from_pretrained(folder, backbone=bridge.backbone)
+    (folder / "bundle.json").write_text(json.dumps({"format": "neuroomics-bridge/bundle-v1"}))
+    with pytest.raises(CorruptFileError, match=r"bundle\.json: expected 'parts', a list of folder names; got None"):
+        BridgeBundle.load(folder, backbone=bridge.backbone)
 
 
 def test_loading_onto_another_backbone_is_refused(bridge, tmp_path, tiny_model_dir) -> None:

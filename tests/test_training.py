@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import pickle
 
 import numpy as np
@@ -72,6 +73,18 @@ def test_checkpoint_io_refuses_arbitrary_objects_and_pickles(tmp_path) -> None:
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {}}))
     with pytest.raises(CorruptFileError, match=r"evil\.ckpt"):
         io.load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_a_checkpoint_whose_skeleton_does_not_match_its_tensors_is_named(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from neuroomics_bridge.training.checkpoint import CHECKPOINT_FORMAT
+
+    path = tmp_path / "c.ckpt"
+    for skeleton in ({}, {"skeleton": json.dumps({"__dict__": [["w", {"__tensor__": "t9"}]]})}):
+        save_file({"t0": torch.zeros(2)}, path, metadata={"format": CHECKPOINT_FORMAT, **skeleton})
+        with pytest.raises(CorruptFileError, match=r"c\.ckpt: its skeleton does not match its tensors \(KeyError"):
+            SafetensorsCheckpointIO().load_checkpoint(path)
 
 
 def test_contrastive_stage_learns_saves_checkpoints_and_is_seeded(new_bridge, encoded, tmp_path) -> None:

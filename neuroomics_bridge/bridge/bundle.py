@@ -22,7 +22,7 @@ from typing import Self
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.bridge.model import Bridge
 from neuroomics_bridge.encoders.cohort import CohortEncoder
-from neuroomics_bridge.errors import MissingFileError
+from neuroomics_bridge.errors import CorruptFileError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, read_manifest
 from neuroomics_bridge.retrieval import ReferenceSet
 
@@ -102,8 +102,10 @@ class BridgeBundle:
             The manifest is not a ``bundle-v1`` manifest.
         """
         folder = Path(directory)
-        listed = read_manifest(folder / MANIFEST, BUNDLE_FORMAT)["parts"] if (folder / MANIFEST).is_file() else None
-        for part in listed or ():
+        listed = read_manifest(folder / MANIFEST, BUNDLE_FORMAT).get("parts") if (folder / MANIFEST).is_file() else []
+        if not isinstance(listed, list) or not all(isinstance(part, str) for part in listed):
+            raise CorruptFileError(f"{folder / MANIFEST}: expected 'parts', a list of folder names; got {listed!r}")
+        for part in listed:
             if not (folder / part).is_dir():
                 raise MissingFileError(f"{folder / part}: missing; {folder / MANIFEST} lists it")
         if need_encoders and not (folder / ENCODERS).is_dir():

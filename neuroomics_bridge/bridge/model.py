@@ -520,7 +520,18 @@ class Bridge(ReportGenerationMixin):
             backbone, config["modality_dims"], BridgeConfig.from_dict(config["bridge_config"], source=str(config_file))
         )
         check_safetensors(weights_file)
-        missing, unexpected = bridge.adapters.load_state_dict(load_file(weights_file), strict=False)
+        weights = load_file(weights_file)
+        expected = bridge.adapters.state_dict()
+        reshaped = [
+            f"{key}: expected {tuple(expected[key].shape)}, got {tuple(value.shape)}"
+            for key, value in weights.items()
+            if key in expected and value.shape != expected[key].shape
+        ]
+        if reshaped:
+            raise CorruptFileError(
+                f"{weights_file}: adapter weights of other shapes than {config_file} gives: {reshaped[:5]}"
+            )
+        missing, unexpected = bridge.adapters.load_state_dict(weights, strict=False)
         missing = [key for key in missing if not key.startswith("temperature_")]  # older bridges: none fitted, 1
         if missing or unexpected:
             raise CorruptFileError(

@@ -72,7 +72,12 @@ class SafetensorsCheckpointIO(CheckpointIO):
             if header.get("format") != CHECKPOINT_FORMAT:
                 raise CorruptFileError(f"{file}: not a {CHECKPOINT_FORMAT} checkpoint")
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
-        return _unflatten(json.loads(header["skeleton"]), tensors)
+        try:
+            return _unflatten(json.loads(header["skeleton"]), tensors)
+        except (KeyError, TypeError, ValueError) as error:  # no skeleton, or one naming absent tensors
+            raise CorruptFileError(
+                f"{file}: its skeleton does not match its tensors ({type(error).__name__}: {error})"
+            ) from error
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Delete the checkpoint file, if it exists."""
