@@ -199,6 +199,20 @@ def test_a_cgroup_memory_limit_caps_the_memory_counted_as_available(tmp_path, mo
     assert hardware.cgroup_memory_headroom(_cgroup_files(tmp_path / "open-v1", unlimited_v1)) is None
     assert hardware.cgroup_memory_headroom(tmp_path / "none") is None
 
+    # Slurm: the job's cgroup sets the limit, the step's (where the process runs) a looser one
+    gib_files = {"memory.current": f"{gib}\n", "memory.stat": "inactive_file 0\n"}
+    slurm = _cgroup_files(tmp_path / "slurm", {"system.slice/job_7/memory.max": f"{3 * gib}\n",
+                                               "system.slice/job_7/step_0/memory.max": f"{6 * gib}\n",
+                                               **{f"system.slice/job_7/{n}": t for n, t in gib_files.items()},
+                                               **{f"system.slice/job_7/step_0/{n}": t for n, t in gib_files.items()},
+                                               "memory.max": "max\n"})  # fmt: skip
+    assert hardware.cgroup_memory_headroom(slurm, "0::/system.slice/job_7/step_0\n") == 2 * gib
+    v1_job = _cgroup_files(tmp_path / "slurm-v1", {"memory/job_7/memory.limit_in_bytes": f"{2 * gib}\n",
+                                                   "memory/job_7/memory.usage_in_bytes": f"{gib}\n"})  # fmt: skip
+    assert hardware.cgroup_memory_headroom(v1_job, "5:cpu,cpuacct:/\n4:memory:/job_7\n") == gib
+    # without a cgroup namespace the host's path is not under the mount: the mount's root counts
+    assert hardware.cgroup_memory_headroom(v2, "0::/docker/abc\n") == 4 * gib - (3 * gib - gib // 2)
+
     for host, headroom, available in (
         (8 * gib, gib, gib),
         (8 * gib, None, 8 * gib),

@@ -326,41 +326,75 @@ def _host_memory_available() -> int:
 
 # (limit, usage, statistics, the statistic of reclaimable file cache) for cgroup v2 and v1
 _CGROUP_MEMORY_FILES = (
-    ("memory.max", "memory.current", "memory.stat", "inactive_file"),
-    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+    # (folder under the mount, controller as /proc/self/cgroup names it, limit, usage, stat, reclaimable)
+    ("", "", "memory.max", "memory.current", "memory.stat", "inactive_file"),  # cgroup v2
+    ("memory", "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"),
 )
 _NO_CGROUP_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
 
 
-def cgroup_memory_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Bytes the memory cgroup this process runs in lets it allocate before the OOM killer acts.
+def cgroup_memory_headroom(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> int | None:
+    """Bytes the memory cgroups this process runs in let it allocate before the OOM killer acts.
 
     ``MemAvailable`` describes the whole host; inside a container or a Slurm/Kubernetes job the
     cgroup's limit is what counts. Headroom is the limit less the cgroup's working set (its
     usage less the inactive file cache, which the kernel reclaims first), as ``docker stats``
-    and Kubernetes count it.
+    and Kubernetes count it. The process's own cgroup (from ``/proc/self/cgroup``) and each of
+    its ancestors may set a limit (Slurm limits the job, its steps run in sub-cgroups), so the
+    smallest headroom among them counts; a container that sees its own cgroup as the mount's
+    root is read there.
 
     Parameters
     ----------
     root
         Where the cgroup file system is mounted (cgroup v2's ``memory.max`` or v1's
         ``memory/memory.limit_in_bytes`` under it).
+    membership
+        The text of ``/proc/self/cgroup`` (default: read it).
 
     Returns
     -------
     int or None
-        The headroom (0 at or over the limit), or ``None`` where no memory limit is set or none
-        can be read.
+        The smallest headroom (0 at or over a limit), or ``None`` where no memory limit is set
+        or none can be read.
     """
-    for limit_name, usage_name, stat_name, reclaimable in _CGROUP_MEMORY_FILES:
-        limit_file = root / limit_name
-        if not limit_file.is_file():
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            membership = ""
+    headrooms = []
+    for folder, controller, limit_name, usage_name, stat_name, reclaimable in _CGROUP_MEMORY_FILES:
+        for directory in _cgroup_and_ancestors(root / folder, _cgroup_path(membership, controller)):
+            limit_file = directory / limit_name
+            if not limit_file.is_file():
+                continue
+            limit = limit_file.read_text().strip()
+            if limit == "max" or int(limit) >= _NO_CGROUP_LIMIT:
+                continue
+            usage = int((directory / usage_name).read_text())
+            stat_file = directory / stat_name
+            stats = dict(line.split() for line in stat_file.read_text().splitlines()) if stat_file.is_file() else {}
+            headrooms.append(max(int(limit) - (usage - int(stats.get(reclaimable, 0))), 0))
+    return min(headrooms) if headrooms else None
+
+
+def _cgroup_path(membership: str, controller: str) -> str:
+    """The cgroup path ``/proc/self/cgroup`` gives for ``controller`` (``""``: cgroup v2's single
+    hierarchy), or ``"/"`` where it names none."""
+    for line in membership.splitlines():
+        fields = line.split(":", 2)  # hierarchy id : controllers : path
+        if len(fields) != 3:
             continue
-        limit = limit_file.read_text().strip()
-        if limit == "max" or int(limit) >= _NO_CGROUP_LIMIT:
-            return None
-        usage = int((root / usage_name).read_text())
-        stat_file = root / stat_name
-        stats = dict(line.split() for line in stat_file.read_text().splitlines()) if stat_file.is_file() else {}
-        return max(int(limit) - (usage - int(stats.get(reclaimable, 0))), 0)
-    return None
+        if (fields[1] == "") if controller == "" else (controller in fields[1].split(",")):
+            return fields[2] or "/"
+    return "/"
+
+
+def _cgroup_and_ancestors(base: Path, path: str) -> list[Path]:
+    """The existing folders of cgroup ``path`` and of its ancestors under the mount ``base``,
+    innermost first (without a cgroup namespace the host's path is not under the container's
+    mount, and only ``base`` itself remains)."""
+    parts = [part for part in path.split("/") if part]
+    folders = [base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
