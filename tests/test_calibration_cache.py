@@ -231,3 +231,16 @@ def test_training_attention_times_models_of_other_head_shapes_apart(tiny_backbon
         training_attention(other)
     entries = json.loads((tmp_path / calibration.CALIBRATION_FILE).read_text()).values()
     assert len({entry["key"]["model"] for entry in entries}) == 4
+
+
+def test_cpu_models_are_told_apart_on_arm_too(tmp_path) -> None:
+    """Arm's /proc/cpuinfo names no model; its implementer and part numbers tell CPUs apart."""
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: avx2\n")
+    assert calibration.cpu_model(intel) == "Intel(R) Xeon(R) Processor"
+    models = set()
+    for part in ("0xd0c", "0xd40"):  # Neoverse N1 and V1
+        arm = tmp_path / f"arm-{part}"
+        arm.write_text(f"processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: {part}\n")
+        models.add(calibration.cpu_model(arm))
+    assert len(models) == 2 and all("implementer 0x41 part 0xd" in model for model in models)

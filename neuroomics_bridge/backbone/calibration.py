@@ -37,13 +37,18 @@ CONFIRMING_TIMINGS = 2
 _timed_here: dict[tuple[str, str], str] = {}  # (cache file, key digest) -> the choice this process timed
 
 
-def cpu_model() -> str:
-    """The CPU model as ``lscpu`` names it (``/proc/cpuinfo``), or the platform's processor string."""
-    cpuinfo = Path("/proc/cpuinfo")
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model as ``lscpu`` names it (``/proc/cpuinfo``'s model name; on Arm, which has
+    none, its implementer and part numbers), or the platform's processor string."""
     if cpuinfo.is_file():
+        fields: dict[str, str] = {}
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())
+        if fields.get("model name"):
+            return fields["model name"]
+        if fields.get("CPU implementer") and fields.get("CPU part"):
+            return f"{platform.machine()} implementer {fields['CPU implementer']} part {fields['CPU part']}"
     return platform.processor() or platform.machine()
 
 
