@@ -324,10 +324,10 @@ def _host_memory_available() -> int:
     return 0
 
 
-# (limit, usage, statistics, the statistic of reclaimable file cache) for cgroup v2 and v1
+# (folder under the mount, controller as /proc/self/cgroup names it, limit, usage, statistics, the
+# statistic of reclaimable file cache) for cgroup v2 and v1
 _CGROUP_MEMORY_FILES = (
-    # (folder under the mount, controller as /proc/self/cgroup names it, limit, usage, stat, reclaimable)
-    ("", "", "memory.max", "memory.current", "memory.stat", "inactive_file"),  # cgroup v2
+    ("", "", "memory.max", "memory.current", "memory.stat", "inactive_file"),
     ("memory", "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"),
 )
 _NO_CGROUP_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
