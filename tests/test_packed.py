@@ -105,6 +105,21 @@ def test_a_packed_layer_can_be_deep_copied() -> None:
     assert packed._packed is not None, "the original keeps its copy"
 
 
+def test_a_shallow_copy_of_a_stacked_layer_computes_on_its_own() -> None:
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj = (torch.nn.Linear(16, n) for n in (16, 8, 8))
+
+    attention = Attention()
+    pack_linear_weights(attention)
+    x = torch.randn(1, 16)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(x, attention.q_proj.weight, attention.q_proj.bias)
+        torch.testing.assert_close(copy.copy(attention.q_proj)(x), expected)
+        torch.testing.assert_close(attention.q_proj(x), expected)  # the original still runs its stack
+
+
 def test_packing_a_model_keeps_its_parameters_and_their_ties(tiny_model_dir: Path) -> None:
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")
     model = backbone.model

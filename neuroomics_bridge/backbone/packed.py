@@ -139,7 +139,7 @@ class PackedLinear(nn.Linear):
         return self._packed_forward(x)
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._siblings is not None:
+        if self._siblings is not None and self in self._siblings.layers:  # a shallow copy is not one of them
             return self._siblings.forward(self, x)
         return _multiply(x, self.packed_weight(), self.bias)
 
