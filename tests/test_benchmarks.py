@@ -154,6 +154,19 @@ def test_letter_answers_parse_by_fixed_rules(text: str, expected: int | None) ->
     assert parse_choice(TASKS["medqa"], LETTERED, text) == expected
 
 
+BACTERIA = Example("b", "Which?", options=("Salmonella", "Shigella", "E. coli", "Vibrio", "Listeria"), answer="E. coli")
+FOLATE = Example("f", "Why?", options=("A deficiency of folate", "Iron", "Zinc", "Copper"), answer="Iron")
+
+
+@pytest.mark.parametrize(
+    ("example", "text", "expected"),
+    [(BACTERIA, "E. coli", 2), (BACTERIA, "E", 4), (BACTERIA, "The answer is: B", 1),
+     (FOLATE, "A deficiency of folate", 0), (FOLATE, "B. Iron", 1), (FOLATE, "A", 0)],
+)  # fmt: skip
+def test_an_option_that_starts_like_a_letter_is_read_as_its_text(example: Example, text: str, expected: int) -> None:
+    assert parse_choice(TASKS["medqa"], example, text) == expected
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("Yes.", 0), ("No, and maybe later", 1), ("It is maybe so; yes", 2), ("Not known", None), ("nonetheless", None)],

@@ -198,20 +198,24 @@ def choose_by_loglikelihood(
 def parse_choice(task: BenchmarkTask, example: Example, text: str) -> int | None:
     """The option a generated answer names, or ``None`` (counted wrong).
 
-    Lettered tasks: a leading letter (``B``, ``(B)``, ``B.``), ``answer is B`` / ``Answer: B``,
-    or an answer that starts with an option's text. Word tasks: the option word that occurs
-    first, as a whole word.
+    Lettered tasks: an answer that starts with an option's text (the longest that fits; so
+    ``E. coli`` or ``A deficiency of folate`` name their options, not the letters E and A), else
+    a leading letter (``B``, ``(B)``, ``B.``) or ``answer is B`` / ``Answer: B`` / ``answer is:
+    B``. Word tasks: the option word that occurs first, as a whole word.
     """
     answer = text.strip()
     if task.letters:
         valid = LETTERS[: len(example.options)]
-        for pattern in (r"^\(?([A-H])\)?(?:[.):,\s]|$)", r"(?i:answer|option)\s*(?:is|:)?\s*\(?([A-H])\b"):
+        said = normalize_answer(answer)
+        by_length = sorted(range(len(example.options)), key=lambda i: -len(example.options[i]))
+        named = next((i for i in by_length if said.startswith(normalize_answer(example.options[i]))), None)
+        if named is not None:
+            return named
+        for pattern in (r"^\(?([A-H])\)?(?:[.):,\s]|$)", r"(?i:answer|option)\s*(?:is\s*:?|:)?\s*\(?([A-H])\b"):
             match = re.search(pattern, answer)
             if match and match.group(1) in valid:
                 return valid.index(match.group(1))
-        said = normalize_answer(answer)
-        by_length = sorted(range(len(example.options)), key=lambda i: -len(example.options[i]))
-        return next((i for i in by_length if said.startswith(normalize_answer(example.options[i]))), None)
+        return None
     positions = {}
     for i, option in enumerate(example.options):
         match = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", answer, flags=re.IGNORECASE)
