@@ -97,6 +97,28 @@ def test_parquet_medmcqa_counts_from_zero_and_span_json_ner(tmp_path: Path) -> N
     assert read_ner(tmp_path / "spans.jsonl", default_type="X")[0].answer_set == ("Chemical: Lithium",)
 
 
+def test_two_options_of_one_text_are_told_apart_by_the_files_answer_index(tmp_path: Path) -> None:
+    from neuroomics_bridge.evaluation.scoring import _score_generated
+    from neuroomics_bridge.evaluation.tasks import reference_answer
+
+    row = {"question": "Q?", "opa": "None", "opb": "x", "opc": "None", "opd": "z", "cop": 3}  # the second "None"
+    (tmp_path / "medmcqa.jsonl").write_text(json.dumps(row) + "\n")
+    (example,) = read_medmcqa(tmp_path / "medmcqa.jsonl")
+    assert example.correct_option == 2 and reference_answer(TASKS["medmcqa"], example).startswith("C")
+    for answer, right in (("C", True), ("A", False)):
+        metrics, (record,) = _score_generated(TASKS["medmcqa"], [example], [answer])
+        assert metrics["accuracy"] == float(right) and record["correct"] is right  # the metric and the record agree
+
+
+def test_item_ids_do_not_depend_on_how_the_data_folder_is_spelled(tmp_path: Path, monkeypatch) -> None:
+    rows = [{"question": f"Q{i}?", "options": {"A": "x", "B": "y"}, "answer_idx": "A"} for i in range(3)]
+    (tmp_path / "medqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path.parent)
+    relative = TASKS["medqa"].reader(Path(tmp_path.name) / "medqa.jsonl")
+    absolute = TASKS["medqa"].reader((tmp_path / "medqa.jsonl").resolve())
+    assert [e.id for e in relative] == [e.id for e in absolute] == ["medqa.jsonl:1", "medqa.jsonl:2", "medqa.jsonl:3"]
+
+
 @pytest.mark.parametrize(
     ("name", "file", "content", "message"),
     [
@@ -111,6 +133,7 @@ def test_parquet_medmcqa_counts_from_zero_and_span_json_ner(tmp_path: Path) -> N
          r"pubmedqa.json\[1\]: expected 'final_decision'"),
         ("bc5cdr", "bc5cdr.tsv", "Lithium\tB-Chemical\ncaused\tX-Disease\n", r"bc5cdr.tsv:2: tag 'X-Disease'"),
         ("bc5cdr", "bc5cdr.tsv", "Lithium\tB\n", r"bc5cdr.tsv:1: untyped tag 'B', but this task has several entity"),
+        ("bc5cdr", "bc5cdr.tsv", "Lithium\t\t\n", r"bc5cdr.tsv:1: (tag '' is not|expected 'token<TAB>tag')"),
         ("ddi", "ddi.tsv", "index\tsentence\tlabel\n0\t@DRUG$ and @DRUG$\tDDI-other\n",
          r"ddi.tsv:2: label 'DDI-other' is not one of"),
         ("hoc", "hoc.jsonl", '{"text": "t", "labels": ["cell death"]}', r"hoc.jsonl:1: label 'cell death'"),

@@ -67,6 +67,9 @@ class Example:
         reference in ``answer``.
     answer_set
         The gold set of NER and multi-label tasks (entities as ``"type: span"``).
+    answer_index
+        The correct option's position where the file gives it (MedQA's ``answer_idx``,
+        MedMCQA's ``cop``): two options may have the same text.
     """
 
     id: str
@@ -75,6 +78,13 @@ class Example:
     options: tuple[str, ...] = ()
     answer: str = ""
     answer_set: tuple[str, ...] = ()
+    answer_index: int | None = None
+
+    @property
+    def correct_option(self) -> int:
+        """Position of the correct option: :attr:`answer_index` where given, else the first
+        option whose text is :attr:`answer`."""
+        return self.options.index(self.answer) if self.answer_index is None else self.answer_index
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -164,6 +174,16 @@ def _check_nonempty(examples: list[Example], file: Path) -> list[Example]:
     return examples
 
 
+def _item_id(record: Mapping[str, Any], where: str, path: str | os.PathLike[str], *keys: str) -> str:
+    """The item's id: the first of ``keys`` (default ``"id"``) that the record has, else where
+    it sits in its file, named by the file's name rather than the path it was read by (k-shot
+    draws are seeded by ids, so they must not change with how a data folder is spelled)."""
+    for key in keys or ("id",):
+        if record.get(key) is not None:
+            return str(record[key])
+    return where.replace(str(path), Path(path).name, 1)
+
+
 def read_pubmedqa(path: str | os.PathLike[str]) -> list[Example]:
     """PubMedQA: the question, its abstract's sentences as context, yes / no / maybe."""
     aliases = {name: name for name in ("yes", "no", "maybe")}
@@ -180,7 +200,7 @@ def read_pubmedqa(path: str | os.PathLike[str]) -> list[Example]:
         if decision is None:
             raise DataError(f"{where}: expected 'final_decision' (yes, no or maybe); the record has {sorted(record)}")
         answer = _label(decision, where, "final_decision", aliases)
-        item_id = str(record.get("id", record.get("pubid", where)))
+        item_id = _item_id(record, where, path, "id", "pubid")
         examples.append(Example(item_id, question, " ".join(contexts), ("yes", "no", "maybe"), answer))
     return _check_nonempty(examples, Path(path))
 
@@ -197,16 +217,18 @@ def read_medqa(path: str | os.PathLike[str]) -> list[Example]:
         if letters != [chr(ord("A") + i) for i in range(len(letters))]:
             raise DataError(f"{where}: option keys must be A, B, C...; got {letters}")
         texts = tuple(str(options[letter]).strip() for letter in letters)
+        index = None
         if "answer_idx" in record:
             letter = str(record["answer_idx"]).strip()
             if letter not in options:
                 raise DataError(f"{where}: answer_idx {letter!r} is not one of the options {letters}")
-            answer = texts[letters.index(letter)]
+            index = letters.index(letter)
+            answer = texts[index]
         else:
             answer = _text(record, where, ("answer",))
             if answer not in texts:
                 raise DataError(f"{where}: answer {answer!r} is not one of the options")
-        examples.append(Example(str(record.get("id", where)), question, "", texts, answer))
+        examples.append(Example(_item_id(record, where, path), question, "", texts, answer, answer_index=index))
     return _check_nonempty(examples, Path(path))
 
 
@@ -229,7 +251,7 @@ def read_medmcqa(path: str | os.PathLike[str]) -> list[Example]:
             ) from None
         if not 0 <= index < 4:
             raise DataError(f"{where}: cop {record['cop']!r} is outside {first}-{first + 3} for {file.suffix} files")
-        examples.append(Example(str(record.get("id", where)), question, "", texts, texts[index]))
+        examples.append(Example(_item_id(record, where, file), question, "", texts, texts[index], answer_index=index))
     return _check_nonempty(examples, file)
 
 
@@ -253,7 +275,7 @@ def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list
         if key not in record:
             raise DataError(f"{where}: expected 'gold_label' or 'label'; the record has {sorted(record)}")
         answer = _label(record[key], where, key, labels)
-        item_id = str(record.get("pairID", record.get("id", where)))
+        item_id = _item_id(record, where, path, "pairID", "id")
         examples.append(Example(item_id, hypothesis, premise, options, answer))
     return _check_nonempty(examples, Path(path))
 
@@ -306,7 +328,7 @@ def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[
         token, tag = parts[0], parts[-1].strip()
         if tag == "O":
             close()
-        elif tag[:1] in "BI" and (len(tag) == 1 or tag[1] == "-"):
+        elif tag[:1] in ("B", "I") and (len(tag) == 1 or tag[1] == "-"):  # (an empty tag is an error below)
             tag_type = tag[2:] or default_type
             if tag_type is None:
                 raise DataError(f"{file}:{number}: untyped tag {tag!r}, but this task has several entity types")
@@ -338,7 +360,7 @@ def _read_entity_spans(file: Path) -> list[Example]:
             if not 0 <= start < end <= len(text):
                 raise DataError(f"{where}: entities[{i}] span {start}:{end} is outside the {len(text)}-character text")
             entities.append(f"{kind}: {text[start:end]}")
-        examples.append(Example(str(record.get("id", where)), text, answer_set=tuple(entities)))
+        examples.append(Example(_item_id(record, where, file), text, answer_set=tuple(entities)))
     return examples
 
 
@@ -354,7 +376,7 @@ def read_relations(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -
         if "label" not in record:
             raise DataError(f"{where}: expected 'label'; the record has {sorted(record)}")
         answer = _label(record["label"], where, "label", labels)
-        examples.append(Example(str(record.get("index", record.get("id", where))), sentence, "", options, answer))
+        examples.append(Example(_item_id(record, where, path, "index", "id"), sentence, "", options, answer))
     return _check_nonempty(examples, Path(path))
 
 
@@ -372,7 +394,7 @@ def read_multilabel(path: str | os.PathLike[str], *, labels: Sequence[str]) -> l
         if raw is None:
             raise DataError(f"{where}: expected 'labels' as a list or a ';'-separated string; got {raw!r}")
         gold = tuple(_label(label, where, "label", known) for label in raw)
-        examples.append(Example(str(record.get("id", where)), text, answer_set=gold))
+        examples.append(Example(_item_id(record, where, path), text, answer_set=gold))
     return _check_nonempty(examples, Path(path))
 
 
@@ -382,5 +404,5 @@ def read_summaries(path: str | os.PathLike[str]) -> list[Example]:
     for where, record in read_records(path):
         document = _text(record, where, ("document", "text", "article", "findings", "source"))
         summary = _text(record, where, ("summary", "abstract", "impression", "target"))
-        examples.append(Example(str(record.get("id", where)), document, answer=summary))
+        examples.append(Example(_item_id(record, where, path), document, answer=summary))
     return _check_nonempty(examples, Path(path))

@@ -303,7 +303,7 @@ def evaluate_task(
 
 
 def _choice_metrics(task: BenchmarkTask, examples: Sequence[Example], picked: Sequence[int | None]) -> dict[str, float]:
-    truth = [example.options.index(example.answer) for example in examples]
+    truth = [example.correct_option for example in examples]
     accuracy = float(np.mean([p == t for p, t in zip(picked, truth, strict=True)]))
     metrics = {"accuracy": accuracy, "accuracy_stderr": accuracy_stderr(accuracy, len(examples))}
     if not task.letters:  # fixed label vocabulary (NLI, DDI, PubMedQA): macro-F1 as Me-LLaMA reports
@@ -319,7 +319,7 @@ def _score_loglik(
     metrics = _choice_metrics(task, examples, best)
     metrics["accuracy_norm"] = _choice_metrics(task, examples, best_norm)["accuracy"]
     predictions = [
-        {"id": e.id, "prediction": e.options[b], "reference": e.answer, "correct": e.options[b] == e.answer,
+        {"id": e.id, "prediction": e.options[b], "reference": e.answer, "correct": b == e.correct_option,
          "logprobs": dict(zip(task.choices(e), scores, strict=True))}
         for e, b, scores in zip(examples, best, every, strict=True)
     ]  # fmt: skip
@@ -336,7 +336,7 @@ def _score_generated(
         metrics["unparseable"] = float(np.mean([p is None for p in picked]))
         for record, example, p in zip(predictions, examples, picked, strict=True):
             chosen = None if p is None else example.options[p]
-            record.update(prediction=chosen, reference=example.answer, correct=chosen == example.answer)
+            record.update(prediction=chosen, reference=example.answer, correct=p == example.correct_option)
     elif task.kind == "entities":
         found = [parse_entities(task, a) for a in answers]
         gold = [_gold_entities(e) for e in examples]

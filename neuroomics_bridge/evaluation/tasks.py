@@ -282,7 +282,7 @@ def user_message(task: BenchmarkTask, example: Example) -> str:
 def reference_answer(task: BenchmarkTask, example: Example) -> str:
     """The answer a perfect model gives (used for k-shot exemplars)."""
     if task.kind == "choice":
-        return task.choices(example)[example.options.index(example.answer)]
+        return task.choices(example)[example.correct_option]
     if task.kind in ("entities", "labels"):
         return "\n".join(example.answer_set) or "none"
     return example.answer
