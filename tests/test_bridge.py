@@ -167,6 +167,29 @@ def test_saved_adapters_of_other_shapes_are_refused_by_file_and_key(bridge, tmp_
         BridgeBundle.load(folder, backbone=bridge.backbone)
 
 
+def test_held_out_metrics_choose_among_every_class_and_skip_a_modality_no_subject_has(bridge) -> None:
+    from neuroomics_bridge.data import Cohort
+    from neuroomics_bridge.evaluation.bridge_metrics import evaluate_bridge
+
+    rng = np.random.default_rng(0)
+    brain = np.full((6, 4), np.nan, dtype=np.float32)  # no subject of this fold has an image
+    fold = Cohort([f"s{i}" for i in range(6)], {"gene": rng.normal(size=(6, 6)), "brain": brain},
+                  reports=["Tremor."] * 6, labels=["AD", "PD"] * 3)  # fmt: skip
+    chosen = []
+    zero_shot = bridge.zero_shot
+
+    def recording(modality, features, classes):
+        chosen.append(list(classes))
+        return zero_shot(modality, features, classes)
+
+    bridge.zero_shot = recording
+    metrics = evaluate_bridge(bridge, fold, classes=["AD", "HD", "PD"])  # HD: too rare to reach this fold
+    assert chosen == [["AD", "HD", "PD"]]  # the gene modality only; among every class
+    assert "zero_shot/gene/accuracy" in metrics and not any("brain" in name for name in metrics)
+    evaluate_bridge(bridge, fold)
+    assert chosen[-1] == ["AD", "PD"]  # by default, the fold's own labels
+
+
 def test_loading_onto_another_backbone_is_refused(bridge, tmp_path, tiny_model_dir) -> None:
     from transformers import LlamaForCausalLM
 

@@ -54,14 +54,20 @@ def evaluate_bridge(
     stage: str = "contrastive",
     class_prompt: ClassPrompt = CLASS_PROMPT,
     ks: Sequence[int] = (1, 5),
+    classes: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Held-out metrics of a bridge on an encoded cohort.
 
     ``"contrastive"``: zero-shot accuracy / macro-F1 / AUROC per modality, with one prompt per
-    label (``class_prompt`` formatted with the label, or a mapping label -> prompt text, whose
+    class (``class_prompt`` formatted with the class, or a mapping class -> prompt text, whose
     keys are then the classes), recall@k between modality pairs both ways and from each modality
     to its own report, with chance levels. ``"prefix"``: report perplexity with the matched
-    subject's prefix vs a shuffled subject's (the grounding control).
+    subject's prefix vs a shuffled subject's (the grounding control). A modality no subject of
+    ``cohort`` has is left out of the figures.
+
+    ``classes`` are the labels zero-shot chooses among: pass the whole cohort's when ``cohort``
+    is a held-out fold, since a class too rare to reach the fold is still a wrong answer the
+    bridge may give (default: the labels ``cohort`` holds).
     """
     if stage == "prefix":
         matched, shuffled = report_perplexity(bridge, cohort), report_perplexity(bridge, cohort, shuffle=True)
@@ -72,11 +78,13 @@ def evaluate_bridge(
         }
     metrics: dict[str, float] = {}
     if cohort.labels is not None:
-        classes = class_mapping(class_prompt, cohort.labels)
-        names = list(classes)
+        choices = class_mapping(class_prompt, cohort.labels if classes is None else list(classes))
+        names = list(choices)
         for modality in bridge.modalities:
             rows = cohort.present(modality)
-            probabilities = bridge.zero_shot(modality, cohort.features[modality][rows], classes)
+            if not rows.any():
+                continue
+            probabilities = bridge.zero_shot(modality, cohort.features[modality][rows], choices)
             labels = [label for label, keep in zip(cohort.labels, rows, strict=True) if keep]
             for name, value in classification_metrics(probabilities, labels, names).items():
                 metrics[f"zero_shot/{modality}/{name}"] = value
@@ -84,6 +92,8 @@ def evaluate_bridge(
     reports = bridge.embed_text(cohort.reports) if cohort.reports is not None else None
     for a, b in itertools.combinations(bridge.modalities, 2):
         rows = cohort.present(a) & cohort.present(b)
+        if not rows.any():
+            continue
         ea, eb = bridge.embed(a, cohort.features[a][rows]), bridge.embed(b, cohort.features[b][rows])
         for k in ks:
             metrics[f"recall@{k}/{a}->{b}"] = recall_at_k(ea, eb, k)
@@ -92,6 +102,8 @@ def evaluate_bridge(
     if reports is not None:
         for modality in bridge.modalities:
             rows = cohort.present(modality)
+            if not rows.any():
+                continue
             embedded = bridge.embed(modality, cohort.features[modality][rows])
             for k in ks:
                 metrics[f"recall@{k}/{modality}->report"] = recall_at_k(embedded, reports[rows], k)
