@@ -107,7 +107,10 @@ class EmbeddingIndex:
             raise DataError(f"faiss index factory {factory!r} is not valid for d={matrix.shape[1]} ({err})") from None
         if not index.is_trained:
             rows = np.random.default_rng(seed).permutation(len(matrix))[: train_size or len(matrix)]
-            index.train(matrix[rows])
+            try:
+                index.train(matrix[rows])
+            except RuntimeError as err:  # e.g. fewer training vectors than IVF lists
+                raise DataError(f"faiss index {factory!r} cannot be trained on {len(rows)} vectors ({err})") from None
         built = cls(index, [], metric=metric, factory=factory)
         built._add(matrix, ids)
         return built
@@ -148,18 +151,28 @@ class EmbeddingIndex:
         -------
         SearchResult
             Ids per query and ``(n_queries, min(k, len(self)))`` scores: similarities, or L2
-            distances for ``"l2"``.
+            distances for ``"l2"``. An approximate index may find fewer than ``k`` (the IVF lists
+            visited hold fewer items): a query's ids are then fewer, and the scores of the places
+            left empty, at the end of its row, are NaN.
 
         Raises
         ------
         DataError
-            For invalid queries or queries of another dimension.
+            For ``k < 1``, invalid queries or queries of another dimension, or a search
+            parameter this index does not have (``nprobe`` on a ``Flat`` index).
         """
         import faiss
 
+        if k < 1:
+            raise DataError(f"k: expected at least 1 neighbour, got {k}")
         for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
             if value is not None:
-                faiss.ParameterSpace().set_index_parameter(self.index, name, value)
+                try:
+                    faiss.ParameterSpace().set_index_parameter(self.index, name, value)
+                except RuntimeError as err:
+                    raise DataError(
+                        f"{name}={value}: not a search parameter of a {self.factory!r} index ({err})"
+                    ) from None
         matrix = _prepared(queries, self.metric)
         if matrix.shape[1] != self.dim:
             raise DataError(f"queries: expected dimension {self.dim}, got {matrix.shape[1]}")
@@ -172,7 +185,7 @@ class EmbeddingIndex:
         finally:
             faiss.cvar.distance_compute_blas_threshold = threshold
         ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
-        return SearchResult(ids=ids, scores=scores)
+        return SearchResult(ids=ids, scores=np.where(rows >= 0, scores, np.nan))
 
     @property
     def dim(self) -> int:

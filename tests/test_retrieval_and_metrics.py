@@ -86,6 +86,24 @@ def test_bad_inputs_are_explained() -> None:
         EmbeddingIndex.build(bad)
     with pytest.raises(DataError, match="expected dimension 16, got 8"):
         EmbeddingIndex.build(vectors(10)).search(vectors(2, d=8))
+    with pytest.raises(DataError, match="k: expected at least 1 neighbour, got 0"):
+        EmbeddingIndex.build(vectors(10)).search(vectors(2), k=0)
+    with pytest.raises(DataError, match="nprobe=4: not a search parameter of a 'Flat' index"):
+        EmbeddingIndex.build(vectors(10)).search(vectors(2), nprobe=4)
+    with pytest.raises(DataError, match="'IVF16,Flat' cannot be trained on 5 vectors"):
+        EmbeddingIndex.build(vectors(5), factory="IVF16,Flat")
+    with pytest.raises(DataError, match="expected at least one subject"):
+        classification_metrics(np.zeros((0, 2)), [], ["a", "b"])
+    with pytest.raises(DataError, match=r"expected finite scores; rows \[1\]"):
+        classification_metrics(np.array([[0.5, 0.5], [np.nan, 1.0]]), ["a", "b"], ["a", "b"])
+
+
+def test_an_approximate_search_that_finds_fewer_than_k_marks_the_empty_places() -> None:
+    index = EmbeddingIndex.build(vectors(40), factory="IVF2,Flat")
+    found = index.search(vectors(3, seed=1), k=40, nprobe=1)  # one of two lists: about half the items
+    assert found.scores.shape == (3, 40)
+    for ids, scores in zip(found.ids, found.scores, strict=True):
+        assert 0 < len(ids) < 40 and np.isfinite(scores[: len(ids)]).all() and np.isnan(scores[len(ids) :]).all()
 
 
 def test_recall_at_k_counts_own_key_ranks() -> None:

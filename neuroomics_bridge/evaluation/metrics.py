@@ -91,14 +91,20 @@ def classification_metrics(
     Raises
     ------
     DataError
-        For a wrong ``probabilities`` shape or a label outside ``classes``.
+        For no subjects, a wrong ``probabilities`` shape, scores that are not finite or a label
+        outside ``classes``.
     """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
     classes = list(classes)
+    if not len(labels):
+        raise DataError("labels: expected at least one subject to score, got none")
     if probabilities.shape != (len(labels), len(classes)):
         raise DataError(f"probabilities: expected shape ({len(labels)}, {len(classes)}), got {probabilities.shape}")
+    if not np.isfinite(probabilities).all():
+        bad = sorted({int(r) for r in np.flatnonzero(~np.isfinite(probabilities).all(axis=1))})
+        raise DataError(f"probabilities: expected finite scores; rows {bad[:10]} are not")
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise DataError(f"labels {unknown[:5]} are not among the classes {classes}")
