@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from neuroomics_bridge.cli import main
 
@@ -170,6 +171,8 @@ def test_pretrain_and_instruct_run_from_the_shipped_configs_on_the_sample_data(t
     assert "saved to nob-runs/pretrained" in pretrain.stdout and "general:" in pretrain.stdout
     card = (tmp_path / "nob-runs" / "pretrained" / "README.md").read_text()
     assert "token_shares" in card and "phi_replaced" in card and "clinical" in card
+    perplexity = yaml.safe_load(card.split("---")[1])["heldout_perplexity"]
+    assert set(perplexity["before"]) == set(perplexity["after"]) >= {"clinical"}  # measured before training too
     instruct = lightning_cli(
         "instruct", "instruct.yaml", "--data.backbone.name", str(tmp_path / "nob-runs" / "pretrained"),
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",

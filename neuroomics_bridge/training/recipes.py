@@ -315,6 +315,11 @@ class PretrainCLI(LibraryCLI):
     links = (("data.backbone", "model.backbone"), ("data.source_names", "model.sources"))
     trainer_extra: ClassVar[dict[str, Any]] = {"use_distributed_sampler": False, "check_val_every_n_epoch": None}
 
+    def before_fit(self) -> None:
+        """Measure held-out perplexity before training, as :func:`continual_pretrain` does: the
+        model card's "before" (the first validation inside ``fit`` comes after a first step)."""
+        self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+
 
 def instruct_data(
     train_file: str,
