@@ -36,6 +36,8 @@ REPORT = (
         ("Frontotemporal dementia, moderate stage.", "frontotemporal dementia"),
         ("Alzheimer's or Parkinson's disease", None),
         ("76-year-old man with no complaints.", None),
+        ("Parkinson's disease, symptoms controlled on levodopa.", "Parkinson's disease"),
+        ("in keeping with the healthy controls", "control"),
     ],
 )
 def test_impressions_parse_to_one_class_or_none(impression: str, label: str | None) -> None:

@@ -32,7 +32,8 @@ def parse_label(impression: str, classes: Sequence[str]) -> str | None:
     """The one class an impression names, or ``None`` (none or several: unparseable).
 
     A class matches by its full name or its first word ("Alzheimer's" for "Alzheimer's
-    disease"); ``control`` also matches "healthy" and "no evidence of neurodegeneration".
+    disease"), as whole words (a plural "s" allowed: "controls", not "symptoms controlled");
+    ``control`` also matches "healthy" and "no evidence of neurodegeneration".
     """
     text = impression.lower().replace("’", "'")
     found = set()
@@ -41,7 +42,7 @@ def parse_label(impression: str, classes: Sequence[str]) -> str | None:
         words = (name, name.split()[0]) if len(name.split()[0]) >= 5 else (name,)
         if name == "control":
             words = CONTROL_WORDS
-        if any(re.search(rf"\b{re.escape(w)}", text) for w in words):
+        if any(re.search(rf"\b{re.escape(w)}s?\b", text) for w in words):
             found.add(label)
     return found.pop() if len(found) == 1 else None
 
