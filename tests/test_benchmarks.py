@@ -376,6 +376,9 @@ def test_the_plot_leaves_the_plotting_backend_alone_and_a_failed_save_keeps_the_
 
 
 def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, samples: Path, tmp_path: Path) -> None:
+    for bad in (0, -1):  # a slice would quietly drop items from the end
+        with pytest.raises(DataError, match=f"limit: expected None or at least 1 item per task, got {bad}"):
+            run_benchmarks(tiny_backbone, ["pubmedqa"], samples, limit=bad)
     run = run_benchmarks(tiny_backbone, ["pubmedqa", "ncbi-disease"], samples, limit=3, batch_size=4)
     path = run.save(tmp_path / "run.json")
     again = BenchmarkRun.load(path)

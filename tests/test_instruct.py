@@ -67,6 +67,8 @@ def test_loss_masks_exactly_the_prompt(tiny_backbone) -> None:
     assert item["labels"] == [-100] * len(prompt) + response + [tiny_backbone.tokenizer.eos_token_id]
     short = tokenize_record(tiny_backbone, RECORD, max_length=len(prompt))
     assert len(short["input_ids"]) <= len(prompt) and short["labels"][-1] == tiny_backbone.tokenizer.eos_token_id
+    with pytest.raises(DataError, match="max_length: expected at least 2 tokens"):
+        tokenize_record(tiny_backbone, RECORD, max_length=1)  # nothing left to score: a NaN loss
 
 
 def test_training_batches_group_records_of_similar_length_in_a_seeded_order(tiny_backbone) -> None:

@@ -183,11 +183,14 @@ def run_benchmarks(
     Raises
     ------
     DataError, MissingFileError
-        For an unknown task, missing or ambiguous data files, an adapter folder without
-        ``adapter_model.safetensors``, or as the readers and :func:`evaluate_task` raise.
+        For an unknown task, a ``limit`` under 1, missing or ambiguous data files, an adapter
+        folder without ``adapter_model.safetensors``, or as the readers and
+        :func:`evaluate_task` raise.
     """
     from neuroomics_bridge import __version__
 
+    if limit is not None and limit < 1:  # a slice would drop items from the end instead
+        raise DataError(f"limit: expected None or at least 1 item per task, got {limit}")
     chosen = [get_task(name) for name in tasks]  # unknown names fail before any work
     located = {task.name: task_files(data_dir, task) for task in chosen}
     files: dict[str, Any] = {}

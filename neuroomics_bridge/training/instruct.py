@@ -50,7 +50,14 @@ def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_lengt
     -------
     dict
         ``input_ids`` and ``labels``, equally long, at most ``max_length``.
+
+    Raises
+    ------
+    DataError
+        For ``max_length < 2`` (no room for a prompt token and a scored one).
     """
+    if max_length < 2:
+        raise DataError(f"max_length: expected at least 2 tokens (a prompt token and a scored one), got {max_length}")
     prompt = backbone.tokenize([backbone.chat(user_turn(record))])[0]  # as generate() tokenizes prompts
     response = [*backbone.tokenize([record.output], special_tokens=False)[0], backbone.tokenizer.eos_token_id]
     response = response[: max_length // 2] if len(prompt) + len(response) > max_length else response
