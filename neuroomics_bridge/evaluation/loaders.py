@@ -181,7 +181,7 @@ def _item_id(record: Mapping[str, Any], where: str, path: str | os.PathLike[str]
     for key in keys or ("id",):
         if record.get(key) is not None:
             return str(record[key])
-    return where.replace(str(path), Path(path).name, 1)
+    return where.replace(str(Path(path)), Path(path).name, 1)
 
 
 def read_pubmedqa(path: str | os.PathLike[str]) -> list[Example]:
