@@ -103,3 +103,27 @@ def test_placeholders_are_typed_and_counted() -> None:
     assert scrub_phi(note, types=["EMAIL"]).text.count("[") == 1
     with pytest.raises(ValueError, match="unknown PHI types"):
         scrub_phi(note, types=["SHOE_SIZE"])
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("Seen on March 3 for review.", "Seen on [DATE] for review."),
+        ("Seen 3 March.", "Seen [DATE]."),
+        ("DOB: 03/15", "DOB: [DATE]"),
+        ("DOB 2021/03/15.", "DOB [DATE]."),
+        ("15.03.2021 visit", "[DATE] visit"),
+        ("A 95 y.o. man", "A [AGE>89] y.o. man"),
+    ],
+)
+def test_month_day_dates_and_other_common_forms_are_scrubbed(text: str, scrubbed: str) -> None:
+    assert scrub_phi(text).text == scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Stain at 1/1000 dilution.", "Titrated 5-10-20 mg.", "titration 1.5.10", "BP 120/80, HR 72.",
+     "Patients may 2 weeks later report relief.", "Grade 2/4 murmur."],
+)  # fmt: skip
+def test_doses_ratios_and_the_verb_may_are_not_dates(text: str) -> None:
+    assert scrub_phi(text).text == text

@@ -29,6 +29,7 @@ _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
 )
+_DAY_OR_MONTH = r"(?:0?[1-9]|[12]\d|3[01])"  # either part of a numeric date (day-month or month-day order)
 _TITLE = r"(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Prof|Professor|Nurse)\.?"
 _NAME = r"[A-Z][a-zA-Z'\-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-zA-Z'\-]+){0,2}"
 _STREET = (
@@ -64,10 +65,15 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "DATE",
         re.compile(
             rf"(?i)\b(?:\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}}|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
-            rf"|{_MONTH}\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}[/.-]\d{{1,2}}[/.-]\d{{2,4}}|\d{{1,2}}/\d{{4}})\b"
+            rf"|{_MONTH}\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|(?:19|20)\d{{2}}[/.]\d{{1,2}}[/.]\d{{1,2}}"
+            rf"|{_DAY_OR_MONTH}(?P<sep>[/-]){_DAY_OR_MONTH}(?P=sep)(?:\d{{4}}|\d{{2}})"
+            rf"|{_DAY_OR_MONTH}\.(?:0?[1-9]|1[0-2])\.(?:19|20)\d{{2}}|(?:0?[1-9]|1[0-2])/(?:19|20)\d{{2}}"
+            rf"|(?-i:{_MONTH})\s+\d{{1,2}}(?:st|nd|rd|th)?(?!\d)|\d{{1,2}}(?:st|nd|rd|th)?\s+(?-i:{_MONTH}))\b"
+            r"(?!\s*(?:mg|mcg|µg|g|ml|units?|iu|mmol|%|dilution)\b)"  # a dose titration (5-10-20 mg), not a date
         ),
     ),
-    ("AGE>89", re.compile(r"\b(?P<phi>9\d|1[0-2]\d)(?=[\s-]*(?:years?\b|yrs?\b|y/?o\b))")),
+    ("DATE", re.compile(r"(?i:\b(?:dob|date of birth|born(?: on)?)\s*:?\s*)(?P<phi>\d{1,2}[/.-]\d{1,2})(?![/.-]?\d)")),
+    ("AGE>89", re.compile(r"\b(?P<phi>9\d|1[0-2]\d)(?=[\s-]*(?:years?\b|yrs?\b|y\.?/?o\b))")),
     ("AGE>89", re.compile(r"(?i:\bage[d:]?\s+)(?P<phi>9\d|1[0-2]\d)\b")),
     (
         "ADDRESS",
