@@ -70,8 +70,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from neuroomics_bridge.errors import ConfigError
     from neuroomics_bridge.inference import build_index, search_index
 
+    flag, folder, verb = ("--out", args.out, "write") if args.action == "build" else ("--index", args.index, "search")
+    if not folder:
+        raise ConfigError(f"nob index {args.action} needs {flag} (the index folder to {verb})")
     if args.action == "build":
         index = build_index(args.vectors, args.modality, args.out, bridge_dir=args.bridge, factory=args.factory)
         print(f"indexed {len(index)} subjects ({args.modality}, {args.factory}) in {args.out}")

@@ -62,6 +62,12 @@ def test_a_missing_data_folder_fails_before_torch_is_imported(command: str, tmp_
     assert f"{tmp_path / 'missing'}: no such cohort folder" in result.stderr
 
 
+@pytest.mark.parametrize(("action", "flag"), [("build", "--out"), ("search", "--index")])
+def test_index_without_its_folder_exits_2_naming_the_flag(action: str, flag: str, capsys, tmp_path: Path) -> None:
+    assert main(["index", action, "--vectors", str(tmp_path / "v.parquet"), "--modality", "gene"]) == 2
+    assert f"nob index {action} needs {flag}" in capsys.readouterr().err
+
+
 def test_demo_passes_its_options_to_run_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from neuroomics_bridge import demo
 
