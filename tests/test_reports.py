@@ -97,6 +97,20 @@ def tiny_bridge_and_data(make_bridge):
     return bridge, ReferenceSet.build(bridge, reference), inputs
 
 
+def test_bad_report_inputs_are_data_errors_that_say_what_was_expected(tiny_bridge_and_data) -> None:
+    from neuroomics_bridge import DataError
+
+    bridge, _, inputs = tiny_bridge_and_data
+    with pytest.raises(DataError, match=r"gene: expected shape \(n, d\), one row per subject, got \(4,\)"):
+        bridge.evidence({"gene": inputs["gene"][0]})
+    with pytest.raises(DataError, match=r"expected 3 values per column, got \{'age': 3, 'sex': 1\}"):
+        bridge.evidence(inputs, covariates={"age": [60, 70, 80], "sex": ["F"]})
+    with pytest.raises(DataError, match=r"unknown modality 'rna'; this bridge has \['gene', 'brain'\]"):
+        bridge.zero_shot("rna", inputs["gene"], ["AD", "PD"])
+    with pytest.raises(DataError, match=r"zero_shot\('brain'\): expected at least one class text"):
+        bridge.zero_shot("brain", inputs["brain"], [])
+
+
 def test_generated_reports_have_sections_evidence_provenance_and_notice(tiny_bridge_and_data) -> None:
     bridge, reference, inputs = tiny_bridge_and_data
     reports = bridge.generate_report(

@@ -280,6 +280,10 @@ def _rows(inputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> int:
     unknown = sorted(set(inputs) - set(modalities))
     if unknown:
         raise DataError(f"generate_report: unknown modalities {unknown}; the bridge has {list(modalities)}")
+    for modality, x in inputs.items():
+        shape = np.shape(x)
+        if len(shape) != 2:
+            raise DataError(f"generate_report: {modality}: expected shape (n, d), one row per subject, got {shape}")
     sizes = {len(x) for x in inputs.values()}
     if len(sizes) != 1:
         raise DataError(f"generate_report: every modality needs the same number of rows, got {sorted(sizes)}")
@@ -322,7 +326,15 @@ def _covariate_rows(covariates: Covariates | None, columns: Sequence[str], n: in
     """The ``columns`` of each row that has a value, as text."""
     if covariates is None:
         return [{} for _ in range(n)]
-    table = covariates if isinstance(covariates, pd.DataFrame) else pd.DataFrame(dict(covariates))
+    if isinstance(covariates, pd.DataFrame):
+        table = covariates
+    else:
+        lengths = {
+            column: np.shape(values)[0] if np.ndim(values) == 1 else None for column, values in covariates.items()
+        }
+        if set(lengths.values()) - {n}:
+            raise DataError(f"generate_report covariates: expected {n} values per column, got {lengths}")
+        table = pd.DataFrame(dict(covariates))
     if len(table) != n:
         raise DataError(f"generate_report covariates: expected {n} rows (one per subject), got {len(table)}")
     kept = [c for c in columns if c in table.columns]

@@ -206,7 +206,10 @@ class Bridge(ReportGenerationMixin):
         numpy.ndarray or anndata.AnnData or None
             The probabilities for an array; for an AnnData, ``None`` (written in place) or the copy.
         """
+        self._check_modality(modality)
         names, wordings = class_wordings(class_texts)
+        if not names:
+            raise DataError(f"zero_shot({modality!r}): expected at least one class text, got none")
         if is_anndata(X):
             rep = rep_keys(X, [modality], use_rep)[modality]
             return write_zero_shot(
@@ -398,9 +401,12 @@ class Bridge(ReportGenerationMixin):
         per_report = token_nll.new_zeros(len(targets)).index_add(0, rows, token_nll * weight)
         return per_report, weight.new_zeros(len(targets)).index_add(0, rows, weight)
 
-    def _checked(self, modality: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _check_modality(self, modality: str) -> None:
         if modality not in self.modality_dims:
             raise DataError(f"unknown modality {modality!r}; this bridge has {self.modalities}")
+
+    def _checked(self, modality: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
+        self._check_modality(modality)
         x = torch.as_tensor(
             np.asarray(X, dtype=np.float32) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32
         )
