@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -71,6 +72,16 @@ def test_mixture_scrubs_phi_in_the_named_sources_and_counts_it() -> None:
         drawn[name] = " ".join(ids)
     assert drawn["clinical"] == "Seen by Dr. [NAME] on [DATE]." and "03/04/2021" in drawn["general"]
     assert corpus.stats.phi["clinical"]["NAME"] >= 1 and not corpus.stats.phi["general"]
+
+
+def test_blank_documents_of_an_in_memory_source_are_skipped_as_in_files() -> None:
+    corpus = MixtureCorpus({"a": ["", "  ", "hello world"], "b": ["x y z"]}, {"a": 1, "b": 1}, seed=0)
+    drawn = list(itertools.islice(corpus.token_stream(str.split), 20))
+    assert {name for name, _ in drawn} == {"a", "b"} and all(tokens for _, tokens in drawn)
+    with pytest.raises(DataError, match="source 'a' has no documents"):
+        list(
+            itertools.islice(MixtureCorpus({"a": ["", "\n"], "b": ["x"]}, {"a": 1, "b": 1}).token_stream(str.split), 50)
+        )
 
 
 def test_mixture_rejects_weights_that_do_not_match_the_sources() -> None:

@@ -163,6 +163,8 @@ class MixtureCorpus:
             )
             empty = True
             for text in documents:
+                if not text.strip():  # as read_documents skips blank lines: no tokens to draw from
+                    continue
                 empty = False
                 yield text
             if empty:
@@ -192,7 +194,7 @@ class MixtureCorpus:
             mean_length = np.array(
                 [self.stats.tokens[n] / self.stats.documents[n] if self.stats.documents[n] else 1.0 for n in self.names]
             )
-            p = np.array([self.weights[n] for n in self.names]) / mean_length
+            p = np.array([self.weights[n] for n in self.names]) / np.maximum(mean_length, 1.0)
             name = self.names[rng.choice(len(self.names), p=p / p.sum())]
             text = next(streams[name])
             if name in self.scrub:
