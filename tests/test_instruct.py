@@ -44,12 +44,24 @@ def test_synthetic_records_cover_every_task_and_read_back(tmp_path) -> None:
     assert "Answer with entailment, neutral or contradiction." in user_turn(next(r for r in records if r.task == "nli"))
 
 
+def test_a_null_input_is_no_input_not_the_text_none(tmp_path) -> None:
+    (tmp_path / "records.jsonl").write_text(
+        json.dumps({"task": "qa", "instruction": "Q?", "input": None, "output": "A"})
+    )
+    (record,) = read_instructions(tmp_path / "records.jsonl")
+    assert record.input == ""
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
         ("{not json", r"records.jsonl:2: not valid JSON"),
         (json.dumps({"task": "qa", "instruction": "x"}), r"records.jsonl:2: .*missing or not text: \['output'\]"),
         (json.dumps({"task": "poetry", "instruction": "x", "output": "y"}), r"records.jsonl:2: unknown task 'poetry'"),
+        (
+            json.dumps({"task": "qa", "instruction": "x", "input": 3, "output": "y"}),
+            r"missing or not text: \['input'\]",
+        ),
     ],
 )
 def test_bad_records_name_the_file_line_and_field(tmp_path, line: str, message: str) -> None:

@@ -73,12 +73,12 @@ def read_instructions(path: str | os.PathLike[str]) -> list[InstructionRecord]:
         raise MissingFileError(f"{file}: instruction file does not exist")
     records = []
     for number, raw in read_jsonl(file):
-        missing = [k for k in FIELDS if k != "input" and not isinstance(raw.get(k), str)]
-        if missing:
+        missing = [k for k in FIELDS if not isinstance(raw.get(k), str) and (k != "input" or raw.get(k) is not None)]
+        if missing:  # "input" may be absent or null (no input), else text like the rest
             raise DataError(f"{file}:{number}: expected string fields {list(FIELDS)}; missing or not text: {missing}")
         if raw["task"] not in TASK_TEMPLATES:
             raise DataError(f"{file}:{number}: unknown task {raw['task']!r}; expected one of {sorted(TASK_TEMPLATES)}")
-        records.append(InstructionRecord(raw["task"], raw["instruction"], str(raw.get("input", "")), raw["output"]))
+        records.append(InstructionRecord(raw["task"], raw["instruction"], raw.get("input") or "", raw["output"]))
     if not records:
         raise DataError(f"{file}: no instruction records")
     return records
