@@ -68,13 +68,15 @@ def write_reports(
     Raises
     ------
     DataError
-        For another output suffix.
+        For another output suffix or a ``batch_size`` under 1.
     """
     from neuroomics_bridge.data.cohort import Cohort
 
     target = Path(out)
     if target.suffix not in FORMATS:
         raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise DataError(f"batch_size: expected at least 1 subject per batch, got {batch_size}")
     cohort = Cohort.from_files(data_dir)  # a bad folder fails before torch and the bridge are loaded
 
     from neuroomics_bridge.bridge.bundle import BridgeBundle

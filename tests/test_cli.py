@@ -68,6 +68,15 @@ def test_index_without_its_folder_exits_2_naming_the_flag(action: str, flag: str
     assert f"nob index {action} needs {flag}" in capsys.readouterr().err
 
 
+def test_reports_in_batches_of_none_are_refused_before_any_work(tmp_path: Path) -> None:
+    from neuroomics_bridge import DataError
+    from neuroomics_bridge.inference import write_reports
+
+    with pytest.raises(DataError, match="batch_size: expected at least 1 subject per batch, got 0"):
+        write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.jsonl", batch_size=0)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_demo_passes_its_options_to_run_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from neuroomics_bridge import demo
 
