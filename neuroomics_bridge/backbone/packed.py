@@ -139,8 +139,8 @@ class PackedLinear(nn.Linear):
         return self._packed_forward(x)
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._siblings is not None and self in self._siblings.layers:  # a shallow copy is not one of them
-            return self._siblings.forward(self, x)
+        if self._siblings is not None and (out := self._siblings.forward(self, x)) is not None:
+            return out
         return _multiply(x, self.packed_weight(), self.bias)
 
     def __getstate__(self) -> dict:
@@ -209,10 +209,15 @@ class _Siblings:
         parameters = [(p.data_ptr(), p._version) for d in self._parameter_dicts for p in d.values() if p is not None]
         return parameters, None if x.is_inference() else x._version
 
-    def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, layer: PackedLinear, x: torch.Tensor) -> torch.Tensor | None:
+        """``layer``'s output, from the stack; ``None`` for a layer that is not one of it (a
+        shallow ``copy.copy`` of a member shares this stack but computes on its own)."""
         if x.numel() > STACKED_ROWS_MAX * x.shape[-1]:  # (row_dtype layers never send more than COPY_ROWS_MAX)
             return F.linear(x, layer.weight, layer.bias)
-        index = self.layers.index(layer)
+        try:
+            index = self.layers.index(layer)
+        except ValueError:
+            return None
         state = self._state(x)
         if self._input is x and self._waiting_for == state and index in self._waiting:
             out = self._waiting.pop(index)
