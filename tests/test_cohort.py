@@ -142,11 +142,11 @@ def test_a_malformed_folder_names_its_file_and_what_it_found(tmp_path) -> None:
     folder = tmp_path / "c"
     folder.mkdir()
     (folder / "reports.csv").write_text("subject_id,report\ns1,x\ns1,y\n")
-    with pytest.raises(DataError, match=r"reports\.csv: each subject_id must appear once; repeated: \['s1'\]"):
+    with pytest.raises(DataError, match=r"reports\.csv: duplicated id\(s\) \['s1'\]"):
         Cohort.from_files(folder)
     (folder / "reports.csv").write_text("subject_id,report\ns1,x\ns2,y\n")
     (folder / "covariates.csv").write_text("subject_id,age\ns1,50\ns2,60\ns2,61\n")
-    with pytest.raises(DataError, match=r"covariates\.csv: each subject_id must appear once; repeated: \['s2'\]"):
+    with pytest.raises(DataError, match=r"covariates\.csv: duplicated id\(s\) \['s2'\]"):
         Cohort.from_files(folder)
     (folder / "covariates.csv").unlink()
     cells = ad.AnnData(np.ones((2, 3), np.float32), obs=pd.DataFrame({"donor": ["s1", "s2"]}, index=["c1", "c2"]))

@@ -87,9 +87,7 @@ class Cohort:
     def __post_init__(self) -> None:
         self.subject_ids = [str(s) for s in self.subject_ids]
         n = len(self.subject_ids)
-        if len(set(self.subject_ids)) != n:
-            duplicated = pd.Index(self.subject_ids)[pd.Index(self.subject_ids).duplicated()].unique()
-            raise DataError(f"Cohort.subject_ids: duplicated id(s) {list(duplicated[:10])}")
+        _check_unique(self.subject_ids, "Cohort.subject_ids")
         for name, values in (("reports", self.reports), ("labels", self.labels), ("brains", self.brains)):
             if values is not None and len(values) != n:
                 raise DataError(f"Cohort.{name}: expected {n} entries (one per subject), got {len(values)}")
@@ -391,13 +389,11 @@ class Cohort:
         )
 
 
-def _check_unique(subject_ids: list[str], file: Path) -> None:
-    """:class:`DataError` naming ``file`` and the ids it lists more than once."""
+def _check_unique(subject_ids: list[str], where: str | Path) -> None:
+    """:class:`DataError` naming ``where`` (a file, a field) and the ids it lists more than once."""
     index = pd.Index(subject_ids)
     if index.has_duplicates:
-        raise DataError(
-            f"{file}: each subject_id must appear once; repeated: {list(index[index.duplicated()].unique()[:10])}"
-        )
+        raise DataError(f"{where}: duplicated id(s) {list(index[index.duplicated()].unique()[:10])}")
 
 
 def _hash_unit(seed: int, subject: str) -> float:
