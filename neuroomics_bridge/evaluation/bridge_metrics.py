@@ -65,9 +65,9 @@ def evaluate_bridge(
     subject's prefix vs a shuffled subject's (the grounding control). A modality no subject of
     ``cohort`` has is left out of the figures.
 
-    ``classes`` are the labels zero-shot chooses among: pass the whole cohort's when ``cohort``
-    is a held-out fold, since a class too rare to reach the fold is still a wrong answer the
-    bridge may give (default: the labels ``cohort`` holds).
+    ``classes``: labels whose distinct values zero-shot chooses among. Pass the whole cohort's
+    when ``cohort`` is a held-out fold, since a class too rare to reach the fold is still a wrong
+    answer the bridge may give (default: the labels ``cohort`` holds).
     """
     if stage == "prefix":
         matched, shuffled = report_perplexity(bridge, cohort), report_perplexity(bridge, cohort, shuffle=True)
@@ -78,7 +78,7 @@ def evaluate_bridge(
         }
     metrics: dict[str, float] = {}
     if cohort.labels is not None:
-        choices = class_mapping(class_prompt, cohort.labels if classes is None else list(classes))
+        choices = class_mapping(class_prompt, cohort.labels if classes is None else classes)
         names = list(choices)
         for modality in bridge.modalities:
             rows = cohort.present(modality)

@@ -192,13 +192,12 @@ class AlignmentModule(LightningModule):
         from neuroomics_bridge.evaluation.bridge_metrics import evaluate_bridge
 
         split = datamodule.split
-        labels = datamodule.cohort.labels
         self.metrics = evaluate_bridge(
             self.bridge,
             split.test,
             stage=self.stage,
             class_prompt=self.class_prompt,
-            classes=sorted(set(labels)) if labels is not None else None,  # a class the test fold lacks included
+            classes=datamodule.cohort.labels,  # the whole cohort's: a class the test fold lacks included
         )
         card = self.bridge.card_info
         card.setdefault("metrics", {}).update(self.metrics)
