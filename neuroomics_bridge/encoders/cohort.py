@@ -173,8 +173,7 @@ class CohortEncoder:
                 encoders[modality] = classes[entry["class"]].load(folder / entry["file"])
             if "residualizer" in entry:
                 residualizers[modality] = Residualizer.load(folder / entry["residualizer"])
-        residualize = manifest["residualize"]
-        loaded = cls(encoders, residualize=residualize)
+        loaded = cls(encoders, residualize=manifest["residualize"])
         loaded.residualizers_ = residualizers
         return loaded
 
