@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
@@ -290,7 +290,9 @@ class ReferenceSet:
         labels = list(cohort.labels) if cohort.labels is not None else [None] * cohort.n_subjects
         return cls(list(cohort.subject_ids), list(cohort.reports), labels, indexes)
 
-    def neighbours(self, embeddings: Mapping[str, np.ndarray], k: int) -> list[Neighbour]:
+    def neighbours(
+        self, embeddings: Mapping[str, np.ndarray], k: int, *, exclude: Collection[str] = ()
+    ) -> list[Neighbour]:
         """The ``k`` reference subjects most similar over the given modalities' unit vectors.
 
         Parameters
@@ -300,18 +302,23 @@ class ReferenceSet:
             are skipped.
         k
             How many neighbours to return.
+        exclude
+            Reference subject ids never returned: the query subject's own id when it is in the
+            reference set too (its own report would otherwise be its nearest "similar subject").
 
         Returns
         -------
         list of Neighbour
             Ranked by the mean similarity over the modalities in which each was found.
         """
+        excluded = set(exclude)
         scores: dict[str, list[float]] = {}
         for modality, vector in embeddings.items():
             if modality in self.indexes:
-                found = self.indexes[modality].search(vector[None], k=max(k * 3, k))
+                found = self.indexes[modality].search(vector[None], k=k * 3 + len(excluded))
                 for subject, score in zip(found.ids[0], found.scores[0], strict=False):
-                    scores.setdefault(subject, []).append(float(score))
+                    if subject not in excluded:
+                        scores.setdefault(subject, []).append(float(score))
         ranked = sorted(scores, key=lambda s: -float(np.mean(scores[s])))[:k]
         row = {s: i for i, s in enumerate(self.subject_ids)}
         return [Neighbour(s, float(np.mean(scores[s])), self.labels[row[s]], self.reports[row[s]]) for s in ranked]

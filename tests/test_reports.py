@@ -139,3 +139,30 @@ def test_reference_set_round_trips(tiny_bridge_and_data, tmp_path) -> None:
     restored = ReferenceSet.load(tmp_path / "refs")
     query = {"brain": bridge.embed("brain", inputs["brain"][:1])[0]}
     assert restored.neighbours(query, 2) == reference.neighbours(query, 2)
+
+
+def test_a_subject_in_the_reference_set_is_never_its_own_neighbour(tiny_bridge_and_data) -> None:
+    from neuroomics_bridge import DataError
+    from neuroomics_bridge.data.cohort import Cohort
+
+    bridge, _, inputs = tiny_bridge_and_data
+    ids = ["a", "b", "c"]
+    # The reference set holds the very subjects reported, each with a report naming it.
+    own = Cohort(
+        subject_ids=ids,
+        features={m: np.nan_to_num(x) for m, x in inputs.items()},
+        reports=[f"Report of {s}." for s in ids],
+        labels=["control"] * 3,
+    )
+    reference = ReferenceSet.build(bridge, own)
+    query = {"brain": bridge.embed("brain", inputs["brain"][:1])[0]}
+    assert reference.neighbours(query, 1)[0].subject_id == "a"  # its own vector is the nearest
+    assert sorted(n.subject_id for n in reference.neighbours(query, 3, exclude=["a"])) == ["b", "c"]
+    evidence = bridge.evidence(inputs, reference=reference, neighbours=3, subject_ids=ids)
+    for subject, ev in zip(ids, evidence, strict=True):
+        assert sorted(n.subject_id for n in ev.neighbours) == sorted(set(ids) - {subject})
+    reports = bridge.generate_report(inputs, subject_ids=ids, reference=reference, layout="retrieval", max_new_tokens=4)
+    for subject, report in zip(ids, reports, strict=True):
+        assert subject not in {n.subject_id for n in report.evidence.neighbours}
+    with pytest.raises(DataError, match="subject_ids: expected 3 ids, one per row of the inputs, got 2"):
+        bridge.evidence(inputs, reference=reference, subject_ids=ids[:2])

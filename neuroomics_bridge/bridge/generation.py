@@ -65,6 +65,7 @@ class ReportGenerationMixin:
         classes: Sequence[str] = (),
         class_prompt: ClassPrompt = CLASS_PROMPT,
         neighbours: int = 3,
+        subject_ids: Sequence[str] | None = None,
     ) -> list[Evidence]:
         """What is known about each subject of a batch, as its report's prompt may state it.
 
@@ -80,6 +81,11 @@ class ReportGenerationMixin:
         classes, class_prompt
             Classes for the zero-shot probabilities (mean over the subject's modalities), one
             text each: ``class_prompt`` formatted with the class, or a mapping class -> text.
+        neighbours
+            How many similar reference subjects each row gets.
+        subject_ids
+            The rows' subject ids: a subject that is in ``reference`` too is never its own
+            neighbour (its own report would be quoted as a similar subject's).
 
         Returns
         -------
@@ -87,6 +93,8 @@ class ReportGenerationMixin:
             One per row.
         """
         n = _rows(inputs, self.modalities)
+        if subject_ids is not None and len(subject_ids) != n:
+            raise DataError(f"subject_ids: expected {n} ids, one per row of the inputs, got {len(subject_ids)}")
         present = {m: _present(inputs, m, n) for m in self.modalities}
         probabilities = _probabilities(self, inputs, present, classes, class_prompt, n)
         known = _covariate_rows(covariates, self.config.report_covariates, n)
@@ -95,7 +103,8 @@ class ReportGenerationMixin:
             embedded = {m: self.embed(m, np.asarray(inputs[m])) for m in self.modalities if present[m].any()}
             for row in range(n):
                 query = {m: e[row] for m, e in embedded.items() if present[m][row]}
-                found[row] = reference.neighbours(query, neighbours) if query else []
+                own = () if subject_ids is None else (str(subject_ids[row]),)
+                found[row] = reference.neighbours(query, neighbours, exclude=own) if query else []
         return [
             Evidence(
                 present=[m for m in self.modalities if present[m][row]],
@@ -136,7 +145,8 @@ class ReportGenerationMixin:
         prompt
             The instruction line (default ``config.report_prompt``, what the prefix stage used).
         subject_ids
-            Names for the reports (default: an AnnData's ``obs_names``, else ``subject-<i>``).
+            Names for the reports (default: an AnnData's ``obs_names``, else ``subject-<i>``); a
+            subject that is also in ``reference`` is never its own neighbour.
         use_rep, key_added
             AnnData only: modality -> obsm key (default ``obsm[m]`` or ``obsm["X_" + m]``; a
             one-modality bridge falls back to ``X``); with ``key_added``, ``obs[key]`` gets the
@@ -206,6 +216,7 @@ class ReportGenerationMixin:
                 classes=classes,
                 class_prompt=class_prompt,
                 neighbours=max(neighbours, chosen.neighbours),
+                subject_ids=subject_ids,
             )
             n = len(evidence)
             absent = {m: np.full((n, d), np.nan, dtype=np.float32) for m, d in self.modality_dims.items()}
