@@ -24,7 +24,11 @@ def test_split_is_disjoint_complete_stratified_and_stable(small_cohort) -> None:
     folds = [set(split.train.subject_ids), set(split.val.subject_ids), set(split.test.subject_ids)]
     assert not (folds[0] & folds[1]) and not (folds[0] & folds[2]) and not (folds[1] & folds[2])
     assert set().union(*folds) == set(small_cohort.subject_ids)
-    assert set(split.train.labels) == set(small_cohort.labels)
+    # Stratified: each label is cut 70/15/15 on its own (rounded), not the cohort as a whole.
+    for label in set(small_cohort.labels):
+        n = small_cohort.labels.count(label)
+        counts = [fold.labels.count(label) for fold in (split.train, split.val, split.test)]
+        assert counts == [round(0.7 * n), round(0.85 * n) - round(0.7 * n), n - round(0.85 * n)], label
     again = small_cohort.split(seed=7)
     assert again.test.subject_ids == split.test.subject_ids
     assert small_cohort.split(seed=8).test.subject_ids != split.test.subject_ids
@@ -61,6 +65,16 @@ def test_encoding_fits_on_the_training_fold_and_masks_absent_modalities(small_co
         assert np.isnan(encoded.features[modality][~encoded.present(modality)]).all()
     assert (~encoded.present("gene")).any() and (~encoded.present("brain")).any()
     assert (encoded.present("gene") | encoded.present("brain")).all()
+    # Residualised on the training fold's subjects: there, and only there, every feature is
+    # uncorrelated with age (least-squares residuals are orthogonal to their regressors).
+    in_train = np.isin(small_cohort.subject_ids, split.train.subject_ids)
+    age = small_cohort.covariates["age"].to_numpy(float)
+    for modality in ("gene", "brain"):
+        present = encoded.present(modality)
+        for rows, fitted in ((present & in_train, True), (present, False)):
+            features, centred_age = encoded.features[modality][rows], age[rows] - age[rows].mean()
+            covariance = np.abs(centred_age @ (features - features.mean(axis=0))) / rows.sum()
+            assert (covariance.max() < 1e-4) == fitted, (modality, covariance.max())
 
 
 def test_folder_round_trip_reencodes_to_the_same_vectors(tmp_path, small_cohort) -> None:
