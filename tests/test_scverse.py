@@ -52,9 +52,11 @@ def test_zero_shot_writes_the_class_to_obs_and_probabilities_to_obsm(bridge, cel
     np.testing.assert_allclose(probabilities, bridge.zero_shot("brain", cells.obsm["X_brain"], list(CLASSES.values())))
     assert isinstance(cells.obs[key].dtype, pd.CategoricalDtype)
     assert list(cells.obs[key].cat.categories) == list(CLASSES)
+    absent = np.isnan(probabilities).all(axis=1)
+    assert absent.tolist() == [row == 2 for row in range(cells.n_obs)]  # row 2 has no brain vector
+    assert cells.obs[key].isna().tolist() == absent.tolist()  # and so no class
     expected = np.asarray(list(CLASSES), dtype=object)[np.nan_to_num(probabilities, nan=-1).argmax(axis=1)]
-    for row, name in enumerate(cells.obs[key]):
-        assert (pd.isna(name) and row == 2) or name == expected[row]
+    assert list(cells.obs[key][~absent]) == list(expected[~absent])
     assert cells.uns[key]["classes"] == list(CLASSES) and cells.uns[key]["class_texts"] == list(CLASSES.values())
     cells.write_h5ad(tmp_path / "cells.h5ad")  # the keys are h5ad-serialisable and read back
     back = ad.read_h5ad(tmp_path / "cells.h5ad")
