@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuroomics_bridge import Bridge
+from neuroomics_bridge import Bridge, DataError
 from neuroomics_bridge.bridge.generation import ABSTAIN
 from neuroomics_bridge.evaluation.calibration import (
     ece_floor,
@@ -134,6 +134,10 @@ def test_the_temperature_is_fitted_stored_used_and_saved(bridge, small_cohort, t
     raw = bridge.zero_shot("gene", cohort.features["gene"][rows], classes, calibrated=False)
     np.testing.assert_allclose(raw, before, rtol=1e-5)
     np.testing.assert_allclose(after, with_temperature(raw, fitted["gene"]), rtol=1e-4, atol=1e-6)
+    # the temperature that fits each present subject's own label, row for row
+    labels = [classes.index(label) for label, keep in zip(cohort.labels, rows, strict=True) if keep]
+    assert fitted["gene"] == pytest.approx(fit_temperature(raw, labels), rel=1e-4)
+    assert fitted["gene"] != pytest.approx(fit_temperature(raw, labels[::-1]), rel=1e-2)
     loaded = Bridge.from_pretrained(bridge.save_pretrained(tmp_path / "b"), backbone=tiny_backbone)
     assert float(loaded.adapters.temperature_gene) == pytest.approx(fitted["gene"])
     with torch.no_grad():
@@ -151,7 +155,7 @@ def test_reports_abstain_exactly_below_the_threshold(bridge) -> None:
     assert at.text == plain.text and at.label == plain.label
     assert ABSTAIN in above.impression and above.label is None
     assert above.text.split("Impression:")[0] == plain.text.split("Impression:")[0]  # findings kept
-    with pytest.raises(Exception, match="abstain_below needs classes"):
+    with pytest.raises(DataError, match="abstain_below needs classes"):
         bridge.generate_report({"gene": X}, abstain_below=0.5, max_new_tokens=2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from neuroomics_bridge import DataError
 from neuroomics_bridge.data.phi import PHI_TYPES, scrub_phi
 
 FIRST = ["John", "Maria", "Wei", "Aisha", "Olu", "Sven", "Priya", "Jean-Luc", "Siobhan", "Kenji"]
@@ -101,7 +102,7 @@ def test_placeholders_are_typed_and_counted() -> None:
     assert result.text == "Seen [DATE] by Dr. [NAME] ([EMAIL], [PHONE]). [ID]. A [AGE>89]-year-old man."
     assert result.counts == {"DATE": 1, "NAME": 1, "EMAIL": 1, "PHONE": 1, "ID": 1, "AGE>89": 1}
     assert scrub_phi(note, types=["EMAIL"]).text.count("[") == 1
-    with pytest.raises(ValueError, match="unknown PHI types"):
+    with pytest.raises(DataError, match="unknown PHI types"):
         scrub_phi(note, types=["SHOE_SIZE"])
 
 

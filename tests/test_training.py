@@ -100,7 +100,10 @@ def test_contrastive_stage_learns_saves_checkpoints_and_is_seeded(new_bridge, en
     fit_alignment(second, cohort, "contrastive", split=split, max_epochs=6, root_dir=tmp_path / "b")
     for key, value in adapter_state(first).items():
         torch.testing.assert_close(adapter_state(second)[key], value, rtol=0, atol=0)
-    assert float(first.adapters.gap_gene.abs().sum()) > 0  # calibrated on the training fold
+    for modality in ("gene", "brain"):  # the modality gap: the mean embedding of the training fold
+        rows = split.train.present(modality)
+        mean = first.embed(modality, split.train.features[modality][rows]).mean(axis=0)
+        np.testing.assert_allclose(getattr(first.adapters, f"gap_{modality}").numpy(), mean, atol=1e-5)
     saved = [b.save_pretrained(tmp_path / name) / "adapters.safetensors" for b, name in ((first, "x"), (second, "y"))]
     assert saved[0].read_bytes() == saved[1].read_bytes()  # byte-identical adapter files
 
