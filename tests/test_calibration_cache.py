@@ -5,7 +5,6 @@ inference default."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -16,38 +15,56 @@ from neuroomics_bridge.backbone.attention import ATTENTION_CANDIDATES, attention
 from neuroomics_bridge.backbone.calibration import calibrated_choice
 
 
-def counting_candidates(delays: dict[str, float]) -> tuple[dict, dict[str, int]]:
+class FakeClock:
+    """``time`` for the calibration module: a candidate's run advances it by the seconds it is
+    meant to take, so the timings, and so the choices, do not depend on how busy the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(calibration, "time", fake)
+    return fake
+
+
+def counting_candidates(clock: FakeClock, delays: dict[str, float]) -> tuple[dict, dict[str, int]]:
     calls = dict.fromkeys(delays, 0)
 
     def make(name: str):
         def run() -> None:
             calls[name] += 1
-            time.sleep(delays[name])
+            clock.now += delays[name]
 
         return run
 
     return {name: make(name) for name in delays}, calls
 
 
-def test_the_faster_candidate_is_timed_once_then_read_from_the_cache(tmp_path) -> None:
+def test_the_faster_candidate_is_timed_once_then_read_from_the_cache(clock, tmp_path) -> None:
     path = tmp_path / "kernels.json"
-    candidates, calls = counting_candidates({"slow": 0.02, "fast": 0.0})
+    candidates, calls = counting_candidates(clock, {"slow": 0.02, "fast": 0.0})
     assert calibrated_choice("task", candidates, context={"shape": "8x128"}, repeats=2, path=path) == "fast"
     assert calls == {"slow": 3, "fast": 3}  # one warm-up and two timed runs each
     assert calibrated_choice("task", candidates, context={"shape": "8x128"}, path=path) == "fast"
     assert calls == {"slow": 3, "fast": 3}  # the cache answered
     entry = next(iter(json.loads(path.read_text()).values()))
     assert entry["choice"] == "fast" and entry["key"]["cpu"] == calibration.cpu_model()
-    assert entry["seconds"]["slow"] > entry["seconds"]["fast"]
+    assert entry["seconds"] == pytest.approx({"slow": 0.02, "fast": 0.0})  # each one's best timed run
 
 
-def test_candidates_take_turns_so_a_slow_spell_slows_them_alike(tmp_path) -> None:
+def test_candidates_take_turns_so_a_slow_spell_slows_them_alike(clock, tmp_path) -> None:
     calls = []
 
     def make(name: str, seconds: float):
         def run() -> None:
             calls.append(name)
-            time.sleep(seconds + (0.05 if len(calls) <= 4 else 0.0))  # the machine is busy for four runs
+            clock.now += seconds + (0.05 if len(calls) <= 4 else 0.0)  # the machine is busy for four runs
 
         return run
 
@@ -56,25 +73,25 @@ def test_candidates_take_turns_so_a_slow_spell_slows_them_alike(tmp_path) -> Non
     assert calls == ["fast", "slow", "fast", "slow", "slow", "fast", "fast", "slow"]  # warm-ups, then rotated rounds
 
 
-def test_a_later_process_times_once_more_and_keeps_each_candidates_best_time(tmp_path, monkeypatch) -> None:
+def test_a_later_process_times_once_more_and_keeps_each_candidates_best_time(clock, tmp_path, monkeypatch) -> None:
     path = tmp_path / "kernels.json"
     delays = {"fast": 0.03, "slow": 0.01}  # the first process meets a slow spell on "fast"
-    candidates, calls = counting_candidates(delays)
+    candidates, calls = counting_candidates(clock, delays)
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "slow"
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "slow" and calls["fast"] == 2
     delays["fast"] = 0.0
     monkeypatch.setattr(calibration, "_timed_here", {})  # another process
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "fast" and calls["fast"] == 4
     entry = next(iter(json.loads(path.read_text()).values()))
-    assert entry["timings"] == calibration.CONFIRMING_TIMINGS and entry["seconds"]["fast"] < 0.01
+    assert entry["timings"] == calibration.CONFIRMING_TIMINGS and entry["seconds"] == pytest.approx({"fast": 0.0, "slow": 0.01})
     delays["fast"] = 0.05  # a slow spell in a third process changes nothing: it only reads
     monkeypatch.setattr(calibration, "_timed_here", {})
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "fast" and calls["fast"] == 4
 
 
-def test_another_machine_key_or_context_times_again(tmp_path, monkeypatch) -> None:
+def test_another_machine_key_or_context_times_again(clock, tmp_path, monkeypatch) -> None:
     path = tmp_path / "kernels.json"
-    candidates, calls = counting_candidates({"a": 0.0, "b": 0.0})
+    candidates, calls = counting_candidates(clock, {"a": 0.0, "b": 0.0})
     calibrated_choice("task", candidates, context={"shape": "8x128"}, repeats=1, path=path)
     calibrated_choice("task", candidates, context={"shape": "1x1"}, repeats=1, path=path)  # another workload
     assert calls == {"a": 4, "b": 4}
@@ -85,10 +102,10 @@ def test_another_machine_key_or_context_times_again(tmp_path, monkeypatch) -> No
     assert len(json.loads(path.read_text())) == 3  # the old entries are kept beside the new one
 
 
-def test_a_cpu_of_the_same_name_with_other_instructions_times_again(tmp_path, monkeypatch) -> None:
+def test_a_cpu_of_the_same_name_with_other_instructions_times_again(clock, tmp_path, monkeypatch) -> None:
     """VMs name an AVX2-only AMD EPYC and an AVX512-BF16 one alike; a shared home must not mix them."""
     path = tmp_path / "kernels.json"
-    candidates, calls = counting_candidates({"a": 0.0, "b": 0.0})
+    candidates, calls = counting_candidates(clock, {"a": 0.0, "b": 0.0})
     for isa in ("AVX2", "AVX512", "AVX2"):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
         monkeypatch.setattr(calibration, "_timed_here", {})  # each as a process of its own
@@ -97,38 +114,38 @@ def test_a_cpu_of_the_same_name_with_other_instructions_times_again(tmp_path, mo
     assert sorted(entry["key"]["isa"] for entry in json.loads(path.read_text()).values()) == ["AVX2", "AVX512"]
 
 
-def test_a_cached_choice_that_is_no_longer_a_candidate_is_timed_again(tmp_path) -> None:
+def test_a_cached_choice_that_is_no_longer_a_candidate_is_timed_again(clock, tmp_path) -> None:
     path = tmp_path / "kernels.json"
-    calibrated_choice("task", counting_candidates({"gone": 0.0})[0], repeats=1, path=path)
-    candidates, calls = counting_candidates({"new": 0.0})
+    calibrated_choice("task", counting_candidates(clock, {"gone": 0.0})[0], repeats=1, path=path)
+    candidates, calls = counting_candidates(clock, {"new": 0.0})
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "new" and calls["new"] == 2
 
 
-def test_an_unreadable_cache_warns_and_is_rewritten(tmp_path) -> None:
+def test_an_unreadable_cache_warns_and_is_rewritten(clock, tmp_path) -> None:
     path = tmp_path / "kernels.json"
     path.write_text("{not json")
     with pytest.warns(UserWarning, match="kernels.json: unreadable kernel calibration"):
-        assert calibrated_choice("task", counting_candidates({"x": 0.0})[0], repeats=1, path=path) == "x"
+        assert calibrated_choice("task", counting_candidates(clock, {"x": 0.0})[0], repeats=1, path=path) == "x"
     assert next(iter(json.loads(path.read_text()).values()))["choice"] == "x"
 
 
 @pytest.mark.parametrize(
     "content", ['{"abc": "garbage"}', '{"abc": {"choice": "x", "timings": "2"}}', "[1, 2]", '{"abc": {"seconds": 1}}']
 )
-def test_a_cache_entry_of_another_shape_is_timed_again_with_a_warning(tmp_path, content: str) -> None:
+def test_a_cache_entry_of_another_shape_is_timed_again_with_a_warning(clock, tmp_path, content: str) -> None:
     path = tmp_path / "kernels.json"
     path.write_text(content)
-    candidates, calls = counting_candidates({"x": 0.0})
+    candidates, calls = counting_candidates(clock, {"x": 0.0})
     with pytest.warns(UserWarning, match="kernels.json: .*(malformed|expected a JSON object)"):
         assert calibrated_choice("task", candidates, repeats=1, path=path) == "x"
     assert calls == {"x": 2}
     assert any(entry.get("choice") == "x" for entry in json.loads(path.read_text()).values())
 
 
-def test_a_cache_folder_that_cannot_be_written_still_gives_the_choice_timed_once(tmp_path) -> None:
+def test_a_cache_folder_that_cannot_be_written_still_gives_the_choice_timed_once(clock, tmp_path) -> None:
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")
-    candidates, calls = counting_candidates({"slow": 0.02, "fast": 0.0})
+    candidates, calls = counting_candidates(clock, {"slow": 0.02, "fast": 0.0})
     with pytest.warns(UserWarning, match="kernel calibration not cached"):
         assert calibrated_choice("task", candidates, repeats=1, path=blocked / "kernels.json") == "fast"
     assert calibrated_choice("task", candidates, repeats=1, path=blocked / "kernels.json") == "fast"
