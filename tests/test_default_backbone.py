@@ -39,12 +39,20 @@ def test_prefix_changes_output_and_empty_prefix_does_not(default_backbone: TextB
     assert default_backbone.generate(prompts, prefix_embeds=prefix, max_new_tokens=12) != plain
 
 
-def test_prompt_lookup_keeps_greedy_output(default_backbone: TextBackbone) -> None:
+def test_prompt_lookup_keeps_greedy_output(default_backbone: TextBackbone, monkeypatch) -> None:
     note = "MRI: bilateral hippocampal atrophy, no infarcts, mild periventricular white matter change."
     prompt = default_backbone.chat(f"Repeat this report exactly: {note}")
-    assert default_backbone.generate(prompt, max_new_tokens=24, prompt_lookup=8) == default_backbone.generate(
-        prompt, max_new_tokens=24
-    )
+    calls = []
+    real_generate = default_backbone._generate
+
+    def spy(**kwargs):
+        calls.append(kwargs.get("prompt_lookup_num_tokens"))
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(default_backbone, "_generate", spy)
+    looked_up = default_backbone.generate(prompt, max_new_tokens=24, prompt_lookup=8)
+    assert looked_up == default_backbone.generate(prompt, max_new_tokens=24)
+    assert calls == [8, None]  # the first call decoded with prompt lookup, the second without
 
 
 def test_gguf_is_converted_once_and_reloads_identical_logits(monkeypatch, tmp_path) -> None:
