@@ -165,6 +165,22 @@ def test_saved_adapters_of_other_shapes_are_refused_by_file_and_key(bridge, tmp_
     (folder / "bundle.json").write_text(json.dumps({"format": "neuroomics-bridge/bundle-v1"}))
     with pytest.raises(CorruptFileError, match=r"bundle\.json: expected 'parts', a list of folder names; got None"):
         BridgeBundle.load(folder, backbone=bridge.backbone)
+    renamed = {("extra." + k if k == key else k): v for k, v in weights.items()}
+    save_file(renamed, folder / "adapters.safetensors")
+    with pytest.raises(CorruptFileError, match=rf"adapter weights do not match the config \(missing \['{re.escape(key)}'\]"):
+        Bridge.from_pretrained(folder, backbone=bridge.backbone)
+
+
+def test_a_bundle_missing_a_part_or_its_encoders_is_named(bridge, tmp_path) -> None:
+    from neuroomics_bridge import BridgeBundle
+
+    folder = bridge.save_pretrained(tmp_path / "bridge")  # a bare bridge: no encoders, no references
+    with pytest.raises(MissingFileError, match=r"bridge/encoders: missing; the fitted encoders"):
+        BridgeBundle.load(folder, backbone=bridge.backbone, need_encoders=True)
+    assert BridgeBundle.load(folder, backbone=bridge.backbone).encoders is None
+    (folder / "bundle.json").write_text(json.dumps({"format": "neuroomics-bridge/bundle-v1", "parts": ["references"]}))
+    with pytest.raises(MissingFileError, match=r"bridge/references: missing; .*bundle\.json lists it"):
+        BridgeBundle.load(folder, backbone=bridge.backbone)
 
 
 def test_held_out_metrics_choose_among_every_class_and_skip_a_modality_no_subject_has(bridge) -> None:

@@ -68,13 +68,27 @@ def test_index_without_its_folder_exits_2_naming_the_flag(action: str, flag: str
     assert f"nob index {action} needs {flag}" in capsys.readouterr().err
 
 
-def test_reports_in_batches_of_none_are_refused_before_any_work(tmp_path: Path) -> None:
+def test_reports_in_batches_of_none_or_in_an_unknown_format_are_refused_before_any_work(tmp_path: Path) -> None:
     from neuroomics_bridge import DataError
     from neuroomics_bridge.inference import write_reports
 
     with pytest.raises(DataError, match="batch_size: expected at least 1 subject per batch, got 0"):
         write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.jsonl", batch_size=0)
     assert not (tmp_path / "r.jsonl").exists()
+    with pytest.raises(DataError, match=r"r\.pdf: expected an output file ending in \.jsonl, \.md, \.html"):
+        write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.pdf")
+
+
+def test_index_build_names_a_missing_table_and_a_modality_it_lacks(capsys, tmp_path: Path) -> None:
+    import pandas as pd
+
+    command = ["index", "build", "--modality", "gene", "--out", str(tmp_path / "index")]
+    assert main([*command, "--vectors", str(tmp_path / "v.parquet")]) == 2
+    assert "v.parquet: missing; expected a vectors table written by nob encode" in capsys.readouterr().err
+    pd.DataFrame({"subject_id": ["a", "b"], "brain_0": [0.1, 0.2], "brain_1": [0.3, 0.4]}).to_parquet(tmp_path / "v.parquet")
+    assert main([*command, "--vectors", str(tmp_path / "v.parquet")]) == 2
+    assert "v.parquet: no columns for modality 'gene'; modalities found: ['brain']" in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()
 
 
 def test_demo_passes_its_options_to_run_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

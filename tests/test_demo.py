@@ -230,7 +230,7 @@ def test_evaluate_scores_a_labelled_folder_with_every_demo_metric(demo_dir, eval
 
 
 def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) -> None:
-    from neuroomics_bridge import BridgeBundle
+    from neuroomics_bridge import BridgeBundle, DataError
     from neuroomics_bridge.inference import evaluate_folder
 
     reference = BridgeBundle.load(demo_dir / "bridge").references
@@ -239,6 +239,10 @@ def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) 
     cohort.reports[:2] = reference.reports[:2]
     metrics = evaluate_folder(demo_dir / "bridge", cohort.to_files(tmp_path / "c"), tmp_path / "ev", reports=False)
     assert metrics["evaluate/subjects"] == 10 and metrics["evaluate/excluded_reference_subjects"] == 2
+    only_known = cohort.subset(cohort.subject_ids[:2]).to_files(tmp_path / "known")
+    with pytest.raises(DataError, match=r"known: no subject left to score \(2 subjects, all in the reference set\)"):
+        evaluate_folder(demo_dir / "bridge", only_known, tmp_path / "ev2", reports=False)
+    assert not (tmp_path / "ev2").exists()
 
 
 def open_in_chromium(page: Path) -> dict[str, object]:

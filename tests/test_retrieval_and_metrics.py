@@ -68,6 +68,24 @@ def test_save_and_load_keep_results(tmp_path) -> None:
         EmbeddingIndex.load(tmp_path / "nowhere")
 
 
+def test_damaged_saved_indexes_and_reference_sets_are_named(tmp_path) -> None:
+    import json
+
+    from neuroomics_bridge import CorruptFileError
+    from neuroomics_bridge.retrieval import ReferenceSet
+
+    folder = EmbeddingIndex.build(vectors(10), [f"s{i}" for i in range(10)]).save(tmp_path / "index")
+    meta = json.loads((folder / "ids.json").read_text())
+    (folder / "ids.json").write_text(json.dumps({**meta, "ids": meta["ids"][:9]}))
+    with pytest.raises(CorruptFileError, match=r"index: ids\.json does not match index\.faiss \(10 vectors\)"):
+        EmbeddingIndex.load(folder)
+    (folder / "index.faiss").write_bytes(b"not an index")
+    with pytest.raises(CorruptFileError, match=r"index: unreadable index"):
+        EmbeddingIndex.load(folder)
+    with pytest.raises(MissingFileError, match=r"references\.json: missing; not a saved ReferenceSet"):
+        ReferenceSet.load(tmp_path / "index")
+
+
 def test_cross_modal_search_finds_the_same_subject() -> None:
     rng = np.random.default_rng(5)
     latent = rng.normal(size=(50, 8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import pickle
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from neuroomics_bridge import CorruptFileError, DataError
+from neuroomics_bridge import CorruptFileError, DataError, MissingFileError
 from neuroomics_bridge.bridge import Bridge
 from neuroomics_bridge.config import BridgeConfig
 from neuroomics_bridge.encoders import BrainEncoder, GeneEncoder
@@ -81,6 +82,11 @@ def test_a_checkpoint_whose_skeleton_does_not_match_its_tensors_is_named(tmp_pat
     from neuroomics_bridge.training.checkpoint import CHECKPOINT_FORMAT
 
     path = tmp_path / "c.ckpt"
+    with pytest.raises(MissingFileError, match=r"c\.ckpt: no such checkpoint"):
+        SafetensorsCheckpointIO().load_checkpoint(path)
+    save_file({"t0": torch.zeros(2)}, path)  # a safetensors file, but not one of our checkpoints
+    with pytest.raises(CorruptFileError, match=rf"c\.ckpt: not a {re.escape(CHECKPOINT_FORMAT)} checkpoint"):
+        SafetensorsCheckpointIO().load_checkpoint(path)
     for skeleton in ({}, {"skeleton": json.dumps({"__dict__": [["w", {"__tensor__": "t9"}]]})}):
         save_file({"t0": torch.zeros(2)}, path, metadata={"format": CHECKPOINT_FORMAT, **skeleton})
         with pytest.raises(CorruptFileError, match=r"c\.ckpt: its skeleton does not match its tensors \(KeyError"):
@@ -288,6 +294,9 @@ def test_prefix_stage_with_lora_trains_it_inside_the_backbone_and_saves_it_with_
     reloaded = Bridge.from_pretrained(saved, backbone=TextBackbone.from_pretrained(tiny_model_dir, dtype="float32"))
     for key, value in trained.items():
         torch.testing.assert_close(reloaded.lora_state()[key], value, rtol=0, atol=0)
+    (saved / "backbone_lora.safetensors").unlink()
+    with pytest.raises(MissingFileError, match=r"backbone_lora\.safetensors: missing; .*config\.json records LoRA"):
+        Bridge.from_pretrained(saved, backbone=TextBackbone.from_pretrained(tiny_model_dir, dtype="float32"))
     bridge.text_encoder._directory = tmp_path / "fresh-cache"  # texts encoded now, after training ...
     plain = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32")  # ... use the base weights only
     expected = plain.encode([bridge.config.text_template.format(text="a new text")], pooling=bridge.config.text_pooling)
