@@ -67,7 +67,9 @@ def test_every_rendering_carries_the_notice_and_the_evidence() -> None:
     markdown, page, data = report.to_markdown(), report.to_html(), json.loads(report.to_json())
     for rendered in (markdown, page):
         assert RESEARCH_NOTICE in rendered and "sub-9" in rendered and "missing: gene" in rendered
+        assert rendered.index(RESEARCH_NOTICE) < rendered.index("Impression")  # before any of the report
     assert data["notice"] == RESEARCH_NOTICE and data["evidence"]["absent"] == ["gene"]
+    assert next(iter(data)) == "notice"  # the first key of reports.jsonl records too
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page  # texts are escaped
 
 

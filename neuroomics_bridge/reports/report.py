@@ -101,8 +101,10 @@ class Report:
         return self.sections.get(IMPRESSION, "")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-Python view (nested dataclasses as dicts), as ``reports.jsonl`` stores it."""
-        return dataclasses.asdict(self)
+        """Plain-Python view (nested dataclasses as dicts), as ``reports.jsonl`` stores it: the
+        notice first, as in every rendering, so that it is the first thing a reader of the file meets."""
+        fields = dataclasses.asdict(self)
+        return {"notice": fields.pop("notice"), **fields}
 
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON."""
