@@ -63,6 +63,13 @@ def test_pretraining_lowers_target_perplexity_and_saves_a_reloadable_model(tmp_p
     assert backbone.weights_hash != base_hash and card["base_weights_sha256"] == base_hash
 
 
+def test_the_after_perplexity_is_the_trained_models_whatever_the_validation_interval(tmp_path, tiny_model_dir) -> None:
+    _, at_the_end = run(tmp_path, tiny_model_dir, "end")  # one validation, after the last step
+    _, every_five = run(tmp_path, tiny_model_dir, "five", val_check_interval=5)  # at batches 5 and 10 of 12
+    assert every_five.perplexity_before == at_the_end.perplexity_before
+    assert every_five.perplexity_after == pytest.approx(at_the_end.perplexity_after, rel=1e-5)
+
+
 class StopAfterSteps(Callback):
     """Ends training after ``steps`` optimizer steps, as a preempted job would."""
 

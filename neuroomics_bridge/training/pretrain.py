@@ -297,8 +297,19 @@ class ContinualPretrainModule(LightningModule):
         sums[0] += float(nll)
         sums[1] += float(count)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the last optimizer step, ask to stop: Lightning then validates once more, so the
+        "after" perplexity is the trained model's whatever ``val_check_interval`` is."""
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
+
     def on_validation_epoch_end(self) -> None:
-        """Log perplexity per source and pooled ``val/loss``; the first real validation is the "before"."""
+        """Log perplexity per source and pooled ``val/loss``; the first real validation is the "before".
+
+        Lightning's sanity check (two batches before the first step) is not a measurement: it is
+        logged by Lightning only, and leaves the recorded perplexities alone."""
+        if self.trainer.sanity_checking:
+            return
         total = [0.0, 0.0]
         for index, (nll, count) in sorted(self._sums.items()):
             name = self.sources[index] if index < len(self.sources) else str(index)
@@ -306,7 +317,7 @@ class ContinualPretrainModule(LightningModule):
             self.log(f"val/ppl_{name}", self.perplexity[name])
             total = [total[0] + nll, total[1] + count]
         self.log("val/loss", total[0] / max(total[1], 1), prog_bar=True)
-        if self.global_step == 0 and not self.trainer.sanity_checking and not self.perplexity_before:
+        if self.global_step == 0 and not self.perplexity_before:
             self.perplexity_before = dict(self.perplexity)
 
     def teardown(self, stage: str) -> None:
