@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ def test_alignment_configs_parse_and_build(tmp_path, tiny_model_dir) -> None:
 
 def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypatch) -> None:
     from neuroomics_bridge.training import trainer
+    from neuroomics_bridge.training.args import INSTRUCT_EPOCHS, PRETRAIN_MAX_STEPS
+    from neuroomics_bridge.training.instruct import instruction_tune
+    from neuroomics_bridge.training.pretrain import continual_pretrain
     from neuroomics_bridge.training.recipes import InstructCLI, PretrainCLI
 
     monkeypatch.chdir(CONFIGS.parent)  # the configs name the sample data relative to the repository
@@ -50,6 +54,11 @@ def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypat
     instruct = InstructCLI(["--config", str(CONFIGS / "instruct.yaml"), *tiny], run=False)
     assert instruct.model.lora.r == 8 and instruct.model.model.peft_config["default"].r == 8
     assert len(instruct.datamodule.train_items) > len(instruct.datamodule.val_items) > 0
+    # A recipe without a length takes the Python entry point's default, from one definition.
+    unset = PretrainCLI(["--config", str(CONFIGS / "pretrain.yaml"), *tiny, "--trainer.max_steps=-1"], run=False)
+    assert unset.trainer.max_steps == PRETRAIN_MAX_STEPS == inspect.signature(continual_pretrain).parameters["max_steps"].default
+    unset = InstructCLI(["--config", str(CONFIGS / "instruct.yaml"), *tiny, "--trainer.max_epochs=null"], run=False)
+    assert unset.trainer.max_epochs == INSTRUCT_EPOCHS == inspect.signature(instruction_tune).parameters["max_epochs"].default
     for native, precision in ((False, "32-true"), (True, "bf16-mixed")):  # the machine's, not the YAML's
         monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
         for cli, name in ((PretrainCLI, "pretrain.yaml"), (InstructCLI, "instruct.yaml")):

@@ -98,3 +98,15 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, tiny_model_
     assert checkpointed.model.is_gradient_checkpointing
     for (name, a), b in zip(plain.model.state_dict().items(), checkpointed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_pretraining_without_a_step_count_is_refused(tiny_model_dir) -> None:
+    from types import SimpleNamespace
+
+    from neuroomics_bridge import ConfigError
+    from neuroomics_bridge.training.pretrain import ContinualPretrainModule
+
+    module = ContinualPretrainModule(TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu"))
+    module._trainer = SimpleNamespace(max_steps=-1)  # a trainer given epochs only: the stream never ends one
+    with pytest.raises(ConfigError, match=r"continual pretraining: expected trainer max_steps > 0, got -1"):
+        module.configure_optimizers()

@@ -17,7 +17,9 @@ from neuroomics_bridge.errors import DataError
 
 __all__ = [
     "ALIGNMENT",
+    "INSTRUCT_EPOCHS",
     "INSTRUCT_OPTIMIZER",
+    "PRETRAIN_MAX_STEPS",
     "PRETRAIN_OPTIMIZER",
     "RUNS_ROOT",
     "OptimizerArgs",
@@ -66,10 +68,17 @@ ALIGNMENT: dict[str, StageArgs] = {
 # input); on 2 CPU cores those draws took 0.5 s of a 2.7 s step, and 4 epochs on 280 subjects gave
 # the same grounding without them (README, "Are reports about their subject?").
 PREFIX_LORA = LoRAConfig(dropout=0.0)
-# Me-LLaMA / Meditron continual pretraining: AdamW 0.9/0.95, weight decay 0.1.
+# Continual pretraining: AdamW 0.9/0.95 with a cosine schedule after 5% warm-up, as Me-LLaMA and
+# Meditron; weight decay 0.1 as Meditron (Me-LLaMA: 1e-5); lr 2e-5 as PMC-LLaMA (Me-LLaMA-13B:
+# 8e-6 at 16x accumulation on 160 GPUs; a small model on a small corpus takes a larger rate).
 PRETRAIN_OPTIMIZER = OptimizerArgs(lr=2e-5, weight_decay=0.1, betas=(0.9, 0.95))
-# Me-LLaMA-chat's LoRA instruction tuning: no weight decay on the adapter.
+PRETRAIN_MAX_STEPS = 1000
+"""Optimizer steps of continual pretraining when none are given (its data is a stream: no epochs)."""
+# LoRA instruction tuning as Me-LLaMA-chat's second stage, without weight decay on the adapter;
+# lr 2e-4, the usual LoRA rate (Me-LLaMA-chat: 1e-5 for 3 epochs of 214k records at 13B/70B).
 INSTRUCT_OPTIMIZER = OptimizerArgs(lr=2e-4, weight_decay=0.0)
+INSTRUCT_EPOCHS = 3
+"""Epochs of instruction tuning when neither epochs nor steps are given (Me-LLaMA-chat's three)."""
 
 
 def stage_args(stage: str) -> StageArgs:

@@ -24,7 +24,7 @@ from neuroomics_bridge.backbone.packed import drop_packed_weights
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, DataError
-from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, OptimizerArgs
+from neuroomics_bridge.training.args import INSTRUCT_EPOCHS, INSTRUCT_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.data import SubjectSampler
 from neuroomics_bridge.training.trainer import TrainableState, TrainingBackbone, build_trainer, mixed_precision
 
@@ -282,7 +282,7 @@ def instruction_tune(
     *,
     lora: LoRAConfig | None = None,
     val_records: Sequence[InstructionRecord] = (),
-    max_epochs: int = 3,
+    max_epochs: int = INSTRUCT_EPOCHS,
     batch_size: int = 8,
     max_length: int = 512,
     group_by_length: bool = False,

@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.corpus import MixtureCorpus, PackedBlock, Source, pack, read_documents
-from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.io import atomic_directory
 from neuroomics_bridge.notice import RESEARCH_NOTICE
-from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER, OptimizerArgs
+from neuroomics_bridge.training.args import PRETRAIN_MAX_STEPS, PRETRAIN_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
 __all__ = ["ContinualPretrainModule", "PretrainDataModule", "PretrainResult", "continual_pretrain", "is_heldout"]
@@ -351,7 +351,9 @@ class ContinualPretrainModule(LightningModule):
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
-        total = max(int(self.trainer.max_steps), 1)
+        if self.trainer.max_steps <= 0:  # the training data is a stream: only steps end it
+            raise ConfigError(f"continual pretraining: expected trainer max_steps > 0, got {self.trainer.max_steps}")
+        total = int(self.trainer.max_steps)
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -385,7 +387,7 @@ def continual_pretrain(
     corpora: Mapping[str, Source],
     weights: Mapping[str, float],
     *,
-    max_steps: int = 1000,
+    max_steps: int = PRETRAIN_MAX_STEPS,
     block_size: int = 512,
     batch_size: int = 8,
     accumulate_grad_batches: int = 1,

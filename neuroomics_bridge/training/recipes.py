@@ -22,7 +22,15 @@ from neuroomics_bridge.backbone.config import BackboneConfig
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.training.alignment import AlignmentModule, CohortDataModule
-from neuroomics_bridge.training.args import INSTRUCT_OPTIMIZER, PRETRAIN_OPTIMIZER, Stage, run_dir, stage_args
+from neuroomics_bridge.training.args import (
+    INSTRUCT_EPOCHS,
+    INSTRUCT_OPTIMIZER,
+    PRETRAIN_MAX_STEPS,
+    PRETRAIN_OPTIMIZER,
+    Stage,
+    run_dir,
+    stage_args,
+)
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule
 from neuroomics_bridge.training.pretrain import ContinualPretrainModule, PretrainDataModule
@@ -315,6 +323,14 @@ class PretrainCLI(LibraryCLI):
     links = (("data.backbone", "model.backbone"), ("data.source_names", "model.sources"))
     trainer_extra: ClassVar[dict[str, Any]] = {"use_distributed_sampler": False, "check_val_every_n_epoch": None}
 
+    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
+        """:data:`~neuroomics_bridge.training.args.PRETRAIN_MAX_STEPS` where the YAML sets no
+        ``max_steps`` (as :func:`continual_pretrain`), and the machine's precision."""
+        overrides = super().trainer_overrides(trainer)
+        if trainer.get("max_steps") in (None, -1):
+            overrides["max_steps"] = PRETRAIN_MAX_STEPS
+        return overrides
+
     def before_fit(self) -> None:
         """Measure held-out perplexity before training, as :func:`continual_pretrain` does: the
         model card's "before" (the first validation inside ``fit`` comes after a first step)."""
@@ -381,3 +397,11 @@ class InstructCLI(LibraryCLI):
     data_factory = staticmethod(instruct_data)
     run_name = "instruct"
     links = (("data.backbone", "model.backbone"),)
+
+    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
+        """:data:`~neuroomics_bridge.training.args.INSTRUCT_EPOCHS` where the YAML sets neither
+        epochs nor steps (as :func:`instruction_tune`), and the machine's precision."""
+        overrides = super().trainer_overrides(trainer)
+        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
+            overrides["max_epochs"] = INSTRUCT_EPOCHS
+        return overrides
