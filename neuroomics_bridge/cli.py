@@ -128,7 +128,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_cards(args: argparse.Namespace) -> int:
     from neuroomics_bridge.backbone.cards import get_card, list_cards, validate_cards
 
-    if args.validate:
+    if args.validate or args.dir:
         results = validate_cards(args.dir)
         for file, problem in results.items():
             print(f"{'ok ' if problem is None else 'BAD'} {file}" + ("" if problem is None else f": {problem}"))
@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--local-dir", default=None, help="weights folder of a gated registry backbone")
     evaluate.add_argument(
         "--dtype", choices=["bfloat16", "float16", "float32"], default=None,
-        help="weights dtype (default: bf16 where the hardware runs it natively); float32 scores are exact",
+        help="weights dtype (default: on a CPU bf16 where it runs natively, else float32; on a GPU the card's); "
+        "float32 scores are exact",
     )  # fmt: skip
     evaluate.add_argument("--lora", default=None, help="a LoRA adapter folder (nob instruct fit) to apply first")
     evaluate.add_argument("--tasks", default="all", help="comma-separated task names, or all")
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="first N items per task only")
     evaluate.add_argument(
         "--prompt-format", choices=["chat", "plain"], default="chat",
-        help="chat: the backbone's template from its card; plain: Question/Answer completion",
+        help="chat: the card's template, else the tokenizer's, else Question/Answer; plain: Question/Answer completion",
     )  # fmt: skip
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two results .json files to compare")
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     cards = commands.add_parser("cards", help="list, show or validate the backbone model cards")
     cards.add_argument("id", nargs="?", help="show this card in full")
     cards.add_argument("--validate", action="store_true", help="validate every card; exit 1 if any is invalid")
-    cards.add_argument("--dir", default=None, help="validate the cards in this folder instead of the shipped ones")
+    cards.add_argument("--dir", default=None, help="validate the cards in this folder instead of the shipped ones (implies --validate)")
     cards.set_defaults(run=_cmd_cards)
     return parser
 

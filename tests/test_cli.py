@@ -41,6 +41,13 @@ def test_cards_validate_fails_and_names_a_bad_card(tmp_path: Path, capsys: pytes
     (tmp_path / "broken.yaml").write_text("id: broken\nname: Broken\n")
     assert main(["cards", "--validate", "--dir", str(tmp_path)]) == 1
     assert "BAD broken.yaml" in capsys.readouterr().out
+    assert main(["cards", "--dir", str(tmp_path)]) == 1  # --dir validates that folder
+    assert "BAD broken.yaml" in capsys.readouterr().out
+    assert main(["cards", "--dir", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: no such folder of model cards" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").unlink()
+    assert main(["cards", "--dir", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no model cards (*.yaml) in it" in capsys.readouterr().err
 
 
 def test_library_error_exits_2_with_one_line_and_no_traceback() -> None:

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 import jinja2
 import jinja2.sandbox
 
-from neuroomics_bridge.errors import ConfigError, ModelNotFoundError
+from neuroomics_bridge.errors import ConfigError, DataError, MissingFileError, ModelNotFoundError
 from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
 __all__ = [
@@ -242,8 +242,19 @@ def validate_cards(directory: str | os.PathLike[str] | None = None) -> dict[str,
     -------
     dict
         File name -> error message, or ``None`` when valid.
+
+    Raises
+    ------
+    MissingFileError
+        When ``directory`` is not a folder.
+    DataError
+        When it holds no ``*.yaml`` card (a wrong folder would otherwise pass as valid).
     """
     folder = Path(directory) if directory is not None else cards_dir()
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder}: no such folder of model cards")
+    if not any(folder.glob("*.yaml")):
+        raise DataError(f"{folder}: no model cards (*.yaml) in it")
     results: dict[str, str | None] = {}
     for file in sorted(folder.glob("*.yaml")):
         try:

@@ -38,7 +38,8 @@ class BackboneConfig(YamlConfig):
     local_dir
         Points a gated registry entry at weights on disk (else ``$NOB_MODEL_DIR/<id>`` is tried).
     dtype
-        ``"auto"`` picks bf16 where the hardware runs it natively, float32 otherwise.
+        ``"auto"``: on a CPU bf16 where it runs natively, else float32; on a GPU the card's
+        release half type (see :func:`~neuroomics_bridge.backbone.hardware.default_dtype`).
     device
         ``"auto"`` picks CUDA when present.
     quantize
