@@ -4,7 +4,8 @@ Loads a bridge folder written by ``nob demo`` (the adapters, the fitted encoders
 subjects reports cite), reads the cohort folder through the encoders, and writes one report per
 subject: sections, zero-shot probabilities, similar reference subjects, and the research-use
 notice. Without ``--bridge``, a small bridge is trained first (the demo pipeline on 80 synthetic
-subjects, a minute or two); without ``--data``, ten new synthetic subjects, some missing a modality.
+subjects, a minute or two, in ``nob-small-bridge/``); without ``--data``, ten new synthetic subjects,
+some missing a modality, written to a new temporary folder.
 
     python examples/summarise_folder.py --bridge nob-demo/bridge --data my_cohort/ --out reports.html
 """
@@ -12,10 +13,12 @@ subjects, a minute or two); without ``--data``, ten new synthetic subjects, some
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from neuroomics_bridge import BridgeBundle, Cohort, datasets
 from neuroomics_bridge.demo import DemoSettings, run_demo
+from neuroomics_bridge.io import atomic_write_text
 
 
 def main() -> None:
@@ -28,10 +31,12 @@ def main() -> None:
     if args.bridge is None:
         small = DemoSettings(subjects=80, contrastive_epochs=10, prefix_epochs=1, prefix_batches=4, reported_subjects=2)
         args.bridge = run_demo("nob-small-bridge", settings=small, log=lambda _: None).out_dir / "bridge"
-    data = args.data or datasets.synthetic_cohort(10, seed=7, cells_per_subject=8, missing_rate=0.2).to_files("cohort")
+    if args.data is None:  # a folder of its own: Cohort.to_files replaces the folder it is given
+        synthetic = datasets.synthetic_cohort(10, seed=7, cells_per_subject=8, missing_rate=0.2)
+        args.data = synthetic.to_files(Path(tempfile.mkdtemp(prefix="nob-example-cohort-")) / "cohort")
 
     bundle = BridgeBundle.load(args.bridge, need_encoders=True)  # adapters, fitted encoders, reference subjects
-    cohort = bundle.encoders.transform(Cohort.from_files(data))
+    cohort = bundle.encoders.transform(Cohort.from_files(args.data))
     classes = sorted({label for label in bundle.references.labels if label})
 
     reports = bundle.bridge.generate_report(
@@ -46,7 +51,7 @@ def main() -> None:
         print(f"{report.subject_id}: {report.impression}  [zero-shot: {top[0]} {top[1]:.2f}; data: "
               f"{', '.join(report.evidence.present)}]")  # fmt: skip
     page = "".join(report.to_html() for report in reports)
-    args.out.write_text(f'<!doctype html><meta charset="utf-8"><title>reports</title>{page}', encoding="utf-8")
+    atomic_write_text(args.out, f'<!doctype html><meta charset="utf-8"><title>reports</title>{page}')
     print(f"{len(reports)} reports ({reports[0].notice}) written to {args.out}")
 
 

@@ -44,7 +44,7 @@ def fit(stage: str, out: Path, overrides: list[str]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("nob-train-example"))
-    parser.add_argument("--subjects", type=int, default=80, help="synthetic subjects (or use --data.data_dir)")
+    parser.add_argument("--subjects", type=int, default=80, help="synthetic subjects to train on")
     parser.add_argument("--contrastive-epochs", type=int, default=8)
     parser.add_argument("--prefix-epochs", type=int, default=1)
     args = parser.parse_args()

@@ -1,7 +1,8 @@
 """A notebook-style session on real cells: AnnData in, aligned embeddings and zero-shot labels out, a UMAP.
 
 scanpy's pbmc68k_reduced (700 real PBMCs, 10 cell types) stands in for a user's data. Each cell is
-encoded (PCA on highly variable genes, fitted on the training fold), a bridge is aligned with the
+encoded (PCA on its genes, fitted on the training fold: the file keeps 765 genes, fewer than
+the 2,000 highly variable ones the encoder would otherwise select), a bridge is aligned with the
 cell types' descriptions (contrastive stage only), and then everything lands in the AnnData the
 way scanpy users expect: ``obsm["X_nob_gene"]`` (aligned embeddings), ``obs["nob_gene_zero_shot"]``
 (the zero-shot cell type, categorical) with its probabilities in ``obsm``, and a UMAP on the

@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     cards = commands.add_parser("cards", help="list, show or validate the backbone model cards")
     cards.add_argument("id", nargs="?", help="show this card in full")
     cards.add_argument("--validate", action="store_true", help="validate every card; exit 1 if any is invalid")
-    cards.add_argument("--dir", default=None, help="validate the cards in this folder instead of the shipped ones (implies --validate)")
+    cards.add_argument(
+        "--dir", default=None, help="validate the cards in this folder instead of the shipped ones (implies --validate)"
+    )
     cards.set_defaults(run=_cmd_cards)
     return parser
 

@@ -167,7 +167,9 @@ def test_saved_adapters_of_other_shapes_are_refused_by_file_and_key(bridge, tmp_
         BridgeBundle.load(folder, backbone=bridge.backbone)
     renamed = {("extra." + k if k == key else k): v for k, v in weights.items()}
     save_file(renamed, folder / "adapters.safetensors")
-    with pytest.raises(CorruptFileError, match=rf"adapter weights do not match the config \(missing \['{re.escape(key)}'\]"):
+    with pytest.raises(
+        CorruptFileError, match=rf"adapter weights do not match the config \(missing \['{re.escape(key)}'\]"
+    ):
         Bridge.from_pretrained(folder, backbone=bridge.backbone)
 
 

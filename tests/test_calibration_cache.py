@@ -83,7 +83,9 @@ def test_a_later_process_times_once_more_and_keeps_each_candidates_best_time(clo
     monkeypatch.setattr(calibration, "_timed_here", {})  # another process
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "fast" and calls["fast"] == 4
     entry = next(iter(json.loads(path.read_text()).values()))
-    assert entry["timings"] == calibration.CONFIRMING_TIMINGS and entry["seconds"] == pytest.approx({"fast": 0.0, "slow": 0.01})
+    assert entry["timings"] == calibration.CONFIRMING_TIMINGS and entry["seconds"] == pytest.approx(
+        {"fast": 0.0, "slow": 0.01}
+    )
     delays["fast"] = 0.05  # a slow spell in a third process changes nothing: it only reads
     monkeypatch.setattr(calibration, "_timed_here", {})
     assert calibrated_choice("task", candidates, repeats=1, path=path) == "fast" and calls["fast"] == 4

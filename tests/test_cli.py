@@ -92,7 +92,9 @@ def test_index_build_names_a_missing_table_and_a_modality_it_lacks(capsys, tmp_p
     command = ["index", "build", "--modality", "gene", "--out", str(tmp_path / "index")]
     assert main([*command, "--vectors", str(tmp_path / "v.parquet")]) == 2
     assert "v.parquet: missing; expected a vectors table written by nob encode" in capsys.readouterr().err
-    pd.DataFrame({"subject_id": ["a", "b"], "brain_0": [0.1, 0.2], "brain_1": [0.3, 0.4]}).to_parquet(tmp_path / "v.parquet")
+    pd.DataFrame({"subject_id": ["a", "b"], "brain_0": [0.1, 0.2], "brain_1": [0.3, 0.4]}).to_parquet(
+        tmp_path / "v.parquet"
+    )
     assert main([*command, "--vectors", str(tmp_path / "v.parquet")]) == 2
     assert "v.parquet: no columns for modality 'gene'; modalities found: ['brain']" in capsys.readouterr().err
     assert not (tmp_path / "index").exists()

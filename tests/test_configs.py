@@ -56,9 +56,17 @@ def test_pretrain_and_instruct_configs_parse_and_build(tiny_model_dir, monkeypat
     assert len(instruct.datamodule.train_items) > len(instruct.datamodule.val_items) > 0
     # A recipe without a length takes the Python entry point's default, from one definition.
     unset = PretrainCLI(["--config", str(CONFIGS / "pretrain.yaml"), *tiny, "--trainer.max_steps=-1"], run=False)
-    assert unset.trainer.max_steps == PRETRAIN_MAX_STEPS == inspect.signature(continual_pretrain).parameters["max_steps"].default
+    assert (
+        unset.trainer.max_steps
+        == PRETRAIN_MAX_STEPS
+        == inspect.signature(continual_pretrain).parameters["max_steps"].default
+    )
     unset = InstructCLI(["--config", str(CONFIGS / "instruct.yaml"), *tiny, "--trainer.max_epochs=null"], run=False)
-    assert unset.trainer.max_epochs == INSTRUCT_EPOCHS == inspect.signature(instruction_tune).parameters["max_epochs"].default
+    assert (
+        unset.trainer.max_epochs
+        == INSTRUCT_EPOCHS
+        == inspect.signature(instruction_tune).parameters["max_epochs"].default
+    )
     for native, precision in ((False, "32-true"), (True, "bf16-mixed")):  # the machine's, not the YAML's
         monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
         for cli, name in ((PretrainCLI, "pretrain.yaml"), (InstructCLI, "instruct.yaml")):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import pickle
+import re
 
 import numpy as np
 import pytest

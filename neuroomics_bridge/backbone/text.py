@@ -182,8 +182,9 @@ class TextBackbone:
             ``$NOB_MODEL_DIR/<id>``).
         dtype
             ``None``: on a GPU the card's release half type (float16 where bf16 is
-            unsupported); on a CPU bf16 where it runs natively, else float32, and with native bf16 float32 where it times faster for both a decoding step and a
-            64-row block of this model's layers (:func:`~neuroomics_bridge.backbone.hardware.timed_cpu_dtype`).
+            unsupported); on a CPU bf16 where it runs natively, else float32, and with native
+            bf16 float32 where it times faster for both a decoding step and a 64-row block of
+            this model's layers (:func:`~neuroomics_bridge.backbone.hardware.timed_cpu_dtype`).
         device
             ``None`` picks CUDA when present; ``"auto"`` spreads a large model over all GPUs.
         quantize

@@ -71,8 +71,9 @@ def write_samples(directory: str | os.PathLike[str], *, seed: int = 0) -> Path:
     """Write the sample corpora and instruction files under ``directory`` (atomically).
 
     ``corpora/biomedical.jsonl``, ``corpora/clinical/note-*.txt`` and ``corpora/general.parquet``,
-    then ``instructions/train.jsonl`` and ``instructions/val.jsonl`` (a 90/10 split of 120
-    synthetic records). An existing ``directory`` is replaced as a whole.
+    then ``instructions/train.jsonl`` and ``instructions/val.jsonl`` (a 90/10 split of the
+    instruction records of 120 synthetic subjects, several per subject). An existing
+    ``directory`` is replaced as a whole.
 
     Parameters
     ----------
