@@ -227,9 +227,23 @@ class LibraryCLI(LightningCLI):
 
     def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
         """Trainer arguments a recipe sets where the YAML's ``trainer`` section leaves them unset:
-        the machine's precision (:func:`~neuroomics_bridge.training.trainer.mixed_precision`), since
-        bf16 autocast on a CPU without native bf16 runs several times slower than float32."""
-        return {"precision": mixed_precision()} if trainer.get("precision") is None else {}
+        its length (:meth:`default_length`, where neither epochs nor steps are set) and its
+        precision (:meth:`default_precision`)."""
+        overrides: dict[str, Any] = {}
+        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
+            overrides |= self.default_length()
+        if trainer.get("precision") is None:
+            overrides["precision"] = self.default_precision()
+        return overrides
+
+    def default_length(self) -> dict[str, int]:
+        """``max_epochs`` or ``max_steps`` as the recipe's Python entry point defaults it."""
+        return {}
+
+    def default_precision(self) -> str:
+        """The machine's precision (:func:`~neuroomics_bridge.training.trainer.mixed_precision`),
+        since bf16 autocast on a CPU without native bf16 runs several times slower than float32."""
+        return mixed_precision()
 
 
 class AlignmentCLI(LibraryCLI):
@@ -245,15 +259,13 @@ class AlignmentCLI(LibraryCLI):
         """A run folder per stage (``align-contrastive``, ``align-prefix``)."""
         return run_dir(f"{self.run_name}-{self.model.stage}")
 
-    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
-        """The stage's epochs and precision where the YAML sets none (as :func:`fit_alignment`)."""
-        defaults = stage_args(self.model.stage)
-        overrides: dict[str, Any] = {}
-        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
-            overrides["max_epochs"] = defaults.max_epochs
-        if trainer.get("precision") is None:
-            overrides["precision"] = mixed_precision() if defaults.mixed_precision else "32-true"
-        return overrides
+    def default_length(self) -> dict[str, int]:
+        """The stage's epochs (as :func:`fit_alignment`)."""
+        return {"max_epochs": stage_args(self.model.stage).max_epochs}
+
+    def default_precision(self) -> str:
+        """The machine's mixed precision for a stage that trains in it, else float32."""
+        return mixed_precision() if stage_args(self.model.stage).mixed_precision else "32-true"
 
     trainer_extra: ClassVar[dict[str, Any]] = {
         "use_distributed_sampler": False
@@ -323,13 +335,9 @@ class PretrainCLI(LibraryCLI):
     links = (("data.backbone", "model.backbone"), ("data.source_names", "model.sources"))
     trainer_extra: ClassVar[dict[str, Any]] = {"use_distributed_sampler": False, "check_val_every_n_epoch": None}
 
-    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
-        """:data:`~neuroomics_bridge.training.args.PRETRAIN_MAX_STEPS` where the YAML sets no
-        ``max_steps`` (as :func:`continual_pretrain`), and the machine's precision."""
-        overrides = super().trainer_overrides(trainer)
-        if trainer.get("max_steps") in (None, -1):
-            overrides["max_steps"] = PRETRAIN_MAX_STEPS
-        return overrides
+    def default_length(self) -> dict[str, int]:
+        """:data:`~neuroomics_bridge.training.args.PRETRAIN_MAX_STEPS` (as :func:`continual_pretrain`)."""
+        return {"max_steps": PRETRAIN_MAX_STEPS}
 
     def before_fit(self) -> None:
         """Measure held-out perplexity before training, as :func:`continual_pretrain` does: the
@@ -398,10 +406,6 @@ class InstructCLI(LibraryCLI):
     run_name = "instruct"
     links = (("data.backbone", "model.backbone"),)
 
-    def trainer_overrides(self, trainer: dict[str, Any]) -> dict[str, Any]:
-        """:data:`~neuroomics_bridge.training.args.INSTRUCT_EPOCHS` where the YAML sets neither
-        epochs nor steps (as :func:`instruction_tune`), and the machine's precision."""
-        overrides = super().trainer_overrides(trainer)
-        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
-            overrides["max_epochs"] = INSTRUCT_EPOCHS
-        return overrides
+    def default_length(self) -> dict[str, int]:
+        """:data:`~neuroomics_bridge.training.args.INSTRUCT_EPOCHS` (as :func:`instruction_tune`)."""
+        return {"max_epochs": INSTRUCT_EPOCHS}
