@@ -50,8 +50,8 @@ def bench_text_cache(backbone) -> None:
         return backbone.encode(wrapped, pooling=bridge.config.text_pooling, show_progress=False)
 
     bridge.text_encoder.encode(split.train.reports)  # fill the cache once, as training does up front
-    cached_s = best_seconds(lambda: epoch(bridge.text_encoder.encode), repeats=3)
-    uncached_s = best_seconds(lambda: epoch(re_encoding), repeats=1)
+    cached_s = best_seconds(lambda: epoch(bridge.text_encoder.encode), repeats=2)  # both sides: best of 2
+    uncached_s = best_seconds(lambda: epoch(re_encoding), repeats=2)
     emit(
         "contrastive_epoch_text_cache_vs_reencoding",
         uncached_s / cached_s,

@@ -10,6 +10,9 @@
    ``leave_one_set_out``: for each wording set, trained with the library's texts plus the other
    four sets as text views and scored with the held-out set alone (do more training views make
    an unseen vocabulary work?).
+   ``shuffled_pairs``: the control. Trained as ``single`` but with the cell types permuted among
+   the training and validation cells (each cell paired with another cell's text), then scored as
+   ``single``; beside the majority class's share of the test fold (what the pairing is worth).
 2. Unseen classes: three cell types left out of the training and validation folds and of the
    gene encoder's fit (its genes and components); zero-shot on
    the test cells of those three among their three texts, beside chance.
@@ -97,6 +100,34 @@ def leave_one_set_out(seed: int, folder: Path, backbone) -> dict[str, float]:
     sets = [figures[f"set/{name}"] for name in PBMC_WORDING_SETS]
     figures["sets_mean"], figures["sets_worst"] = float(np.mean(sets)), float(np.min(sets))
     return figures
+
+
+def shuffled_pairs_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
+    """Zero-shot of a bridge trained on cells paired with another cell's type: the control."""
+    import dataclasses
+
+    import torch
+
+    from neuroomics_bridge import Bridge, datasets, fit_alignment
+    from neuroomics_bridge.evaluation.bridge_metrics import derangement
+
+    cohort, split = encoded_pbmc(seed)
+
+    def shuffled(fold, offset: int):
+        order = derangement(fold.n_subjects, seed + offset)
+        return dataclasses.replace(fold, labels=[fold.labels[i] for i in order])
+
+    split = dataclasses.replace(split, train=shuffled(split.train, 0), val=shuffled(split.val, 1))
+    torch.manual_seed(seed)
+    bridge = Bridge(backbone, {"gene": 50})
+    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, root_dir=folder / f"shuffled-{seed}",
+                  class_prompt=datasets.PBMC_CELL_TYPES, enable_progress_bar=False)  # fmt: skip
+    test, names = split.test, list(datasets.PBMC_CELL_TYPES)
+    probabilities = bridge.zero_shot("gene", test.features["gene"], datasets.PBMC_CELL_TYPES)
+    return {
+        "training_wording": accuracy(probabilities, test.labels, names),
+        "majority_share": max(test.labels.count(c) for c in set(test.labels)) / test.n_subjects,
+    }
 
 
 def pbmc_figures(seed: int, folder: Path, backbone, variant: str, pooled: Pooled) -> dict[str, float]:
@@ -244,15 +275,20 @@ def main() -> None:
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        by_variant: dict[str, dict[str, float]] = {}
         for variant in ("single", "views"):
             pooled: Pooled = []
-            means = summarise(
+            means = by_variant[variant] = summarise(
                 f"pbmc/{variant}", [pbmc_figures(s, folder, backbone, variant, pooled) for s in args.seeds], args.seeds
             )
             emit_pooled_ece(f"pbmc/{variant}", pooled)
             emit(f"pbmc/{variant}/vs-knn", worst_margin=round(means["sets_worst"] - means["knn_pca"], 3),
                  mean_margin=round(means["sets_mean"] - means["knn_pca"], 3),
                  ratio=round(means["sets_mean"] / means["knn_pca"], 3))  # fmt: skip
+        shuffled = summarise("pbmc/shuffled_pairs", [shuffled_pairs_figures(s, folder, backbone) for s in args.seeds],
+                             args.seeds)  # fmt: skip
+        margin = by_variant["single"]["training_wording"] - shuffled["training_wording"]
+        emit("pbmc/single/vs-shuffled_pairs", margin=round(margin, 3))
         summarise("pbmc/leave_one_set_out", [leave_one_set_out(s, folder, backbone) for s in args.seeds], args.seeds)
         summarise("pbmc/unseen", [unseen_figures(s, folder, backbone) for s in args.seeds], args.seeds)
         if not args.skip_synthetic:
