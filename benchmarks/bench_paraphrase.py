@@ -10,8 +10,8 @@
    ``leave_one_set_out``: for each wording set, trained with the library's texts plus the other
    four sets as text views and scored with the held-out set alone (do more training views make
    an unseen vocabulary work?).
-   ``shuffled_pairs``: the control. Trained as ``single`` but with the cell types permuted among
-   the training and validation cells (each cell paired with another cell's text), then scored as
+   ``shuffled_pairs``: the control. Trained as ``single`` but with the texts (and labels) permuted
+   among the training and validation cells (each cell paired with another cell's text), scored as
    ``single``; beside the majority class's share of the test fold (what the pairing is worth).
 2. Unseen classes: three cell types left out of the training and validation folds and of the
    gene encoder's fit (its genes and components); zero-shot on
@@ -114,8 +114,10 @@ def shuffled_pairs_figures(seed: int, folder: Path, backbone) -> dict[str, float
     cohort, split = encoded_pbmc(seed)
 
     def shuffled(fold, offset: int):
-        order = derangement(fold.n_subjects, seed + offset)
-        return dataclasses.replace(fold, labels=[fold.labels[i] for i in order])
+        order = derangement(fold.n_subjects, seed + offset)  # the text (report) and its label move together
+        return dataclasses.replace(
+            fold, reports=[fold.reports[i] for i in order], labels=[fold.labels[i] for i in order]
+        )
 
     split = dataclasses.replace(split, train=shuffled(split.train, 0), val=shuffled(split.val, 1))
     torch.manual_seed(seed)
