@@ -35,12 +35,16 @@ import argparse
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from common import emit
 
 from neuroomics_bridge.backbone.calibration import cpu_model
 from neuroomics_bridge.evaluation.calibration import ece_floor, expected_calibration_error
+
+if TYPE_CHECKING:
+    from neuroomics_bridge import Bridge
 
 UNSEEN = ("CD34+", "Dendritic", "CD19+ B")
 CENTRING = (("", False), ("centred/", True))
@@ -78,12 +82,24 @@ def encoded_pbmc(seed: int, leave_out: Collection[str] = ()):
     return cohort, cohort.split(seed=seed)
 
 
+def pbmc_bridge(backbone, cohort, split, seed: int, root_dir: Path, class_prompt) -> Bridge:
+    """A bridge on pbmc68k's 50 gene components, through the contrastive stage with ``class_prompt``
+    (its adapters' initial weights seeded by ``seed``)."""
+    import torch
+
+    from neuroomics_bridge import Bridge, fit_alignment
+
+    torch.manual_seed(seed)
+    bridge = Bridge(backbone, {"gene": 50})
+    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, root_dir=root_dir,
+                  class_prompt=class_prompt, enable_progress_bar=False)  # fmt: skip
+    return bridge
+
+
 def leave_one_set_out(seed: int, folder: Path, backbone) -> dict[str, float]:
     """Per wording set: trained with the library's texts plus the other four sets as text views,
     scored with that (unseen) set's wording alone."""
-    import torch
-
-    from neuroomics_bridge import Bridge, datasets, fit_alignment
+    from neuroomics_bridge import datasets
     from neuroomics_bridge.data.paraphrases import PBMC_WORDING_SETS
 
     cohort, split = encoded_pbmc(seed)
@@ -92,10 +108,7 @@ def leave_one_set_out(seed: int, folder: Path, backbone) -> dict[str, float]:
     for held_out, wording in PBMC_WORDING_SETS.items():
         others = [w for name, w in PBMC_WORDING_SETS.items() if name != held_out]
         views = {label: [text, *(w[label] for w in others)] for label, text in datasets.PBMC_CELL_TYPES.items()}
-        torch.manual_seed(seed)
-        bridge = Bridge(backbone, {"gene": 50})
-        fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, class_prompt=views,
-                      root_dir=folder / f"loo-{held_out}-{seed}", enable_progress_bar=False)  # fmt: skip
+        bridge = pbmc_bridge(backbone, cohort, split, seed, folder / f"loo-{held_out}-{seed}", views)
         figures[f"set/{held_out}"] = accuracy(bridge.zero_shot("gene", X, wording), test.labels, list(wording))
     sets = [figures[f"set/{name}"] for name in PBMC_WORDING_SETS]
     figures["sets_mean"], figures["sets_worst"] = float(np.mean(sets)), float(np.min(sets))
@@ -106,9 +119,7 @@ def shuffled_pairs_figures(seed: int, folder: Path, backbone) -> dict[str, float
     """Zero-shot of a bridge trained on cells paired with another cell's type: the control."""
     import dataclasses
 
-    import torch
-
-    from neuroomics_bridge import Bridge, datasets, fit_alignment
+    from neuroomics_bridge import datasets
     from neuroomics_bridge.evaluation.bridge_metrics import derangement
 
     cohort, split = encoded_pbmc(seed)
@@ -120,10 +131,7 @@ def shuffled_pairs_figures(seed: int, folder: Path, backbone) -> dict[str, float
         )
 
     split = dataclasses.replace(split, train=shuffled(split.train, 0), val=shuffled(split.val, 1))
-    torch.manual_seed(seed)
-    bridge = Bridge(backbone, {"gene": 50})
-    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, root_dir=folder / f"shuffled-{seed}",
-                  class_prompt=datasets.PBMC_CELL_TYPES, enable_progress_bar=False)  # fmt: skip
+    bridge = pbmc_bridge(backbone, cohort, split, seed, folder / f"shuffled-{seed}", datasets.PBMC_CELL_TYPES)
     test, names = split.test, list(datasets.PBMC_CELL_TYPES)
     probabilities = bridge.zero_shot("gene", test.features["gene"], datasets.PBMC_CELL_TYPES)
     return {
@@ -133,18 +141,14 @@ def shuffled_pairs_figures(seed: int, folder: Path, backbone) -> dict[str, float
 
 
 def pbmc_figures(seed: int, folder: Path, backbone, variant: str, pooled: Pooled) -> dict[str, float]:
-    import torch
     from sklearn.neighbors import KNeighborsClassifier
 
-    from neuroomics_bridge import Bridge, datasets, fit_alignment
+    from neuroomics_bridge import datasets
     from neuroomics_bridge.data.paraphrases import PBMC_WORDING_SETS
 
     cohort, split = encoded_pbmc(seed)
     trained_with = datasets.PBMC_CELL_TYPES if variant == "single" else training_ensemble(datasets.PBMC_CELL_TYPES)
-    torch.manual_seed(seed)
-    bridge = Bridge(backbone, {"gene": 50})
-    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, root_dir=folder / f"pbmc-{variant}-{seed}",
-                  class_prompt=trained_with, enable_progress_bar=False)  # fmt: skip
+    bridge = pbmc_bridge(backbone, cohort, split, seed, folder / f"pbmc-{variant}-{seed}", trained_with)
     test, X = split.test, split.test.features["gene"]
     names = list(trained_with)
     figures: dict[str, float] = {}
@@ -170,9 +174,7 @@ def pbmc_figures(seed: int, folder: Path, backbone, variant: str, pooled: Pooled
 def unseen_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
     import dataclasses
 
-    import torch
-
-    from neuroomics_bridge import Bridge, datasets, fit_alignment
+    from neuroomics_bridge import datasets
     from neuroomics_bridge.data.paraphrases import PBMC_WORDING_SETS
 
     cohort, split = encoded_pbmc(seed, leave_out=UNSEEN)
@@ -187,10 +189,7 @@ def unseen_figures(seed: int, folder: Path, backbone) -> dict[str, float]:
         split, train=seen_only(split.train), val=seen_only(split.val), test=seen_only(split.test)
     )
     seen_texts = {k: v for k, v in datasets.PBMC_CELL_TYPES.items() if k not in UNSEEN}
-    torch.manual_seed(seed)
-    bridge = Bridge(backbone, {"gene": 50})
-    fit_alignment(bridge, cohort, "contrastive", split=split, seed=seed, root_dir=folder / f"unseen-{seed}",
-                  class_prompt=seen_texts, enable_progress_bar=False)  # fmt: skip
+    bridge = pbmc_bridge(backbone, cohort, split, seed, folder / f"unseen-{seed}", seen_texts)
     names, X = list(UNSEEN), held.features["gene"]
     figures = {"n_test_cells": float(held.n_subjects)}
     wordings = {"training": datasets.PBMC_CELL_TYPES, **PBMC_WORDING_SETS}
