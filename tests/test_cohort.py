@@ -99,6 +99,35 @@ def test_precomputed_features_travel_through_the_folder(tmp_path, small_cohort) 
     np.testing.assert_array_equal(restored.features["fm"], encoded.features["fm"])
 
 
+def test_subjects_without_a_precomputed_modality_travel_through_the_folder(tmp_path, small_cohort) -> None:
+    table = pd.DataFrame(np.arange(120.0).reshape(60, 2), index=small_cohort.subject_ids).iloc[5:]
+    encoded = small_cohort.encode({"fm": PrecomputedEncoder(table)})
+    assert not encoded.present("fm")[:5].any() and encoded.present("fm")[5:].all()
+    restored = Cohort.from_files(encoded.to_files(tmp_path / "c"))
+    np.testing.assert_array_equal(restored.features["fm"], encoded.features["fm"])  # NaN rows included
+    np.testing.assert_array_equal(restored.present("fm"), encoded.present("fm"))
+
+
+def test_brain_files_in_other_formats_are_written_as_readable_nifti(tmp_path) -> None:
+    import nibabel as nib
+
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "s1.nii")  # uncompressed
+    nib.save(nib.Nifti1Image(data + 1, np.eye(4)), tmp_path / "s2.nii.gz")
+    cohort = Cohort(subject_ids=["s1", "s2"], reports=["a", "b"], brains=[tmp_path / "s1.nii", tmp_path / "s2.nii.gz"])
+    restored = Cohort.from_files(cohort.to_files(tmp_path / "c"))
+    for image, expected in zip(restored.brains, (data, data + 1), strict=True):
+        np.testing.assert_array_equal(np.asarray(nib.load(image).dataobj), expected)
+
+
+def test_writing_a_folder_leaves_the_callers_anndata_as_it_was(tmp_path, small_cohort) -> None:
+    genes = small_cohort.genes.copy()
+    genes.obs["batch"] = ["b"] * genes.n_obs  # a string column anndata would make categorical on writing
+    dtypes = genes.obs.dtypes.astype(str).to_dict()
+    Cohort(subject_ids=small_cohort.subject_ids, reports=small_cohort.reports, genes=genes).to_files(tmp_path / "c")
+    assert genes.obs.dtypes.astype(str).to_dict() == dtypes
+
+
 def test_a_failed_write_leaves_the_previous_folder_intact(tmp_path, small_cohort, monkeypatch) -> None:
     folder = small_cohort.to_files(tmp_path / "cohort")
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))

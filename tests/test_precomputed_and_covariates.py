@@ -40,6 +40,14 @@ def test_rows_are_looked_up_by_subject_id(tmp_path, kind: str) -> None:
     np.testing.assert_array_equal(encoder.transform(["s0", "s3"]), VALUES[[3, 0]].astype(np.float32))
 
 
+def test_csv_ids_that_look_like_numbers_stay_text(tmp_path) -> None:
+    path = tmp_path / "emb.csv"
+    path.write_text("subject_id,a,b\n001,1.0,2.0\n010,3.0,4.0\n")
+    encoder = PrecomputedEncoder(path).fit()
+    assert encoder.ids_ == ["001", "010"]
+    np.testing.assert_array_equal(encoder.transform(["010", "001"]), [[3.0, 4.0], [1.0, 2.0]])
+
+
 def test_unknown_subjects_are_an_error_or_nan_rows(tmp_path) -> None:
     source, _ = write_source("parquet", tmp_path)
     with pytest.raises(DataError, match=r"no embedding for 1 subject\(s\), e.g. \['s9'\]"):

@@ -91,6 +91,29 @@ def test_an_interrupted_save_keeps_the_previous_bridge_and_leaves_no_partial_fil
     Bridge.from_pretrained(target, backbone=tiny_backbone)  # still loads
 
 
+def test_an_interrupted_folder_swap_puts_the_previous_folder_back(tmp_path, monkeypatch) -> None:
+    import os
+
+    import neuroomics_bridge.io as nob_io
+
+    target = tmp_path / "bundle"
+    with nob_io.atomic_directory(target) as folder:
+        (folder / "weights").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def interrupted_second_rename(source, destination) -> None:
+        calls.append(destination)
+        if len(calls) == 2:  # the new folder moving in: a Ctrl-C between the two renames
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(nob_io.os, "replace", interrupted_second_rename)
+    with pytest.raises(KeyboardInterrupt), nob_io.atomic_directory(target) as folder:
+        (folder / "weights").write_text("new")
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_and_folders_get_the_mode_a_plain_open_would_give(tmp_path, make_bridge, umask) -> None:
     from neuroomics_bridge.io import atomic_write_text, current_umask

@@ -278,8 +278,8 @@ class Cohort:
                 frame = getattr(self, name)
                 if frame is not None:
                     frame.to_csv(tmp / f"{name}.csv", index_label="subject_id")
-            if self.genes is not None:
-                self.genes.write_h5ad(tmp / "genes.h5ad")
+            if self.genes is not None:  # anndata would otherwise turn the caller's obs strings into categoricals
+                self.genes.write_h5ad(tmp / "genes.h5ad", convert_strings_to_categoricals=False)
             if self.brains is not None:
                 manifest["brain_files"] = self._write_brains(tmp / "brain")
             derived = {"gene"} if self.genes is not None else set()
@@ -290,7 +290,8 @@ class Cohort:
                 for modality, matrix in stored.items():
                     frame = pd.DataFrame(matrix, columns=[f"f{i}" for i in range(matrix.shape[1])])
                     frame.insert(0, "subject_id", self.subject_ids)
-                    frame.to_parquet(tmp / "features" / f"{modality}.parquet", index=False)
+                    present = ~np.isnan(matrix).all(axis=1)  # absent subjects are left out; reading gives NaN back
+                    frame[present].to_parquet(tmp / "features" / f"{modality}.parquet", index=False)
             manifest["stored_features"] = sorted(stored)
             (tmp / "cohort.json").write_text(json.dumps(manifest, indent=2))
         return target
@@ -298,16 +299,18 @@ class Cohort:
     def _write_brains(self, folder: Path) -> dict[str, str]:
         import nibabel as nib
 
+        from neuroomics_bridge.encoders.atlases import load_image
+
         folder.mkdir()
         files = {}
         for index, (subject, image) in enumerate(zip(self.subject_ids, self.brains or [], strict=True)):
             if image is None:
                 continue
             name = f"{_file_stem(subject, index)}.nii.gz"
-            if isinstance(image, (str, os.PathLike)):
-                shutil.copyfile(image, folder / name)
-            else:
-                nib.save(image, folder / name)
+            if isinstance(image, (str, os.PathLike)) and str(image).endswith(".nii.gz"):
+                shutil.copyfile(image, folder / name)  # the same bytes
+            else:  # an image in memory, or a file in another format (.nii, .mgz, Analyze): written as .nii.gz
+                nib.save(image if not isinstance(image, (str, os.PathLike)) else load_image(image), folder / name)
             files[subject] = f"brain/{name}"
         return files
 

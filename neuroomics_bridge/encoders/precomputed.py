@@ -150,9 +150,12 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
                 values = _read(path, lambda: np.load(path, allow_pickle=False))
                 ids = list(self.ids) if self.ids is not None else [str(i) for i in range(len(values))]
                 return ids, np.asarray(values, dtype=np.float64)
-            if suffix in (".parquet", ".csv"):
-                reader = pd.read_parquet if suffix == ".parquet" else pd.read_csv
-                return self._from_table(_read(path, lambda: reader(path)))
+            if suffix == ".parquet":
+                return self._from_table(_read(path, lambda: pd.read_parquet(path)))
+            if suffix == ".csv":  # ids as text: "001" must not become the number 1
+                header = _read(path, lambda: pd.read_csv(path, nrows=0)).columns
+                column = self._id_column(header)
+                return self._from_table(_read(path, lambda: pd.read_csv(path, dtype={column: str})))
             if suffix == ".h5ad":
                 return self._from_anndata(_read(path, lambda: ad.read_h5ad(path)))
             raise DataError(f"{path}: expected .npy, .parquet, .csv or .h5ad, got {suffix!r}")
@@ -164,8 +167,12 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
             f"PrecomputedEncoder.source: expected a path, AnnData or DataFrame, got {type(source).__name__}"
         )
 
+    def _id_column(self, columns: pd.Index) -> str:
+        """The column of a table's subject ids: as given, else ``subject_id``, else the first."""
+        return self.id_column or ("subject_id" if "subject_id" in columns else columns[0])
+
     def _from_table(self, table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-        column = self.id_column or ("subject_id" if "subject_id" in table.columns else table.columns[0])
+        column = self._id_column(table.columns)
         if column not in table.columns:
             raise DataError(f"{self._describe()}: id column {column!r} not found; columns: {list(table.columns)[:10]}")
         features = table.drop(columns=[column])
