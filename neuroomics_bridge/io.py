@@ -290,7 +290,7 @@ def read_manifest(
         raise MissingFileError(f"{path}: missing; expected a {expected_format!r} manifest")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__

@@ -222,14 +222,34 @@ class EmbeddingIndex:
         folder = Path(directory)
         if not (folder / "index.faiss").is_file() or not (folder / "ids.json").is_file():
             raise MissingFileError(f"{folder}: expected index.faiss and ids.json (written by EmbeddingIndex.save)")
+        meta = _read_json_lists(folder / "ids.json", lists=("ids",), texts=("format", "metric", "factory"))
         try:
-            meta = json.loads((folder / "ids.json").read_text())
             index = faiss.read_index(str(folder / "index.faiss"))
-        except (json.JSONDecodeError, RuntimeError) as err:
-            raise CorruptFileError(f"{folder}: unreadable index ({err})") from None
-        if meta.get("format") != INDEX_FORMAT or len(meta.get("ids", [])) != index.ntotal:
-            raise CorruptFileError(f"{folder}: ids.json does not match index.faiss ({index.ntotal} vectors)")
+        except RuntimeError as err:
+            raise CorruptFileError(f"{folder / 'index.faiss'}: unreadable index ({err})") from None
+        if meta["format"] != INDEX_FORMAT or len(meta["ids"]) != index.ntotal:
+            raise CorruptFileError(
+                f"{folder / 'ids.json'}: expected format {INDEX_FORMAT!r} and {index.ntotal} ids (index.faiss), "
+                f"got {meta['format']!r} and {len(meta['ids'])}"
+            )
         return cls(index, meta["ids"], metric=meta["metric"], factory=meta["factory"])
+
+
+def _read_json_lists(file: Path, *, lists: Sequence[str], texts: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON object from ``file`` whose ``lists`` keys hold lists and ``texts`` keys strings;
+    :class:`CorruptFileError` naming the file and the first key that is not so."""
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(content, dict):
+        raise CorruptFileError(f"{file}: expected a JSON object, got {type(content).__name__}")
+    for keys, kind in ((lists, list), (texts, str)):
+        for key in keys:
+            if not isinstance(content.get(key), kind):
+                found = type(content[key]).__name__ if key in content else "nothing"
+                raise CorruptFileError(f"{file}: expected {key!r} to be a {kind.__name__}, got {found}")
+    return content
 
 
 def _prepared(vectors: np.ndarray, metric: Metric) -> np.ndarray:
@@ -342,11 +362,21 @@ class ReferenceSet:
         MissingFileError
             When ``references.json`` or an index's files are missing.
         CorruptFileError
-            When an index is unreadable.
+            When ``references.json`` or an index is unreadable, or an index holds subjects that
+            ``references.json`` does not list.
         """
         folder = Path(directory)
-        if not (folder / "references.json").is_file():
-            raise MissingFileError(f"{folder / 'references.json'}: missing; not a saved ReferenceSet")
-        table = json.loads((folder / "references.json").read_text())
+        file = folder / "references.json"
+        if not file.is_file():
+            raise MissingFileError(f"{file}: missing; not a saved ReferenceSet")
+        table = _read_json_lists(file, lists=("subject_ids", "reports", "labels"))
+        lengths = {key: len(table[key]) for key in ("subject_ids", "reports", "labels")}
+        if len(set(lengths.values())) != 1:
+            raise CorruptFileError(f"{file}: expected one report and label per subject id, got {lengths}")
         indexes = {p.name: EmbeddingIndex.load(p) for p in sorted(folder.iterdir()) if p.is_dir()}
+        listed = set(table["subject_ids"])
+        for modality, index in indexes.items():
+            unknown = [i for i in index.ids if i not in listed]
+            if unknown:
+                raise CorruptFileError(f"{folder / modality}: indexes subjects {unknown[:5]} that {file.name} lacks")
         return cls(table["subject_ids"], table["reports"], table["labels"], indexes)

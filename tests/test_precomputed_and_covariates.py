@@ -48,6 +48,15 @@ def test_csv_ids_that_look_like_numbers_stay_text(tmp_path) -> None:
     np.testing.assert_array_equal(encoder.transform(["010", "001"]), [[3.0, 4.0], [1.0, 2.0]])
 
 
+def test_a_saved_npy_encoder_with_numpy_ids_loads_back_the_same_rows(tmp_path) -> None:
+    from neuroomics_bridge.encoders.cohort import CohortEncoder
+
+    source, _ = write_source("npy", tmp_path)
+    encoders = CohortEncoder({"fm": PrecomputedEncoder(source, ids=np.array(IDS))})
+    restored = CohortEncoder.load(encoders.save(tmp_path / "encoders")).encoders["fm"].fit()
+    np.testing.assert_array_equal(restored.transform(["s3", "s0"]), VALUES[[0, 3]].astype(np.float32))
+
+
 def test_unknown_subjects_are_an_error_or_nan_rows(tmp_path) -> None:
     source, _ = write_source("parquet", tmp_path)
     with pytest.raises(DataError, match=r"no embedding for 1 subject\(s\), e.g. \['s9'\]"):

@@ -77,13 +77,33 @@ def test_damaged_saved_indexes_and_reference_sets_are_named(tmp_path) -> None:
     folder = EmbeddingIndex.build(vectors(10), [f"s{i}" for i in range(10)]).save(tmp_path / "index")
     meta = json.loads((folder / "ids.json").read_text())
     (folder / "ids.json").write_text(json.dumps({**meta, "ids": meta["ids"][:9]}))
-    with pytest.raises(CorruptFileError, match=r"index: ids\.json does not match index\.faiss \(10 vectors\)"):
+    with pytest.raises(CorruptFileError, match=r"ids\.json: expected .* and 10 ids \(index\.faiss\), got .* and 9"):
         EmbeddingIndex.load(folder)
+    (folder / "ids.json").write_text(json.dumps({"ids": meta["ids"], "format": meta["format"]}))
+    with pytest.raises(CorruptFileError, match=r"ids\.json: expected 'metric' to be a str, got nothing"):
+        EmbeddingIndex.load(folder)
+    (folder / "ids.json").write_text(json.dumps(meta))
     (folder / "index.faiss").write_bytes(b"not an index")
-    with pytest.raises(CorruptFileError, match=r"index: unreadable index"):
+    with pytest.raises(CorruptFileError, match=r"index\.faiss: unreadable index"):
         EmbeddingIndex.load(folder)
     with pytest.raises(MissingFileError, match=r"references\.json: missing; not a saved ReferenceSet"):
         ReferenceSet.load(tmp_path / "index")
+
+    ids = [f"s{i}" for i in range(10)]
+    index = EmbeddingIndex.build(vectors(10), ids)
+    refs = ReferenceSet(ids, [f"report {i}" for i in ids], ["a"] * 10, {"gene": index}).save(tmp_path / "refs")
+    table = json.loads((refs / "references.json").read_text())
+    damaged = {
+        "[1, 2]": r"expected a JSON object, got list",
+        "{not json": r"not valid JSON",
+        json.dumps({**table, "labels": None}): r"expected 'labels' to be a list, got NoneType",
+        json.dumps({**table, "reports": table["reports"][:9]}): r"one report and label per subject id",
+        json.dumps({key: values[:9] for key, values in table.items()}): r"gene: indexes subjects \['s9'\]",
+    }
+    for text, message in damaged.items():
+        (refs / "references.json").write_text(text)
+        with pytest.raises(CorruptFileError, match=message):
+            ReferenceSet.load(refs)
 
 
 def test_cross_modal_search_finds_the_same_subject() -> None:

@@ -133,7 +133,9 @@ class CohortEncoder:
                 if isinstance(encoder, PrecomputedEncoder):
                     if not isinstance(encoder.source, (str, os.PathLike)):
                         raise DataError(f"modality {modality!r}: in-memory precomputed data cannot be saved")
-                    entry["params"] = {**encoder.get_params(), "source": str(Path(encoder.source).resolve())}
+                    params = encoder.get_params()
+                    ids = None if params["ids"] is None else [str(i) for i in params["ids"]]  # e.g. a numpy array
+                    entry["params"] = {**params, "ids": ids, "source": str(Path(encoder.source).resolve())}
                 else:
                     entry["file"] = f"{modality}.safetensors"
                     encoder.save(tmp / entry["file"])
