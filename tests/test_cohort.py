@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -160,6 +161,10 @@ def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
     (bad / "reports.csv").write_text("id,text\ns1,hello\n")
     with pytest.raises(DataError, match="expected columns subject_id, report"):
         Cohort.from_files(bad)
+    for text in ("", "subject_id,report\ns1,a\ns2,b,c,d\n", "subject_id,report\ns1,caf\xe9\n"):
+        (bad / "reports.csv").write_bytes(text.encode("latin-1"))  # empty, ragged, not UTF-8
+        with pytest.raises(DataError, match=r"reports\.csv: not a readable CSV table"):
+            Cohort.from_files(bad)
     (bad / "cohort.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(DataError, match=r"cohort\.json: expected format"):
         Cohort.from_files(bad)
@@ -234,6 +239,12 @@ def test_saved_encoders_that_were_cut_or_edited_name_the_file_and_the_entry(tmp_
         CorruptFileError, match=r"manifest\.json: expected 'modalities' \(an object\) and 'residualize'"
     ):
         CohortEncoder.load(folder)
+
+
+def test_modality_names_that_are_not_file_names_are_refused() -> None:
+    for name in ("brain/fmri", "../x", ""):
+        with pytest.raises(DataError, match=r"modality names are letters, digits.*got " + re.escape(repr(name))):
+            Cohort(["a"], features={name: np.zeros((1, 2))})
 
 
 def test_cohort_rejects_misaligned_fields() -> None:

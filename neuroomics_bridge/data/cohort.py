@@ -94,6 +94,10 @@ class Cohort:
         # The cohort holds its own copies: the caller's dict and tables are never rewritten.
         features = {}
         for modality, matrix in self.features.items():
+            if not _PLAIN_STEM.fullmatch(modality):  # it names files and folders when the cohort is saved
+                raise DataError(
+                    f"Cohort.features: modality names are letters, digits, '.', '_' and '-', got {modality!r}"
+                )
             matrix = np.array(matrix, dtype=np.float32)  # a copy, even of a float32 array
             if matrix.ndim != 2 or matrix.shape[0] != n:
                 raise DataError(f"Cohort.features['{modality}']: expected shape ({n}, d), got {matrix.shape}")
@@ -336,7 +340,7 @@ class Cohort:
         reports_file = folder / "reports.csv"
         if not reports_file.is_file():
             raise MissingFileError(f"{reports_file}: missing; a cohort folder needs reports.csv (subject_id, report)")
-        table = pd.read_csv(reports_file, dtype={"subject_id": str}, keep_default_na=False)
+        table = _read_csv(reports_file, keep_default_na=False)
         if "subject_id" not in table.columns or "report" not in table.columns:
             raise DataError(
                 f"{reports_file}: expected columns subject_id, report (and label); got {list(table.columns)}"
@@ -410,10 +414,19 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return read_manifest(file, COHORT_FORMAT, error=DataError) if file.is_file() else {}
 
 
+def _read_csv(file: Path, **options: Any) -> pd.DataFrame:
+    """A cohort table with its ``subject_id`` column as text; :class:`DataError` naming the file
+    when it is empty, ragged or not UTF-8 text."""
+    try:
+        return pd.read_csv(file, dtype={"subject_id": str}, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{file}: not a readable CSV table ({type(err).__name__}: {str(err)[:200]})") from None
+
+
 def _read_table(file: Path, subject_ids: list[str]) -> pd.DataFrame | None:
     if not file.is_file():
         return None
-    table = pd.read_csv(file, dtype={"subject_id": str})
+    table = _read_csv(file)
     if "subject_id" not in table.columns:
         raise DataError(f"{file}: expected a subject_id column; got {list(table.columns)}")
     _check_unique(table["subject_id"].tolist(), file)
