@@ -79,13 +79,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], *, kind: str, marker: str) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces ``path`` as a whole.
 
     An existing ``path`` is moved aside and deleted only after the new one is in place, so at
-    every instant either the old or the new directory is complete.
+    every instant either the old or the new directory is complete. Only an empty folder or one
+    written before as the same ``kind`` (it holds ``marker``) is replaced: a folder of the
+    user's own files is refused with a :class:`DataError` before anything is written.
+
+    Parameters
+    ----------
+    path
+        The folder to write.
+    kind, marker
+        What the folder holds (for the error) and a file or folder every such folder has.
     """
     target = Path(path)
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / marker).exists())):
+        found = "a file" if not target.is_dir() else f"a folder of other files (no {marker})"
+        raise DataError(f"{target}: expected a new or empty folder or a saved {kind}, found {found}; not replaced")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

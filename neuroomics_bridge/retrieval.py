@@ -200,7 +200,7 @@ class EmbeddingIndex:
         import faiss
 
         target = Path(directory)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind="EmbeddingIndex", marker="ids.json") as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             meta = {"format": INDEX_FORMAT, "metric": self.metric, "factory": self.factory, "ids": self.ids}
             (tmp / "ids.json").write_text(json.dumps(meta))
@@ -346,7 +346,7 @@ class ReferenceSet:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write reports, labels and one faiss index per modality, atomically."""
         target = Path(directory)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind="ReferenceSet", marker="references.json") as tmp:
             table = {"subject_ids": self.subject_ids, "reports": self.reports, "labels": self.labels}
             (tmp / "references.json").write_text(json.dumps(table))
             for modality, index in self.indexes.items():

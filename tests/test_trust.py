@@ -10,10 +10,20 @@ import stat
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from neuroomics_bridge import RESEARCH_NOTICE, Bridge, BridgeConfig, GeneEncoder, NobError, PrecomputedEncoder
+from neuroomics_bridge import (
+    RESEARCH_NOTICE,
+    Bridge,
+    BridgeConfig,
+    DataError,
+    GeneEncoder,
+    NobError,
+    PrecomputedEncoder,
+)
+from neuroomics_bridge.data import Cohort
 from neuroomics_bridge.training.args import PRETRAIN_OPTIMIZER
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
@@ -97,7 +107,7 @@ def test_an_interrupted_folder_swap_puts_the_previous_folder_back(tmp_path, monk
     import neuroomics_bridge.io as nob_io
 
     target = tmp_path / "bundle"
-    with nob_io.atomic_directory(target) as folder:
+    with nob_io.atomic_directory(target, kind="bundle", marker="weights") as folder:
         (folder / "weights").write_text("old")
     real_replace, calls = os.replace, []
 
@@ -108,10 +118,31 @@ def test_an_interrupted_folder_swap_puts_the_previous_folder_back(tmp_path, monk
         real_replace(source, destination)
 
     monkeypatch.setattr(nob_io.os, "replace", interrupted_second_rename)
-    with pytest.raises(KeyboardInterrupt), nob_io.atomic_directory(target) as folder:
+    with pytest.raises(KeyboardInterrupt), nob_io.atomic_directory(target, kind="bundle", marker="weights") as folder:
         (folder / "weights").write_text("new")
     assert (target / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_saving_into_a_folder_of_other_files_is_refused_and_leaves_them(tmp_path, make_bridge) -> None:
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "analysis_notes.txt").write_text("mine")
+    index = EmbeddingIndex.build(np.eye(3, dtype=np.float32), ["a", "b", "c"])
+    saves = {
+        "EmbeddingIndex": lambda: index.save(project),
+        "bridge": lambda: make_bridge({"gene": 4}, SMALL).save_pretrained(project),
+        "cohort folder": lambda: Cohort(["a"], reports=["r"]).to_files(project),
+    }
+    for kind, save in saves.items():
+        with pytest.raises(DataError, match=rf"project: expected a new or empty folder or a saved {kind}, found a fo"):
+            save()
+    assert [p.name for p in project.iterdir()] == ["analysis_notes.txt"]
+    (project / "analysis_notes.txt").unlink()
+    index.save(project)  # an empty folder is written, and a saved index replaced
+    assert EmbeddingIndex.load(index.save(project)).ids == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -59,7 +59,7 @@ def convert_gguf(gguf_file: str | os.PathLike[str], *, digest: str | None = None
         return target
     logger.info("De-quantising %s once into %s", source.name, target)
     model, tokenizer = _load_gguf(source)
-    with atomic_directory(target) as tmp, quiet_transformers_progress():
+    with atomic_directory(target, kind="converted model", marker="config.json") as tmp, quiet_transformers_progress():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target

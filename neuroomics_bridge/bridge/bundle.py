@@ -66,7 +66,7 @@ class BridgeBundle:
             ``directory``.
         """
         target = Path(directory)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind="bridge bundle", marker=MANIFEST) as tmp:
             self.bridge.save_pretrained(tmp)
             parts = []
             if self.encoders is not None:

@@ -491,7 +491,7 @@ class Bridge(ReportGenerationMixin):
             "lora": self.lora.to_dict() if self.lora is not None else None,
         }
         state = {key: value.detach().cpu().contiguous() for key, value in self.adapters.state_dict().items()}
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind="bridge", marker=ADAPTERS_FILE) as tmp:
             save_file(state, tmp / ADAPTERS_FILE, metadata={"format": BRIDGE_FORMAT})
             if self.lora is not None:
                 save_file(self.lora_state(), tmp / LORA_FILE, metadata={"format": BRIDGE_FORMAT})

@@ -267,7 +267,7 @@ class Cohort:
             ``directory``.
         """
         target = Path(directory)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind="cohort folder", marker="reports.csv") as tmp:
             manifest: dict[str, Any] = {
                 "format": COHORT_FORMAT,
                 "n_subjects": self.n_subjects,

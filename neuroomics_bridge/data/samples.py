@@ -89,7 +89,7 @@ def write_samples(directory: str | os.PathLike[str], *, seed: int = 0) -> Path:
     """
     rng = np.random.default_rng(seed)
     target = Path(directory)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, kind="sample data folder", marker="corpora") as tmp:
         corpora = tmp / "corpora"
         (corpora / "clinical").mkdir(parents=True)
         lines = "".join(json.dumps({"text": t}) + "\n" for t in _biomedical(rng, 400))

@@ -127,7 +127,7 @@ class CohortEncoder:
 
         target = Path(directory)
         manifest: dict[str, Any] = {"format": ENCODER_FORMAT, "residualize": self.residualize, "modalities": {}}
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind="CohortEncoder", marker="manifest.json") as tmp:
             for modality, encoder in self.encoders.items():
                 entry: dict[str, Any] = {"class": type(encoder).__name__}
                 if isinstance(encoder, PrecomputedEncoder):

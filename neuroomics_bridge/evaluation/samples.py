@@ -316,7 +316,7 @@ def write_benchmark_samples(directory: str | os.PathLike[str], *, seed: int = 0)
     """
     rng = np.random.default_rng(seed)
     target = Path(directory)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, kind="benchmark sample folder", marker="pubmedqa.json") as tmp:
         (tmp / "pubmedqa.json").write_text(json.dumps(_pubmedqa(rng), indent=1) + "\n", encoding="utf-8")
         (tmp / "medqa.jsonl").write_text(_jsonl(_medqa(rng)), encoding="utf-8")
         (tmp / "medmcqa.json").write_text(_jsonl(_medmcqa(rng)), encoding="utf-8")  # JSON lines, as MedMCQA ships

@@ -365,7 +365,7 @@ def save_lora(module: InstructionTuneModule, directory: str | os.PathLike[str]) 
     from neuroomics_bridge.notice import RESEARCH_NOTICE
 
     target = Path(directory)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, kind="LoRA adapter", marker="adapter_config.json") as tmp:
         module.model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "README.md").write_text(
             f"---\nbase_model: {module.base['base_model']}\nbase_weights_sha256: {module.base['base_weights_sha256']}\n"

@@ -498,7 +498,7 @@ def save_pretrained_backbone(
 
     target = Path(directory)
     header = yaml.safe_dump(json.loads(json.dumps(dict(card))), sort_keys=False, allow_unicode=True)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, kind="model", marker="config.json") as tmp:
         backbone.model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
         summary = f"{card.get('training', 'Trained')} from `{card.get('base_model')}`."
