@@ -93,6 +93,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from neuroomics_bridge.io import atomic_write_text
 
     if args.compare:
+        if args.out and Path(args.out).suffix == ".png":  # the table would be overwritten by its own plot
+            raise ConfigError(f"--out {args.out}: name the Markdown table (e.g. compare.md); its plot goes beside it")
         runs = [BenchmarkRun.load(path) for path in args.compare]
         table = compare_runs(*runs)
         if args.out:

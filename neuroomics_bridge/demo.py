@@ -21,6 +21,7 @@ from typing import Any
 
 from neuroomics_bridge.backbone.config import DEFAULT_BACKBONE
 from neuroomics_bridge.data.cohort import Cohort
+from neuroomics_bridge.errors import DataError
 from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 from neuroomics_bridge.reports.report import Report
 
@@ -96,6 +97,8 @@ def run_demo(
     step("loading the cohort" + (f" from {data_dir}" if data_dir else f" (synthetic, {settings.subjects} subjects)"))
     # a bad folder fails here, before torch and the models are imported
     raw = Cohort.from_files(data_dir) if data_dir else synthetic_cohort(settings.subjects, seed=seed)
+    if raw.labels is None:  # the reports are scored against them: fail now, not after training
+        raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv (the demo scores reports)")
 
     import torch
 

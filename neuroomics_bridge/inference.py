@@ -164,10 +164,12 @@ def evaluate_folder(
     Raises
     ------
     DataError
-        When the cohort has no labels, or no subject is left to score.
+        When ``limit`` is under 1, the cohort has no labels, or no subject is left to score.
     """
     from neuroomics_bridge.data.cohort import Cohort
 
+    if limit is not None and limit < 1:  # a slice would drop subjects from the end instead
+        raise DataError(f"limit: expected None or at least 1 subject, got {limit}")
     raw = Cohort.from_files(data_dir)  # a bad or unlabelled folder fails before torch and the bridge are loaded
     if raw.labels is None:
         raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv to score against")

@@ -147,6 +147,9 @@ def test_prompt_longer_than_context_is_cut_from_the_left(tiny_backbone: TextBack
 def test_no_room_for_a_prompt_is_a_clear_error(tiny_backbone: TextBackbone) -> None:
     with pytest.raises(DataError, match="leave no room"):
         tiny_backbone.generate(["tremor"], max_new_tokens=256)
+    for tokens in (0, -5):
+        with pytest.raises(DataError, match=rf"max_new_tokens: expected at least 1 token to generate, got {tokens}"):
+            tiny_backbone.generate(["tremor"], max_new_tokens=tokens)
 
 
 def test_chat_uses_me_llama_prompt_format_from_its_card(tiny_backbone: TextBackbone) -> None:

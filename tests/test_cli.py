@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,30 @@ def test_reports_in_batches_of_none_or_in_an_unknown_format_are_refused_before_a
     assert not (tmp_path / "r.jsonl").exists()
     with pytest.raises(DataError, match=r"r\.pdf: expected an output file ending in \.jsonl, \.md, \.html"):
         write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.pdf")
+
+
+def test_bad_evaluation_options_and_inputs_are_refused_before_any_work(capsys, tmp_path: Path) -> None:
+    from neuroomics_bridge import DataError
+    from neuroomics_bridge.data import Cohort
+    from neuroomics_bridge.demo import run_demo
+    from neuroomics_bridge.evaluation.harness import run_benchmarks
+    from neuroomics_bridge.inference import evaluate_folder
+
+    unlabelled = Cohort(["a", "b"], reports=["x", "y"]).to_files(tmp_path / "unlabelled")
+    with pytest.raises(DataError, match=r"unlabelled: no labels; expected a 'label' column"):
+        run_demo(tmp_path / "demo", data_dir=unlabelled, log=lambda line: None)
+    for limit in (0, -1):
+        with pytest.raises(DataError, match=rf"limit: expected None or at least 1 subject, got {limit}"):
+            evaluate_folder(tmp_path / "bridge", unlabelled, tmp_path / "out", limit=limit)
+    with pytest.raises(DataError, match=r"shots: expected 0 .* got -1"):
+        run_benchmarks(None, ["pubmedqa"], tmp_path, shots=-1)
+    (tmp_path / "run.json").write_text(json.dumps({"results": [], "metadata": {}}))
+    (tmp_path / "image.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    for name in ("run.json", "image.json"):
+        assert main(["eval", "--compare", str(tmp_path / name), str(tmp_path / name)]) == 2
+        assert f"{name}: not a results file written by nob eval" in capsys.readouterr().err
+    assert main(["eval", "--compare", "a.json", "b.json", "--out", str(tmp_path / "cmp.png")]) == 2
+    assert "cmp.png: name the Markdown table (e.g. compare.md)" in capsys.readouterr().err
 
 
 def test_index_build_names_a_missing_table_and_a_modality_it_lacks(capsys, tmp_path: Path) -> None:

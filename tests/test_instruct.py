@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neuroomics_bridge import RESEARCH_NOTICE, TextBackbone
+from neuroomics_bridge import RESEARCH_NOTICE, MissingFileError, TextBackbone
 from neuroomics_bridge.data.instructions import (
     TASK_TEMPLATES,
     InstructionRecord,
@@ -150,6 +150,13 @@ def test_adapter_is_saved_alone_reloads_identically_and_merges(tmp_path, tiny_mo
         torch.testing.assert_close(merged(input_ids=ids).logits, tuned, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(tuned, untuned)  # the adapter changed the model
     assert "lora_A" not in " ".join(n for n, _ in merged.named_parameters())
+    pickled = tmp_path / "pickled"  # as peft writes with safe_serialization=False: refused before peft reads it
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_bytes((tmp_path / "adapter" / "adapter_config.json").read_bytes())
+    (pickled / "adapter_model.bin").write_bytes(b"not read")
+    for folder, missing in ((pickled, "adapter_model.safetensors"), (tmp_path / "nowhere", "adapter_config.json")):
+        with pytest.raises(MissingFileError, match=rf"{folder.name}: no {missing}"):
+            load_lora(TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu"), folder)
 
 
 def test_qlora_without_a_gpu_is_a_clear_error(tiny_model_dir) -> None:

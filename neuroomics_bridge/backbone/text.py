@@ -657,9 +657,12 @@ class TextBackbone:
         Raises
         ------
         DataError
-            When ``max_new_tokens`` plus the prefix leave no room for a prompt, or ``batch_size < 1``.
+            When ``max_new_tokens`` is under 1 or, with the prefix, leaves no room for a prompt, or
+            ``batch_size < 1``.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if max_new_tokens < 1:
+            raise DataError(f"max_new_tokens: expected at least 1 token to generate, got {max_new_tokens}")
         k = 0 if prefix_embeds is None else int(prefix_embeds.shape[1])
         budget = self.context_length - max_new_tokens - k
         if budget < 1:

@@ -140,8 +140,11 @@ class BenchmarkRun:
                 TaskResult(task, r["family"], r["mode"], r["shots"], r["n"], r["metrics"], predictions.get(task, []))
                 for task, r in saved["results"].items()
             ]
-            return cls(saved["metadata"], results)
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            metadata = saved["metadata"]
+            if "backbone" not in metadata:  # what comparisons label the run with
+                raise KeyError("metadata.backbone")
+            return cls(metadata, results)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{file}: not a results file written by nob eval ({type(err).__name__}: {err})") from None
 
 
@@ -183,7 +186,7 @@ def run_benchmarks(
     Raises
     ------
     DataError, MissingFileError
-        For an unknown task, a ``limit`` under 1, missing or ambiguous data files, an adapter
+        For an unknown task, a ``limit`` under 1, negative ``shots``, missing or ambiguous data files, an adapter
         folder without ``adapter_model.safetensors``, or as the readers and
         :func:`evaluate_task` raise.
     """
@@ -191,6 +194,8 @@ def run_benchmarks(
 
     if limit is not None and limit < 1:  # a slice would drop items from the end instead
         raise DataError(f"limit: expected None or at least 1 item per task, got {limit}")
+    if shots < 0:
+        raise DataError(f"shots: expected 0 (zero-shot) or more examples per prompt, got {shots}")
     chosen = [get_task(name) for name in tasks]  # unknown names fail before any work
     located = {task.name: task_files(data_dir, task) for task in chosen}
     files: dict[str, Any] = {}

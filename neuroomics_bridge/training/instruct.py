@@ -23,7 +23,7 @@ from neuroomics_bridge.adapters.config import LoRAConfig
 from neuroomics_bridge.backbone.packed import drop_packed_weights
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
-from neuroomics_bridge.errors import ConfigError, DataError
+from neuroomics_bridge.errors import ConfigError, DataError, MissingFileError
 from neuroomics_bridge.training.args import INSTRUCT_EPOCHS, INSTRUCT_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.data import SubjectSampler
 from neuroomics_bridge.training.trainer import TrainableState, TrainingBackbone, build_trainer, mixed_precision
@@ -377,10 +377,21 @@ def save_lora(module: InstructionTuneModule, directory: str | os.PathLike[str]) 
 
 
 def load_lora(backbone: TextBackbone, directory: str | os.PathLike[str]) -> Any:
-    """The backbone's model with a saved adapter applied (a peft model, eval mode)."""
+    """The backbone's model with a saved adapter applied (a peft model, eval mode).
+
+    Raises
+    ------
+    MissingFileError
+        When ``directory`` lacks ``adapter_config.json`` or ``adapter_model.safetensors`` (peft
+        would also read a pickled ``adapter_model.bin``; this library reads safetensors only).
+    """
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(backbone.model, str(directory)).eval()
+    folder = Path(directory)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            raise MissingFileError(f"{folder}: no {name} (a peft LoRA folder saved as safetensors was expected)")
+    return PeftModel.from_pretrained(backbone.model, str(folder)).eval()
 
 
 def merge_lora(peft_model: Any) -> Any:
