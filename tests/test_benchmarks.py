@@ -34,6 +34,7 @@ from neuroomics_bridge.evaluation.scoring import (
     shot_indices,
 )
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
+from neuroomics_bridge.notice import RESEARCH_NOTICE
 
 SHIPPED = Path(__file__).parents[1] / "examples" / "data" / "benchmarks"
 
@@ -391,6 +392,8 @@ def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, sampl
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     predictions = [json.loads(line) for line in path.with_suffix(".predictions.jsonl").read_text().splitlines()]
     assert [p["task"] for p in predictions] == ["pubmedqa"] * 3 + ["ncbi-disease"] * 3
+    assert all(p["notice"] == RESEARCH_NOTICE for p in predictions)
+    assert json.loads(path.read_text())["notice"] == RESEARCH_NOTICE
     with pytest.raises(DataError, match=r"must end in \.json"):
         run.save(tmp_path / "run.md")
 

@@ -75,6 +75,7 @@ def test_reports_from_anndata_use_obs_names_obs_covariates_and_write_obs(bridge,
     assert [r.subject_id for r in reports] == list(cells.obs_names)
     assert reports[0].evidence.covariates == {"age": "60"} and reports[2].evidence.absent == ["brain"]
     assert list(cells.obs["nob_report_text"]) == [r.text for r in reports]
+    assert (cells.obs["nob_report_notice"] == RESEARCH_NOTICE).all()
     assert [None if pd.isna(v) else v for v in cells.obs["nob_report"]] == [r.label for r in reports]
     assert cells.uns["nob_report"]["notice"] == RESEARCH_NOTICE and cells.uns["nob_report"]["classes"] == list(CLASSES)
 

@@ -150,7 +150,8 @@ class ReportGenerationMixin:
         use_rep, key_added
             AnnData only: modality -> obsm key (default ``obsm[m]`` or ``obsm["X_" + m]``; a
             one-modality bridge falls back to ``X``); with ``key_added``, ``obs[key]`` gets the
-            class each impression names (categorical), ``obs[key + "_text"]`` the report text and
+            class each impression names (categorical), ``obs[key + "_text"]`` the report text,
+            ``obs[key + "_notice"]`` the research-use notice beside it, and
             ``uns[key]`` the layout, classes, provenance and the research-use notice, written into
             the given AnnData. Its ``obs`` are the default ``covariates``.
         covariates, reference, classes, class_prompt, neighbours
@@ -196,6 +197,7 @@ class ReportGenerationMixin:
             if key_added:
                 adata.obs[key_added] = pd.Categorical([r.label for r in reports], categories=list(classes) or None)
                 adata.obs[f"{key_added}_text"] = [r.text for r in reports]
+                adata.obs[f"{key_added}_notice"] = RESEARCH_NOTICE  # travels with the text when obs is exported
                 adata.uns[key_added] = {
                     "layout": reports[0].layout if reports else "",
                     "classes": list(classes),

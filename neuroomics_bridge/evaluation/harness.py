@@ -22,6 +22,7 @@ from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
 from neuroomics_bridge.io import atomic_write_text, file_sha256, read_jsonl, save_figure
+from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress
 
 if TYPE_CHECKING:
@@ -56,13 +57,14 @@ class BenchmarkRun:
         return {r.task: (get_task(r.task).primary, r.metrics[get_task(r.task).primary]) for r in self.results}
 
     def to_json(self) -> dict[str, Any]:
-        """The saved JSON form: metadata, and per task its settings, primary metric and metrics (no predictions)."""
+        """The saved JSON form: the research-use notice, metadata, and per task its settings, primary
+        metric and metrics (no predictions)."""
         results = {
             r.task: {"family": r.family, "mode": r.mode, "shots": r.shots, "n": r.n,
                      "primary": get_task(r.task).primary, "metrics": r.metrics}
             for r in self.results
         }  # fmt: skip
-        return {"metadata": self.metadata, "results": results}
+        return {"notice": RESEARCH_NOTICE, "metadata": self.metadata, "results": results}
 
     def to_markdown(self) -> str:
         """The run's settings, a table of headline metrics (± standard error), every metric, and the caveat."""
@@ -109,7 +111,7 @@ class BenchmarkRun:
             raise DataError(
                 f"{target}: the results file must end in .json (.md, .png and .predictions.jsonl go beside it)"
             )
-        rows = [{"task": r.task, **p} for r in self.results for p in r.predictions]
+        rows = [{"task": r.task, **p, "notice": RESEARCH_NOTICE} for r in self.results for p in r.predictions]
         atomic_write_text(target.with_suffix(".predictions.jsonl"), "".join(json.dumps(row) + "\n" for row in rows))
         atomic_write_text(target.with_suffix(".md"), self.to_markdown())
         plot_runs([self], target.with_suffix(".png"))
@@ -133,6 +135,7 @@ class BenchmarkRun:
         predictions: dict[str, list[dict[str, Any]]] = {}
         if file.with_suffix(".predictions.jsonl").is_file():
             for _, row in read_jsonl(file.with_suffix(".predictions.jsonl")):
+                row.pop("notice", None)
                 predictions.setdefault(str(row.pop("task", "")), []).append(row)
         try:
             saved = json.loads(file.read_text(encoding="utf-8"))
