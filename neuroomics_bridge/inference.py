@@ -22,7 +22,7 @@ import pandas as pd
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import atomic_path, atomic_write_text
 from neuroomics_bridge.notice import RESEARCH_NOTICE
-from neuroomics_bridge.progress import progress
+from neuroomics_bridge.progress import progress, silenced
 from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ def write_reports(
     max_new_tokens
         Longest findings text per report.
     show_progress
-        Show a progress bar; ``None``: only when stderr is a terminal.
+        Show a progress bar; ``None``: only when stderr is a terminal; ``False``: no bar at all,
+        the encoders' and generation's included.
 
     Returns
     -------
@@ -85,7 +86,7 @@ def write_reports(
     bridge, encoders, reference = bundle.bridge, bundle.encoders, bundle.references
     classes = sorted({label for label in reference.labels if label}) if reference is not None else []
     written = 0
-    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+    with silenced(show_progress is False), atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         if target.suffix == ".html":
             handle.write(f'<!doctype html><html lang="en"><meta charset="utf-8"><title>reports</title><body>'
                          f"<p><b>{html.escape(RESEARCH_NOTICE)}</b></p>")  # fmt: skip
@@ -154,7 +155,7 @@ def evaluate_folder(
     seed
         Seed of the shuffled-subject controls.
     show_progress
-        Progress bars; ``None``: only when stderr is a terminal.
+        Progress bars; ``None``: only when stderr is a terminal; ``False``: none at all.
 
     Returns
     -------
@@ -187,21 +188,22 @@ def evaluate_folder(
     kept = [s for s, known in zip(raw.subject_ids, in_reference, strict=True) if not known][:limit]
     if not kept:
         raise DataError(f"{data_dir}: no subject left to score ({raw.n_subjects} subjects, all in the reference set)")
-    cohort = bundle.encoders.transform(raw.subset(kept))
-    metrics = {
-        "evaluate/subjects": float(cohort.n_subjects),
-        "evaluate/excluded_reference_subjects": float(sum(in_reference)),
-        **evaluate_bridge(bridge, cohort),
-    }
-    if cohort.reports is not None:
-        metrics |= evaluate_bridge(bridge, cohort, stage="prefix")
-    written: list[Report] = []
-    if reports:
-        evaluation = evaluate_reports(
-            bridge, cohort, reference=reference, fact_columns=fact_columns, seed=seed, show_progress=show_progress
-        )
-        metrics |= report_label_metrics(evaluation, cohort) | evaluation.metrics
-        written = evaluation.reports[DEFAULT_LAYOUT]
+    with silenced(show_progress is False):  # the encoders' and generation's bars too
+        cohort = bundle.encoders.transform(raw.subset(kept))
+        metrics = {
+            "evaluate/subjects": float(cohort.n_subjects),
+            "evaluate/excluded_reference_subjects": float(sum(in_reference)),
+            **evaluate_bridge(bridge, cohort),
+        }
+        if cohort.reports is not None:
+            metrics |= evaluate_bridge(bridge, cohort, stage="prefix")
+        written: list[Report] = []
+        if reports:
+            evaluation = evaluate_reports(
+                bridge, cohort, reference=reference, fact_columns=fact_columns, seed=seed, show_progress=show_progress
+            )
+            metrics |= report_label_metrics(evaluation, cohort) | evaluation.metrics
+            written = evaluation.reports[DEFAULT_LAYOUT]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if written:

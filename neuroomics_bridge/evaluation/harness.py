@@ -23,7 +23,7 @@ from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult,
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
 from neuroomics_bridge.io import atomic_write_text, file_sha256, read_jsonl, save_figure
 from neuroomics_bridge.notice import RESEARCH_NOTICE
-from neuroomics_bridge.progress import progress
+from neuroomics_bridge.progress import progress, silenced
 
 if TYPE_CHECKING:
     from neuroomics_bridge.backbone.text import TextBackbone
@@ -184,7 +184,8 @@ def run_benchmarks(
     adapter
         The LoRA folder already applied to the backbone, so it is recorded with its hash.
     show_progress
-        Show a progress bar over tasks; ``None``: only when stderr is a terminal.
+        Show a progress bar over tasks; ``None``: only when stderr is a terminal; ``False``: no
+        bar at all, generation's included.
 
     Raises
     ------
@@ -209,12 +210,13 @@ def run_benchmarks(
         examples = every[:limit]
         pool = task.reader(train) if train is not None else every  # the full set: limit keeps each item's shots
         files[task.name] = {"file": str(evaluation), "sha256": file_sha256(evaluation), "n": len(examples)}
-        results.append(
-            evaluate_task(
-                backbone, task, examples, mode=mode, shots=shots, pool=pool, seed=seed,
-                prompt_format=prompt_format, batch_size=batch_size,
-            )
-        )  # fmt: skip
+        with silenced(show_progress is False):  # generation's own bars too
+            results.append(
+                evaluate_task(
+                    backbone, task, examples, mode=mode, shots=shots, pool=pool, seed=seed,
+                    prompt_format=prompt_format, batch_size=batch_size,
+                )
+            )  # fmt: skip
     metadata = {
         "backbone": backbone.name,
         "weights_sha256": backbone.weights_hash,
