@@ -345,6 +345,20 @@ def test_synthetic_facts_grades_patients_and_follows_modalities():
         synthetic_facts(cohort, present={"gene": [True, True]})
 
 
+def test_named_columns_are_scored_beside_the_synthetic_facts_and_a_text_severity_is_a_users_column():
+    from neuroomics_bridge.evaluation.bridge_metrics import _default_facts
+
+    covariates = {"age": [70.0, 75.0, 61.0], "sex": ["F", "M", "F"], "site": ["a", "b", "a"]}
+    cohort = _cohort(covariates=covariates)
+    cohort.labels = [CONTROL, AD, PD]
+    facts = _default_facts(cohort, ["site"])
+    assert facts[1]["severity"] == "marked" and [f["site"] for f in facts] == ["a", "b", "a"]
+    graded = _cohort(covariates=covariates, phenotypes={"severity": ["none", "severe", "mild"]})
+    graded.labels = cohort.labels
+    assert [f.get("severity") for f in _default_facts(graded, ["severity"])] == ["none", "severe", "mild"]
+    assert all("severity" not in f for f in _default_facts(graded, []))  # not graded as a number
+
+
 def test_the_generators_reports_state_all_their_facts():
     cohort = synthetic_cohort(40, seed=1)
     facts = synthetic_facts(cohort)

@@ -325,5 +325,18 @@ def _scores(
 
 
 def _default_facts(cohort: Cohort, columns: Sequence[str]) -> list[dict[str, object]]:
-    synthetic = cohort.phenotypes is not None and "severity" in cohort.phenotypes.columns
-    return synthetic_facts(cohort) if synthetic else cohort_facts(cohort, columns=columns)
+    """The synthetic generator's facts for a cohort with its numeric ``severity`` phenotype, and
+    every other named column's; else the named columns' (a text severity is a user's column)."""
+    import pandas as pd
+
+    phenotypes = cohort.phenotypes
+    synthetic = (
+        phenotypes is not None and "severity" in phenotypes and pd.api.types.is_numeric_dtype(phenotypes["severity"])
+    )
+    if not synthetic:
+        return cohort_facts(cohort, columns=columns)
+    facts = synthetic_facts(cohort)
+    extra = [c for c in columns if c not in ("age", "sex", "severity")]  # those three it already has
+    for fact, more in zip(facts, cohort_facts(cohort, columns=extra), strict=True):
+        fact.update(more)
+    return facts
