@@ -165,6 +165,9 @@ def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
         (bad / "reports.csv").write_bytes(text.encode("latin-1"))  # empty, ragged, not UTF-8
         with pytest.raises(DataError, match=r"reports\.csv: not a readable CSV table"):
             Cohort.from_files(bad)
+    (bad / "reports.csv").write_text("subject_id,label,report\ns1,AD,x\ns2, ,y\n")
+    with pytest.raises(DataError, match=r"reports\.csv: empty label for subject\(s\) \['s2'\]"):
+        Cohort.from_files(bad)
     (bad / "cohort.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(DataError, match=r"cohort\.json: expected format"):
         Cohort.from_files(bad)

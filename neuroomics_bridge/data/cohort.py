@@ -331,7 +331,7 @@ class Cohort:
             When the folder or its ``reports.csv`` is missing.
         DataError
             When ``cohort.json`` is invalid, or ``reports.csv`` or a covariate table lacks its
-            columns or lists other subjects.
+            columns or lists other subjects, or a subject's label is empty.
         """
         folder = Path(directory)
         if not folder.is_dir():
@@ -347,6 +347,13 @@ class Cohort:
             )
         subject_ids = table["subject_id"].tolist()
         _check_unique(subject_ids, reports_file)
+        if "label" in table.columns:
+            table["label"] = table["label"].astype(str).str.strip()
+            blank = [s for s, label in zip(subject_ids, table["label"], strict=True) if not label]
+            if blank:
+                raise DataError(
+                    f"{reports_file}: empty label for subject(s) {blank[:5]}; label every subject or drop the column"
+                )
         tables = {name: _read_table(folder / f"{name}.csv", subject_ids) for name in ("covariates", "phenotypes")}
         genes = None
         groupby = manifest.get("gene_groupby", "subject_id")
@@ -387,7 +394,7 @@ class Cohort:
             subject_ids=subject_ids,
             features=features,
             reports=table["report"].tolist(),
-            labels=table["label"].astype(str).tolist() if "label" in table.columns else None,
+            labels=table["label"].tolist() if "label" in table.columns else None,
             covariates=tables["covariates"],
             phenotypes=tables["phenotypes"],
             genes=genes,
