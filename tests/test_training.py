@@ -303,6 +303,8 @@ def test_prefix_stage_with_lora_trains_it_inside_the_backbone_and_saves_it_with_
     torch.testing.assert_close(bridge.text_encoder.encode(["a new text"]), expected)
     with pytest.raises(DataError, match="prefix stage only"):
         fit_alignment(new_bridge(backbone), cohort, "contrastive", split=split, root_dir=tmp_path / "c", lora=lora)
+    with pytest.raises(DataError, match=r"lora: the bridge already holds LoRA .*r=4.*; got .*r=16"):
+        fit_alignment(bridge, cohort, "prefix", split=split, root_dir=tmp_path / "again", lora=LoRAConfig(r=16))
 
 
 def test_a_cohort_that_does_not_fit_the_bridge_is_refused(make_bridge, encoded, tmp_path) -> None:

@@ -124,6 +124,8 @@ class AlignmentModule(LightningModule):
                 raise DataError("lora: LoRA inside the backbone trains in the prefix stage only")
             if bridge.lora is None:
                 bridge.add_lora(lora)
+            elif bridge.lora != lora:  # training goes on in the bridge's own adapter
+                raise DataError(f"lora: the bridge already holds LoRA {bridge.lora}; got {lora} (pass it or None)")
 
     @property
     def lr(self) -> float:
