@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import inspect
 import itertools
@@ -514,6 +515,34 @@ def test_instruction_tune_hands_back_a_bf16_backbone_as_it_came(bf16_backbone, t
     )  # fmt: skip
     assert any("lora_" in n for n, _ in module.model.named_parameters())  # peft's adapters went in
     _assert_as_it_came(bf16_backbone, before, "instruction_tune")
+
+
+def test_an_interrupted_fit_hands_back_a_bf16_backbone_as_it_came(bf16_backbone, make_bridge, tmp_path) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from neuroomics_bridge import fit_alignment
+    from neuroomics_bridge.training.instruct import instruction_tune
+
+    class CtrlC(Callback):
+        def on_train_batch_start(self, *args) -> None:
+            raise KeyboardInterrupt
+
+    before = _flags_and_dtypes(bf16_backbone.model)
+    bridge = make_bridge({"gene": 6, "brain": 4}, backbone=bf16_backbone)
+    runs = {
+        "instruction_tune": lambda: instruction_tune(
+            bf16_backbone, _instruction_records(), max_epochs=1, batch_size=2, root_dir=tmp_path / "i",
+            enable_progress_bar=False, precision="bf16-mixed", callbacks=[CtrlC()],
+        ),
+        "fit_alignment": lambda: fit_alignment(
+            bridge, _tiny_cohort({"gene": 6, "brain": 4}), "prefix", max_epochs=1, batch_size=8,
+            root_dir=tmp_path / "a", precision="bf16-mixed", enable_progress_bar=False, callbacks=[CtrlC()],
+        ),
+    }  # fmt: skip
+    for name, run in runs.items():
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):  # Lightning turns a Ctrl-C into an exit
+            run()
+        _assert_as_it_came(bf16_backbone, before, f"an interrupted {name}")
 
 
 # ----------------------------------------------------------------------------- Cohort copies

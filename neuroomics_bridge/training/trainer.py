@@ -26,7 +26,14 @@ from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 
-__all__ = ["TrainableState", "TrainingBackbone", "build_trainer", "checkpoint_callback", "mixed_precision"]
+__all__ = [
+    "HandBackOnFailure",
+    "TrainableState",
+    "TrainingBackbone",
+    "build_trainer",
+    "checkpoint_callback",
+    "mixed_precision",
+]
 
 
 def mixed_precision() -> str:
@@ -65,11 +72,12 @@ def build_trainer(root_dir: str | os.PathLike[str], *, monitor: str = "val/loss"
     monitor
         The metric the best checkpoint is chosen on (lowest wins).
     **trainer_kwargs
-        Passed to ``Trainer``; ``callbacks`` and ``plugins`` are added to the library's, a
-        ``logger`` replaces the CSV logger. Defaults: one device, accelerator ``"auto"``, logging
-        every step, no model summary, a progress bar only on a terminal.
+        Passed to ``Trainer``; ``callbacks`` and ``plugins`` are added to the library's (the
+        checkpoints, and :class:`HandBackOnFailure`), a ``logger`` replaces the CSV logger.
+        Defaults: one device, accelerator ``"auto"``, logging every step, no model summary, a
+        progress bar only on a terminal.
     """
-    callbacks = [checkpoint_callback(root_dir, monitor), *trainer_kwargs.pop("callbacks", [])]
+    callbacks = [checkpoint_callback(root_dir, monitor), HandBackOnFailure(), *trainer_kwargs.pop("callbacks", [])]
     trainer_kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
     trainer_kwargs.setdefault("enable_model_summary", False)
     trainer_kwargs.setdefault("log_every_n_steps", 1)
@@ -82,6 +90,19 @@ def build_trainer(root_dir: str | os.PathLike[str], *, monitor: str = "val/loss"
         plugins=[SafetensorsCheckpointIO(), *trainer_kwargs.pop("plugins", [])],
         **trainer_kwargs,
     )
+
+
+class HandBackOnFailure(Callback):
+    """Runs the module's ``teardown("fit")`` when fitting fails or is interrupted.
+
+    Lightning calls a module's ``teardown`` only after a fit that ends, and the library's modules
+    give the caller's backbone back its dtype and ``requires_grad`` flags there; without this, a
+    Ctrl-C or an error mid-fit would leave a bf16 backbone in float32 (twice the memory).
+    """
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        """Hand the caller's modules back as the module's teardown does."""
+        pl_module.teardown("fit")
 
 
 @dataclasses.dataclass
