@@ -327,11 +327,9 @@ def _scores(
 def _default_facts(cohort: Cohort, columns: Sequence[str]) -> list[dict[str, object]]:
     """The synthetic generator's facts for a cohort with its numeric ``severity`` phenotype, and
     every other named column's; else the named columns' (a text severity is a user's column)."""
-    import pandas as pd
-
     phenotypes = cohort.phenotypes
     synthetic = (
-        phenotypes is not None and "severity" in phenotypes and pd.api.types.is_numeric_dtype(phenotypes["severity"])
+        phenotypes is not None and "severity" in phenotypes and np.issubdtype(phenotypes["severity"].dtype, np.number)
     )
     if not synthetic:
         return cohort_facts(cohort, columns=columns)
