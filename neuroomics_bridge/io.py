@@ -205,7 +205,10 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CorruptFileError(f"{file}: safetensors header is not valid JSON ({err})") from None
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    try:
+        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):  # not {name: {"data_offsets": [a, b]}}
+        raise CorruptFileError(f"{file}: safetensors header does not give each tensor's data_offsets") from None
     expected = 8 + header_len + max(ends, default=0)
     if size != expected:
         raise CorruptFileError(
@@ -255,15 +258,18 @@ def read_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], di
         When the file is damaged (see :func:`check_safetensors`) or its metadata is not JSON; the
         message names it.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     file = Path(path)
     if not file.is_file():
         raise MissingFileError(f"{file}: no such file")
     check_safetensors(file)
-    with safe_open(file, framework="numpy") as handle:
-        header = handle.metadata() or {}
-        arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    try:
+        with safe_open(file, framework="numpy") as handle:
+            header = handle.metadata() or {}
+            arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    except SafetensorError as err:  # e.g. byte ranges that do not fit the shapes
+        raise CorruptFileError(f"{file}: damaged safetensors file ({err})") from None
     try:
         metadata = {key: json.loads(value) for key, value in header.items()}
     except json.JSONDecodeError as err:

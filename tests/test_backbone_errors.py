@@ -93,6 +93,24 @@ def test_garbage_weights_file_is_named(tmp_path: Path, tiny_model_dir) -> None:
         TextBackbone.from_pretrained(broken)
 
 
+def test_safetensors_headers_of_the_wrong_shape_are_named(tmp_path: Path) -> None:
+    import struct
+
+    from neuroomics_bridge.io import read_arrays
+
+    def written(header: object, data: bytes = b"") -> Path:
+        encoded = json.dumps(header).encode()
+        path = tmp_path / "arrays.safetensors"
+        path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+        return path
+
+    for header in ([1, 2], {"x": {"dtype": "F32", "shape": [1]}}, {"x": {"data_offsets": "0-4"}}):
+        with pytest.raises(CorruptFileError, match=r"arrays\.safetensors: safetensors header does not give"):
+            read_arrays(written(header))
+    with pytest.raises(CorruptFileError, match=r"arrays\.safetensors: damaged safetensors file"):
+        read_arrays(written({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4))
+
+
 def test_missing_shard_is_named(tmp_path: Path, tiny_model_dir) -> None:
     broken = tmp_path / "sharded"
     shutil.copytree(tiny_model_dir, broken)

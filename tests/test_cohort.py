@@ -225,6 +225,16 @@ def test_saved_encoders_that_were_cut_or_edited_name_the_file_and_the_entry(tmp_
     with pytest.raises(DataError, match=r"covariates \(covariates\.csv\) lack \['site'\]; they have \["):
         CohortEncoder.load(folder).transform(no_site)
     arrays, metadata = read_arrays(folder / "gene.safetensors")
+    edits = {  # another version's parameter; the fitted values gone
+        "gene.safetensors: parameters .*'n_neighbours'.* do not fit GeneEncoder": {
+            "params": {**metadata["params"], "n_neighbours": 5}
+        },
+        r"gene.safetensors: expected 'params' and 'fitted' objects": {"fitted": None},
+    }
+    for message, edit in edits.items():
+        write_arrays(folder / "gene.safetensors", arrays, {**metadata, **edit})
+        with pytest.raises(CorruptFileError, match=message):
+            CohortEncoder.load(folder)
     write_arrays(folder / "gene.safetensors", {**arrays, "components_": arrays["components_"][:, :5]}, metadata)
     with pytest.raises(CorruptFileError, match=r"gene\.safetensors: components_: expected shape \('k', 100\), got"):
         CohortEncoder.load(folder)

@@ -69,7 +69,14 @@ class PersistentEstimator(BaseEstimator):
         missing = [name for name in cls._fitted_arrays if name not in arrays]
         if missing:
             raise CorruptFileError(f"{path}: saved {cls.__name__} lacks arrays {missing}")
-        estimator = cls(**cls._params_from_json(metadata["params"], arrays))
+        if not isinstance(metadata.get("params"), dict) or not isinstance(metadata.get("fitted"), dict):
+            raise CorruptFileError(f"{path}: expected 'params' and 'fitted' objects in its metadata")
+        try:
+            estimator = cls(**cls._params_from_json(metadata["params"], arrays))
+        except TypeError as err:  # a parameter this version does not have (a file from another version)
+            raise CorruptFileError(
+                f"{path}: parameters {sorted(metadata['params'])} do not fit {cls.__name__} ({err})"
+            ) from None
         for name in cls._fitted_arrays:
             setattr(estimator, name, arrays[name])
         for name, value in metadata["fitted"].items():
