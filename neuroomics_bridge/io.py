@@ -156,10 +156,17 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     Raises
     ------
     DataError
-        For a line that is not a JSON object, naming ``file:line``.
+        For a line that is not a JSON object, naming ``file:line``, or a file that is not UTF-8.
     """
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        lines = enumerate(handle, start=1)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: not UTF-8 text ({err})") from None
             if not line.strip():
                 continue
             try:

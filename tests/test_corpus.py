@@ -39,6 +39,17 @@ def test_bad_sources_name_the_file_line_and_key(tmp_path) -> None:
     pd.DataFrame({"body": ["x"]}).to_parquet(table)
     with pytest.raises(DataError, match=r"no column 'text'; columns are \['body'\]"):
         list(read_documents(table))
+    latin1 = "Patient mit Demenz, \xe4ltere Frau.\n".encode("latin-1")
+    damaged = {
+        "note.txt": (latin1, r"note\.txt: not UTF-8 text"),
+        "notes.jsonl": (b'{"text": "ok"}\n' + latin1, r"notes\.jsonl: not UTF-8 text"),
+        "broken.parquet": (b"PAR1 not really", r"broken\.parquet: not a readable table"),
+        "ragged.csv": (b"text,n\na,1\nb,2,3\n", r"ragged\.csv: not a readable table"),
+    }
+    for name, (content, message) in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            list(read_documents(tmp_path / name))
 
 
 def test_mixture_token_shares_follow_the_weights_whatever_the_document_lengths() -> None:

@@ -65,6 +65,19 @@ def read_documents(path: str | Path, *, text_field: str = "text") -> Iterator[st
 
 
 def _read_file(file: Path, text_field: str) -> Iterator[str]:
+    """The documents of one file; :class:`DataError` naming it when it is not UTF-8 text or not a
+    readable table."""
+    import pyarrow as pa
+
+    try:
+        yield from _documents(file, text_field)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file}: not UTF-8 text ({err})") from None
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{file}: not a readable table ({err})") from None
+
+
+def _documents(file: Path, text_field: str) -> Iterator[str]:
     if file.suffix in (".txt", ".md"):
         yield file.read_text(encoding="utf-8")
     elif file.suffix == ".jsonl":
