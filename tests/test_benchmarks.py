@@ -376,6 +376,22 @@ def test_the_plot_leaves_the_plotting_backend_alone_and_a_failed_save_keeps_the_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.png"]
 
 
+def test_benchmark_files_that_are_not_utf8_or_not_tables_are_named(tmp_path: Path) -> None:
+    from neuroomics_bridge.evaluation.loaders import read_records
+
+    latin1 = "question,answer\nQu'est-ce qu'une d\xe9mence ?,yes\n".encode("latin-1")
+    damaged = {
+        "items.csv": (latin1, r"items\.csv: not a readable table \(UnicodeDecodeError"),
+        "items.tsv": (b"a\tb\n1\t2\n3\t4\t5\t6\n", r"items\.tsv: not a readable table \(ParserError"),
+        "items.json": (b'[{"question": "d\xe9mence"}]', r"items\.json: not UTF-8 text"),
+        "items.jsonl": (b'{"question": "d\xe9mence"}\n', r"items\.jsonl: not UTF-8 text"),
+    }
+    for name, (content, message) in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            list(read_records(tmp_path / name))
+
+
 def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, samples: Path, tmp_path: Path) -> None:
     for bad in (0, -1):  # a slice would quietly drop items from the end
         with pytest.raises(DataError, match=f"limit: expected None or at least 1 item per task, got {bad}"):

@@ -108,10 +108,13 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
     if suffix in TABLE_SUFFIXES:
         import pandas as pd
 
-        if suffix == ".parquet":
-            frame = pd.read_parquet(file)
-        else:
-            frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        try:
+            if suffix == ".parquet":
+                frame = pd.read_parquet(file)
+            else:
+                frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        except ValueError as err:  # not UTF-8, ragged rows, an empty or damaged file: all ValueErrors
+            raise DataError(f"{file}: not a readable table ({type(err).__name__}: {str(err)[:200]})") from None
         for row, record in enumerate(frame.to_dict(orient="records")):
             yield (f"{file}[row {row}]" if suffix == ".parquet" else f"{file}:{row + 2}"), record  # line 1: header
         return
@@ -120,6 +123,8 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
     if suffix == ".json":
         try:
             whole = json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{file}: not UTF-8 text ({err})") from None
         except json.JSONDecodeError as err:
             if "Extra data" not in str(err):  # anything but JSON lines in a .json file
                 raise DataError(f"{file}: not valid JSON ({err})") from None
