@@ -65,6 +65,16 @@ def test_unknown_subjects_are_an_error_or_nan_rows(tmp_path) -> None:
     assert not np.isnan(rows[0]).any() and np.isnan(rows[1]).all()
 
 
+def test_feature_columns_that_are_not_numbers_are_named(tmp_path) -> None:
+    table = pd.DataFrame({"a": [1.0, 2.0], "note": ["x", "y"]}, index=["s0", "s1"])
+    with pytest.raises(DataError, match=r"non-numeric feature column\(s\) \['note'\]"):
+        PrecomputedEncoder(table).fit()
+    table.insert(0, "subject_id", table.index)
+    table.to_parquet(tmp_path / "emb.parquet", index=False)
+    with pytest.raises(DataError, match=r"emb\.parquet.*non-numeric feature column\(s\) \['note'\]"):
+        PrecomputedEncoder(tmp_path / "emb.parquet").fit()
+
+
 def test_duplicated_ids_and_non_finite_values_are_named(tmp_path) -> None:
     with pytest.raises(DataError, match=r"duplicated subject id\(s\) \['s1'\]"):
         PrecomputedEncoder(pd.DataFrame(VALUES, index=["s1", "s1", "s2", "s3"])).fit()

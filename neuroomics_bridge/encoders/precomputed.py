@@ -162,6 +162,7 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         if isinstance(source, ad.AnnData):
             return self._from_anndata(source)
         if isinstance(source, pd.DataFrame):
+            _check_numeric(source, self._describe())
             return [str(i) for i in source.index], source.to_numpy(dtype=np.float64)
         raise DataError(
             f"PrecomputedEncoder.source: expected a path, AnnData or DataFrame, got {type(source).__name__}"
@@ -176,9 +177,7 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         if column not in table.columns:
             raise DataError(f"{self._describe()}: id column {column!r} not found; columns: {list(table.columns)[:10]}")
         features = table.drop(columns=[column])
-        non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-        if non_numeric:
-            raise DataError(f"{self._describe()}: non-numeric feature column(s) {non_numeric[:5]}")
+        _check_numeric(features, self._describe())
         return table[column].astype(str).tolist(), features.to_numpy(dtype=np.float64)
 
     def _from_anndata(self, adata: Any) -> tuple[list[str], np.ndarray]:
@@ -191,6 +190,13 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         else:
             raise DataError(f"{self._describe()}: obs column {self.id_column!r} not found")
         return ids, np.asarray(adata.obsm[self.key], dtype=np.float64)
+
+
+def _check_numeric(features: pd.DataFrame, source: str) -> None:
+    """:class:`DataError` naming ``source`` and the feature columns that do not hold numbers."""
+    non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if non_numeric:
+        raise DataError(f"{source}: non-numeric feature column(s) {non_numeric[:5]}")
 
 
 def _read(path: Path, reader: Any) -> Any:
