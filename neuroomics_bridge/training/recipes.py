@@ -34,7 +34,7 @@ from neuroomics_bridge.training.args import (
 from neuroomics_bridge.training.checkpoint import SafetensorsCheckpointIO
 from neuroomics_bridge.training.instruct import InstructionDataModule, InstructionTuneModule
 from neuroomics_bridge.training.pretrain import ContinualPretrainModule, PretrainDataModule
-from neuroomics_bridge.training.trainer import checkpoint_callback, mixed_precision
+from neuroomics_bridge.training.trainer import HandBackOnFailure, checkpoint_callback, mixed_precision
 
 __all__ = [
     "AlignmentCLI",
@@ -213,13 +213,14 @@ class LibraryCLI(LightningCLI):
         """The trainer with safetensors checkpoints (``last`` and best) and a CSV logger under the root directory.
 
         The root is the YAML's ``trainer.default_root_dir``, else :meth:`default_root`; the YAML's
-        callbacks and plugins are kept, and its logger unless it is unset or ``true``.
+        callbacks and plugins are kept, and its logger unless it is unset or ``true``. A fit that
+        fails hands the backbone back as one that ends does (:class:`HandBackOnFailure`).
         """
         section = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
         trainer = section.get("trainer") or {}
         root = Path(trainer.get("default_root_dir") or self.default_root())
         kwargs["default_root_dir"] = root
-        kwargs["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint_callback(root)]
+        kwargs["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint_callback(root), HandBackOnFailure()]
         kwargs["plugins"] = [SafetensorsCheckpointIO(), *(trainer.get("plugins") or [])]
         if trainer.get("logger") in (None, True):
             kwargs["logger"] = CSVLogger(root, name="logs")
