@@ -161,7 +161,8 @@ def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
     (bad / "reports.csv").write_text("id,text\ns1,hello\n")
     with pytest.raises(DataError, match="expected columns subject_id, report"):
         Cohort.from_files(bad)
-    for text in ("", "subject_id,report\ns1,a\ns2,b,c,d\n", "subject_id,report\ns1,caf\xe9\n"):
+    ragged = ("subject_id,report\ns1,a\ns2,b,c,d\n", "subject_id,report\ns1,a,b,c\ns2,d\n")
+    for text in ("", *ragged, "subject_id,report\ns1,caf\xe9\n"):
         (bad / "reports.csv").write_bytes(text.encode("latin-1"))  # empty, ragged, not UTF-8
         with pytest.raises(DataError, match=r"reports\.csv: not a readable CSV table"):
             Cohort.from_files(bad)

@@ -425,9 +425,12 @@ def _read_csv(file: Path, **options: Any) -> pd.DataFrame:
     """A cohort table with its ``subject_id`` column as text; :class:`DataError` naming the file
     when it is empty, ragged or not UTF-8 text."""
     try:
-        return pd.read_csv(file, dtype={"subject_id": str}, **options)
+        table = pd.read_csv(file, dtype={"subject_id": str}, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{file}: not a readable CSV table ({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(table.index, pd.RangeIndex):  # pandas makes a first row's extra fields the index
+        raise DataError(f"{file}: not a readable CSV table (rows with more fields than the header's {table.shape[1]})")
+    return table
 
 
 def _read_table(file: Path, subject_ids: list[str]) -> pd.DataFrame | None:
