@@ -150,6 +150,12 @@ def save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> Pa
     return target
 
 
+def unreadable_table(file: str | os.PathLike[str], err: Exception) -> DataError:
+    """The :class:`DataError` for a table pandas or pyarrow could not read (not UTF-8, ragged rows,
+    a damaged file), naming the file and the reader's own reason."""
+    return DataError(f"{file}: not a readable table ({type(err).__name__}: {str(err)[:200]})")
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line of a JSONL file, streamed.
 

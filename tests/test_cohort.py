@@ -164,7 +164,7 @@ def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
     ragged = ("subject_id,report\ns1,a\ns2,b,c,d\n", "subject_id,report\ns1,a,b,c\ns2,d\n")
     for text in ("", *ragged, "subject_id,report\ns1,caf\xe9\n"):
         (bad / "reports.csv").write_bytes(text.encode("latin-1"))  # empty, ragged, not UTF-8
-        with pytest.raises(DataError, match=r"reports\.csv: not a readable CSV table"):
+        with pytest.raises(DataError, match=r"reports\.csv: not a readable table"):
             Cohort.from_files(bad)
     (bad / "reports.csv").write_text("subject_id,label,report\ns1,AD,x\ns2, ,y\n")
     with pytest.raises(DataError, match=r"reports\.csv: empty label for subject\(s\) \['s2'\]"):

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from neuroomics_bridge.errors import DataError, MissingFileError
-from neuroomics_bridge.io import atomic_directory, read_manifest
+from neuroomics_bridge.io import atomic_directory, read_manifest, unreadable_table
 
 __all__ = ["Cohort", "CohortSplit", "COHORT_FORMAT"]
 
@@ -427,9 +427,9 @@ def _read_csv(file: Path, **options: Any) -> pd.DataFrame:
     try:
         table = pd.read_csv(file, dtype={"subject_id": str}, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{file}: not a readable CSV table ({type(err).__name__}: {str(err)[:200]})") from None
+        raise unreadable_table(file, err) from None
     if not isinstance(table.index, pd.RangeIndex):  # pandas makes a first row's extra fields the index
-        raise DataError(f"{file}: not a readable CSV table (rows with more fields than the header's {table.shape[1]})")
+        raise unreadable_table(file, ValueError(f"rows with more fields than the header's {table.shape[1]}"))
     return table
 
 

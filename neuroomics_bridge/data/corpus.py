@@ -23,7 +23,7 @@ import numpy as np
 
 from neuroomics_bridge.data.phi import scrub_phi
 from neuroomics_bridge.errors import DataError, MissingFileError
-from neuroomics_bridge.io import read_jsonl
+from neuroomics_bridge.io import read_jsonl, unreadable_table
 
 __all__ = ["MixtureCorpus", "PackedBlock", "pack", "read_documents"]
 
@@ -74,7 +74,7 @@ def _read_file(file: Path, text_field: str) -> Iterator[str]:
     except UnicodeDecodeError as err:
         raise DataError(f"{file}: not UTF-8 text ({err})") from None
     except pa.ArrowInvalid as err:
-        raise DataError(f"{file}: not a readable table ({err})") from None
+        raise unreadable_table(file, err) from None
 
 
 def _documents(file: Path, text_field: str) -> Iterator[str]:

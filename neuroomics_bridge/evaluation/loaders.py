@@ -32,7 +32,7 @@ from typing import Any
 
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.metrics import normalize_answer
-from neuroomics_bridge.io import read_jsonl
+from neuroomics_bridge.io import read_jsonl, unreadable_table
 
 __all__ = [
     "Example",
@@ -114,7 +114,7 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
             else:
                 frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
         except ValueError as err:  # not UTF-8, ragged rows, an empty or damaged file: all ValueErrors
-            raise DataError(f"{file}: not a readable table ({type(err).__name__}: {str(err)[:200]})") from None
+            raise unreadable_table(file, err) from None
         for row, record in enumerate(frame.to_dict(orient="records")):
             yield (f"{file}[row {row}]" if suffix == ".parquet" else f"{file}:{row + 2}"), record  # line 1: header
         return
