@@ -140,7 +140,15 @@ def test_saving_into_a_folder_of_other_files_is_refused_and_leaves_them(tmp_path
         with pytest.raises(DataError, match=rf"project: expected a new or empty folder or a saved {kind}, found a fo"):
             save()
     assert [p.name for p in project.iterdir()] == ["analysis_notes.txt"]
+    (project / "reports.csv").write_text("subject_id,report\na,r\n")  # now also a cohort assembled by hand
+    with pytest.raises(DataError, match=r"project: expected .* a saved cohort folder, found .* \(no cohort.json\)"):
+        Cohort(["b"], reports=["s"]).to_files(project)
+    assert sorted(p.name for p in project.iterdir()) == ["analysis_notes.txt", "reports.csv"]
+    for subject in ("b", "c"):  # a folder the library wrote is replaced
+        saved = Cohort([subject], reports=["s"]).to_files(tmp_path / "saved")
+    assert list(Cohort.from_files(saved).subject_ids) == ["c"]
     (project / "analysis_notes.txt").unlink()
+    (project / "reports.csv").unlink()
     index.save(project)  # an empty folder is written, and a saved index replaced
     assert EmbeddingIndex.load(index.save(project)).ids == ["a", "b", "c"]
 

@@ -267,7 +267,9 @@ class Cohort:
             ``directory``.
         """
         target = Path(directory)
-        with atomic_directory(target, kind="cohort folder", marker="reports.csv") as tmp:
+        # the marker is the manifest only this method writes: a folder assembled by hand (it has
+        # reports.csv) may hold the user's other files, and is refused rather than replaced
+        with atomic_directory(target, kind="cohort folder", marker="cohort.json") as tmp:
             manifest: dict[str, Any] = {
                 "format": COHORT_FORMAT,
                 "n_subjects": self.n_subjects,
