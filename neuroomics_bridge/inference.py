@@ -69,7 +69,7 @@ def write_reports(
     Raises
     ------
     DataError
-        For another output suffix or a ``batch_size`` under 1.
+        For another output suffix, or a ``batch_size`` or ``max_new_tokens`` under 1.
     """
     from neuroomics_bridge.data.cohort import Cohort
 
@@ -78,6 +78,8 @@ def write_reports(
         raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
     if batch_size < 1:
         raise DataError(f"batch_size: expected at least 1 subject per batch, got {batch_size}")
+    if max_new_tokens < 1:  # generation would refuse it too, but only after loading and encoding
+        raise DataError(f"max_new_tokens: expected at least 1 token to generate, got {max_new_tokens}")
     cohort = Cohort.from_files(data_dir)  # a bad folder fails before torch and the bridge are loaded
 
     from neuroomics_bridge.bridge.bundle import BridgeBundle

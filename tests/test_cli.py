@@ -76,12 +76,15 @@ def test_index_without_its_folder_exits_2_naming_the_flag(action: str, flag: str
     assert f"nob index {action} needs {flag}" in capsys.readouterr().err
 
 
-def test_reports_in_batches_of_none_or_in_an_unknown_format_are_refused_before_any_work(tmp_path: Path) -> None:
+def test_reports_of_no_batch_no_tokens_or_an_unknown_format_are_refused_before_any_work(tmp_path: Path) -> None:
     from neuroomics_bridge import DataError
     from neuroomics_bridge.inference import write_reports
 
+    # the folders do not exist: a check that came after reading them would raise another error
     with pytest.raises(DataError, match="batch_size: expected at least 1 subject per batch, got 0"):
         write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.jsonl", batch_size=0)
+    with pytest.raises(DataError, match="max_new_tokens: expected at least 1 token to generate, got 0"):
+        write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.jsonl", max_new_tokens=0)
     assert not (tmp_path / "r.jsonl").exists()
     with pytest.raises(DataError, match=r"r\.pdf: expected an output file ending in \.jsonl, \.md, \.html"):
         write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "r.pdf")
