@@ -9,6 +9,7 @@ import warnings
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
@@ -116,6 +117,14 @@ def test_scaled_data_is_refused_with_a_hint() -> None:
 def test_empty_anndata_is_refused() -> None:
     with pytest.raises(DataError, match=r"AnnData is empty: 0 observations x 5 genes"):
         GeneEncoder().fit(ad.AnnData(np.zeros((0, 5), dtype=np.float32)))
+
+
+def test_anndata_without_an_expression_matrix_is_refused_naming_its_layers() -> None:
+    annotations_only = ad.AnnData(obs=pd.DataFrame(index=["c0", "c1", "c2"]), var=pd.DataFrame(index=["A", "B"]))
+    annotations_only.layers["counts"] = np.array([[1, 4], [3, 0], [2, 5]], dtype=np.float32)
+    with pytest.raises(DataError, match=r"X is None: expected an expression matrix; available layers: \['counts'\]"):
+        GeneEncoder().fit(annotations_only)
+    assert GeneEncoder(n_components=1, layer="counts").fit(annotations_only).input_kind_ == "counts"
 
 
 def test_raw_counts_are_normalised_and_logged_like_scanpy(small_cohort) -> None:

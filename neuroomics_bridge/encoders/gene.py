@@ -260,6 +260,8 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         if self.layer is not None and self.layer not in adata.layers:
             raise DataError(f"layers['{self.layer}'] not found; available layers: {list(adata.layers)}")
         source = adata.X if self.layer is None else adata.layers[self.layer]
+        if source is None:  # an AnnData of annotations only (obs/var, or its data in layers)
+            raise DataError(f"{key} is None: expected an expression matrix; available layers: {list(adata.layers)}")
         matrix = sp.csr_matrix(source, dtype=np.float32)  # may share memory with adata: never modified
         values = matrix.data
         bad = ~np.isfinite(values)
