@@ -206,7 +206,7 @@ def evaluated(demo_dir, tmp_path_factory) -> Path:
     cohort = synthetic_cohort(10, seed=42, cells_per_subject=6, missing_rate=0.1)
     cohort.reports[0] = f"{cohort.reports[0]} {INJECTED}"
     data = cohort.to_files(folder / "labelled")
-    result = nob("evaluate", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "ev", "--limit", "8",
+    result = nob("evaluate", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--out", "ev", "--limit", "4",
                  cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert RESEARCH_NOTICE in result.stdout and "report/prefix_only/diagnosis" in result.stdout
@@ -216,13 +216,13 @@ def evaluated(demo_dir, tmp_path_factory) -> Path:
 def test_evaluate_scores_a_labelled_folder_with_every_demo_metric(demo_dir, evaluated) -> None:
     metrics = json.loads((evaluated / "metrics.json").read_text())
     demo = json.loads((demo_dir / "metrics.json").read_text())
-    assert metrics["evaluate/subjects"] == 8 and metrics["evaluate/excluded_reference_subjects"] == 0
+    assert metrics["evaluate/subjects"] == 4 and metrics["evaluate/excluded_reference_subjects"] == 0
     trained_only = {k for k in demo if k.startswith(("train/", "val/", "contrastive/", "prefix/loss"))}
     assert set(demo) - trained_only <= set(metrics)  # every held-out figure the demo reports
     for variant in ("prefix_only", "prefix_only/shuffled", "full", "evidence_only", "retrieval_copy"):
         assert 0 <= metrics[f"report/{variant}/diagnosis"] <= 1
     reports = [json.loads(line) for line in (evaluated / "reports.jsonl").read_text().splitlines()]
-    assert len(reports) == 8 and all(r["notice"] == RESEARCH_NOTICE for r in reports)
+    assert len(reports) == 4 and all(r["notice"] == RESEARCH_NOTICE for r in reports)
     cohort = synthetic_cohort(10, seed=42, cells_per_subject=6, missing_rate=0.1)  # the folder ``evaluated`` scored
     label_of = dict(zip(cohort.subject_ids, cohort.labels, strict=True))
     named_right = [r["label"] == label_of[r["subject_id"]] for r in reports]  # the written reports' impressions
