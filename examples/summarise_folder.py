@@ -3,7 +3,7 @@
 Loads a bridge folder written by ``nob demo`` (the adapters, the fitted encoders and the reference
 subjects reports cite), reads the cohort folder through the encoders, and writes one report per
 subject: sections, zero-shot probabilities, similar reference subjects, and the research-use
-notice. Without ``--bridge``, a small bridge is trained first (the demo pipeline on 80 synthetic
+notice. Without ``--bridge``, a small bridge is trained first (the demo pipeline on 60 synthetic
 subjects, a minute or two, in ``nob-small-bridge/``); without ``--data``, ten new synthetic subjects,
 some missing a modality, written to a new temporary folder.
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.bridge is None:
-        small = DemoSettings(subjects=80, contrastive_epochs=10, prefix_epochs=1, prefix_batches=4, reported_subjects=2)
+        small = DemoSettings(subjects=60, contrastive_epochs=10, prefix_epochs=1, prefix_batches=2, reported_subjects=1)
         args.bridge = run_demo("nob-small-bridge", settings=small, log=lambda _: None).out_dir / "bridge"
     if args.data is None:  # a folder of its own: Cohort.to_files replaces the folder it is given
         synthetic = datasets.synthetic_cohort(10, seed=7, cells_per_subject=8, missing_rate=0.2)
