@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.bridge is None:
-        small = DemoSettings(subjects=60, contrastive_epochs=10, prefix_epochs=1, prefix_batches=2, reported_subjects=1)
+        small = DemoSettings(subjects=60, contrastive_epochs=10, prefix_epochs=1, prefix_batches=2, reported_subjects=2)
         args.bridge = run_demo("nob-small-bridge", settings=small, log=lambda _: None).out_dir / "bridge"
     if args.data is None:  # a folder of its own: Cohort.to_files replaces the folder it is given
         synthetic = datasets.synthetic_cohort(10, seed=7, cells_per_subject=8, missing_rate=0.2)
