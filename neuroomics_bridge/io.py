@@ -150,10 +150,11 @@ def save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> Pa
     return target
 
 
-def unreadable_table(file: str | os.PathLike[str], err: Exception) -> DataError:
+def unreadable_table(file: str | os.PathLike[str], reason: Exception | str) -> DataError:
     """The :class:`DataError` for a table pandas or pyarrow could not read (not UTF-8, ragged rows,
-    a damaged file), naming the file and the reader's own reason."""
-    return DataError(f"{file}: not a readable table ({type(err).__name__}: {str(err)[:200]})")
+    a damaged file), naming the file and the reason: the reader's own error, or the caller's words."""
+    said = f"{type(reason).__name__}: {reason}" if isinstance(reason, Exception) else reason
+    return DataError(f"{file}: not a readable table ({said[:200]})")
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -161,10 +161,15 @@ def test_missing_or_malformed_folders_are_named(tmp_path) -> None:
     (bad / "reports.csv").write_text("id,text\ns1,hello\n")
     with pytest.raises(DataError, match="expected columns subject_id, report"):
         Cohort.from_files(bad)
-    ragged = ("subject_id,report\ns1,a\ns2,b,c,d\n", "subject_id,report\ns1,a,b,c\ns2,d\n")
-    for text in ("", *ragged, "subject_id,report\ns1,caf\xe9\n"):
-        (bad / "reports.csv").write_bytes(text.encode("latin-1"))  # empty, ragged, not UTF-8
-        with pytest.raises(DataError, match=r"reports\.csv: not a readable table"):
+    unreadable = {  # empty, ragged (a later row, or the first, which pandas would take as the index), not UTF-8
+        "": "EmptyDataError",
+        "subject_id,report\ns1,a\ns2,b,c,d\n": "ParserError",
+        "subject_id,report\ns1,a,b,c\ns2,d\n": "rows with more fields than the header's 2",
+        "subject_id,report\ns1,caf\xe9\n": "UnicodeDecodeError",
+    }
+    for text, reason in unreadable.items():
+        (bad / "reports.csv").write_bytes(text.encode("latin-1"))
+        with pytest.raises(DataError, match=rf"reports\.csv: not a readable table \({reason}"):
             Cohort.from_files(bad)
     (bad / "reports.csv").write_text("subject_id,label,report\ns1,AD,x\ns2, ,y\n")
     with pytest.raises(DataError, match=r"reports\.csv: empty label for subject\(s\) \['s2'\]"):

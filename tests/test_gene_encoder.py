@@ -127,6 +127,23 @@ def test_anndata_without_an_expression_matrix_is_refused_naming_its_layers() -> 
     assert GeneEncoder(n_components=1, layer="counts").fit(annotations_only).input_kind_ == "counts"
 
 
+def test_a_constant_gene_changes_nothing_and_identical_rows_are_refused(pbmc) -> None:
+    from scipy.spatial.distance import pdist
+
+    cells = pbmc[:200, :40].copy()
+    cells.X = np.asarray(cells.X.toarray(), dtype=np.float32)
+    with_constant = ad.concat([cells, ad.AnnData(np.full((200, 1), 7.0, np.float32), obs=cells.obs[[]])], axis=1)
+    with_constant.var_names = [*cells.var_names, "CONSTANT"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # scanpy's sqrt of a variance rounded below 0 stays quiet
+        embedding = GeneEncoder(n_components=5, n_top_genes=100).fit_transform(with_constant)
+    plain = GeneEncoder(n_components=5, n_top_genes=100).fit_transform(cells)
+    # the same space up to the sign of each component: the same distances between the cells
+    np.testing.assert_allclose(pdist(embedding), pdist(plain), rtol=1e-3, atol=1e-3)
+    with pytest.raises(DataError, match=r"no gene varies across the 200 rows"):
+        GeneEncoder(n_components=5).fit(ad.AnnData(np.tile(cells.X[:1], (200, 1))))
+
+
 def test_raw_counts_are_normalised_and_logged_like_scanpy(small_cohort) -> None:
     cells = small_cohort.genes
     encoder = GeneEncoder(n_components=8, n_top_genes=200).fit(cells)

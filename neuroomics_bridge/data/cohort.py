@@ -431,7 +431,7 @@ def _read_csv(file: Path, **options: Any) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise unreadable_table(file, err) from None
     if not isinstance(table.index, pd.RangeIndex):  # pandas makes a first row's extra fields the index
-        raise unreadable_table(file, ValueError(f"rows with more fields than the header's {table.shape[1]}"))
+        raise unreadable_table(file, f"rows with more fields than the header's {table.shape[1]}")
     return table
 
 

@@ -138,7 +138,7 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         DataError
             On an unknown ``input``, empty data, duplicated gene names, a missing layer or
             ``groupby`` column, non-finite or negative values, non-integer values with
-            ``input="counts"``, or fewer than 2 rows or genes.
+            ``input="counts"``, fewer than 2 rows or genes, or no gene that varies across the rows.
         """
         import anndata as ad
         import scanpy as sc
@@ -155,7 +155,15 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
             sc.pp.highly_variable_genes(work, n_top_genes=self.n_top_genes, flavor="seurat")
             work = work[:, work.var["highly_variable"].to_numpy()].copy()
         work.X = work.X.toarray() if sp.issparse(work.X) else np.asarray(work.X)
-        sc.pp.scale(work, max_value=self.max_value)
+        varies = np.ptp(work.X, axis=0) > 0
+        if not varies.any():
+            raise DataError(
+                f"GeneEncoder.fit: no gene varies across the {work.n_obs} rows; expected expression that differs "
+                "between them (PCA finds no direction in identical rows)"
+            )
+        with np.errstate(invalid="ignore"):  # scanpy's float32 variance of a constant gene can round below 0
+            sc.pp.scale(work, max_value=self.max_value)
+        work.X[:, ~varies] = 0.0  # a constant gene scales to 0, never to that rounding's NaN
         n_components = min(self.n_components, work.n_obs - 1, work.n_vars - 1)
         if n_components < 1:
             raise DataError(f"GeneEncoder.fit: need at least 2 rows and 2 genes, got {work.n_obs} x {work.n_vars}")
