@@ -169,3 +169,11 @@ def test_save_load_keeps_the_atlas_even_if_its_file_is_gone(tmp_path, small_coho
     restored = BrainEncoder.load(tmp_path / "brain.safetensors")
     np.testing.assert_allclose(restored.transform(images), expected, atol=1e-6)
     assert restored.region_names_ == encoder.region_names_
+
+
+def test_refitting_with_another_atlas_uses_that_atlas(small_cohort) -> None:
+    images = [image for image in small_cohort.brains if image is not None][:8]
+    encoder = BrainEncoder("mni-gm-16").fit(images)
+    encoder.set_params(atlas="mni-gm-64").fit(images)  # comparing atlases on one encoder
+    assert len(encoder.region_names_) == 64 and encoder.transform(images).shape == (8, 64)
+    np.testing.assert_allclose(encoder.transform(images), BrainEncoder("mni-gm-64").fit_transform(images), atol=1e-5)

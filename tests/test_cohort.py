@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -91,6 +92,29 @@ def test_folder_round_trip_reencodes_to_the_same_vectors(tmp_path, small_cohort)
     from_disk = restored.encode(encoders(), fit_on=train.subject_ids)
     for modality in ("gene", "brain"):
         np.testing.assert_allclose(from_disk.features[modality], in_memory.features[modality], atol=1e-5)
+
+
+def test_many_small_labels_that_round_a_fold_away_are_warned_about() -> None:
+    ids = [f"s{i:02d}" for i in range(40)]
+    cohort = Cohort(subject_ids=ids, labels=[f"dx{i % 8}" for i in range(40)])  # 8 diagnoses of 5 subjects
+    with pytest.warns(UserWarning, match=r"the val fold\(s\) came out empty .* each of the 8 labels"):
+        split = cohort.split()
+    assert (split.train.n_subjects, split.val.n_subjects, split.test.n_subjects) == (32, 0, 8)
+
+
+def test_fit_on_ids_that_are_not_in_the_cohort_are_refused(small_cohort) -> None:
+    table = pd.DataFrame(np.arange(120.0).reshape(60, 2), index=small_cohort.subject_ids)
+    wrong = [subject.upper() for subject in small_cohort.subject_ids[:30]]  # every row's vector would be NaN
+    with pytest.raises(DataError, match=r"fit_on: 30 of 30 subject id\(s\) are not in the cohort, e\.g\. \['SUB-"):
+        small_cohort.encode({"fm": PrecomputedEncoder(table)}, fit_on=wrong, residualize=["age"])
+
+
+def test_text_covariates_stay_text_through_the_folder(tmp_path, small_cohort) -> None:
+    covariates = small_cohort.covariates.assign(site=[f"0{i % 3 + 1}" for i in range(60)])  # codes, not numbers
+    cohort = dataclasses.replace(small_cohort, covariates=covariates)
+    restored = Cohort.from_files(cohort.to_files(tmp_path / "c"))
+    pd.testing.assert_frame_equal(restored.covariates, covariates, check_names=False)
+    assert restored.covariates["site"].tolist()[:3] == ["01", "02", "03"]
 
 
 def test_precomputed_features_travel_through_the_folder(tmp_path, small_cohort) -> None:

@@ -121,9 +121,12 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
     cohort = synthetic_cohort(10, seed=42, cells_per_subject=6, missing_rate=0.2)
     data = cohort.to_files(tmp_path / "my_cohort")
     bridge = str(demo_dir / "bridge")
+    # 8 new tokens: nothing checked here (ids, order, the sections of absent data) comes from the
+    # generated text, and decoding the default 80 took most of this test's time
     result = nob(
-        "report", "--bridge", bridge, "--data", str(data), "--out", "reports.jsonl", "--batch-size", "4", cwd=tmp_path
-    )
+        "report", "--bridge", bridge, "--data", str(data), "--out", "reports.jsonl", "--batch-size", "4",
+        "--max-new-tokens", "8", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "%|" not in result.stderr and "report:" not in result.stderr  # no progress bar in a pipe
     reports = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
@@ -181,16 +184,17 @@ def test_nob_report_decodes_each_chunk_of_subjects_as_one_batch(demo_dir, tmp_pa
 
     monkeypatch.setattr(ReportGenerationMixin, "generate_report", recorded)
     data = synthetic_cohort(5, seed=7, cells_per_subject=4).to_files(tmp_path / "c")
-    assert write_reports(demo_dir / "bridge", data, tmp_path / "a.jsonl", batch_size=3) == 5
+    assert write_reports(demo_dir / "bridge", data, tmp_path / "a.jsonl", batch_size=3, max_new_tokens=4) == 5
     assert decoded_together == [3, 3]  # two chunks (3 + 2 subjects), each decoded at the chunk size
     decoded_together.clear()
-    assert write_reports(demo_dir / "bridge", data, tmp_path / "b.jsonl") == 5
+    assert write_reports(demo_dir / "bridge", data, tmp_path / "b.jsonl", max_new_tokens=4) == 5
     assert decoded_together == [REPORT_BATCH_SIZE] == [64]
 
 
 def test_report_shows_progress_bars_on_a_terminal(demo_dir, tmp_path) -> None:
     data = synthetic_cohort(6, seed=5, cells_per_subject=4).to_files(tmp_path / "c")
-    command = ["report", "--bridge", str(demo_dir / "bridge"), "--data", str(data), "--batch-size", "3"]
+    bridge = str(demo_dir / "bridge")
+    command = ["report", "--bridge", bridge, "--data", str(data), "--batch-size", "3", "--max-new-tokens", "4"]
     code, terminal = nob_on_terminal(*command, "--out", "b.jsonl", cwd=tmp_path)
     assert code == 0 and "report:" in terminal and "%|" in terminal and "batch" in terminal
     # in a pipe (every other nob call of these tests) there is no bar: see the report test above

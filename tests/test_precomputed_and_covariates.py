@@ -151,3 +151,42 @@ def test_residualizer_round_trips_through_a_file(tmp_path) -> None:
     residualizer.save(tmp_path / "res.safetensors")
     restored = Residualizer.load(tmp_path / "res.safetensors")
     np.testing.assert_allclose(restored.transform(X, table), residualizer.transform(X, table))
+
+
+def test_a_table_written_with_its_id_index_or_given_with_an_id_column_is_read_by_id(tmp_path) -> None:
+    table = pd.DataFrame(VALUES, columns=["a", "b", "c"], index=pd.Index(IDS, name="subject_id"))
+    table.to_parquet(tmp_path / "indexed.parquet")  # pandas' default keeps the index, not a column
+    with_column = table.reset_index().rename(columns={"subject_id": "sid"})
+    for source, options in ((tmp_path / "indexed.parquet", {}), (with_column, {"id_column": "sid"})):
+        encoder = PrecomputedEncoder(source, **options).fit()
+        assert encoder.ids_ == IDS and encoder.n_features_out_ == 3, source
+        np.testing.assert_array_equal(encoder.transform(["s0", "s3"]), VALUES[[3, 0]].astype(np.float32))
+    nameless = table.reset_index(drop=True)  # no id column: the first column would be taken as the ids
+    nameless.to_parquet(tmp_path / "no_ids.parquet", index=False)
+    with pytest.raises(DataError, match=r"no_ids\.parquet: no 'subject_id' column, and the first column 'a' holds"):
+        PrecomputedEncoder(tmp_path / "no_ids.parquet").fit()
+
+
+def test_a_single_level_covariate_is_absorbed_by_the_intercept() -> None:
+    X, table, _ = covariate_data()
+    table["site"] = "a"  # a one-site study: residualising on site changes nothing beyond age and sex
+    np.testing.assert_allclose(
+        Residualizer(["age", "sex", "site"]).fit_transform(X, table),
+        Residualizer(["age", "sex"]).fit_transform(X, table),
+        atol=1e-5,
+    )
+
+
+def test_numbers_mixed_with_text_and_a_wrong_width_are_named() -> None:
+    X, table, _ = covariate_data()
+    mixed = table.astype({"age": object})
+    mixed.loc[3, "age"] = "unknown"  # as categorical, each age would be its own level
+    with pytest.raises(DataError, match=r"covariates\['age'\] holds numbers and 1 text value\(s\) such as 'unknown'"):
+        Residualizer().fit(X, mixed)
+    residualizer = Residualizer().fit(X, table)
+    with pytest.raises(DataError, match=r"covariates\['age'\] was numeric in fit but holds 'unknown'"):
+        residualizer.transform(X, mixed)
+    with pytest.raises(DataError, match=rf"expected X with {X.shape[1]} feature columns \(as fitted\), got \(120, 1\)"):
+        residualizer.transform(X[:, :1], table)
+    with pytest.raises(DataError, match=r"no subjects to fit on"):
+        Residualizer().fit(X[:0], table[:0])

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -185,6 +186,12 @@ class Cohort:
         ------
         DataError
             For invalid ``fractions``.
+
+        Warns
+        -----
+        UserWarning
+            When a fold that ``fractions`` gives a subject or more comes out empty (many labels of
+            a few subjects each: every label rounds its share of that fold to 0).
         """
         if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
             raise DataError(f"split fractions: expected three non-negative numbers summing to 1, got {fractions}")
@@ -199,6 +206,18 @@ class Cohort:
             folds[0].extend(ordered[:n_train])
             folds[1].extend(ordered[n_train : n_train + n_val])
             folds[2].extend(ordered[n_train + n_val :])
+        emptied = [
+            name
+            for name, fold, share in zip(("train", "val", "test"), folds, fractions, strict=True)
+            if not fold and share * self.n_subjects >= 1
+        ]
+        if emptied:  # each label rounds its own cuts: many small labels can all round one fold away
+            warnings.warn(
+                f"split: the {' and '.join(emptied)} fold(s) came out empty although fractions {fractions} of "
+                f"{self.n_subjects} subjects ask for some: the split is stratified, each of the {len(groups)} labels "
+                "is cut on its own and rounds its share of that fold to 0 subjects; give that fold a larger share",
+                stacklevel=2,
+            )
         order = {s: i for i, s in enumerate(self.subject_ids)}
         train, val, test = (self.subset(sorted(f, key=order.__getitem__)) for f in folds)
         return CohortSplit(train=train, val=val, test=test)
@@ -284,6 +303,9 @@ class Cohort:
                 frame = getattr(self, name)
                 if frame is not None:
                     frame.to_csv(tmp / f"{name}.csv", index_label="subject_id")
+                    # text stays text when read back: site codes "01", "02" must not become numbers
+                    text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+                    manifest.setdefault("text_columns", {})[name] = text
             if self.genes is not None:  # anndata would otherwise turn the caller's obs strings into categoricals
                 self.genes.write_h5ad(tmp / "genes.h5ad", convert_strings_to_categoricals=False)
             if self.brains is not None:
@@ -356,7 +378,11 @@ class Cohort:
                 raise DataError(
                     f"{reports_file}: empty label for subject(s) {blank[:5]}; label every subject or drop the column"
                 )
-        tables = {name: _read_table(folder / f"{name}.csv", subject_ids) for name in ("covariates", "phenotypes")}
+        text_columns = manifest.get("text_columns", {})
+        tables = {
+            name: _read_table(folder / f"{name}.csv", subject_ids, text_columns.get(name, []))
+            for name in ("covariates", "phenotypes")
+        }
         genes = None
         groupby = manifest.get("gene_groupby", "subject_id")
         if (folder / "genes.h5ad").is_file():
@@ -423,11 +449,11 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return read_manifest(file, COHORT_FORMAT, error=DataError) if file.is_file() else {}
 
 
-def _read_csv(file: Path, **options: Any) -> pd.DataFrame:
-    """A cohort table with its ``subject_id`` column as text; :class:`DataError` naming the file
-    when it is empty, ragged or not UTF-8 text."""
+def _read_csv(file: Path, text_columns: Sequence[str] = (), **options: Any) -> pd.DataFrame:
+    """A cohort table with its ``subject_id`` column (and ``text_columns``) as text;
+    :class:`DataError` naming the file when it is empty, ragged or not UTF-8 text."""
     try:
-        table = pd.read_csv(file, dtype={"subject_id": str}, **options)
+        table = pd.read_csv(file, dtype=dict.fromkeys(["subject_id", *text_columns], str), **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise unreadable_table(file, err) from None
     if not isinstance(table.index, pd.RangeIndex):  # pandas makes a first row's extra fields the index
@@ -435,10 +461,10 @@ def _read_csv(file: Path, **options: Any) -> pd.DataFrame:
     return table
 
 
-def _read_table(file: Path, subject_ids: list[str]) -> pd.DataFrame | None:
+def _read_table(file: Path, subject_ids: list[str], text_columns: Sequence[str] = ()) -> pd.DataFrame | None:
     if not file.is_file():
         return None
-    table = _read_csv(file)
+    table = _read_csv(file, text_columns)
     if "subject_id" not in table.columns:
         raise DataError(f"{file}: expected a subject_id column; got {list(table.columns)}")
     _check_unique(table["subject_id"].tolist(), file)

@@ -98,8 +98,8 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
         """
         from sklearn.decomposition import PCA
 
-        atlas = self._resolved_atlas()
-        raw = self.extract(images)
+        atlas = Atlas.resolve(self.atlas)  # as set now, not a previous fit's stored atlas
+        raw = self._extract(images, atlas)
         self.feature_mean_ = raw.mean(axis=0)
         std = raw.std(axis=0)
         self.feature_std_ = np.where(std > 0, std, 1.0)
@@ -152,10 +152,12 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
         CorruptFileError
             When image data cannot be read.
         """
+        return self._extract(images, self._resolved_atlas(), show_progress)
+
+    def _extract(self, images: Sequence[ImageLike], atlas: Atlas, show_progress: bool | None = None) -> np.ndarray:
         self._check_features()
         if isinstance(images, (str, os.PathLike)) or hasattr(images, "dataobj"):
             raise DataError("expected a sequence of images (one per subject), got a single image")
-        atlas = self._resolved_atlas()
         rows = [self._features_of(image, atlas) for image in progress(images, desc="parcellate", show=show_progress)]
         if not rows:
             raise DataError("no images given")
@@ -168,6 +170,7 @@ class BrainEncoder(PersistentEstimator, TransformerMixin):
             raise DataError(f"BrainEncoder.features: expected 'mean' and/or 'connectivity', got {chosen}")
 
     def _resolved_atlas(self) -> Atlas:
+        """The fitted atlas (stored with the encoder, so a loaded one needs no atlas file), else ``atlas``."""
         if hasattr(self, "atlas_labels_") and not isinstance(self.atlas, Atlas):
             return Atlas(self.atlas_labels_, self.atlas_affine_, tuple(self.region_names_), str(self.atlas))
         return Atlas.resolve(self.atlas)

@@ -64,17 +64,28 @@ class CohortEncoder:
         cohort
             The :class:`Cohort` holding the raw sources.
         fit_on
-            The training fold (a cohort) or its subject ids.
+            The training fold (a cohort) or its subject ids, all of them in ``cohort``.
 
         Returns
         -------
         CohortEncoder
             ``self``, fitted.
+
+        Raises
+        ------
+        DataError
+            When ``fit_on`` names a subject the cohort lacks, or an encoder refuses the data.
         """
         from neuroomics_bridge.encoders.covariates import Residualizer
 
         chosen = cohort if fit_on is None else fit_on
-        ids = set(getattr(chosen, "subject_ids", chosen))
+        ids = {str(subject) for subject in getattr(chosen, "subject_ids", chosen)}
+        unknown = sorted(ids - set(cohort.subject_ids))
+        if unknown:  # fitting on none or some of the subjects meant would give wrong vectors, not an error
+            raise DataError(
+                f"fit_on: {len(unknown)} of {len(ids)} subject id(s) are not in the cohort, e.g. {unknown[:5]}; "
+                f"expected ids such as {list(cohort.subject_ids[:3])}"
+            )
         for modality, encoder in self.encoders.items():
             encoder.fit_cohort(cohort, ids, modality=modality)
             if self.residualize:

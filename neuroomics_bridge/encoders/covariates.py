@@ -60,10 +60,14 @@ class Residualizer(PersistentEstimator, TransformerMixin):
         ------
         DataError
             When ``covariates`` is not a DataFrame, lacks a column, has another number of rows
-            or missing values.
+            or missing values, has no rows, or a column holds numbers mixed with text.
         """
         table = self._checked(X, covariates, list(self.covariates or covariates.columns))
+        if len(table) == 0:
+            raise DataError("Residualizer.fit: no subjects to fit on (0 rows)")
         categorical = set(self.categorical)
+        for column in table.columns.difference(list(categorical)):
+            _refuse_numbers_mixed_with_text(table[column])
         self.numeric_ = [c for c in table.columns if c not in categorical and pd.api.types.is_numeric_dtype(table[c])]
         self.levels_ = {c: sorted(table[c].astype(str).unique()) for c in table.columns if c not in self.numeric_}
         numeric = table[self.numeric_].to_numpy(np.float64)
@@ -85,10 +89,15 @@ class Residualizer(PersistentEstimator, TransformerMixin):
         Raises
         ------
         DataError
-            As in :meth:`fit`, or for a categorical level not seen in ``fit``.
+            As in :meth:`fit`, for a categorical level not seen in ``fit``, text in a column fitted
+            as numeric, or ``X`` with another number of features than in ``fit``.
         """
         self._check_fitted()
         table = self._checked(X, covariates, self.numeric_ + list(self.levels_))
+        if np.ndim(X) != 2 or np.shape(X)[1] != self.coef_.shape[1]:
+            raise DataError(
+                f"Residualizer: expected X with {self.coef_.shape[1]} feature columns (as fitted), got {np.shape(X)}"
+            )
         design = self._design(table)
         return (np.asarray(X, np.float64) - design[:, 1:] @ self.coef_[1:]).astype(np.float32)
 
@@ -118,7 +127,15 @@ class Residualizer(PersistentEstimator, TransformerMixin):
     def _design(self, table: pd.DataFrame) -> np.ndarray:
         blocks = [np.ones((len(table), 1))]
         if self.numeric_:
-            blocks.append((table[self.numeric_].to_numpy(np.float64) - self.numeric_mean_) / self.numeric_std_)
+            numeric = table[self.numeric_].apply(pd.to_numeric, errors="coerce")
+            for column in self.numeric_:
+                text = table[column][numeric[column].isna()]
+                if len(text):
+                    raise DataError(
+                        f"covariates['{column}'] was numeric in fit but holds {text.iloc[0]!r} "
+                        f"({len(text)} such value(s)); expected numbers"
+                    )
+            blocks.append((numeric.to_numpy(np.float64) - self.numeric_mean_) / self.numeric_std_)
         for column, levels in self.levels_.items():
             values = table[column].astype(str)
             unseen = sorted(set(values) - set(levels))
@@ -126,11 +143,9 @@ class Residualizer(PersistentEstimator, TransformerMixin):
                 raise DataError(
                     f"covariates['{column}'] has level(s) {unseen[:5]} not seen in fit (known: {levels[:10]})"
                 )
-            blocks.append(
-                np.stack([(values == level).to_numpy(np.float64) for level in levels[1:]], axis=1).reshape(
-                    len(table), -1
-                )
-            )
+            # one indicator column per level after the first (a single level, such as a one-site
+            # study's site, adds none: the intercept holds it)
+            blocks.append((values.to_numpy()[:, None] == np.asarray(levels[1:], dtype=object)).astype(np.float64))
         return np.concatenate(blocks, axis=1)
 
 
@@ -158,3 +173,19 @@ def residualize(
         rows = np.flatnonzero(rows)
     residualizer = Residualizer().fit(np.asarray(X)[rows], covariates.iloc[rows])
     return residualizer.transform(X, covariates)
+
+
+def _refuse_numbers_mixed_with_text(column: pd.Series) -> None:
+    """:class:`DataError` for a text column whose values are numbers but for a few (``"unknown"``
+    among ages): taken as categorical, each age would be its own level and residualising would
+    flatten every subject. A column of codes that all read as numbers (``"01"``, ``"02"``) stays
+    categorical, as given."""
+    if pd.api.types.is_numeric_dtype(column):
+        return
+    numbers = pd.to_numeric(column, errors="coerce")
+    text = column[numbers.isna()]
+    if numbers.notna().sum() > len(text) > 0:
+        raise DataError(
+            f"covariates['{column.name}'] holds numbers and {len(text)} text value(s) such as {text.iloc[0]!r}; "
+            "expected numbers only (impute or drop those subjects), or name the column in categorical="
+        )

@@ -29,13 +29,14 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
     Parameters
     ----------
     source
-        A ``.npy``, ``.parquet``, ``.csv`` or ``.h5ad`` path, an AnnData, or a DataFrame indexed
-        by subject id.
+        A ``.npy``, ``.parquet``, ``.csv`` or ``.h5ad`` path, an AnnData, or a DataFrame (indexed
+        by subject id, or with an id column).
     key
         The ``obsm`` key for AnnData sources.
     id_column
-        Column holding subject ids (tables: default ``"subject_id"``, else the first column;
-        AnnData: an ``obs`` column, default ``obs_names``).
+        Column holding subject ids (tables: default ``"subject_id"``, as a column or as the index
+        a table was written with, else the first column unless it holds decimals; a DataFrame
+        without that column: its index; AnnData: an ``obs`` column, default ``obs_names``).
     ids
         Row ids for ``.npy`` sources (default ``"0"``, ``"1"``, ...).
     missing
@@ -162,6 +163,8 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         if isinstance(source, ad.AnnData):
             return self._from_anndata(source)
         if isinstance(source, pd.DataFrame):
+            if self.id_column is not None or "subject_id" in source.columns:
+                return self._from_table(source)
             _check_numeric(source, self._describe())
             return [str(i) for i in source.index], source.to_numpy(dtype=np.float64)
         raise DataError(
@@ -173,9 +176,17 @@ class PrecomputedEncoder(BaseEstimator, TransformerMixin):
         return self.id_column or ("subject_id" if "subject_id" in columns else columns[0])
 
     def _from_table(self, table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        named = self.id_column or "subject_id"
+        if named not in table.columns and table.index.name == named:  # written with its index (pandas' default)
+            table = table.reset_index()
         column = self._id_column(table.columns)
         if column not in table.columns:
             raise DataError(f"{self._describe()}: id column {column!r} not found; columns: {list(table.columns)[:10]}")
+        if column != named and pd.api.types.is_float_dtype(table[column]):
+            raise DataError(
+                f"{self._describe()}: no {named!r} column, and the first column {column!r} holds decimals, not "
+                f"subject ids; name the id column with id_column= (columns: {list(table.columns)[:10]})"
+            )
         features = table.drop(columns=[column])
         _check_numeric(features, self._describe())
         return table[column].astype(str).tolist(), features.to_numpy(dtype=np.float64)
