@@ -1,12 +1,14 @@
 """The ``nob`` command line.
 
-Library errors (:class:`NobError`) end the command with exit code 2 and one line on stderr;
-anything else is a bug and keeps its traceback.
+Library errors (:class:`NobError`) and the file system's (``OSError``: no space, no permission)
+end the command with exit code 2 and one line on stderr; a closed pipe (``nob index search | head``)
+ends it quietly; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -108,15 +110,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"nob eval needs {', '.join(missing)} (or --compare RUN_A.json RUN_B.json)")
     from neuroomics_bridge.backbone.text import TextBackbone
-    from neuroomics_bridge.evaluation.harness import run_benchmarks
+    from neuroomics_bridge.evaluation.harness import locate_benchmarks, results_path, run_benchmarks
     from neuroomics_bridge.evaluation.tasks import TASKS
 
+    tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    results_path(args.out)  # a wrong --out, task, limit or data folder fails now, not after the whole run
+    locate_benchmarks(tasks, args.data, limit=args.limit, shots=args.shots)
     backbone = TextBackbone.from_pretrained(args.backbone, local_dir=args.local_dir, dtype=args.dtype)
     if args.lora:
         from neuroomics_bridge.training.instruct import load_lora
 
         load_lora(backbone, args.lora)  # peft injects the adapter into backbone.model in place
-    tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     run = run_benchmarks(
         backbone, tasks, args.data, mode=args.mode, shots=args.shots, seed=args.seed, limit=args.limit,
         prompt_format=args.prompt_format, batch_size=args.batch_size, adapter=args.lora,
@@ -285,12 +289,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         The exit code: the command's own (0 on success; ``cards --validate`` gives 1 for an
-        invalid card), or 2 after a :class:`NobError`, printed as one line on stderr.
+        invalid card), 2 after a :class:`NobError` or an ``OSError``, printed as one line on
+        stderr, or 1 when the reader of its output went away.
     """
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as an error when Python exits
+        return code
     except NobError as err:
+        print(f"nob {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system's refusal (a full disk, permissions): the user's to mend, not a bug
+        if isinstance(err, BrokenPipeError):  # `nob index search ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+            return 1
         print(f"nob {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ from typing import Any
 from neuroomics_bridge.backbone.config import DEFAULT_BACKBONE
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import DataError
+from neuroomics_bridge.io import check_writable
 from neuroomics_bridge.reports.prompts import DEFAULT_LAYOUT
 from neuroomics_bridge.reports.report import Report
 
@@ -88,6 +89,7 @@ def run_demo(
 
     locate_weights(backbone)  # a wrong backbone fails now, not after the encoding
     out = Path(out_dir)
+    check_writable(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

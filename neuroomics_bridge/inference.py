@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,14 @@ import numpy as np
 import pandas as pd
 
 from neuroomics_bridge.errors import DataError, MissingFileError
-from neuroomics_bridge.io import atomic_path, atomic_write_text
+from neuroomics_bridge.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_text,
+    check_replaceable,
+    check_writable,
+    unreadable_table,
+)
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress, silenced
 from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["write_reports", "evaluate_folder", "save_reports", "encode_folder", "build_index", "search_index"]
 
 FORMATS = (".jsonl", ".md", ".html")
+EVALUATION_MARKER = "metrics.json"  # every nob evaluate folder has it
 
 
 def write_reports(
@@ -69,13 +78,15 @@ def write_reports(
     Raises
     ------
     DataError
-        For another output suffix, or a ``batch_size`` or ``max_new_tokens`` under 1.
+        For another output suffix, an ``out`` that cannot be written (checked first), or a
+        ``batch_size`` or ``max_new_tokens`` under 1.
     """
     from neuroomics_bridge.data.cohort import Cohort
 
     target = Path(out)
     if target.suffix not in FORMATS:
         raise DataError(f"{target}: expected an output file ending in {', '.join(FORMATS)}")
+    check_writable(target)
     if batch_size < 1:
         raise DataError(f"batch_size: expected at least 1 subject per batch, got {batch_size}")
     if max_new_tokens < 1:  # generation would refuse it too, but only after loading and encoding
@@ -146,7 +157,8 @@ def evaluate_folder(
     data_dir
         A labelled cohort folder (:meth:`Cohort.to_files` layout; ``reports.csv`` with a label).
     out_dir
-        Where the results go (created; files in it are replaced atomically).
+        Where the results go: written as a whole at the end, replacing an earlier evaluation's
+        folder (so no file of another run stays beside these metrics), never another folder.
     fact_columns
         Categorical covariate or phenotype columns that count as facts a report must state
         (the synthetic cohort's severity, sex and age are found without being named).
@@ -167,10 +179,13 @@ def evaluate_folder(
     Raises
     ------
     DataError
-        When ``limit`` is under 1, the cohort has no labels, or no subject is left to score.
+        When ``out_dir`` is a file, a folder of other files or not writable (checked first),
+        ``limit`` is under 1, the cohort has no labels, or no subject is left to score.
     """
     from neuroomics_bridge.data.cohort import Cohort
 
+    out = Path(out_dir)
+    check_replaceable(out, kind="evaluation", marker=EVALUATION_MARKER)
     if limit is not None and limit < 1:  # a slice would drop subjects from the end instead
         raise DataError(f"limit: expected None or at least 1 subject, got {limit}")
     raw = Cohort.from_files(data_dir)  # a bad or unlabelled folder fails before torch and the bridge are loaded
@@ -206,21 +221,20 @@ def evaluate_folder(
             )
             metrics |= report_label_metrics(evaluation, cohort) | evaluation.metrics
             written = evaluation.reports[DEFAULT_LAYOUT]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if written:
-        save_reports(out, written)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_page(
-        out,
-        bridge,
-        cohort=cohort,
-        test=cohort,
-        reports=written,
-        metrics=metrics,
-        title="neuroomics-bridge evaluation",
-        subjects=f"{cohort.n_subjects} subjects of {data_dir} scored",
-    )
+    with atomic_directory(out, kind="evaluation", marker=EVALUATION_MARKER) as tmp:
+        if written:
+            save_reports(tmp, written)
+        (tmp / EVALUATION_MARKER).write_text(json.dumps(metrics, indent=2))
+        write_page(
+            tmp,
+            bridge,
+            cohort=cohort,
+            test=cohort,
+            reports=written,
+            metrics=metrics,
+            title="neuroomics-bridge evaluation",
+            subjects=f"{cohort.n_subjects} subjects of {data_dir} scored",
+        )
     return metrics
 
 
@@ -249,6 +263,7 @@ def encode_folder(
     from neuroomics_bridge.data.cohort import Cohort
     from neuroomics_bridge.encoders.cohort import CohortEncoder
 
+    check_writable(out)
     encoded = CohortEncoder.load(_required(Path(encoders_dir), "a saved CohortEncoder")).transform(
         Cohort.from_files(data_dir)
     )
@@ -339,11 +354,20 @@ def _vectors(
     path: str | os.PathLike[str], modality: str, bridge_dir: str | os.PathLike[str] | None
 ) -> tuple[list[str], np.ndarray]:
     file = _required(Path(path), "a vectors table written by nob encode")
-    table = pd.read_parquet(file)
-    columns = [c for c in table.columns if c.startswith(f"{modality}_")]
+    try:
+        table = pd.read_parquet(file)
+    except ValueError as err:  # pyarrow's ArrowInvalid: not Parquet, truncated, damaged
+        raise unreadable_table(file, err) from None
+    if "subject_id" not in table.columns:
+        raise DataError(f"{file}: expected a 'subject_id' column, as nob encode writes; got {list(table.columns)[:9]}")
+    # <modality>_<i>, as nob encode names them: "brain" must not also take the columns of "brain_fc"
+    columns = [c for c in table.columns if re.fullmatch(rf"{re.escape(modality)}_\d+", str(c))]
     if not columns:
-        found = sorted({c.rsplit("_", 1)[0] for c in table.columns if c != "subject_id"})
+        found = sorted({str(c).rsplit("_", 1)[0] for c in table.columns if c != "subject_id"})
         raise DataError(f"{file}: no columns for modality {modality!r}; modalities found: {found}")
+    numeric = [c for c in columns if pd.api.types.is_numeric_dtype(table[c])]
+    if len(numeric) < len(columns):
+        raise DataError(f"{file}: column(s) {sorted(set(columns) - set(numeric))[:5]} hold text; expected numbers")
     matrix = table[columns].to_numpy(np.float32)
     keep = ~np.isnan(matrix).all(axis=1)
     ids, matrix = table["subject_id"].astype(str)[keep].tolist(), matrix[keep]

@@ -23,6 +23,8 @@ import numpy as np
 from neuroomics_bridge.errors import CorruptFileError, DataError, MissingFileError, NobError
 
 __all__ = [
+    "check_writable",
+    "check_replaceable",
     "cache_root",
     "atomic_path",
     "current_umask",
@@ -31,6 +33,7 @@ __all__ = [
     "save_figure",
     "file_sha256",
     "check_safetensors",
+    "read_tensors",
 ]
 
 
@@ -54,6 +57,26 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> None:
+    """:class:`DataError` unless ``path`` can be written as a file (or, with ``folder``, a folder).
+
+    The commands call it before their long work, so that a wrong ``--out`` fails at once, not
+    after minutes of encoding and generation. Missing parent folders are fine (the writers make
+    them); a file where a folder must be, or a folder where the file must be, or no write
+    permission on the nearest existing folder, is not.
+    """
+    target = Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise DataError(
+            f"{target}: a {'file' if folder else 'folder'}; expected a {'folder' if folder else 'file'} to write"
+        )
+    parent = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    if not parent.is_dir():
+        raise DataError(f"{parent}: a file, so {target} cannot be written beneath it")
+    if not os.access(parent, os.W_OK | os.X_OK):  # the writers make a temporary beside it, then rename
+        raise DataError(f"{target}: {parent} is not writable by this user")
 
 
 @contextlib.contextmanager
@@ -95,9 +118,7 @@ def atomic_directory(path: str | os.PathLike[str], *, kind: str, marker: str) ->
         What the folder holds (for the error) and a file or folder every such folder has.
     """
     target = Path(path)
-    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / marker).exists())):
-        found = "a file" if not target.is_dir() else f"a folder of other files (no {marker})"
-        raise DataError(f"{target}: expected a new or empty folder or a saved {kind}, found {found}; not replaced")
+    check_replaceable(target, kind=kind, marker=marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -117,6 +138,17 @@ def atomic_directory(path: str | os.PathLike[str], *, kind: str, marker: str) ->
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(path: str | os.PathLike[str], *, kind: str, marker: str) -> None:
+    """:class:`DataError` unless :func:`atomic_directory` may write ``path`` with ``kind`` and
+    ``marker``: a new or empty folder, or a saved ``kind``, in a writable place. Commands call it
+    before their long work too, so a wrong folder fails at once."""
+    target = Path(path)
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / marker).exists())):
+        found = "a file" if not target.is_dir() else f"a folder of other files (no {marker})"
+        raise DataError(f"{target}: expected a new or empty folder or a saved {kind}, found {found}; not replaced")
+    check_writable(target, folder=True)
 
 
 def _plain_modes(path: Path, like: Path | None = None) -> None:
@@ -229,6 +261,25 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
             f"{file}: expected {expected} bytes from its safetensors header, found {size} "
             "(truncated or corrupted download?)"
         )
+
+
+def read_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The torch tensors of a safetensors file (weights the library saved), on the CPU.
+
+    Raises
+    ------
+    CorruptFileError
+        When the file is damaged (see :func:`check_safetensors`), or its byte ranges do not fit
+        the shapes its header gives; the message names it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_safetensors(path)
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise CorruptFileError(f"{path}: damaged safetensors file ({err})") from None
 
 
 def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:

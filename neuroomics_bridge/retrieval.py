@@ -348,6 +348,7 @@ class ReferenceSet:
         target = Path(directory)
         with atomic_directory(target, kind="ReferenceSet", marker="references.json") as tmp:
             table = {"subject_ids": self.subject_ids, "reports": self.reports, "labels": self.labels}
+            table["indexed_modalities"] = sorted(self.indexes)  # a lost index folder is then noticed
             (tmp / "references.json").write_text(json.dumps(table))
             for modality, index in self.indexes.items():
                 index.save(tmp / modality)
@@ -360,7 +361,7 @@ class ReferenceSet:
         Raises
         ------
         MissingFileError
-            When ``references.json`` or an index's files are missing.
+            When ``references.json``, an index folder it lists or an index's files are missing.
         CorruptFileError
             When ``references.json`` or an index is unreadable, or an index holds subjects that
             ``references.json`` does not list.
@@ -373,6 +374,9 @@ class ReferenceSet:
         lengths = {key: len(table[key]) for key in ("subject_ids", "reports", "labels")}
         if len(set(lengths.values())) != 1:
             raise CorruptFileError(f"{file}: expected one report and label per subject id, got {lengths}")
+        for modality in table.get("indexed_modalities", []):  # a reference set saved before 2026-12-07 lists none
+            if not (folder / modality).is_dir():
+                raise MissingFileError(f"{folder / modality}: missing; {file.name} lists a {modality!r} index")
         indexes = {p.name: EmbeddingIndex.load(p) for p in sorted(folder.iterdir()) if p.is_dir()}
         listed = set(table["subject_ids"])
         for modality, index in indexes.items():

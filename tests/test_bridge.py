@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -235,4 +236,41 @@ def test_damaged_or_incomplete_bridge_folders_are_named(bridge, tmp_path) -> Non
     config["format"] = "something-else"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CorruptFileError, match="expected format"):
+        Bridge.from_pretrained(folder, backbone=bridge.backbone)
+
+
+def test_a_bridge_alone_is_not_saved_over_a_bundle(bridge, tmp_path) -> None:
+    from neuroomics_bridge import BridgeBundle
+    from neuroomics_bridge.data import Cohort
+    from neuroomics_bridge.retrieval import ReferenceSet
+
+    rng = np.random.default_rng(0)
+    fold = Cohort([f"s{i}" for i in range(6)], {"gene": rng.normal(size=(6, 6)), "brain": rng.normal(size=(6, 4))},
+                  reports=["Tremor."] * 6, labels=["AD", "PD"] * 3)  # fmt: skip
+    folder = BridgeBundle(bridge, references=ReferenceSet.build(bridge, fold)).save(tmp_path / "bundle")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(DataError, match=r"bundle: a bridge bundle \(bundle\.json\); saving the bridge alone would"):
+        bridge.save_pretrained(folder)  # would have replaced the folder, references and all
+    assert sorted(p.name for p in folder.iterdir()) == before and "references" in before
+    shutil.rmtree(folder / "references" / "gene")  # a lost index folder, which the manifest lists
+    with pytest.raises(MissingFileError, match=r"references/gene: missing; references\.json lists a 'gene' index"):
+        BridgeBundle.load(folder, backbone=bridge.backbone)
+
+
+def test_a_damaged_adapter_file_or_config_is_named(bridge, tmp_path) -> None:
+    folder = bridge.save_pretrained(tmp_path / "bridge")
+    weights = folder / "adapters.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    key = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2)
+    header[key]["shape"][1] -= 1  # same size on disk, but the shape no longer fits its byte range
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(length)  # the spaces safetensors allows
+    weights.write_bytes(data[:8] + text + data[8 + length :])
+    with pytest.raises(CorruptFileError, match=r"adapters\.safetensors: damaged safetensors file"):
+        Bridge.from_pretrained(folder, backbone=bridge.backbone)
+    config = json.loads((folder / "config.json").read_text())
+    del config["modality_dims"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptFileError, match=r"config\.json: expected backbone .* entries; no 'modality_dims'"):
         Bridge.from_pretrained(folder, backbone=bridge.backbone)

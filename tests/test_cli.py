@@ -128,6 +128,65 @@ def test_index_build_names_a_missing_table_and_a_modality_it_lacks(capsys, tmp_p
     assert not (tmp_path / "index").exists()
 
 
+def test_index_reads_only_its_modalitys_columns_and_names_a_bad_table(capsys, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from neuroomics_bridge.retrieval import EmbeddingIndex
+
+    table = pd.DataFrame({"subject_id": ["a", "b", "c"], "brain_0": [0.1, 0.2, 0.5], "brain_1": [0.3, 0.4, 0.1]})
+    table["brain_fc_0"] = [np.nan, 0.5, 0.6]  # another modality whose name begins with "brain_"
+    table.to_parquet(tmp_path / "v.parquet")
+    assert main(["index", "build", "--vectors", str(tmp_path / "v.parquet"), "--modality", "brain",
+                 "--out", str(tmp_path / "index")]) == 0  # fmt: skip
+    assert EmbeddingIndex.load(tmp_path / "index").dim == 2
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "v.parquet").read_bytes()[:300])
+    table.drop(columns="subject_id").to_parquet(tmp_path / "no_ids.parquet")
+    for name, message in (("cut", "not a readable table"), ("no_ids", "expected a 'subject_id' column")):
+        command = ["index", "build", "--vectors", str(tmp_path / f"{name}.parquet"), "--modality", "brain"]
+        assert main([*command, "--out", str(tmp_path / name)]) == 2
+        assert f"{name}.parquet: {message}" in capsys.readouterr().err
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(capsys, tmp_path: Path) -> None:
+    from neuroomics_bridge import DataError
+    from neuroomics_bridge.inference import evaluate_folder, write_reports
+
+    (tmp_path / "taken.jsonl").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own")
+    # the bridge and data folders do not exist: a check after reading them would raise another error
+    with pytest.raises(DataError, match=r"taken\.jsonl: a folder; expected a file to write"):
+        write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "taken.jsonl")
+    with pytest.raises(DataError, match=r"a_file: a file, so .*r\.jsonl cannot be written beneath it"):
+        write_reports(tmp_path / "bridge", tmp_path / "data", tmp_path / "a_file" / "r.jsonl")
+    with pytest.raises(DataError, match=r"mine: expected a new or empty folder or a saved evaluation, found a folder"):
+        evaluate_folder(tmp_path / "bridge", tmp_path / "data", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's own"
+    # nob eval: --out is checked before the backbone (which does not exist either) is loaded
+    eval_args = ["eval", "--backbone", "no-such-backbone", "--data", str(tmp_path), "--tasks", "pubmedqa"]
+    assert main([*eval_args, "--out", str(tmp_path / "results.md")]) == 2
+    assert "results.md: the results file must end in .json" in capsys.readouterr().err
+    assert main([*eval_args, "--out", str(tmp_path / "results.json"), "--limit", "0"]) == 2
+    assert "limit: expected None or at least 1 item per task, got 0" in capsys.readouterr().err
+
+
+def test_the_file_systems_errors_exit_2_with_one_line_and_a_closed_pipe_quietly(monkeypatch, capsys) -> None:
+    import neuroomics_bridge.cli as cli
+
+    def refused(args):
+        raise PermissionError(13, "Permission denied", "/data/out.jsonl")
+
+    monkeypatch.setattr(cli, "_cmd_cards", refused)
+    assert cli.main(["cards"]) == 2
+    assert capsys.readouterr().err == "nob cards: error: [Errno 13] Permission denied: '/data/out.jsonl'\n"
+    # `nob cards | head -0`: the reader closes its end before nob writes
+    process = subprocess.Popen([sys.executable, "-m", "neuroomics_bridge.cli", "cards"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process.stdout.close()
+    assert process.wait(timeout=600) == 1 and process.stderr.read() == ""  # no traceback, no "Exception ignored"
+
+
 def test_demo_passes_its_options_to_run_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from neuroomics_bridge import demo
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -233,7 +234,7 @@ def test_evaluate_scores_a_labelled_folder_with_every_demo_metric(demo_dir, eval
     assert metrics["report/label_accuracy"] == pytest.approx(sum(named_right) / len(named_right))
 
 
-def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) -> None:
+def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, evaluated, tmp_path) -> None:
     from neuroomics_bridge import BridgeBundle, DataError
     from neuroomics_bridge.inference import evaluate_folder
 
@@ -241,8 +242,11 @@ def test_evaluate_on_the_reference_subjects_leaves_them_out(demo_dir, tmp_path) 
     cohort = synthetic_cohort(12, seed=42, cells_per_subject=6)
     cohort.subject_ids[:2] = reference.subject_ids[:2]  # two subjects the bridge was trained on
     cohort.reports[:2] = reference.reports[:2]
+    shutil.copytree(evaluated, tmp_path / "ev")  # an earlier evaluation, with reports, is replaced as a whole
     metrics = evaluate_folder(demo_dir / "bridge", cohort.to_files(tmp_path / "c"), tmp_path / "ev", reports=False)
     assert metrics["evaluate/subjects"] == 10 and metrics["evaluate/excluded_reference_subjects"] == 2
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == metrics
+    assert not (tmp_path / "ev" / "reports.jsonl").exists()  # no report of the earlier run beside these metrics
     only_known = cohort.subset(cohort.subject_ids[:2]).to_files(tmp_path / "known")
     with pytest.raises(DataError, match=r"known: no subject left to score \(2 subjects, all in the reference set\)"):
         evaluate_folder(demo_dir / "bridge", only_known, tmp_path / "ev2", reports=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from neuroomics_bridge.backbone.text import TextBackbone
-from neuroomics_bridge.bridge.model import Bridge
+from neuroomics_bridge.bridge.model import BUNDLE_MANIFEST, Bridge
 from neuroomics_bridge.encoders.cohort import CohortEncoder
 from neuroomics_bridge.errors import CorruptFileError, MissingFileError
 from neuroomics_bridge.io import atomic_directory, read_manifest
@@ -29,7 +29,6 @@ from neuroomics_bridge.retrieval import ReferenceSet
 __all__ = ["BUNDLE_FORMAT", "BridgeBundle"]
 
 BUNDLE_FORMAT = "neuroomics-bridge/bundle-v1"
-MANIFEST = "bundle.json"
 ENCODERS = "encoders"
 REFERENCES = "references"
 
@@ -66,7 +65,7 @@ class BridgeBundle:
             ``directory``.
         """
         target = Path(directory)
-        with atomic_directory(target, kind="bridge bundle", marker=MANIFEST) as tmp:
+        with atomic_directory(target, kind="bridge bundle", marker=BUNDLE_MANIFEST) as tmp:
             self.bridge.save_pretrained(tmp)
             parts = []
             if self.encoders is not None:
@@ -75,7 +74,7 @@ class BridgeBundle:
             if self.references is not None:
                 self.references.save(tmp / REFERENCES)
                 parts.append(REFERENCES)
-            (tmp / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, "parts": parts}, indent=2))
+            (tmp / BUNDLE_MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, "parts": parts}, indent=2))
         return target
 
     @classmethod
@@ -102,12 +101,13 @@ class BridgeBundle:
             The manifest is not a ``bundle-v1`` manifest.
         """
         folder = Path(directory)
-        listed = read_manifest(folder / MANIFEST, BUNDLE_FORMAT).get("parts") if (folder / MANIFEST).is_file() else []
+        manifest = folder / BUNDLE_MANIFEST
+        listed = read_manifest(manifest, BUNDLE_FORMAT).get("parts") if manifest.is_file() else []
         if not isinstance(listed, list) or not all(isinstance(part, str) for part in listed):
-            raise CorruptFileError(f"{folder / MANIFEST}: expected 'parts', a list of folder names; got {listed!r}")
+            raise CorruptFileError(f"{manifest}: expected 'parts', a list of folder names; got {listed!r}")
         for part in listed:
             if not (folder / part).is_dir():
-                raise MissingFileError(f"{folder / part}: missing; {folder / MANIFEST} lists it")
+                raise MissingFileError(f"{folder / part}: missing; {manifest} lists it")
         if need_encoders and not (folder / ENCODERS).is_dir():
             raise MissingFileError(f"{folder / ENCODERS}: missing; the fitted encoders (written by nob demo)")
         encoders = CohortEncoder.load(folder / ENCODERS) if (folder / ENCODERS).is_dir() else None

@@ -38,7 +38,7 @@ from neuroomics_bridge.bridge.scverse import (
 )
 from neuroomics_bridge.data.cohort import Cohort
 from neuroomics_bridge.errors import CorruptFileError, DataError, InvalidModelError, MissingFileError
-from neuroomics_bridge.io import atomic_directory, check_safetensors, read_manifest
+from neuroomics_bridge.io import atomic_directory, read_manifest, read_tensors
 from neuroomics_bridge.reports.prompts import ClassTexts, class_wordings
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = ["Bridge", "BRIDGE_FORMAT"]
 BRIDGE_FORMAT = "neuroomics-bridge/bridge-v1"
 ADAPTERS_FILE = "adapters.safetensors"
 LORA_FILE = "backbone_lora.safetensors"  # LoRA inside the backbone, when the prefix stage used it
+BUNDLE_MANIFEST = "bundle.json"  # a bridge bundle's (bridge/bundle.py): its folder holds a bridge and more
 
 
 class Bridge(ReportGenerationMixin):
@@ -473,10 +474,22 @@ class Bridge(ReportGenerationMixin):
 
     # ------------------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write adapters (safetensors), ``config.json`` and a model card ``README.md``, atomically."""
+        """Write adapters (safetensors), ``config.json`` and a model card ``README.md``, atomically.
+
+        Raises
+        ------
+        DataError
+            When ``directory`` is a folder of other files, or a bridge bundle: the bridge alone
+            would replace it and delete the bundle's encoders and reference subjects.
+        """
         from safetensors.torch import save_file
 
         target = Path(directory)
+        if (target / BUNDLE_MANIFEST).is_file():
+            raise DataError(
+                f"{target}: a bridge bundle ({BUNDLE_MANIFEST}); saving the bridge alone would delete its encoders "
+                "and reference subjects: save the whole BridgeBundle there, or the bridge to another folder"
+            )
         config = {
             "format": BRIDGE_FORMAT,
             "library_version": __version__,
@@ -506,27 +519,29 @@ class Bridge(ReportGenerationMixin):
         Without ``backbone`` the recorded registry name or path is loaded. A backbone whose
         weights hash differs from the recorded one is refused.
         """
-        from safetensors.torch import load_file
-
         folder = Path(directory)
         config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
         for file in (config_file, weights_file):
             if not file.is_file():
                 raise MissingFileError(f"{file}: missing; {folder} is not a saved bridge")
         config = read_manifest(config_file, BRIDGE_FORMAT)
-        recorded = config["backbone"]
-        backbone = backbone or TextBackbone.from_pretrained(recorded["name"])
-        if backbone.weights_hash != recorded["weights_sha256"]:
+        try:
+            recorded, dims, settings = config["backbone"], config["modality_dims"], config["bridge_config"]
+            name, sha256 = recorded["name"], recorded["weights_sha256"]
+        except (KeyError, TypeError) as err:
+            raise CorruptFileError(
+                f"{config_file}: expected backbone (name, weights_sha256), modality_dims and bridge_config "
+                f"entries; no {err}"
+            ) from None
+        backbone = backbone or TextBackbone.from_pretrained(name)
+        if backbone.weights_hash != sha256:
             raise InvalidModelError(
-                f"{folder}: adapters were trained on backbone {recorded['name']!r} (weights sha256 "
-                f"{recorded['weights_sha256'][:12]}...), not on {backbone.name!r} "
+                f"{folder}: adapters were trained on backbone {name!r} (weights sha256 "
+                f"{sha256[:12]}...), not on {backbone.name!r} "
                 f"(sha256 {backbone.weights_hash[:12]}...); load the recorded backbone or retrain the adapters"
             )
-        bridge = cls(
-            backbone, config["modality_dims"], BridgeConfig.from_dict(config["bridge_config"], source=str(config_file))
-        )
-        check_safetensors(weights_file)
-        weights = load_file(weights_file)
+        bridge = cls(backbone, dims, BridgeConfig.from_dict(settings, source=str(config_file)))
+        weights = read_tensors(weights_file)
         expected = bridge.adapters.state_dict()
         reshaped = [
             f"{key}: expected {tuple(expected[key].shape)}, got {tuple(value.shape)}"
@@ -549,7 +564,6 @@ class Bridge(ReportGenerationMixin):
             lora_file = folder / LORA_FILE
             if not lora_file.is_file():
                 raise MissingFileError(f"{lora_file}: missing; {config_file} records LoRA adapters")
-            check_safetensors(lora_file)
-            bridge.load_lora_state(load_file(lora_file), source=str(lora_file))
+            bridge.load_lora_state(read_tensors(lora_file), source=str(lora_file))
         bridge.card_info = config.get("card", {})
         return bridge

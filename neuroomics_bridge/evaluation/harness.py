@@ -21,14 +21,14 @@ import numpy as np
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
 from neuroomics_bridge.evaluation.tasks import get_task, task_files
-from neuroomics_bridge.io import atomic_write_text, file_sha256, read_jsonl, save_figure
+from neuroomics_bridge.io import atomic_write_text, check_writable, file_sha256, read_jsonl, save_figure
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress, silenced
 
 if TYPE_CHECKING:
     from neuroomics_bridge.backbone.text import TextBackbone
 
-__all__ = ["BenchmarkRun", "run_benchmarks", "compare_runs", "plot_runs"]
+__all__ = ["BenchmarkRun", "run_benchmarks", "locate_benchmarks", "results_path", "compare_runs", "plot_runs"]
 
 CAVEAT = (
     "Exam-style benchmarks do not represent clinical practice. Research use only, not for clinical decision-making."
@@ -106,11 +106,7 @@ class BenchmarkRun:
         DataError
             When ``path`` does not end in ``.json``.
         """
-        target = Path(path)
-        if target.suffix != ".json":
-            raise DataError(
-                f"{target}: the results file must end in .json (.md, .png and .predictions.jsonl go beside it)"
-            )
+        target = results_path(path)
         rows = [{"task": r.task, **p, "notice": RESEARCH_NOTICE} for r in self.results for p in r.predictions]
         atomic_write_text(target.with_suffix(".predictions.jsonl"), "".join(json.dumps(row) + "\n" for row in rows))
         atomic_write_text(target.with_suffix(".md"), self.to_markdown())
@@ -149,6 +145,40 @@ class BenchmarkRun:
             return cls(metadata, results)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{file}: not a results file written by nob eval ({type(err).__name__}: {err})") from None
+
+
+def results_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a results file: :class:`DataError` unless it ends in ``.json`` (the run's
+    ``.md``, ``.png`` and ``.predictions.jsonl`` go beside it) and could be written there.
+
+    ``nob eval`` checks ``--out`` with it before loading a backbone, so a wrong name does not
+    throw away a whole run's scores.
+    """
+    target = Path(path)
+    if target.suffix != ".json":
+        raise DataError(f"{target}: the results file must end in .json (.md, .png and .predictions.jsonl go beside it)")
+    check_writable(target)
+    return target
+
+
+def locate_benchmarks(
+    tasks: Sequence[str], data_dir: str | os.PathLike[str], *, limit: int | None = None, shots: int = 0
+) -> dict[str, tuple[Path, Path | None]]:
+    """Each task's evaluation file (and train file, or ``None``) in ``data_dir``, after checking
+    the request: the checks :func:`run_benchmarks` makes before any work, on their own, so that
+    ``nob eval`` makes them before loading a backbone.
+
+    Raises
+    ------
+    DataError, MissingFileError
+        For an unknown task, a ``limit`` under 1, negative ``shots``, or missing or ambiguous
+        data files.
+    """
+    if limit is not None and limit < 1:  # a slice would drop items from the end instead
+        raise DataError(f"limit: expected None or at least 1 item per task, got {limit}")
+    if shots < 0:
+        raise DataError(f"shots: expected 0 (zero-shot) or more examples per prompt, got {shots}")
+    return {name: task_files(data_dir, get_task(name)) for name in tasks}
 
 
 def run_benchmarks(
@@ -196,12 +226,8 @@ def run_benchmarks(
     """
     from neuroomics_bridge import __version__
 
-    if limit is not None and limit < 1:  # a slice would drop items from the end instead
-        raise DataError(f"limit: expected None or at least 1 item per task, got {limit}")
-    if shots < 0:
-        raise DataError(f"shots: expected 0 (zero-shot) or more examples per prompt, got {shots}")
-    chosen = [get_task(name) for name in tasks]  # unknown names fail before any work
-    located = {task.name: task_files(data_dir, task) for task in chosen}
+    located = locate_benchmarks(tasks, data_dir, limit=limit, shots=shots)  # before any work
+    chosen = [get_task(name) for name in tasks]
     files: dict[str, Any] = {}
     results = []
     for task in progress(chosen, desc="benchmarks", show=show_progress, unit="task"):
