@@ -109,6 +109,22 @@ def test_fit_on_ids_that_are_not_in_the_cohort_are_refused(small_cohort) -> None
         small_cohort.encode({"fm": PrecomputedEncoder(table)}, fit_on=wrong, residualize=["age"])
 
 
+def test_a_partly_missing_vector_is_refused_before_the_folder_is_written(tmp_path, small_cohort) -> None:
+    values = np.arange(120.0).reshape(60, 2)
+    values[4, 1] = np.nan  # damaged, not absent: reading the folder back would refuse it
+    cohort = dataclasses.replace(small_cohort, features={"fm": values})
+    with pytest.raises(DataError, match=r"features\['fm'\]: subject\(s\) \['sub-0004'\] have NaN in some columns"):
+        cohort.to_files(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_gene_cells_of_none_of_the_fitting_subjects_are_named(small_cohort) -> None:
+    cohort = dataclasses.replace(small_cohort, genes=small_cohort.genes.copy())
+    cohort.genes.obs["subject_id"] = "P" + cohort.genes.obs["subject_id"].astype(str)  # another id scheme
+    with pytest.raises(DataError, match=r"modality 'gene': no cells of the \d+ subject\(s\) to fit on; obs\['subj"):
+        cohort.encode({"gene": GeneEncoder(n_components=4)}, fit_on=cohort.split(seed=0).train)
+
+
 def test_text_covariates_stay_text_through_the_folder(tmp_path, small_cohort) -> None:
     covariates = small_cohort.covariates.assign(site=[f"0{i % 3 + 1}" for i in range(60)])  # codes, not numbers
     cohort = dataclasses.replace(small_cohort, covariates=covariates)

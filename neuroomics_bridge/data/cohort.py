@@ -284,6 +284,12 @@ class Cohort:
         -------
         Path
             ``directory``.
+
+        Raises
+        ------
+        DataError
+            When ``directory`` is a file or a folder of other files (one this method wrote before
+            is replaced), or a stored feature row is NaN in some columns only (nothing is written).
         """
         target = Path(directory)
         # the marker is the manifest only this method writes: a folder assembled by hand (it has
@@ -316,6 +322,15 @@ class Cohort:
             if stored:
                 (tmp / "features").mkdir()
                 for modality, matrix in stored.items():
+                    missing = np.isnan(matrix)
+                    partial = missing.any(axis=1) & ~missing.all(axis=1)  # all NaN: absent; some NaN: damaged
+                    if partial.any():
+                        damaged = [s for s, bad in zip(self.subject_ids, partial, strict=True) if bad]
+                        raise DataError(
+                            f"features[{modality!r}]: subject(s) {damaged[:5]} "
+                            "have NaN in some columns but not all; expected a complete vector or an all-NaN "
+                            "(absent) row, which reading the folder back requires"
+                        )
                     frame = pd.DataFrame(matrix, columns=[f"f{i}" for i in range(matrix.shape[1])])
                     frame.insert(0, "subject_id", self.subject_ids)
                     present = ~np.isnan(matrix).all(axis=1)  # absent subjects are left out; reading gives NaN back

@@ -113,7 +113,15 @@ class GeneEncoder(PersistentEstimator, TransformerMixin):
         """Fit on the cells of ``subject_ids`` in ``cohort.genes`` (grouped by ``cohort.gene_groupby``)."""
         genes = cohort_genes(cohort, modality)
         self.set_params(groupby=cohort.gene_groupby)
-        return self.fit(genes[genes.obs[cohort.gene_groupby].astype(str).isin(set(subject_ids)).to_numpy()])
+        owners = genes.obs[cohort.gene_groupby].astype(str)
+        chosen = owners.isin(set(subject_ids)).to_numpy()
+        if not chosen.any():  # else anndata's "0 observations", which names neither the column nor the ids
+            raise DataError(
+                f"modality {modality!r}: no cells of the {len(subject_ids)} subject(s) to fit on; "
+                f"obs['{cohort.gene_groupby}'] holds {sorted(set(owners))[:3]}..., the subjects are "
+                f"{sorted(subject_ids)[:3]}..."
+            )
+        return self.fit(genes[chosen])
 
     def transform_cohort(self, cohort: Any, *, modality: str = "gene") -> np.ndarray:
         """``(n_subjects, n_components)`` in cohort order; NaN rows for subjects without cells."""
