@@ -15,6 +15,8 @@ _EXPORTS = {
     "BenchmarkRun": "neuroomics_bridge.evaluation.harness",
     "compare_runs": "neuroomics_bridge.evaluation.harness",
     "run_benchmarks": "neuroomics_bridge.evaluation.harness",
+    "locate_benchmarks": "neuroomics_bridge.evaluation.harness",
+    "results_path": "neuroomics_bridge.evaluation.harness",
     "Example": "neuroomics_bridge.evaluation.loaders",
     "TaskResult": "neuroomics_bridge.evaluation.scoring",
     "evaluate_task": "neuroomics_bridge.evaluation.scoring",
