@@ -183,6 +183,8 @@ def test_numbers_mixed_with_text_and_a_wrong_width_are_named() -> None:
     mixed.loc[3, "age"] = "unknown"  # as categorical, each age would be its own level
     with pytest.raises(DataError, match=r"covariates\['age'\] holds numbers and 1 text value\(s\) such as 'unknown'"):
         Residualizer().fit(X, mixed)
+    codes = table.assign(site=table["site"].map({"a": "01", "b": "02", "c": "A1"}).astype("category"))
+    Residualizer().fit(X, codes)  # declared categorical: its codes are levels, whatever they look like
     residualizer = Residualizer().fit(X, table)
     with pytest.raises(DataError, match=r"covariates\['age'\] was numeric in fit but holds 'unknown'"):
         residualizer.transform(X, mixed)

@@ -179,13 +179,14 @@ def _refuse_numbers_mixed_with_text(column: pd.Series) -> None:
     """:class:`DataError` for a text column whose values are numbers but for a few (``"unknown"``
     among ages): taken as categorical, each age would be its own level and residualising would
     flatten every subject. A column of codes that all read as numbers (``"01"``, ``"02"``) stays
-    categorical, as given."""
-    if pd.api.types.is_numeric_dtype(column):
+    categorical, as given, and so does a pandas categorical column, whatever its levels."""
+    if pd.api.types.is_numeric_dtype(column) or isinstance(column.dtype, pd.CategoricalDtype):
         return
     numbers = pd.to_numeric(column, errors="coerce")
     text = column[numbers.isna()]
     if numbers.notna().sum() > len(text) > 0:
         raise DataError(
             f"covariates['{column.name}'] holds numbers and {len(text)} text value(s) such as {text.iloc[0]!r}; "
-            "expected numbers only (impute or drop those subjects), or name the column in categorical="
+            "expected numbers only (impute or drop those subjects), or, for codes, a categorical column "
+            "(.astype('category'), or categorical= here)"
         )
