@@ -62,6 +62,7 @@ def test_gene_order_never_changes_the_vectors(fitted: GeneEncoder, order: list[i
     seed=st.integers(0, 10**6),
     n_labels=st.integers(1, 4),
 )
+@pytest.mark.filterwarnings("ignore:split. the:UserWarning")  # small labels may round a fold away; said elsewhere
 def test_splits_are_disjoint_complete_deterministic_and_stable(n: int, seed: int, n_labels: int) -> None:
     def cohort(size: int) -> Cohort:
         ids = [f"s{i}" for i in range(size)]
