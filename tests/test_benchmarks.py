@@ -142,6 +142,8 @@ def test_item_ids_do_not_depend_on_how_the_data_folder_is_spelled(tmp_path: Path
          r"summarisation.jsonl:1: expected a text field 'summary' or .*the record has \['document'\]"),
         ("ncbi-disease", "ncbi-disease.json", '[{"text": "abc", "entities": [{"start": 1, "end": 9, "type": "D"}]}]',
          r"ncbi-disease.json\[0\]: entities\[0\] span 1:9 is outside the 3-character text"),
+        ("medqa", "medqa.jsonl", json.dumps({"question": "Q", "options": {chr(65 + i): str(i) for i in range(10)},
+         "answer_idx": "J"}), r"medqa.jsonl:1: at most 8 options \(A-H\), got 10"),
     ],
 )  # fmt: skip
 def test_malformed_files_name_file_line_and_expectation(
@@ -215,10 +217,13 @@ def test_metrics_match_hand_computed_values() -> None:
     # labels x, y: x predicted [1, 1, 0] vs true [1, 0, 0] -> F1 2/3; y predicted [0, 0, 1] vs [0, 1, 1] -> 2/3
     multi = multilabel_f1([{"x"}, {"x"}, {"y"}], [{"x"}, {"y"}, {"y"}], ["x", "y"])
     assert multi == pytest.approx({"macro_f1": 2 / 3, "micro_f1": 2 / 3})
-    # yes: tp 1 fp 0 fn 1 -> 2/3; no: tp 1 fp 1 fn 0 -> 2/3; maybe: never true or predicted -> 0
+    # yes: tp 1 fp 0 fn 1 -> 2/3; no: tp 1 fp 1 fn 0 -> 2/3; maybe: true once, never predicted -> 0
     assert macro_f1(["yes", None, "no", "no"], ["yes", "yes", "no", "maybe"], ["yes", "no", "maybe"]) == pytest.approx(
         (2 / 3 + 2 / 3 + 0) / 3
     )
+    # a label neither true nor predicted (a subset, --limit) has no F1: a perfect run scores 1, not 2/3
+    assert macro_f1(["yes", "no"], ["yes", "no"], ["yes", "no", "maybe"]) == 1.0
+    assert multilabel_f1([{"x"}, set()], [{"x"}, set()], ["x", "y", "z"]) == {"macro_f1": 1.0, "micro_f1": 1.0}
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -390,6 +395,26 @@ def test_benchmark_files_that_are_not_utf8_or_not_tables_are_named(tmp_path: Pat
         (tmp_path / name).write_bytes(content)
         with pytest.raises(DataError, match=message):
             list(read_records(tmp_path / name))
+
+
+def test_a_quote_in_a_tsv_is_text_and_a_byte_order_mark_is_not(tmp_path: Path) -> None:
+    (tmp_path / "ddi.tsv").write_text(
+        'index\tsentence\tlabel\n0\t"Strong inhibitors of @DRUG$ raise @DRUG$.\tDDI-mechanism\n'
+        '1\t@DRUG$ and @DRUG$ were given.\tDDI-false\n2\tThe "so-called" @DRUG$ increases @DRUG$.\tDDI-effect\n'
+    )  # TSVs are never quoted: the opening quote of row 0 must not swallow the rows after it
+    items = get_task("ddi").reader(tmp_path / "ddi.tsv")
+    assert [(e.text[:10], e.answer) for e in items] == [
+        ('"Strong in', "mechanism"),
+        ("@DRUG$ and", "none"),
+        ('The "so-ca', "effect"),
+    ]
+    bio = "Levodopa\tB-Chemical\ninduced\tO\ndyskinesia\tB-Disease\n"
+    (tmp_path / "bc5cdr.tsv").write_bytes(bio.encode("utf-8-sig"))
+    (item,) = get_task("bc5cdr").reader(tmp_path / "bc5cdr.tsv")
+    assert set(item.answer_set) == {"Chemical: Levodopa", "Disease: dyskinesia"}
+    (tmp_path / "ncbi.tsv").write_bytes("Sj\xf6gren\tB\nsyndrome\tI\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"ncbi\.tsv: not UTF-8 text"):
+        get_task("ncbi-disease").reader(tmp_path / "ncbi.tsv")
 
 
 def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, samples: Path, tmp_path: Path) -> None:

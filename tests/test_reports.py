@@ -17,6 +17,7 @@ from neuroomics_bridge.reports import (
     report_prompt,
     split_sections,
 )
+from neuroomics_bridge.reports.report import covariate_text
 from neuroomics_bridge.retrieval import ReferenceSet
 
 CLASSES = ["control", "Alzheimer's disease", "Parkinson's disease", "frontotemporal dementia"]
@@ -70,7 +71,16 @@ def test_every_rendering_carries_the_notice_and_the_evidence() -> None:
         assert rendered.index(RESEARCH_NOTICE) < rendered.index("Impression")  # before any of the report
     assert data["notice"] == RESEARCH_NOTICE and data["evidence"]["absent"] == ["gene"]
     assert next(iter(data)) == "notice"  # the first key of reports.jsonl records too
-    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page  # texts are escaped
+    for rendered in (markdown, page):  # texts are escaped: Markdown renderers pass raw HTML through
+        assert "<b>bold</b>" not in rendered and "&lt;b&gt;bold&lt;/b&gt;" in rendered
+
+
+def test_an_age_band_is_stated_as_given() -> None:
+    report = sample_report()
+    report.evidence.covariates = {"age": "70-75", "sex": "F"}  # a cohort that records ages in bands
+    assert covariate_text(report.evidence.covariates) == "age 70-75, sex female"
+    assert "known: age 70-75, sex female" in report.to_markdown() and "age 70-75" in report.to_html()
+    assert "Known: age 70-75, sex female." in report_prompt("Clinical reports.", report.evidence, "retrieval")
 
 
 def test_the_prompt_states_the_evidence() -> None:

@@ -23,6 +23,7 @@ Formats read (JSON files may also be JSON lines, as MedMCQA's are):
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -36,6 +37,7 @@ from neuroomics_bridge.io import read_jsonl, unreadable_table
 
 __all__ = [
     "Example",
+    "LETTERS",
     "read_records",
     "read_pubmedqa",
     "read_medqa",
@@ -48,6 +50,10 @@ __all__ = [
 ]
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+LETTERS = "ABCDEFGH"
+"""The letters a multiple-choice item's options may carry (prompted, parsed and scored)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +118,9 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
             if suffix == ".parquet":
                 frame = pd.read_parquet(file)
             else:
-                frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+                tsv = suffix == ".tsv"  # never quoted: a sentence that opens with " must not swallow the next rows
+                frame = pd.read_csv(file, sep="\t" if tsv else ",", dtype=str, keep_default_na=False,
+                                    quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)  # fmt: skip
         except ValueError as err:  # not UTF-8, ragged rows, an empty or damaged file: all ValueErrors
             raise unreadable_table(file, err) from None
         for row, record in enumerate(frame.to_dict(orient="records")):
@@ -221,6 +229,8 @@ def read_medqa(path: str | os.PathLike[str]) -> list[Example]:
         letters = sorted(options)
         if letters != [chr(ord("A") + i) for i in range(len(letters))]:
             raise DataError(f"{where}: option keys must be A, B, C...; got {letters}")
+        if len(letters) > len(LETTERS):  # the prompt, the parser and the scorer know these letters only
+            raise DataError(f"{where}: at most {len(LETTERS)} options ({LETTERS[0]}-{LETTERS[-1]}), got {len(letters)}")
         texts = tuple(str(options[letter]).strip() for letter in letters)
         index = None
         if "answer_idx" in record:
@@ -318,7 +328,10 @@ def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[
 
     if not file.is_file():
         raise MissingFileError(f"{file}: benchmark file does not exist")
-    lines = [*file.read_text(encoding="utf-8").splitlines(), ""]  # the blank line closes the last sentence
+    try:  # utf-8-sig: a byte-order mark must not become part of the first token
+        lines = [*file.read_text(encoding="utf-8-sig").splitlines(), ""]  # the blank line closes the last sentence
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file}: not UTF-8 text ({err})") from None
     start = 1
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("-DOCSTART-"):

@@ -174,7 +174,10 @@ def accuracy_stderr(accuracy: float, n: int) -> float:
 
 
 def macro_f1(predicted: Sequence[str | None], truth: Sequence[str], labels: Sequence[str]) -> float:
-    """Macro-F1 over ``labels`` (every label counts, present or not); ``None`` (unparseable) is wrong.
+    """Macro-F1 over the ``labels`` that occur in ``truth`` or ``predicted``; ``None`` (unparseable) is wrong.
+
+    A label neither true nor predicted for any item has no F1 (sklearn's own default leaves it
+    out too): counting it as 0 would give a perfect run on a subset (``--limit``) less than 1.
 
     Raises
     ------
@@ -187,7 +190,11 @@ def macro_f1(predicted: Sequence[str | None], truth: Sequence[str], labels: Sequ
         raise DataError(f"macro_f1: {len(predicted)} predictions but {len(truth)} answers")
     outside = "\0unparseable"
     guesses = [outside if p is None else p for p in predicted]
-    return float(f1_score(truth, guesses, labels=list(labels), average="macro", zero_division=0))
+    seen = set(truth) | set(guesses)
+    scored = [label for label in labels if label in seen]
+    if not scored:  # every answer outside the labels, and every prediction unparseable
+        return 0.0
+    return float(f1_score(truth, guesses, labels=scored, average="macro", zero_division=0))
 
 
 def set_f1(answer: str, expected: str) -> float:
@@ -233,7 +240,8 @@ def multilabel_f1(
 ) -> dict[str, float]:
     """Macro- and micro-F1 of label sets over the fixed ``labels`` (HoC's protocol).
 
-    Labels outside ``labels`` are ignored, in predictions and answers alike.
+    Labels outside ``labels`` are ignored, in predictions and answers alike; the macro average
+    leaves out a label neither true nor predicted for any item (as :func:`macro_f1` does).
 
     Returns
     -------
@@ -255,7 +263,6 @@ def multilabel_f1(
     known = set(labels)
     guesses = binarizer.transform([set(p) & known for p in predicted])
     gold = binarizer.transform([set(t) & known for t in truth])
-    return {
-        average + "_f1": float(f1_score(gold, guesses, average=average, zero_division=0))
-        for average in ("macro", "micro")
-    }
+    seen = (gold.sum(axis=0) + guesses.sum(axis=0)) > 0
+    macro = float(f1_score(gold[:, seen], guesses[:, seen], average="macro", zero_division=0)) if seen.any() else 0.0
+    return {"macro_f1": macro, "micro_f1": float(f1_score(gold, guesses, average="micro", zero_division=0))}

@@ -17,12 +17,11 @@ from typing import Literal
 
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.evaluation import loaders
-from neuroomics_bridge.evaluation.loaders import Example
+from neuroomics_bridge.evaluation.loaders import LETTERS, Example
 
 __all__ = ["TASKS", "BenchmarkTask", "task_files", "get_task", "user_message", "reference_answer", "LETTERS"]
 
 Kind = Literal["choice", "entities", "labels", "text"]
-LETTERS = "ABCDEFGH"
 
 HALLMARKS = (
     "sustaining proliferative signaling",

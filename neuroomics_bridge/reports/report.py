@@ -51,7 +51,10 @@ def covariate_text(covariates: Mapping[str, object]) -> str:
     for name, value in covariates.items():
         text = str(value)
         if name == "age":
-            text = f"{float(value):g}"
+            try:
+                text = f"{float(value):g}"
+            except ValueError:  # an age band ("70-75"), as the cohort gives it
+                text = text.strip()
         elif name == "sex":
             text = SEX_WORDS.get(text.strip().lower(), text)
         parts.append(f"{name} {text}")
@@ -111,20 +114,26 @@ class Report:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
-        """A Markdown rendering, notice first, then the sections and the evidence."""
-        lines = [f"# Report for {self.subject_id}", "", f"> **{self.notice}**", ""]
+        """A Markdown rendering, notice first, then the sections and the evidence.
+
+        Generated and user-given text (sections, ids, labels, reference reports) is escaped as
+        HTML, which Markdown renderers pass through, and kept on its line.
+        """
+        lines = [f"# Report for {_inline(self.subject_id)}", "", f"> **{self.notice}**", ""]
         for heading, text in self.sections.items():
-            lines += [f"**{heading}:** {text}", ""]
-        lines += ["## Evidence", "", f"- data: {', '.join(self.evidence.present) or 'none'}"]
+            lines += [f"**{_inline(heading)}:** {_inline(text)}", ""]
+        lines += ["## Evidence", "", f"- data: {_inline(', '.join(self.evidence.present)) or 'none'}"]
         if self.evidence.absent:
-            lines.append(f"- missing: {', '.join(self.evidence.absent)}")
+            lines.append(f"- missing: {_inline(', '.join(self.evidence.absent))}")
         if self.evidence.covariates:
-            lines.append(f"- known: {covariate_text(self.evidence.covariates)}")
-        probabilities = ", ".join(f"{label} {p:.2f}" for label, p in self.evidence.probabilities.items())
+            lines.append(f"- known: {_inline(covariate_text(self.evidence.covariates))}")
+        probabilities = ", ".join(f"{_inline(label)} {p:.2f}" for label, p in self.evidence.probabilities.items())
         lines.append(f"- zero-shot probabilities: {probabilities}")
         for n in self.evidence.neighbours:
-            lines.append(f"- similar reference subject {n.subject_id} ({n.similarity:.2f}): {n.report}")
-        lines += ["", f"_model: {self.model}; adapters: {self.adapters}; prompt layout: {self.layout}_", ""]
+            similar = f"similar reference subject {_inline(n.subject_id)} ({n.similarity:.2f})"
+            lines.append(f"- {similar}: {_inline(n.report)}")
+        provenance = f"model: {_inline(self.model)}; adapters: {_inline(self.adapters)}; prompt layout: {self.layout}"
+        lines += ["", f"_{provenance}_", ""]
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -154,3 +163,9 @@ class Report:
             f"<p><small>model {e(self.model)}; adapters {e(self.adapters)}; prompt layout {e(self.layout)}</small></p>"
             "</details></article>"
         )
+
+
+def _inline(text: object) -> str:
+    """``text`` for one Markdown line: HTML special characters escaped (a renderer passes raw
+    HTML through, so a report saying ``<script>`` must not become one) and line breaks folded."""
+    return html.escape(" ".join(str(text).split()), quote=False)
