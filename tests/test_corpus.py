@@ -98,8 +98,15 @@ def test_blank_documents_of_an_in_memory_source_are_skipped_as_in_files() -> Non
 def test_mixture_rejects_weights_that_do_not_match_the_sources() -> None:
     with pytest.raises(DataError, match="must name exactly the sources"):
         MixtureCorpus({"a": ["x"]}, {"b": 1.0})
-    with pytest.raises(DataError, match="must be positive"):
-        MixtureCorpus({"a": ["x"]}, {"a": 0.0})
+    for weight in (0.0, "15", None, True):  # a number in quotes, a missing one, a flag: none is a weight
+        with pytest.raises(DataError, match="must be positive numbers"):
+            MixtureCorpus({"a": ["x"]}, {"a": weight})
+
+
+def test_a_csv_of_notes_over_several_lines_reads_one_document_per_note(tmp_path) -> None:
+    notes = [f"Note {i}.\nLine two {i} " + "x" * 200 + "\nEnd." for i in range(6000)]  # 1.5 MB: several pyarrow blocks
+    pd.DataFrame({"id": range(6000), "text": notes}).to_csv(tmp_path / "notes.csv", index=False)
+    assert list(read_documents(tmp_path / "notes.csv")) == notes
 
 
 @pytest.mark.parametrize("block_size", [2, 7, 64])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neuroomics_bridge import RESEARCH_NOTICE, MissingFileError, TextBackbone
+from neuroomics_bridge import RESEARCH_NOTICE, CorruptFileError, MissingFileError, TextBackbone
 from neuroomics_bridge.data.instructions import (
     TASK_TEMPLATES,
     InstructionRecord,
@@ -62,6 +62,7 @@ def test_a_null_input_is_no_input_not_the_text_none(tmp_path) -> None:
             json.dumps({"task": "qa", "instruction": "x", "input": 3, "output": "y"}),
             r"missing or not text: \['input'\]",
         ),
+        (json.dumps({"task": "qa", "instruction": "x", "output": "  "}), r"records.jsonl:2: 'output' is empty"),
     ],
 )
 def test_bad_records_name_the_file_line_and_field(tmp_path, line: str, message: str) -> None:
@@ -157,6 +158,24 @@ def test_adapter_is_saved_alone_reloads_identically_and_merges(tmp_path, tiny_mo
     for folder, missing in ((pickled, "adapter_model.safetensors"), (tmp_path / "nowhere", "adapter_config.json")):
         with pytest.raises(MissingFileError, match=rf"{folder.name}: no {missing}"):
             load_lora(TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu"), folder)
+    damaged = tmp_path / "damaged"  # a copy damaged one way at a time: named, never peft's or json's traceback
+    weights = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    config = (tmp_path / "adapter" / "adapter_config.json").read_text()
+    for config_text, weight_bytes, message in (
+        ("{not json", weights, r"adapter_config\.json: not valid JSON"),
+        ("{}", weights, r"adapter_config\.json: expected a peft LoRA config \(peft_type 'LORA'\), got None"),
+        (config, weights[:100], r"adapter_model\.safetensors: safetensors header claims"),
+    ):
+        damaged.mkdir(exist_ok=True)
+        (damaged / "adapter_config.json").write_text(config_text)
+        (damaged / "adapter_model.safetensors").write_bytes(weight_bytes)
+        with pytest.raises(CorruptFileError, match=message):
+            load_lora(fresh, damaged)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own")
+    with pytest.raises(DataError, match=r"mine: expected a new or empty folder or a saved LoRA adapter"):
+        instruction_tune(backbone, records, root_dir=tmp_path / "run2", output_dir=tmp_path / "mine", **options)
+    assert not (tmp_path / "run2").exists()  # refused before training, not after it
 
 
 def test_qlora_without_a_gpu_is_a_clear_error(tiny_model_dir) -> None:

@@ -110,3 +110,14 @@ def test_pretraining_without_a_step_count_is_refused(tiny_model_dir) -> None:
     module._trainer = SimpleNamespace(max_steps=-1)  # a trainer given epochs only: the stream never ends one
     with pytest.raises(ConfigError, match=r"continual pretraining: expected trainer max_steps > 0, got -1"):
         module.configure_optimizers()
+
+
+def test_an_output_folder_it_may_not_replace_is_refused_before_training(tmp_path, tiny_model_dir) -> None:
+    from neuroomics_bridge import DataError
+    from neuroomics_bridge.training.pretrain import ContinualPretrainModule
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own")
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    with pytest.raises(DataError, match=r"mine: expected a new or empty folder or a saved model, found a folder"):
+        ContinualPretrainModule(backbone, output_dir=tmp_path / "mine")  # the module nob pretrain builds, too

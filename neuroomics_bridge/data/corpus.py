@@ -14,6 +14,7 @@ causal mask, so packed documents do not attend to each other.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -101,7 +102,8 @@ def _read_table(file: Path, text_field: str) -> Iterator[str]:
             raise DataError(f"{file}: no column {text_field!r}; columns are {table.schema_arrow.names}")
         batches = table.iter_batches(columns=[text_field], batch_size=1024)
     else:
-        reader = pa_csv.open_csv(file)
+        # quoted notes span lines (what pandas' to_csv writes): pyarrow splits them at block edges otherwise
+        reader = pa_csv.open_csv(file, parse_options=pa_csv.ParseOptions(newlines_in_values=True))
         if text_field not in reader.schema.names:
             raise DataError(f"{file}: no column {text_field!r}; columns are {reader.schema.names}")
         batches = reader
@@ -151,9 +153,13 @@ class MixtureCorpus:
     ) -> None:
         if set(sources) != set(weights):
             raise DataError(f"MixtureCorpus: weights {sorted(weights)} must name exactly the sources {sorted(sources)}")
-        bad = {name: w for name, w in weights.items() if not (np.isfinite(w) and w > 0)}
+        bad = {
+            name: w
+            for name, w in weights.items()
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (np.isfinite(w) and w > 0)
+        }
         if bad:
-            raise DataError(f"MixtureCorpus: weights must be positive, got {bad}")
+            raise DataError(f"MixtureCorpus: weights must be positive numbers, got {bad}")
         unknown = set(scrub) - set(sources)
         if unknown:
             raise DataError(f"MixtureCorpus: scrub names unknown sources {sorted(unknown)}")

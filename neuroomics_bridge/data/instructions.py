@@ -66,7 +66,8 @@ def read_instructions(path: str | os.PathLike[str]) -> list[InstructionRecord]:
     MissingFileError
         When the file does not exist.
     DataError
-        For a bad line (naming the file, line and field), an unknown task, or no records.
+        For a bad line (naming the file, line and field), an unknown task, an empty response, or
+        no records.
     """
     file = Path(path)
     if not file.is_file():
@@ -78,6 +79,8 @@ def read_instructions(path: str | os.PathLike[str]) -> list[InstructionRecord]:
             raise DataError(f"{file}:{number}: expected string fields {list(FIELDS)}; missing or not text: {missing}")
         if raw["task"] not in TASK_TEMPLATES:
             raise DataError(f"{file}:{number}: unknown task {raw['task']!r}; expected one of {sorted(TASK_TEMPLATES)}")
+        if not raw["output"].strip():  # the loss would teach the model to answer with nothing
+            raise DataError(f"{file}:{number}: 'output' is empty; expected the response text")
         records.append(InstructionRecord(raw["task"], raw["instruction"], raw.get("input") or "", raw["output"]))
     if not records:
         raise DataError(f"{file}: no instruction records")

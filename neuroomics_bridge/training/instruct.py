@@ -10,6 +10,7 @@ extraction, ROUGE-L for summaries and reports.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ from neuroomics_bridge.adapters.config import LoRAConfig
 from neuroomics_bridge.backbone.packed import drop_packed_weights
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
-from neuroomics_bridge.errors import ConfigError, DataError, MissingFileError
+from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError, MissingFileError
+from neuroomics_bridge.io import atomic_directory, check_replaceable, check_safetensors
 from neuroomics_bridge.training.args import INSTRUCT_EPOCHS, INSTRUCT_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.data import SubjectSampler
 from neuroomics_bridge.training.trainer import TrainableState, TrainingBackbone, build_trainer, mixed_precision
@@ -38,6 +40,8 @@ __all__ = [
     "merge_lora",
     "tokenize_record",
 ]
+
+SAVED_ADAPTER = {"kind": "LoRA adapter", "marker": "adapter_config.json"}  # a saved adapter folder
 
 
 def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_length: int) -> dict[str, list[int]]:
@@ -207,6 +211,8 @@ class InstructionTuneModule(LightningModule):
             base = prepare_model_for_kbit_training(base)
         self.model = get_peft_model(base, self.lora.to_peft())
         self.lr, self.weight_decay, self.betas, self.warmup_fraction = lr, weight_decay, tuple(betas), warmup_fraction
+        if output_dir is not None:  # a folder it may not replace fails now, not after the whole fit
+            check_replaceable(output_dir, **SAVED_ADAPTER)
         self.output_dir, self.attention, self.compile_training = output_dir, attention, compile_training
 
     def teardown(self, stage: str) -> None:
@@ -361,11 +367,10 @@ def instruction_tune(
 
 def save_lora(module: InstructionTuneModule, directory: str | os.PathLike[str]) -> Path:
     """Write the adapter (peft format, safetensors, no base weights) and a card, atomically; returns ``directory``."""
-    from neuroomics_bridge.io import atomic_directory
     from neuroomics_bridge.notice import RESEARCH_NOTICE
 
     target = Path(directory)
-    with atomic_directory(target, kind="LoRA adapter", marker="adapter_config.json") as tmp:
+    with atomic_directory(target, **SAVED_ADAPTER) as tmp:
         module.model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "README.md").write_text(
             f"---\nbase_model: {module.base['base_model']}\nbase_weights_sha256: {module.base['base_weights_sha256']}\n"
@@ -384,14 +389,29 @@ def load_lora(backbone: TextBackbone, directory: str | os.PathLike[str]) -> Any:
     MissingFileError
         When ``directory`` lacks ``adapter_config.json`` or ``adapter_model.safetensors`` (peft
         would also read a pickled ``adapter_model.bin``; this library reads safetensors only).
+    CorruptFileError
+        When either file is damaged, or the config is not a LoRA one.
     """
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     folder = Path(directory)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         if not (folder / name).is_file():
             raise MissingFileError(f"{folder}: no {name} (a peft LoRA folder saved as safetensors was expected)")
-    return PeftModel.from_pretrained(backbone.model, str(folder)).eval()
+    config_file = folder / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{config_file}: not valid JSON ({err})") from None
+    kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+    if kind != "LORA":
+        raise CorruptFileError(f"{config_file}: expected a peft LoRA config (peft_type 'LORA'), got {kind!r}")
+    check_safetensors(folder / "adapter_model.safetensors")
+    try:
+        return PeftModel.from_pretrained(backbone.model, str(folder)).eval()
+    except SafetensorError as err:  # byte ranges that do not fit the shapes
+        raise CorruptFileError(f"{folder / 'adapter_model.safetensors'}: damaged safetensors file ({err})") from None
 
 
 def merge_lora(peft_model: Any) -> Any:

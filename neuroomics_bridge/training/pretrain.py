@@ -27,12 +27,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.corpus import MixtureCorpus, PackedBlock, Source, pack, read_documents
 from neuroomics_bridge.errors import ConfigError, DataError
-from neuroomics_bridge.io import atomic_directory
+from neuroomics_bridge.io import atomic_directory, check_replaceable
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.training.args import PRETRAIN_MAX_STEPS, PRETRAIN_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.trainer import TrainableState, build_trainer, mixed_precision
 
 __all__ = ["ContinualPretrainModule", "PretrainDataModule", "PretrainResult", "continual_pretrain", "is_heldout"]
+
+SAVED_MODEL = {"kind": "model", "marker": "config.json"}  # what a saved model folder is, to replace it
 
 
 def is_heldout(text: str, fraction: float) -> bool:
@@ -256,6 +258,8 @@ class ContinualPretrainModule(LightningModule):
         backbone.check_trainable("continual pretraining")
         self.backbone = backbone
         self.base = {"base_model": backbone.name, "base_weights_sha256": backbone.weights_hash}
+        if output_dir is not None:  # a folder it may not replace fails now, not after the whole fit
+            check_replaceable(output_dir, **SAVED_MODEL)
         self.output_dir = output_dir
         # Master weights in float32 (mixed precision comes from the Trainer); the caller's dtype and
         # requires_grad flags come back when fitting ends (teardown).
@@ -498,7 +502,7 @@ def save_pretrained_backbone(
 
     target = Path(directory)
     header = yaml.safe_dump(json.loads(json.dumps(dict(card))), sort_keys=False, allow_unicode=True)
-    with atomic_directory(target, kind="model", marker="config.json") as tmp:
+    with atomic_directory(target, **SAVED_MODEL) as tmp:
         backbone.model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
         summary = f"{card.get('training', 'Trained')} from `{card.get('base_model')}`."
