@@ -105,6 +105,22 @@ def test_bad_choice_names_the_field(tmp_path: Path) -> None:
         BackboneConfig(kernel="mkl")
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [({"r": "8"}, r"LoRAConfig\.r: expected a positive integer rank, got '8'"),
+     ({"r": 0}, r"LoRAConfig\.r: .* got 0"),
+     ({"alpha": "16"}, r"LoRAConfig\.alpha: expected a positive number, got '16'"),
+     ({"dropout": 1.5}, r"LoRAConfig\.dropout: expected 0 <= dropout < 1, got 1\.5"),
+     ({"target_modules": "q_proj"}, r"LoRAConfig\.target_modules: expected a list of module names .* got 'q_proj'")],
+)  # fmt: skip
+def test_lora_settings_of_the_wrong_type_or_range_name_the_field(given: dict, message: str) -> None:
+    from neuroomics_bridge.adapters.config import LoRAConfig
+
+    with pytest.raises(ConfigError, match=message):  # before, torch or peft failed on them at training time
+        LoRAConfig.from_dict(given, source="lora.yaml")
+    assert LoRAConfig.from_dict({"r": 4, "target_modules": ["q_proj"]}, source="lora.yaml").r == 4
+
+
 def test_a_forced_kernel_is_taken_untimed_and_a_bad_one_refused_before_loading(tiny_model_dir, monkeypatch) -> None:
     monkeypatch.setattr(text, "single_row_kernel", lambda model: pytest.fail("a kernel given is not timed"))
     assert getattr(TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", kernel="aten").model,

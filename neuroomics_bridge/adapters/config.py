@@ -115,6 +115,23 @@ class LoRAConfig(YamlConfig):
     target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     qlora: bool = False
 
+    def __post_init__(self) -> None:
+        def number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if not (number(self.r) and float(self.r).is_integer() and self.r >= 1):
+            raise ConfigError(f"LoRAConfig.r: expected a positive integer rank, got {self.r!r}")
+        if not (number(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"LoRAConfig.alpha: expected a positive number, got {self.alpha!r}")
+        if not (number(self.dropout) and 0 <= self.dropout < 1):
+            raise ConfigError(f"LoRAConfig.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+        modules = self.target_modules
+        if isinstance(modules, str) or not modules or not all(isinstance(m, str) and m for m in modules):
+            raise ConfigError(  # a bare string would be read as one module per letter
+                f"LoRAConfig.target_modules: expected a list of module names such as ['q_proj', 'v_proj'], "
+                f"got {modules!r}"
+            )
+
     def to_peft(self) -> Any:
         """The equivalent ``peft.LoraConfig`` for a causal language model."""
         from peft import LoraConfig, TaskType
