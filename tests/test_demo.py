@@ -175,6 +175,23 @@ def test_trained_bridge_reports_encodes_and_indexes_a_users_folder(demo_dir, tmp
     assert found.returncode == 0 and lines and all(len(line["neighbours"]) == 3 for line in lines)
 
 
+def test_the_summarise_folder_example_reports_every_subject_with_a_trained_bridge(demo_dir, tmp_path) -> None:
+    """examples/summarise_folder.py on the demo's bridge (tests/test_examples.py runs the others);
+    the ten synthetic subjects it draws live in a temporary folder that is gone afterwards."""
+    script = Path(__file__).parents[1] / "examples" / "summarise_folder.py"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(script), "--bridge", str(demo_dir / "bridge")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "reports.html").read_text()
+    assert page.count(RESEARCH_NOTICE) == 10 and "10 reports" in result.stdout
+    assert len([line for line in result.stdout.splitlines() if "[zero-shot: " in line]) == 10
+    assert not list(scratch.glob("nob-example-cohort-*"))  # the drawn cohort was removed
+
+
 def test_nob_report_decodes_each_chunk_of_subjects_as_one_batch(demo_dir, tmp_path, monkeypatch) -> None:
     decoded_together: list[int] = []
     generate_report = ReportGenerationMixin.generate_report
