@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from neuroomics_bridge.backbone.config import DEFAULT_BACKBONE
 from neuroomics_bridge.errors import NobError
 from neuroomics_bridge.notice import RESEARCH_NOTICE
-from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE, REPORT_MAX_NEW_TOKENS
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -55,7 +55,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     facts = [c for c in (args.facts or "").split(",") if c]
     metrics = evaluate_folder(
         args.bridge, args.data, args.out, fact_columns=facts, reports=not args.no_reports, limit=args.limit,
-        seed=args.seed,
+        seed=args.seed, max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
     print(f"held-out metrics ({RESEARCH_NOTICE}):")
     print(format_metrics(metrics))
@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--batch-size", type=int, default=REPORT_BATCH_SIZE, help="subjects encoded and reported at a time"
     )
-    report.add_argument("--max-new-tokens", type=int, default=80, help="longest findings text per report")
+    report.add_argument(
+        "--max-new-tokens", type=int, default=REPORT_MAX_NEW_TOKENS, help="longest findings text per report"
+    )
     report.set_defaults(run=_cmd_report)
 
     scored = commands.add_parser(
@@ -213,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     scored.add_argument("--no-reports", action="store_true", help="score the aligned space only (no generation)")
     scored.add_argument("--limit", type=int, default=None, help="score the first N subjects only")
     scored.add_argument("--seed", type=int, default=0, help="seed of the shuffled-subject controls")
+    scored.add_argument(
+        "--max-new-tokens", type=int, default=REPORT_MAX_NEW_TOKENS, help="longest findings text per report"
+    )
     scored.set_defaults(run=_cmd_evaluate)
 
     encode = commands.add_parser("encode", help="write subject vectors of a cohort folder with saved encoders")

@@ -31,7 +31,7 @@ from neuroomics_bridge.io import (
 )
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress, silenced
-from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE, REPORT_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from neuroomics_bridge.reports.report import Report
@@ -48,7 +48,7 @@ def write_reports(
     out: str | os.PathLike[str],
     *,
     batch_size: int = REPORT_BATCH_SIZE,
-    max_new_tokens: int = 80,
+    max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
     show_progress: bool | None = None,
 ) -> int:
     """Encode and report every subject of ``data_dir`` (``nob report``), streamed to ``out``.
@@ -89,8 +89,7 @@ def write_reports(
     check_writable(target)
     if batch_size < 1:
         raise DataError(f"batch_size: expected at least 1 subject per batch, got {batch_size}")
-    if max_new_tokens < 1:  # generation would refuse it too, but only after loading and encoding
-        raise DataError(f"max_new_tokens: expected at least 1 token to generate, got {max_new_tokens}")
+    _check_max_new_tokens(max_new_tokens)
     cohort = Cohort.from_files(data_dir)  # a bad folder fails before torch and the bridge are loaded
 
     from neuroomics_bridge.bridge.bundle import BridgeBundle
@@ -133,6 +132,7 @@ def evaluate_folder(
     reports: bool = True,
     limit: int | None = None,
     seed: int = 0,
+    max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
     show_progress: bool | None = None,
 ) -> dict[str, float]:
     """Score a saved bridge on a labelled cohort folder (``nob evaluate``), as the demo scores its own.
@@ -168,6 +168,8 @@ def evaluate_folder(
         Score only the first ``limit`` subjects (after leaving out reference subjects).
     seed
         Seed of the shuffled-subject controls.
+    max_new_tokens
+        Longest findings text per generated report (fewer: a faster, rougher check).
     show_progress
         Progress bars; ``None``: only when stderr is a terminal; ``False``: none at all.
 
@@ -180,7 +182,8 @@ def evaluate_folder(
     ------
     DataError
         When ``out_dir`` is a file, a folder of other files or not writable (checked first),
-        ``limit`` is under 1, the cohort has no labels, or no subject is left to score.
+        ``limit`` or ``max_new_tokens`` is under 1, the cohort has no labels, or no subject is
+        left to score.
     """
     from neuroomics_bridge.data.cohort import Cohort
 
@@ -188,6 +191,7 @@ def evaluate_folder(
     check_replaceable(out, kind="evaluation", marker=EVALUATION_MARKER)
     if limit is not None and limit < 1:  # a slice would drop subjects from the end instead
         raise DataError(f"limit: expected None or at least 1 subject, got {limit}")
+    _check_max_new_tokens(max_new_tokens)
     raw = Cohort.from_files(data_dir)  # a bad or unlabelled folder fails before torch and the bridge are loaded
     if raw.labels is None:
         raise DataError(f"{data_dir}: no labels; expected a 'label' column in reports.csv to score against")
@@ -217,8 +221,9 @@ def evaluate_folder(
         written: list[Report] = []
         if reports:
             evaluation = evaluate_reports(
-                bridge, cohort, reference=reference, fact_columns=fact_columns, seed=seed, show_progress=show_progress
-            )
+                bridge, cohort, reference=reference, fact_columns=fact_columns, seed=seed,
+                max_new_tokens=max_new_tokens, show_progress=show_progress,
+            )  # fmt: skip
             metrics |= report_label_metrics(evaluation, cohort) | evaluation.metrics
             written = evaluation.reports[DEFAULT_LAYOUT]
     with atomic_directory(out, kind="evaluation", marker=EVALUATION_MARKER) as tmp:
@@ -390,3 +395,8 @@ def _render(report, suffix: str) -> str:  # report: Report
     if suffix == ".md":
         return report.to_markdown() + "\n"
     return report.to_html() + "\n"
+
+
+def _check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 1:  # generation would refuse it too, but only after loading and encoding
+        raise DataError(f"max_new_tokens: expected at least 1 token to generate, got {max_new_tokens}")

@@ -103,6 +103,9 @@ def test_bad_evaluation_options_and_inputs_are_refused_before_any_work(capsys, t
     for limit in (0, -1):
         with pytest.raises(DataError, match=rf"limit: expected None or at least 1 subject, got {limit}"):
             evaluate_folder(tmp_path / "bridge", unlabelled, tmp_path / "out", limit=limit)
+    with pytest.raises(DataError, match="max_new_tokens: expected at least 1 token to generate, got 0"):
+        evaluate_folder(tmp_path / "bridge", unlabelled, tmp_path / "out", max_new_tokens=0)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(DataError, match=r"shots: expected 0 .* got -1"):
         run_benchmarks(None, ["pubmedqa"], tmp_path, shots=-1)
     (tmp_path / "run.json").write_text(json.dumps({"results": [], "metadata": {}}))

@@ -36,7 +36,14 @@ from neuroomics_bridge.reports.prompts import (
     get_layout,
     report_prompt,
 )
-from neuroomics_bridge.reports.report import IMPRESSION, REPORT_BATCH_SIZE, Evidence, Neighbour, Report
+from neuroomics_bridge.reports.report import (
+    IMPRESSION,
+    REPORT_BATCH_SIZE,
+    REPORT_MAX_NEW_TOKENS,
+    Evidence,
+    Neighbour,
+    Report,
+)
 from neuroomics_bridge.reports.sections import parse_label, split_sections
 from neuroomics_bridge.retrieval import ReferenceSet
 
@@ -131,7 +138,7 @@ class ReportGenerationMixin:
         neighbours: int = 3,
         layout: str | PromptLayout = DEFAULT_LAYOUT,
         abstain_below: float | None = None,
-        max_new_tokens: int = 80,
+        max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
         batch_size: int = REPORT_BATCH_SIZE,
         show_progress: bool | None = None,
     ) -> list[Report]:

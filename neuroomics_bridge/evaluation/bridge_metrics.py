@@ -29,7 +29,7 @@ from neuroomics_bridge.reports.prompts import (
     get_layout,
     report_prompt,
 )
-from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE
+from neuroomics_bridge.reports.report import REPORT_BATCH_SIZE, REPORT_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from neuroomics_bridge.bridge.model import Bridge
@@ -218,7 +218,7 @@ def evaluate_reports(
     fact_columns: Sequence[str] = (),
     class_prompt: ClassPrompt = CLASS_PROMPT,
     seed: int = 0,
-    max_new_tokens: int = 80,
+    max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
     batch_size: int = REPORT_BATCH_SIZE,
     show_progress: bool | None = None,
 ) -> ReportEvaluation:

@@ -19,6 +19,7 @@ __all__ = [
     "DATA_NAMES",
     "IMPRESSION",
     "REPORT_BATCH_SIZE",
+    "REPORT_MAX_NEW_TOKENS",
     "Evidence",
     "Neighbour",
     "Report",
@@ -33,6 +34,8 @@ so more rows per step cost little: 64 prompts of 60 new tokens took 4.8 s at 64 
 45 s against 64 s at 32. The key/value cache grows with it (a 7B LLaMA's is ~0.5 MB a token, so
 64 rows of 200 tokens hold ~6.7 GB); :meth:`TextBackbone.generate` splits a batch whose cache
 would take more than half the memory available, so this is an upper bound."""
+REPORT_MAX_NEW_TOKENS = 80
+"""Longest generated findings text per report, in tokens (generation stops earlier at EOS)."""
 
 IMPRESSION = "Impression"
 DATA_NAMES = {"gene": "gene expression", "brain": "brain imaging"}
