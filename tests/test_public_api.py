@@ -99,3 +99,17 @@ def test_saved_benchmark_runs_are_loaded_and_compared_without_torch(tmp_path: Pa
         "print('ok')\n"
     )
     assert result.stdout.strip() == "ok"
+
+
+def test_a_saved_bridge_writes_reports_without_importing_the_training_libraries(make_bridge, tmp_path: Path) -> None:
+    """open_clip and Lightning, which only training needs, cost a report-writing process seconds to import."""
+    make_bridge().save_pretrained(tmp_path / "bridge")
+    result = _run_clean(
+        "import sys, numpy as np\n"
+        "from neuroomics_bridge import Bridge\n"
+        f"bridge = Bridge.from_pretrained({str(tmp_path / 'bridge')!r})\n"
+        "[report] = bridge.generate_report({'gene': np.ones((1, 6), np.float32)}, max_new_tokens=2)\n"
+        "assert report.notice, report\n"
+        "print(sorted(m for m in ('open_clip', 'lightning') if m in sys.modules))\n"
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -7,15 +7,20 @@ features across ranks with open_clip's ``gather_features``, builds logits with o
 ``get_logits``, and then (i) drops absent rows and columns and (ii) treats rows sharing a
 ``group`` (the same text) as positives: masked out of the CLIP softmax, labelled +1 for SigLIP.
 With nothing absent and nothing repeated it equals open_clip's loss exactly.
+
+open_clip is imported at the first loss computed, not with this module: its import took 7 of
+the 16 s that loading a bridge's modules took on a 2-core AMD EPYC, and a bridge that only
+writes reports never computes a loss.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss, SigLipLoss, gather_features
 from torch import nn
 
 from neuroomics_bridge.adapters.config import LossKind
@@ -50,7 +55,6 @@ class PairLoss(nn.Module):
         initial_scale = 10.0 if kind == "siglip" else 1.0 / init_temperature
         self.logit_scale = nn.Parameter(torch.tensor(math.log(initial_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if kind == "siglip" else None
-        self._logits = ClipLoss() if kind == "clip" else SigLipLoss()
 
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, present: torch.Tensor, groups: torch.Tensor | None = None
@@ -73,6 +77,8 @@ class PairLoss(nn.Module):
             The scalar loss; a graph-connected zero when fewer than 2 rows are present.
         """
         if self.world_size > 1:
+            from open_clip.loss import gather_features
+
             a, b = gather_features(a, b, gather_with_grad=True, rank=self.rank, world_size=self.world_size)
             present, groups = _gather(present), None if groups is None else _gather(groups)
         keep = present.bool()
@@ -85,18 +91,26 @@ class PairLoss(nn.Module):
             kept = groups[keep]
             same = kept[:, None] == kept[None, :]
         if self.kind == "clip":
-            logits = self._logits.get_logits(a, b, scale)[0]
+            logits = _open_clip_loss(self.kind).get_logits(a, b, scale)[0]
             others_alike = same & ~torch.eye(len(a), dtype=torch.bool, device=a.device)
             logits = logits.masked_fill(others_alike, float("-inf"))
             targets = torch.arange(len(a), device=a.device)
             return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-        logits = self._logits.get_logits(a, b, scale, self.logit_bias)
+        logits = _open_clip_loss(self.kind).get_logits(a, b, scale, self.logit_bias)
         labels = same.to(logits.dtype) * 2 - 1
         return -F.logsigmoid(labels * logits).sum() / len(a)
 
     def similarity_scale(self) -> torch.Tensor:
         """The current ``1 / temperature``."""
         return self.logit_scale.detach().clamp(max=math.log(100.0)).exp()
+
+
+@functools.cache
+def _open_clip_loss(kind: LossKind) -> Any:
+    """open_clip's ``ClipLoss`` or ``SigLipLoss`` (single process: its ``get_logits`` holds no state)."""
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    return ClipLoss() if kind == "clip" else SigLipLoss()
 
 
 def _gather(values: torch.Tensor) -> torch.Tensor:
