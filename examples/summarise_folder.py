@@ -31,11 +31,11 @@ def main() -> None:
     if args.bridge is None:
         small = DemoSettings(subjects=60, contrastive_epochs=10, prefix_epochs=1, prefix_batches=2, reported_subjects=2)
         args.bridge = run_demo("nob-small-bridge", settings=small, log=lambda _: None).out_dir / "bridge"
-    with tempfile.TemporaryDirectory(prefix="nob-example-cohort-") as scratch:  # removed at the end
+    with tempfile.TemporaryDirectory(prefix="nob-example-cohort-") as scratch:
         if args.data is None:  # a folder of its own: Cohort.to_files replaces the folder it is given
             synthetic = datasets.synthetic_cohort(10, seed=7, cells_per_subject=8, missing_rate=0.2)
             args.data = synthetic.to_files(Path(scratch) / "cohort")
-        reports = summarise(args.bridge, args.data)
+        reports = summarise(args.bridge, data=args.data)
     for report in reports:
         top = next(iter(report.evidence.probabilities.items()), ("-", 0.0))
         print(f"{report.subject_id}: {report.impression}  [zero-shot: {top[0]} {top[1]:.2f}; data: "
@@ -45,7 +45,7 @@ def main() -> None:
     print(f"{len(reports)} reports ({reports[0].notice}) written to {args.out}")
 
 
-def summarise(bridge: Path, data: Path) -> list[Report]:
+def summarise(bridge: Path, *, data: Path) -> list[Report]:
     """One report per subject of the cohort folder ``data``, from the bridge folder ``bridge``."""
     bundle = BridgeBundle.load(bridge, need_encoders=True)  # adapters, fitted encoders, reference subjects
     cohort = bundle.encoders.transform(Cohort.from_files(data))

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=REPORT_BATCH_SIZE, help="subjects encoded and reported at a time"
     )
     report.add_argument(
-        "--max-new-tokens", type=int, default=REPORT_MAX_NEW_TOKENS, help="longest findings text per report"
+        "--max-new-tokens", type=int, default=REPORT_MAX_NEW_TOKENS, help="longest findings text per report, in tokens"
     )
     report.set_defaults(run=_cmd_report)
 
@@ -216,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     scored.add_argument("--limit", type=int, default=None, help="score the first N subjects only")
     scored.add_argument("--seed", type=int, default=0, help="seed of the shuffled-subject controls")
     scored.add_argument(
-        "--max-new-tokens", type=int, default=REPORT_MAX_NEW_TOKENS, help="longest findings text per report"
+        "--max-new-tokens",
+        type=int,
+        default=REPORT_MAX_NEW_TOKENS,
+        help="longest findings text per report, in tokens (fewer: faster, rougher; unused with --no-reports)",
     )
     scored.set_defaults(run=_cmd_evaluate)
 

@@ -169,7 +169,8 @@ def evaluate_folder(
     seed
         Seed of the shuffled-subject controls.
     max_new_tokens
-        Longest findings text per generated report (fewer: a faster, rougher check).
+        Longest findings text per generated report (fewer: a faster, rougher check); recorded as
+        ``evaluate/max_new_tokens``.
     show_progress
         Progress bars; ``None``: only when stderr is a terminal; ``False``: none at all.
 
@@ -225,6 +226,7 @@ def evaluate_folder(
                 max_new_tokens=max_new_tokens, show_progress=show_progress,
             )  # fmt: skip
             metrics |= report_label_metrics(evaluation, cohort) | evaluation.metrics
+            metrics["evaluate/max_new_tokens"] = float(max_new_tokens)  # a 12-token score is not an 80-token one
             written = evaluation.reports[DEFAULT_LAYOUT]
     with atomic_directory(out, kind="evaluation", marker=EVALUATION_MARKER) as tmp:
         if written:

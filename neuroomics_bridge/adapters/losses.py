@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from neuroomics_bridge.adapters.config import LossKind
+
+if TYPE_CHECKING:
+    from open_clip.loss import ClipLoss, SigLipLoss
 
 __all__ = ["PairLoss"]
 
@@ -106,8 +109,9 @@ class PairLoss(nn.Module):
 
 
 @functools.cache
-def _open_clip_loss(kind: LossKind) -> Any:
-    """open_clip's ``ClipLoss`` or ``SigLipLoss`` (single process: its ``get_logits`` holds no state)."""
+def _open_clip_loss(kind: LossKind) -> ClipLoss | SigLipLoss:
+    """open_clip's ``ClipLoss`` or ``SigLipLoss``, built with ``world_size=1``: ``PairLoss`` gathers
+    across ranks itself, so ``get_logits`` only multiplies, and it keeps no state between calls."""
     from open_clip.loss import ClipLoss, SigLipLoss
 
     return ClipLoss() if kind == "clip" else SigLipLoss()
