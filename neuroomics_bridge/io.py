@@ -189,6 +189,12 @@ def unreadable_table(file: str | os.PathLike[str], reason: Exception | str) -> D
     return DataError(f"{file}: not a readable table ({said[:200]})")
 
 
+def damaged_safetensors(file: str | os.PathLike[str], error: Exception) -> CorruptFileError:
+    """The :class:`CorruptFileError` for a safetensors file whose byte ranges do not fit the shapes
+    its header gives (what safetensors' own loader finds), naming the file."""
+    return CorruptFileError(f"{file}: damaged safetensors file ({error})")
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line of a JSONL file, streamed.
 
@@ -279,7 +285,7 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return load_file(path)
     except SafetensorError as err:
-        raise CorruptFileError(f"{path}: damaged safetensors file ({err})") from None
+        raise damaged_safetensors(path, err) from None
 
 
 def write_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:

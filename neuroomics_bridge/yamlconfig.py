@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import numbers
 import os
 import types
 import typing
@@ -21,7 +22,7 @@ import yaml
 from neuroomics_bridge.errors import ConfigError
 from neuroomics_bridge.io import atomic_write_text
 
-__all__ = ["YamlConfig", "check_choice"]
+__all__ = ["YamlConfig", "check_choice", "is_number"]
 
 
 @dataclasses.dataclass
@@ -112,6 +113,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (int, float, numpy's), not a bool or numeric text: YAML
+    reads ``true`` and ``"15"`` as such, and Python would count ``True`` as 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_choice(owner: str, key: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 from neuroomics_bridge.backbone.config import Pooling
 from neuroomics_bridge.errors import ConfigError
-from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
+from neuroomics_bridge.yamlconfig import YamlConfig, check_choice, is_number
 
 __all__ = ["BridgeConfig", "HeadKind", "LoRAConfig", "LossKind", "PrefixInput"]
 
@@ -116,14 +116,11 @@ class LoRAConfig(YamlConfig):
     qlora: bool = False
 
     def __post_init__(self) -> None:
-        def number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-        if not (number(self.r) and float(self.r).is_integer() and self.r >= 1):
+        if not (is_number(self.r) and float(self.r).is_integer() and self.r >= 1):
             raise ConfigError(f"LoRAConfig.r: expected a positive integer rank, got {self.r!r}")
-        if not (number(self.alpha) and self.alpha > 0):
+        if not (is_number(self.alpha) and self.alpha > 0):
             raise ConfigError(f"LoRAConfig.alpha: expected a positive number, got {self.alpha!r}")
-        if not (number(self.dropout) and 0 <= self.dropout < 1):
+        if not (is_number(self.dropout) and 0 <= self.dropout < 1):
             raise ConfigError(f"LoRAConfig.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
         modules = self.target_modules
         if isinstance(modules, str) or not modules or not all(isinstance(m, str) and m for m in modules):

@@ -14,7 +14,6 @@ causal mask, so packed documents do not attend to each other.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from neuroomics_bridge.data.phi import scrub_phi
 from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import read_jsonl, unreadable_table
+from neuroomics_bridge.yamlconfig import is_number
 
 __all__ = ["MixtureCorpus", "PackedBlock", "pack", "read_documents"]
 
@@ -153,11 +153,7 @@ class MixtureCorpus:
     ) -> None:
         if set(sources) != set(weights):
             raise DataError(f"MixtureCorpus: weights {sorted(weights)} must name exactly the sources {sorted(sources)}")
-        bad = {
-            name: w
-            for name, w in weights.items()
-            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (np.isfinite(w) and w > 0)
-        }
+        bad = {name: w for name, w in weights.items() if not (is_number(w) and np.isfinite(w) and w > 0)}
         if bad:
             raise DataError(f"MixtureCorpus: weights must be positive numbers, got {bad}")
         unknown = set(scrub) - set(sources)

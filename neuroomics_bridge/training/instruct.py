@@ -25,7 +25,7 @@ from neuroomics_bridge.backbone.packed import drop_packed_weights
 from neuroomics_bridge.backbone.text import TextBackbone
 from neuroomics_bridge.data.instructions import InstructionRecord, iter_tasks, user_turn
 from neuroomics_bridge.errors import ConfigError, CorruptFileError, DataError, MissingFileError
-from neuroomics_bridge.io import atomic_directory, check_replaceable, check_safetensors
+from neuroomics_bridge.io import atomic_directory, check_replaceable, check_safetensors, damaged_safetensors
 from neuroomics_bridge.training.args import INSTRUCT_EPOCHS, INSTRUCT_OPTIMIZER, OptimizerArgs
 from neuroomics_bridge.training.data import SubjectSampler
 from neuroomics_bridge.training.trainer import TrainableState, TrainingBackbone, build_trainer, mixed_precision
@@ -410,8 +410,8 @@ def load_lora(backbone: TextBackbone, directory: str | os.PathLike[str]) -> Any:
     check_safetensors(folder / "adapter_model.safetensors")
     try:
         return PeftModel.from_pretrained(backbone.model, str(folder)).eval()
-    except SafetensorError as err:  # byte ranges that do not fit the shapes
-        raise CorruptFileError(f"{folder / 'adapter_model.safetensors'}: damaged safetensors file ({err})") from None
+    except SafetensorError as err:  # peft reads the file itself
+        raise damaged_safetensors(folder / "adapter_model.safetensors", err) from None
 
 
 def merge_lora(peft_model: Any) -> Any:
