@@ -145,6 +145,36 @@ def test_greedy_reports_are_deterministic(tiny_bridge_and_data) -> None:
     assert [r.to_dict() for r in first] == [r.to_dict() for r in second]
 
 
+def test_report_variants_are_decoded_together_and_match_each_written_alone(tiny_bridge_and_data) -> None:
+    from neuroomics_bridge import DataError
+
+    bridge, reference, inputs = tiny_bridge_and_data
+    shuffled = {m: x[[1, 2, 0]] for m, x in inputs.items()}
+    variants = {"full": (inputs, "full"), "prefix_only/shuffled": (shuffled, "prefix_only")}
+    options = {"subject_ids": ["a", "b", "c"], "reference": reference, "classes": CLASSES, "max_new_tokens": 6}
+    decoded: list[int] = []
+    generate = bridge.backbone.generate
+
+    def recorded(prompts, **kwargs):
+        decoded.append(len(prompts))
+        return generate(prompts, **kwargs)
+
+    bridge.backbone.generate = recorded
+    together = bridge.generate_report_variants(variants, **options)
+    assert decoded[0] == 6  # both variants' findings in one pass (then, maybe, one impression pass)
+    assert len(decoded) <= 2 and list(together) == list(variants)
+    del bridge.backbone.generate
+    for name, (rows, layout) in variants.items():
+        alone = bridge.generate_report(rows, layout=layout, **options)
+        assert [r.to_dict() for r in together[name]] == [r.to_dict() for r in alone]
+    assert [r.subject_id for r in together["prefix_only/shuffled"]] == ["a", "b", "c"]
+    assert {r.layout for r in together["prefix_only/shuffled"]} == {"prefix_only"}
+    assert together["prefix_only/shuffled"][0].evidence.present == ["brain"]  # subject b's vectors, row a
+    fewer = {**variants, "evidence_only": ({m: x[:2] for m, x in inputs.items()}, "evidence_only")}
+    with pytest.raises(DataError, match=r"one row per subject, got rows \{'full': 3, .*'evidence_only': 2\}"):
+        bridge.generate_report_variants(fewer, classes=CLASSES, max_new_tokens=2)
+
+
 def test_reference_set_round_trips(tiny_bridge_and_data, tmp_path) -> None:
     bridge, reference, inputs = tiny_bridge_and_data
     reference.save(tmp_path / "refs")

@@ -213,48 +213,118 @@ class ReportGenerationMixin:
                     "notice": RESEARCH_NOTICE,
                 }
             return reports
+        return self.generate_report_variants(
+            {"": (inputs, layout)},
+            prompt,
+            subject_ids=subject_ids,
+            covariates=covariates,
+            reference=reference,
+            classes=classes,
+            class_prompt=class_prompt,
+            neighbours=neighbours,
+            abstain_below=abstain_below,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )[""]
+
+    def generate_report_variants(
+        self,
+        variants: Mapping[str, tuple[Mapping[str, np.ndarray], str | PromptLayout]],
+        prompt: str | None = None,
+        *,
+        subject_ids: Sequence[str] | None = None,
+        covariates: Covariates | None = None,
+        reference: ReferenceSet | None = None,
+        classes: Sequence[str] = (),
+        class_prompt: ClassPrompt = CLASS_PROMPT,
+        neighbours: int = 3,
+        abstain_below: float | None = None,
+        max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
+        batch_size: int = REPORT_BATCH_SIZE,
+        show_progress: bool | None = None,
+    ) -> dict[str, list[Report]]:
+        """Reports of the same subjects written several ways (layouts, shuffled controls), decoded together.
+
+        An evaluation writes each subject's report in several prompt layouts, and each also from
+        another subject's vectors. On a CPU, a decoding batch's cost per row falls as it grows to
+        a few dozen rows, so the variants of a small cohort share batches here instead of each
+        decoding its own few rows. A variant's reports are those
+        :meth:`generate_report` writes for its inputs and layout, up to float rounding (a row's
+        padding depends on the batch it is decoded in).
+
+        Parameters
+        ----------
+        variants
+            Name -> ``(inputs, layout)``: modality -> ``(n, d)`` vectors (absent subjects: NaN
+            rows) and the prompt layout. Row ``i`` of every variant is written for subject ``i``
+            (its id and covariates), whichever subject's vectors it holds.
+        prompt, subject_ids, covariates, reference, classes, class_prompt, neighbours, abstain_below
+            As for :meth:`generate_report`, shared by every variant.
+        max_new_tokens, batch_size, show_progress
+            Greedy decoding of the findings, ``batch_size`` rows of all the variants at a time.
+
+        Returns
+        -------
+        dict[str, list[Report]]
+            Variant name -> one report per row.
+        """
         if abstain_below is not None and not classes:
             raise DataError("generate_report: abstain_below needs classes (the probabilities it compares)")
-        chosen = get_layout(layout)
+        if not variants:
+            return {}
         self.adapters.eval()
+        evidence: dict[str, list[Evidence]] = {}
+        prompts: list[str] = []
+        prefixes: list[torch.Tensor] = []
         with torch.no_grad():
-            evidence = self.evidence(
-                inputs,
-                covariates=covariates,
-                reference=reference,
-                classes=classes,
-                class_prompt=class_prompt,
-                neighbours=max(neighbours, chosen.neighbours),
-                subject_ids=subject_ids,
-            )
-            n = len(evidence)
-            absent = {m: np.full((n, d), np.nan, dtype=np.float32) for m, d in self.modality_dims.items()}
-            prefix = self.prefix(inputs if chosen.prefix else absent)  # no prefix: the learned "absent" tokens
-            prompts = [report_prompt(prompt or self.config.report_prompt, ev, chosen) for ev in evidence]
-            texts = _write(self.backbone, prompts, prefix, max_new_tokens, batch_size, show_progress)
-        ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
-        backbone = self.backbone
-        adapters = self.adapter_id
-        reports = []
-        for i, (text, ev) in enumerate(zip(texts, evidence, strict=True)):
-            abstains = abstain_below is not None and bool(ev.probabilities)
-            abstains = abstains and max(ev.probabilities.values()) < abstain_below
-            if abstains:
-                text = _abstaining(text, ev.probabilities)
-            sections = split_sections(text, self.modalities, ev.present)
-            ev.neighbours = ev.neighbours[:neighbours]
-            reports.append(
-                Report(
-                    subject_id=ids[i],
-                    sections=sections,
-                    evidence=ev,
-                    model=f"{backbone.name} ({backbone.weights_hash[:12]})",
-                    adapters=adapters,
-                    label=parse_label(sections[IMPRESSION], classes) if classes and not abstains else None,
-                    text=text,
-                    layout=layout if isinstance(layout, str) else "custom",
+            for name, (inputs, layout) in variants.items():
+                chosen = get_layout(layout)
+                evidence[name] = self.evidence(
+                    inputs,
+                    covariates=covariates,
+                    reference=reference,
+                    classes=classes,
+                    class_prompt=class_prompt,
+                    neighbours=max(neighbours, chosen.neighbours),
+                    subject_ids=subject_ids,
                 )
-            )
+                n = len(evidence[name])
+                absent = {m: np.full((n, d), np.nan, dtype=np.float32) for m, d in self.modality_dims.items()}
+                # no prefix: the learned "absent" tokens
+                prefixes.append(self.prefix(inputs if chosen.prefix else absent))
+                prompts += [report_prompt(prompt or self.config.report_prompt, ev, chosen) for ev in evidence[name]]
+            counts = {name: len(found) for name, found in evidence.items()}
+            if len(set(counts.values())) > 1:
+                raise DataError(f"generate_report_variants: every variant needs one row per subject, got rows {counts}")
+            texts = _write(self.backbone, prompts, torch.cat(prefixes), max_new_tokens, batch_size, show_progress)
+        (n,) = set(counts.values())
+        ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
+        model = f"{self.backbone.name} ({self.backbone.weights_hash[:12]})"
+        adapters = self.adapter_id
+        reports: dict[str, list[Report]] = {}
+        for position, (name, (_, layout)) in enumerate(variants.items()):
+            reports[name] = []
+            written = texts[position * n : (position + 1) * n]
+            for subject_id, text, ev in zip(ids, written, evidence[name], strict=True):
+                abstains = abstain_below is not None and bool(ev.probabilities)
+                abstains = abstains and max(ev.probabilities.values()) < abstain_below
+                if abstains:
+                    text = _abstaining(text, ev.probabilities)
+                sections = split_sections(text, self.modalities, ev.present)
+                ev.neighbours = ev.neighbours[:neighbours]
+                reports[name].append(
+                    Report(
+                        subject_id=subject_id,
+                        sections=sections,
+                        evidence=ev,
+                        model=model,
+                        adapters=adapters,
+                        label=parse_label(sections[IMPRESSION], classes) if classes and not abstains else None,
+                        text=text,
+                        layout=layout if isinstance(layout, str) else "custom",
+                    )
+                )
         return reports
 
 

@@ -227,7 +227,8 @@ def evaluate_reports(
     For each prompt layout (``"full"``: prefix + evidence; ``"prefix_only"``; ``"evidence_only"``;
     see :data:`~neuroomics_bridge.reports.prompts.LAYOUTS`) the test subjects' reports are
     generated from their own vectors and, with ``shuffled``, from another subject's (a cyclic
-    derangement; the subject's own covariates stay); the retrieval-copy baseline returns the top
+    derangement; the subject's own covariates stay), all variants decoded together
+    (:meth:`Bridge.generate_report_variants`); the retrieval-copy baseline returns the top
     retrieved reference subject's report. Every variant gets, per fact category, the share of
     subjects whose report states the fact correctly (:func:`~.factuality.fact_accuracy`; unstated
     is wrong), ROUGE-L against the subject's own report, and the share of its sentences copied
@@ -267,11 +268,12 @@ def evaluate_reports(
     orders = {"": np.arange(cohort.n_subjects)}
     if shuffled:
         orders["/shuffled"] = derangement(cohort.n_subjects, seed)
-    reports: dict[str, list[Report]] = {}
-    for layout in layouts:
-        for suffix, order in orders.items():
-            inputs = {m: x[order] for m, x in cohort.features.items()}
-            reports[f"{layout}{suffix}"] = bridge.generate_report(inputs, layout=layout, **options)
+    variants = {
+        f"{layout}{suffix}": ({m: x[order] for m, x in cohort.features.items()}, layout)
+        for layout in layouts
+        for suffix, order in orders.items()
+    }
+    reports = bridge.generate_report_variants(variants, **options)
     metrics: dict[str, float] = {}
     for variant, written in reports.items():
         texts = [r.text for r in written]
