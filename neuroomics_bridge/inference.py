@@ -378,10 +378,10 @@ def _vectors(
     matrix = table[columns].to_numpy(np.float32)
     keep = ~np.isnan(matrix).all(axis=1)
     ids, matrix = table["subject_id"].astype(str)[keep].tolist(), matrix[keep]
-    if bridge_dir is not None:
-        from neuroomics_bridge.bridge import Bridge
+    if bridge_dir is not None:  # the adapters' heads alone: no backbone to load
+        from neuroomics_bridge.bridge.model import embed_vectors, load_adapters
 
-        matrix = Bridge.from_pretrained(bridge_dir).embed(modality, matrix)
+        matrix = embed_vectors(load_adapters(bridge_dir), modality, matrix)
     return ids, matrix
 
 

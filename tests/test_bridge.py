@@ -149,6 +149,32 @@ def test_save_pretrained_writes_adapters_only_and_reloads_identically(bridge, tm
     assert restored.card_info == bridge.card_info
 
 
+def test_saved_adapters_load_without_the_backbone_and_embed_as_the_bridge_does(bridge, tmp_path) -> None:
+    from neuroomics_bridge.bridge import embed_vectors, load_adapters
+
+    folder = bridge.save_pretrained(tmp_path / "bridge")
+    adapters = load_adapters(folder)
+    x = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
+    x[2] = np.nan  # an absent subject stays NaN
+    embedded = embed_vectors(adapters, "gene", x)
+    np.testing.assert_array_equal(embedded, bridge.embed("gene", x))
+    assert np.isnan(embedded[2]).all() and not np.isnan(embedded[[0, 1, 3]]).any()
+    with pytest.raises(DataError, match=r"unknown modality 'rna'; this bridge has \['gene', 'brain'\]"):
+        embed_vectors(adapters, "rna", x)
+    x[1, 0] = np.nan
+    with pytest.raises(DataError, match=r"gene: row 1 has NaN in column\(s\) \[0\] but not in all 6"):
+        embed_vectors(adapters, "gene", x)
+    config = json.loads((folder / "config.json").read_text())
+    del config["backbone"]["hidden_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptFileError, match=r"config\.json: expected backbone\.hidden_size, an integer; got None"):
+        load_adapters(folder)
+    del config["modality_dims"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptFileError, match=r"config\.json: expected backbone .* entries; no 'modality_dims'$"):
+        load_adapters(folder)
+
+
 def test_saved_adapters_of_other_shapes_are_refused_by_file_and_key(bridge, tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -113,3 +113,29 @@ def test_a_saved_bridge_writes_reports_without_importing_the_training_libraries(
         "print(sorted(m for m in ('open_clip', 'lightning') if m in sys.modules))\n"
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_indexing_in_a_bridges_space_loads_neither_the_backbone_nor_transformers(make_bridge, tmp_path: Path) -> None:
+    """``nob index --bridge`` applies the adapters' heads alone (importing transformers and reading
+    the backbone took most of each call)."""
+    import numpy as np
+    import pandas as pd
+
+    bridge = make_bridge()
+    bridge.save_pretrained(tmp_path / "bridge")
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    table = pd.DataFrame(x, columns=[f"gene_{i}" for i in range(6)]).assign(subject_id=[f"s{i}" for i in range(5)])
+    table.to_parquet(tmp_path / "v.parquet")
+    np.save(tmp_path / "expected.npy", bridge.embed("gene", x))
+    result = _run_clean(
+        "import sys, numpy as np\n"
+        "from neuroomics_bridge.inference import build_index\n"
+        f"index = build_index({str(tmp_path / 'v.parquet')!r}, 'gene', {str(tmp_path / 'idx')!r}, "
+        f"bridge_dir={str(tmp_path / 'bridge')!r})\n"
+        f"expected = np.load({str(tmp_path / 'expected.npy')!r})\n"
+        "found = index.search(expected, 1)\n"
+        "assert found.ids == [[f's{i}'] for i in range(5)], found  # each subject's own aligned vector\n"
+        "assert np.allclose(found.scores, 1, atol=1e-5), found.scores\n"
+        "print(sorted(m for m in ('transformers', 'lightning') if m in sys.modules))\n"
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

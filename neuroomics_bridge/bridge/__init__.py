@@ -11,6 +11,8 @@ from neuroomics_bridge.lazy import lazy_exports
 _EXPORTS = {
     "Bridge": "neuroomics_bridge.bridge.model",
     "BRIDGE_FORMAT": "neuroomics_bridge.bridge.model",
+    "embed_vectors": "neuroomics_bridge.bridge.model",
+    "load_adapters": "neuroomics_bridge.bridge.model",
     "BridgeBundle": "neuroomics_bridge.bridge.bundle",
     "BUNDLE_FORMAT": "neuroomics_bridge.bridge.bundle",
 }

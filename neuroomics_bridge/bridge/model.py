@@ -44,7 +44,7 @@ from neuroomics_bridge.reports.prompts import ClassTexts, class_wordings
 if TYPE_CHECKING:
     import anndata as ad
 
-__all__ = ["Bridge", "BRIDGE_FORMAT"]
+__all__ = ["Bridge", "BRIDGE_FORMAT", "embed_vectors", "load_adapters"]
 
 BRIDGE_FORMAT = "neuroomics-bridge/bridge-v1"
 ADAPTERS_FILE = "adapters.safetensors"
@@ -131,12 +131,7 @@ class Bridge(ReportGenerationMixin):
                 params=self._provenance(modality, rep),
                 copy=copy,
             )
-        x = self._checked(modality, X)
-        present = ~torch.isnan(x).all(dim=1)
-        self.adapters.eval()
-        out = self.adapters.heads[modality](torch.nan_to_num(x))
-        out[~present] = float("nan")
-        return out.numpy()
+        return embed_vectors(self.adapters, modality, X)
 
     @torch.inference_mode()
     def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
@@ -207,7 +202,7 @@ class Bridge(ReportGenerationMixin):
         numpy.ndarray or anndata.AnnData or None
             The probabilities for an array; for an AnnData, ``None`` (written in place) or the copy.
         """
-        self._check_modality(modality)
+        _check_modality(self.adapters, modality)
         names, wordings = class_wordings(class_texts)
         if not names:
             raise DataError(f"zero_shot({modality!r}): expected at least one class text, got none")
@@ -331,7 +326,7 @@ class Bridge(ReportGenerationMixin):
         features, present = {}, {}
         for modality, dim in self.modality_dims.items():
             x = (
-                self._checked(modality, inputs[modality])
+                _checked_vectors(self.adapters, modality, inputs[modality])
                 if modality in inputs
                 else torch.full((rows, dim), float("nan"))
             )
@@ -401,29 +396,6 @@ class Bridge(ReportGenerationMixin):
         rows = torch.nonzero(scored)[:, 0]
         per_report = token_nll.new_zeros(len(targets)).index_add(0, rows, token_nll * weight)
         return per_report, weight.new_zeros(len(targets)).index_add(0, rows, weight)
-
-    def _check_modality(self, modality: str) -> None:
-        if modality not in self.modality_dims:
-            raise DataError(f"unknown modality {modality!r}; this bridge has {self.modalities}")
-
-    def _checked(self, modality: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
-        self._check_modality(modality)
-        x = torch.as_tensor(
-            np.asarray(X, dtype=np.float32) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32
-        )
-        if x.ndim != 2 or x.shape[1] != self.modality_dims[modality]:
-            raise DataError(f"{modality}: expected shape (n, {self.modality_dims[modality]}), got {tuple(x.shape)}")
-        missing = torch.isnan(x)
-        partial = missing.any(dim=1) & ~missing.all(dim=1)  # all-NaN means absent; some NaN is damaged data
-        if partial.any():
-            row = int(torch.nonzero(partial)[0, 0])
-            columns = torch.nonzero(missing[row])[:, 0].tolist()
-            raise DataError(
-                f"{modality}: row {row} has NaN in column(s) {columns[:10]}{' ...' if len(columns) > 10 else ''} "
-                f"but not in all {x.shape[1]}; expected a complete vector or an all-NaN (absent) row "
-                f"({int(partial.sum())} such row(s) in all)"
-            )
-        return x
 
     def add_lora(self, lora: LoRAConfig) -> None:
         """Put LoRA adapters (peft) inside the frozen backbone, to train with the prefix projector.
@@ -520,19 +492,8 @@ class Bridge(ReportGenerationMixin):
         weights hash differs from the recorded one is refused.
         """
         folder = Path(directory)
-        config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
-        for file in (config_file, weights_file):
-            if not file.is_file():
-                raise MissingFileError(f"{file}: missing; {folder} is not a saved bridge")
-        config = read_manifest(config_file, BRIDGE_FORMAT)
-        try:
-            recorded, dims, settings = config["backbone"], config["modality_dims"], config["bridge_config"]
-            name, sha256 = recorded["name"], recorded["weights_sha256"]
-        except (KeyError, TypeError) as err:
-            raise CorruptFileError(
-                f"{config_file}: expected backbone (name, weights_sha256), modality_dims and bridge_config "
-                f"entries; no {err}"
-            ) from None
+        config = _saved_config(folder)
+        name, sha256 = config["backbone"]["name"], config["backbone"]["weights_sha256"]
         backbone = backbone or TextBackbone.from_pretrained(name)
         if backbone.weights_hash != sha256:
             raise InvalidModelError(
@@ -540,25 +501,10 @@ class Bridge(ReportGenerationMixin):
                 f"{sha256[:12]}...), not on {backbone.name!r} "
                 f"(sha256 {backbone.weights_hash[:12]}...); load the recorded backbone or retrain the adapters"
             )
-        bridge = cls(backbone, dims, BridgeConfig.from_dict(settings, source=str(config_file)))
-        weights = read_tensors(weights_file)
-        expected = bridge.adapters.state_dict()
-        reshaped = [
-            f"{key}: expected {tuple(expected[key].shape)}, got {tuple(value.shape)}"
-            for key, value in weights.items()
-            if key in expected and value.shape != expected[key].shape
-        ]
-        if reshaped:
-            raise CorruptFileError(
-                f"{weights_file}: adapter weights of other shapes than {config_file} gives: {reshaped[:5]}"
-            )
-        missing, unexpected = bridge.adapters.load_state_dict(weights, strict=False)
-        missing = [key for key in missing if not key.startswith("temperature_")]  # older bridges: none fitted, 1
-        if missing or unexpected:
-            raise CorruptFileError(
-                f"{weights_file}: adapter weights do not match the config "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
+        config_file = folder / "config.json"
+        settings = BridgeConfig.from_dict(config["bridge_config"], source=str(config_file))
+        bridge = cls(backbone, config["modality_dims"], settings)
+        _load_adapter_weights(bridge.adapters, folder)
         if config.get("lora"):
             bridge.add_lora(LoRAConfig.from_dict(config["lora"], source=str(config_file)))
             lora_file = folder / LORA_FILE
@@ -567,3 +513,107 @@ class Bridge(ReportGenerationMixin):
             bridge.load_lora_state(read_tensors(lora_file), source=str(lora_file))
         bridge.card_info = config.get("card", {})
         return bridge
+
+
+def load_adapters(directory: str | os.PathLike[str]) -> BridgeAdapters:
+    """The trained adapters of a bridge saved by :meth:`Bridge.save_pretrained`, without its backbone.
+
+    Enough to embed modality vectors into the aligned space (:func:`embed_vectors`), which is
+    all ``nob index --bridge`` needs: it then neither imports transformers nor reads the
+    backbone's weights. Nothing here checks the adapters against a backbone; text and reports
+    need :meth:`Bridge.from_pretrained`.
+
+    Raises
+    ------
+    MissingFileError, CorruptFileError
+        When the folder is not a saved bridge, or its config and weights do not agree.
+    """
+    folder = Path(directory)
+    config = _saved_config(folder)
+    config_file = folder / "config.json"
+    hidden_size = config["backbone"].get("hidden_size")
+    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
+        raise CorruptFileError(f"{config_file}: expected backbone.hidden_size, an integer; got {hidden_size!r}")
+    settings = BridgeConfig.from_dict(config["bridge_config"], source=str(config_file))
+    adapters = BridgeAdapters(config["modality_dims"], hidden_size, hidden_size, settings)
+    _load_adapter_weights(adapters, folder)
+    return adapters.eval()
+
+
+@torch.inference_mode()
+def embed_vectors(adapters: BridgeAdapters, modality: str, X: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Unit vectors ``(n, embed_dim)`` in the aligned space; absent (all-NaN) rows stay NaN
+    (:meth:`Bridge.embed` for arrays, given only the adapters)."""
+    x = _checked_vectors(adapters, modality, X)
+    present = ~torch.isnan(x).all(dim=1)
+    adapters.eval()
+    out = adapters.heads[modality](torch.nan_to_num(x))
+    out[~present] = float("nan")
+    return out.numpy()
+
+
+def _check_modality(adapters: BridgeAdapters, modality: str) -> None:
+    if modality not in adapters.modality_dims:
+        raise DataError(f"unknown modality {modality!r}; this bridge has {list(adapters.modality_dims)}")
+
+
+def _checked_vectors(adapters: BridgeAdapters, modality: str, X: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``X`` as float32, refused unless ``(n, d_modality)`` with each row complete or all NaN (absent)."""
+    _check_modality(adapters, modality)
+    width = adapters.modality_dims[modality]
+    x = torch.as_tensor(np.asarray(X, dtype=np.float32) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
+    if x.ndim != 2 or x.shape[1] != width:
+        raise DataError(f"{modality}: expected shape (n, {width}), got {tuple(x.shape)}")
+    missing = torch.isnan(x)
+    partial = missing.any(dim=1) & ~missing.all(dim=1)  # all-NaN means absent; some NaN is damaged data
+    if partial.any():
+        row = int(torch.nonzero(partial)[0, 0])
+        columns = torch.nonzero(missing[row])[:, 0].tolist()
+        raise DataError(
+            f"{modality}: row {row} has NaN in column(s) {columns[:10]}{' ...' if len(columns) > 10 else ''} "
+            f"but not in all {x.shape[1]}; expected a complete vector or an all-NaN (absent) row "
+            f"({int(partial.sum())} such row(s) in all)"
+        )
+    return x
+
+
+def _saved_config(folder: Path) -> dict[str, Any]:
+    """A saved bridge's ``config.json``, refused unless it names the backbone, the modalities and
+    the adapters' settings, and the adapters' weights are beside it."""
+    config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
+    for file in (config_file, weights_file):
+        if not file.is_file():
+            raise MissingFileError(f"{file}: missing; {folder} is not a saved bridge")
+    config = read_manifest(config_file, BRIDGE_FORMAT)
+    recorded = config.get("backbone") if isinstance(config.get("backbone"), dict) else {}
+    missing = [f"backbone.{key}" for key in ("name", "weights_sha256") if key not in recorded]
+    missing += [key for key in ("modality_dims", "bridge_config") if key not in config]
+    if missing:
+        raise CorruptFileError(
+            f"{config_file}: expected backbone (name, weights_sha256), modality_dims and bridge_config entries; "
+            f"no {', '.join(map(repr, missing))}"
+        )
+    return config
+
+
+def _load_adapter_weights(adapters: BridgeAdapters, folder: Path) -> None:
+    """Load ``adapters.safetensors`` into ``adapters``, refused unless every tensor matches."""
+    config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
+    weights = read_tensors(weights_file)
+    expected = adapters.state_dict()
+    reshaped = [
+        f"{key}: expected {tuple(expected[key].shape)}, got {tuple(value.shape)}"
+        for key, value in weights.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if reshaped:
+        raise CorruptFileError(
+            f"{weights_file}: adapter weights of other shapes than {config_file} gives: {reshaped[:5]}"
+        )
+    missing, unexpected = adapters.load_state_dict(weights, strict=False)
+    missing = [key for key in missing if not key.startswith("temperature_")]  # older bridges: none fitted, 1
+    if missing or unexpected:
+        raise CorruptFileError(
+            f"{weights_file}: adapter weights do not match the config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
