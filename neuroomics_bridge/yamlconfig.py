@@ -2,7 +2,8 @@
 
 Every component's config (beside the component it configures) subclasses :class:`YamlConfig`:
 plain serialisable fields with defaults, validated in ``__post_init__``, variants made with :func:`dataclasses.replace`.
-Unknown keys are an error naming the key and the file, never silently dropped.
+Unknown keys are an error naming the key and the file, never silently dropped, and so is a value
+of another type than its field declares (``embed_dim: "64"``, ``report_covariates: age``).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class YamlConfig:
         Raises
         ------
         ConfigError
-            When ``data`` is not a mapping, has unknown keys, misses required ones, or fails the
-            class's validation.
+            When ``data`` is not a mapping, has unknown keys, misses required ones, holds a value
+            of another type than its field declares, or fails the class's validation.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
@@ -56,6 +57,8 @@ class YamlConfig:
             )
         hints = get_type_hints(cls)
         values = {name: _coerce(hints[name], value, f"{source}:{name}") for name, value in data.items()}
+        for name, value in values.items():
+            _check_type(hints[name], value, f"{source}:{name}")
         try:
             return cls(**values)
         except TypeError as err:
@@ -97,6 +100,45 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is str and isinstance(value, datetime.date):
         return value.isoformat()  # YAML reads 2025-11-19 as a date; the field keeps the text
     return value
+
+
+def _check_type(hint: Any, value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` (already coerced) is of the declared type.
+
+    Checks the shapes configs declare: ``bool``, ``int``, ``float`` (an int is a float), ``str``,
+    optional ones, tuples, lists and dicts of them, and nested configs. ``Literal`` choices are
+    left to the class's ``__post_init__``, which names them; other hints are not checked here.
+    """
+    if value is None and _strip_optional(hint) is not hint:
+        return
+    hint = _strip_optional(hint)
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is bool:
+        fits = isinstance(value, bool)
+    elif hint is int:
+        fits = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif hint is float:
+        fits = is_number(value)
+    elif hint is str:
+        fits = isinstance(value, str)
+    elif isinstance(hint, type) and issubclass(hint, YamlConfig):
+        fits = isinstance(value, hint)
+    elif origin in (tuple, list):
+        fits = isinstance(value, origin)
+        item_hint = args[0] if args and (origin is list or args[1:] in ((), (Ellipsis,))) else Any
+        for i, item in enumerate(value if fits else ()):
+            _check_type(item_hint, item, f"{where}[{i}]")
+    elif origin is dict:
+        fits = isinstance(value, Mapping)
+        key_hint, item_hint = args or (Any, Any)
+        for key, item in value.items() if fits else ():
+            _check_type(key_hint, key, f"{where} key {key!r}")
+            _check_type(item_hint, item, f"{where}.{key}")
+    else:  # Literal, Any, unions of several types: the class validates them
+        return
+    if not fits:
+        expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        raise ConfigError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
 
 
 def _strip_optional(hint: Any) -> Any:

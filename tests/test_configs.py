@@ -117,8 +117,31 @@ def test_lora_settings_of_the_wrong_type_or_range_name_the_field(given: dict, me
     from neuroomics_bridge.adapters.config import LoRAConfig
 
     with pytest.raises(ConfigError, match=message):  # before, torch or peft failed on them at training time
-        LoRAConfig.from_dict(given, source="lora.yaml")
+        LoRAConfig(**given)
     assert LoRAConfig.from_dict({"r": 4, "target_modules": ["q_proj"]}, source="lora.yaml").r == 4
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [("embed_dim: '64'", r"embed_dim: expected int, got '64' \(str\)"),
+     ("prefix_tokens: 2.5", r"prefix_tokens: expected int, got 2\.5 \(float\)"),
+     ("cross_modal: 'yes'", r"cross_modal: expected bool, got 'yes' \(str\)"),
+     ("report_covariates: age", r"report_covariates: expected tuple\[str, \.\.\.\], got 'age' \(str\)"),
+     ("report_covariates: [age, 3]", r"report_covariates\[1\]: expected str, got 3 \(int\)"),
+     ("init_temperature: '0.07'", r"init_temperature: expected float, got '0\.07' \(str\)"),
+     ("embed_dim:", r"embed_dim: expected int, got None \(NoneType\)")],
+)  # fmt: skip
+def test_a_value_of_another_type_than_its_field_names_the_file_the_key_and_both_types(
+    yaml_text: str, message: str, tmp_path: Path
+) -> None:
+    from neuroomics_bridge.adapters.config import BridgeConfig
+
+    (tmp_path / "bridge.yaml").write_text(yaml_text + "\n")
+    with pytest.raises(ConfigError, match=r"bridge\.yaml:" + message):  # before: accepted, or a bare TypeError
+        BridgeConfig.from_yaml(tmp_path / "bridge.yaml")
+    (tmp_path / "good.yaml").write_text("embed_dim: 64\ninit_temperature: 1\nprefix_token_norm: null\n")
+    loaded = BridgeConfig.from_yaml(tmp_path / "good.yaml")  # an int is a float; null where a field allows it
+    assert (loaded.embed_dim, loaded.init_temperature, loaded.prefix_token_norm) == (64, 1, None)
 
 
 def test_a_forced_kernel_is_taken_untimed_and_a_bad_one_refused_before_loading(tiny_model_dir, monkeypatch) -> None:
