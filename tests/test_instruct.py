@@ -184,6 +184,20 @@ def test_qlora_without_a_gpu_is_a_clear_error(tiny_model_dir) -> None:
         InstructionTuneModule(backbone, LoRAConfig(qlora=True))
 
 
+def test_lora_targets_the_backbone_lacks_are_named_with_the_layers_it_has(tiny_model_dir, make_bridge) -> None:
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    misspelt = LoRAConfig(target_modules=["q_proj", "qproj"])
+    expected = r"target_modules: \['qproj'\] name no module of .*; its linear layers are \[.*'q_proj'.*\]"
+    with pytest.raises(ConfigError, match=expected):  # before: peft's error, which lists none
+        InstructionTuneModule(backbone, misspelt)
+    bridge = make_bridge(backbone=backbone)
+    with pytest.raises(ConfigError, match=expected):
+        bridge.add_lora(misspelt)
+    assert bridge.lora is None  # nothing was put in
+    bridge.add_lora(LoRAConfig(target_modules=["self_attn.q_proj"], dropout=0.0))  # a dotted end of a path, as peft
+    assert bridge.lora is not None
+
+
 @pytest.mark.slow
 def test_a_short_lora_run_raises_classification_and_nli_accuracy(tmp_path) -> None:
     backbone = TextBackbone.from_pretrained("smollm2-135m-instruct", dtype="float32")

@@ -129,6 +129,19 @@ class LoRAConfig(YamlConfig):
                 f"got {modules!r}"
             )
 
+    def check_targets(self, model: Any, model_name: str) -> None:
+        """Raise :class:`ConfigError` unless every target names a module of ``model`` (its name or
+        a dotted end of its path, as peft matches them), listing the linear layers it has."""
+        import torch.nn as nn
+
+        paths = [path for path, _ in model.named_modules()]
+        unmatched = [t for t in self.target_modules if not any(p == t or p.endswith(f".{t}") for p in paths)]
+        if unmatched:
+            linear = sorted({path.rsplit(".", 1)[-1] for path, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise ConfigError(
+                f"LoRAConfig.target_modules: {unmatched} name no module of {model_name}; its linear layers are {linear}"
+            )
+
     def to_peft(self) -> Any:
         """The equivalent ``peft.LoraConfig`` for a causal language model."""
         from peft import LoraConfig, TaskType

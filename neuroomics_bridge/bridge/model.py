@@ -408,6 +408,7 @@ class Bridge(ReportGenerationMixin):
         if self.lora is not None:
             raise DataError("this bridge's backbone already holds LoRA adapters")
         self.backbone.check_trainable("LoRA in the backbone")
+        lora.check_targets(self.backbone.model, self.backbone.name)
         _ = self.backbone.weights_hash  # identify the base weights before the adapters go in
         inject_adapter_in_model(lora.to_peft(), self.backbone.model)
         self.lora = lora

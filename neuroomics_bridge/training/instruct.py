@@ -193,6 +193,7 @@ class InstructionTuneModule(LightningModule):
 
         backbone.check_trainable("instruction tuning")
         self.lora = lora or LoRAConfig()
+        self.lora.check_targets(backbone.model, backbone.name)
         if self.lora.qlora and not _qlora_available():
             raise ConfigError("lora.qlora=true needs bitsandbytes and a CUDA GPU; neither is here: set qlora: false")
         if self.lora.qlora and not getattr(backbone.model, "is_loaded_in_4bit", False):
