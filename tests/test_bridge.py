@@ -156,7 +156,9 @@ def test_saved_adapters_load_without_the_backbone_and_embed_as_the_bridge_does(b
     adapters = load_adapters(folder)
     x = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
     x[2] = np.nan  # an absent subject stays NaN
+    adapters.train()  # embedding runs without dropout and leaves the mode as it was
     embedded = embed_vectors(adapters, "gene", x)
+    assert adapters.training and adapters.heads["gene"].training
     np.testing.assert_array_equal(embedded, bridge.embed("gene", x))
     assert np.isnan(embedded[2]).all() and not np.isnan(embedded[[0, 1, 3]]).any()
     with pytest.raises(DataError, match=r"unknown modality 'rna'; this bridge has \['gene', 'brain'\]"):

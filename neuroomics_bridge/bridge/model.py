@@ -131,6 +131,7 @@ class Bridge(ReportGenerationMixin):
                 params=self._provenance(modality, rep),
                 copy=copy,
             )
+        self.adapters.eval()
         return embed_vectors(self.adapters, modality, X)
 
     @torch.inference_mode()
@@ -544,11 +545,16 @@ def load_adapters(directory: str | os.PathLike[str]) -> BridgeAdapters:
 @torch.inference_mode()
 def embed_vectors(adapters: BridgeAdapters, modality: str, X: np.ndarray | torch.Tensor) -> np.ndarray:
     """Unit vectors ``(n, embed_dim)`` in the aligned space; absent (all-NaN) rows stay NaN
-    (:meth:`Bridge.embed` for arrays, given only the adapters)."""
+    (:meth:`Bridge.embed` for arrays, given only the adapters). The head runs in eval mode (no
+    dropout); the adapters' own mode is left as it was."""
     x = _checked_vectors(adapters, modality, X)
     present = ~torch.isnan(x).all(dim=1)
-    adapters.eval()
-    out = adapters.heads[modality](torch.nan_to_num(x))
+    head = adapters.heads[modality]
+    training = head.training
+    try:
+        out = head.eval()(torch.nan_to_num(x))
+    finally:
+        head.train(training)
     out[~present] = float("nan")
     return out.numpy()
 
