@@ -28,7 +28,17 @@ __all__ = ["YamlConfig", "check_choice", "is_number"]
 
 @dataclasses.dataclass
 class YamlConfig:
-    """Base class: ``from_dict`` / ``to_dict`` / ``from_yaml`` / ``to_yaml`` for dataclasses."""
+    """Base class: ``from_dict`` / ``to_dict`` / ``from_yaml`` / ``to_yaml`` for dataclasses.
+
+    Every field's value is checked against its declared type when the config is built, however it
+    is built (``from_dict`` first, naming the file); a subclass's ``__post_init__`` calls this one's
+    before its own range and choice checks.
+    """
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            _check_type(hints[field.name], getattr(self, field.name), f"{type(self).__name__}.{field.name}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
@@ -61,7 +71,7 @@ class YamlConfig:
             _check_type(hints[name], value, f"{source}:{name}")
         try:
             return cls(**values)
-        except TypeError as err:
+        except (TypeError, ConfigError) as err:  # the class's own checks, named with the file
             raise ConfigError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,8 +133,8 @@ def _check_type(hint: Any, value: Any, where: str) -> None:
         fits = isinstance(value, str)
     elif isinstance(hint, type) and issubclass(hint, YamlConfig):
         fits = isinstance(value, hint)
-    elif origin in (tuple, list):
-        fits = isinstance(value, origin)
+    elif origin in (tuple, list):  # either kind: YAML and JSON give lists, Python code often tuples
+        fits = isinstance(value, (tuple, list))
         item_hint = args[0] if args and (origin is list or args[1:] in ((), (Ellipsis,))) else Any
         for i, item in enumerate(value if fits else ()):
             _check_type(item_hint, item, f"{where}[{i}]")

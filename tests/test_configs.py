@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -107,18 +108,26 @@ def test_bad_choice_names_the_field(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("given", "message"),
-    [({"r": "8"}, r"LoRAConfig\.r: expected a positive integer rank, got '8'"),
-     ({"r": 0}, r"LoRAConfig\.r: .* got 0"),
-     ({"alpha": "16"}, r"LoRAConfig\.alpha: expected a positive number, got '16'"),
-     ({"dropout": 1.5}, r"LoRAConfig\.dropout: expected 0 <= dropout < 1, got 1\.5"),
-     ({"target_modules": "q_proj"}, r"LoRAConfig\.target_modules: expected a list of module names .* got 'q_proj'")],
+    [({"r": "8"}, r"r: expected int, got '8' \(str\)"),
+     ({"r": 8.0}, r"r: expected int, got 8\.0 \(float\)"),
+     ({"r": 0}, r"r: expected a positive integer rank, got 0"),
+     ({"alpha": "16"}, r"alpha: expected float, got '16' \(str\)"),
+     ({"alpha": 0}, r"alpha: expected a positive number, got 0"),
+     ({"dropout": 1.5}, r"dropout: expected 0 <= dropout < 1, got 1\.5"),
+     ({"target_modules": "q_proj"}, r"target_modules: expected list\[str\], got 'q_proj' \(str\)"),
+     ({"target_modules": []}, r"target_modules: expected a list of module names .* got \[\]")],
 )  # fmt: skip
 def test_lora_settings_of_the_wrong_type_or_range_name_the_field(given: dict, message: str) -> None:
     from neuroomics_bridge.adapters.config import LoRAConfig
 
-    with pytest.raises(ConfigError, match=message):  # before, torch or peft failed on them at training time
+    # before, torch or peft failed on them at training time; built in Python or read from a file alike
+    with pytest.raises(ConfigError, match=r"LoRAConfig\." + message):
         LoRAConfig(**given)
+    with pytest.raises(ConfigError, match=r"lora\.yaml:.*" + message):
+        LoRAConfig.from_dict(given, source="lora.yaml")
     assert LoRAConfig.from_dict({"r": 4, "target_modules": ["q_proj"]}, source="lora.yaml").r == 4
+    built = LoRAConfig(alpha=16.0, target_modules=("q_proj", "v_proj"))  # a float alpha, a tuple of names
+    assert LoRAConfig.from_dict(built.to_dict()) == dataclasses.replace(built, target_modules=["q_proj", "v_proj"])
 
 
 @pytest.mark.parametrize(

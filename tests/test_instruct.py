@@ -186,15 +186,17 @@ def test_qlora_without_a_gpu_is_a_clear_error(tiny_model_dir) -> None:
 
 def test_lora_targets_the_backbone_lacks_are_named_with_the_layers_it_has(tiny_model_dir, make_bridge) -> None:
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
-    misspelt = LoRAConfig(target_modules=["q_proj", "qproj"])
-    expected = r"target_modules: \['qproj'\] name no module of .*; its linear layers are \[.*'q_proj'.*\]"
+    misspelt = LoRAConfig(target_modules=["qproj", "vproj"])
+    expected = r"target_modules: \['qproj', 'vproj'\] name no module of .*; its linear layers are \[.*'q_proj'.*\]"
     with pytest.raises(ConfigError, match=expected):  # before: peft's error, which lists none
         InstructionTuneModule(backbone, misspelt)
     bridge = make_bridge(backbone=backbone)
     with pytest.raises(ConfigError, match=expected):
         bridge.add_lora(misspelt)
     assert bridge.lora is None  # nothing was put in
-    bridge.add_lora(LoRAConfig(target_modules=["self_attn.q_proj"], dropout=0.0))  # a dotted end of a path, as peft
+    # as in peft, a target that matches nothing is skipped when others match, but named
+    with pytest.warns(UserWarning, match=r"\['dense'\] name no module of .*; LoRA goes into the others"):
+        bridge.add_lora(LoRAConfig(target_modules=["self_attn.q_proj", "dense"], dropout=0.0))
     assert bridge.lora is not None
 
 

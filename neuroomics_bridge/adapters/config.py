@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Literal, get_args
 
 from neuroomics_bridge.backbone.config import Pooling
 from neuroomics_bridge.errors import ConfigError
-from neuroomics_bridge.yamlconfig import YamlConfig, check_choice, is_number
+from neuroomics_bridge.yamlconfig import YamlConfig, check_choice
 
 __all__ = ["BridgeConfig", "HeadKind", "LoRAConfig", "LossKind", "PrefixInput"]
 
@@ -77,6 +78,7 @@ class BridgeConfig(YamlConfig):
     report_prompt: str = "Clinical reports of neuro-omics research subjects."
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice("BridgeConfig", "head", self.head, get_args(HeadKind))
         check_choice("BridgeConfig", "loss", self.loss, get_args(LossKind))
         check_choice("BridgeConfig", "text_pooling", self.text_pooling, get_args(Pooling))
@@ -110,36 +112,58 @@ class LoRAConfig(YamlConfig):
     """
 
     r: int = 8
-    alpha: int = 16
+    alpha: float = 16
     dropout: float = 0.05
     target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     qlora: bool = False
 
     def __post_init__(self) -> None:
-        if not (is_number(self.r) and float(self.r).is_integer() and self.r >= 1):
+        super().__post_init__()  # the types: an int rank, numbers, a list of names (a bare string is refused)
+        if self.r < 1:
             raise ConfigError(f"LoRAConfig.r: expected a positive integer rank, got {self.r!r}")
-        if not (is_number(self.alpha) and self.alpha > 0):
+        if not self.alpha > 0:
             raise ConfigError(f"LoRAConfig.alpha: expected a positive number, got {self.alpha!r}")
-        if not (is_number(self.dropout) and 0 <= self.dropout < 1):
+        if not 0 <= self.dropout < 1:
             raise ConfigError(f"LoRAConfig.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
-        modules = self.target_modules
-        if isinstance(modules, str) or not modules or not all(isinstance(m, str) and m for m in modules):
-            raise ConfigError(  # a bare string would be read as one module per letter
+        if not self.target_modules or not all(self.target_modules):
+            raise ConfigError(
                 f"LoRAConfig.target_modules: expected a list of module names such as ['q_proj', 'v_proj'], "
-                f"got {modules!r}"
+                f"got {self.target_modules!r}"
             )
 
     def check_targets(self, model: Any, model_name: str) -> None:
-        """Raise :class:`ConfigError` unless every target names a module of ``model`` (its name or
-        a dotted end of its path, as peft matches them), listing the linear layers it has."""
+        """Check the target modules against ``model`` before peft puts LoRA in.
+
+        A target matches a module by its name or a dotted end of its path, as peft matches them.
+        As in peft, targets that match nothing are skipped when others match (a config written
+        for several architectures); unlike peft, the skipped ones are named in a warning, and when
+        none matches the error lists the linear layers ``model`` has.
+
+        Parameters
+        ----------
+        model
+            The ``torch.nn.Module`` LoRA goes into.
+        model_name
+            Its name, for the messages.
+
+        Raises
+        ------
+        ConfigError
+            When no target matches a module of ``model``.
+        """
         import torch.nn as nn
 
         paths = [path for path, _ in model.named_modules()]
         unmatched = [t for t in self.target_modules if not any(p == t or p.endswith(f".{t}") for p in paths)]
-        if unmatched:
+        if len(unmatched) == len(self.target_modules):
             linear = sorted({path.rsplit(".", 1)[-1] for path, m in model.named_modules() if isinstance(m, nn.Linear)})
             raise ConfigError(
                 f"LoRAConfig.target_modules: {unmatched} name no module of {model_name}; its linear layers are {linear}"
+            )
+        if unmatched:
+            warnings.warn(
+                f"LoRAConfig.target_modules: {unmatched} name no module of {model_name}; LoRA goes into the others",
+                stacklevel=3,
             )
 
     def to_peft(self) -> Any:

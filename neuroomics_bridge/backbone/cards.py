@@ -96,6 +96,7 @@ class Weights(YamlConfig):
     artifacts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice("weights", "source", self.source, get_args(WeightsSource))
         if self.source == "bundled":
             missing = [k for k in ("package", "module", "file") if not getattr(self, k)]
@@ -160,6 +161,7 @@ class ModelCard(YamlConfig):
     notes: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice(f"card {self.id}", "dtype", self.dtype, get_args(CardDType))
         if self.context_length != self.arch.context_length:
             raise ConfigError(

@@ -67,6 +67,7 @@ class BackboneConfig(YamlConfig):
     kernel: Kernel = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice("BackboneConfig", "dtype", self.dtype, get_args(DType))
         check_choice("BackboneConfig", "quantize", self.quantize, get_args(Quantize))
         check_choice("BackboneConfig", "kernel", self.kernel, get_args(Kernel))
