@@ -145,7 +145,9 @@ def test_greedy_reports_are_deterministic(tiny_bridge_and_data) -> None:
     assert [r.to_dict() for r in first] == [r.to_dict() for r in second]
 
 
-def test_report_variants_are_decoded_together_and_match_each_written_alone(tiny_bridge_and_data) -> None:
+def test_report_variants_are_decoded_together_and_match_each_written_alone(tiny_bridge_and_data, monkeypatch) -> None:
+    import anndata as ad
+
     from neuroomics_bridge import DataError
 
     bridge, reference, inputs = tiny_bridge_and_data
@@ -159,11 +161,11 @@ def test_report_variants_are_decoded_together_and_match_each_written_alone(tiny_
         decoded.append(len(prompts))
         return generate(prompts, **kwargs)
 
-    bridge.backbone.generate = recorded
+    monkeypatch.setattr(bridge.backbone, "generate", recorded)
     together = bridge.generate_report_variants(variants, **options)
     assert decoded[0] == 6  # both variants' findings in one pass (then, maybe, one impression pass)
     assert len(decoded) <= 2 and list(together) == list(variants)
-    del bridge.backbone.generate
+    monkeypatch.undo()
     for name, (rows, layout) in variants.items():
         alone = bridge.generate_report(rows, layout=layout, **options)
         assert [r.to_dict() for r in together[name]] == [r.to_dict() for r in alone]
@@ -173,6 +175,9 @@ def test_report_variants_are_decoded_together_and_match_each_written_alone(tiny_
     fewer = {**variants, "evidence_only": ({m: x[:2] for m, x in inputs.items()}, "evidence_only")}
     with pytest.raises(DataError, match=r"one row per subject, got rows \{'full': 3, .*'evidence_only': 2\}"):
         bridge.generate_report_variants(fewer, classes=CLASSES, max_new_tokens=2)
+    cells = ad.AnnData(np.zeros((3, 2), np.float32), obsm=dict(inputs))
+    with pytest.raises(DataError, match=r"variant 'cells' is an AnnData; expected modality -> \(n, d\) arrays"):
+        bridge.generate_report_variants({"cells": (cells, "full")}, max_new_tokens=2)
 
 
 def test_reference_set_round_trips(tiny_bridge_and_data, tmp_path) -> None:

@@ -251,13 +251,15 @@ class ReportGenerationMixin:
         a few dozen rows, so the variants of a small cohort share batches here instead of each
         decoding its own few rows. A variant's reports are those
         :meth:`generate_report` writes for its inputs and layout, up to float rounding (a row's
-        padding depends on the batch it is decoded in).
+        padding depends on the batch it is decoded in). Every variant's soft prefix is held at
+        once (rows x prefix tokens x hidden size floats): for a large cohort on a large
+        backbone, call it on chunks of subjects.
 
         Parameters
         ----------
         variants
-            Name -> ``(inputs, layout)``: modality -> ``(n, d)`` vectors (absent subjects: NaN
-            rows) and the prompt layout. Row ``i`` of every variant is written for subject ``i``
+            Name -> ``(inputs, layout)``: modality -> ``(n, d)`` arrays (absent subjects: NaN
+            rows; not an AnnData) and the prompt layout. Row ``i`` of every variant is written for subject ``i``
             (its id and covariates), whichever subject's vectors it holds.
         prompt, subject_ids, covariates, reference, classes, class_prompt, neighbours, abstain_below
             As for :meth:`generate_report`, shared by every variant.
@@ -270,9 +272,20 @@ class ReportGenerationMixin:
             Variant name -> one report per row.
         """
         if abstain_below is not None and not classes:
-            raise DataError("generate_report: abstain_below needs classes (the probabilities it compares)")
+            raise DataError("abstain_below needs classes (the probabilities it compares)")
         if not variants:
             return {}
+        counts = {}
+        for name, (inputs, _) in variants.items():
+            if is_anndata(inputs):
+                raise DataError(
+                    f"generate_report_variants: variant {name!r} is an AnnData; expected modality -> (n, d) "
+                    "arrays (generate_report reads an AnnData)"
+                )
+            counts[name] = _rows(inputs, self.modalities)
+        if len(set(counts.values())) > 1:
+            raise DataError(f"generate_report_variants: every variant needs one row per subject, got rows {counts}")
+        (n,) = set(counts.values())
         self.adapters.eval()
         evidence: dict[str, list[Evidence]] = {}
         prompts: list[str] = []
@@ -289,16 +302,11 @@ class ReportGenerationMixin:
                     neighbours=max(neighbours, chosen.neighbours),
                     subject_ids=subject_ids,
                 )
-                n = len(evidence[name])
                 absent = {m: np.full((n, d), np.nan, dtype=np.float32) for m, d in self.modality_dims.items()}
                 # no prefix: the learned "absent" tokens
                 prefixes.append(self.prefix(inputs if chosen.prefix else absent))
                 prompts += [report_prompt(prompt or self.config.report_prompt, ev, chosen) for ev in evidence[name]]
-            counts = {name: len(found) for name, found in evidence.items()}
-            if len(set(counts.values())) > 1:
-                raise DataError(f"generate_report_variants: every variant needs one row per subject, got rows {counts}")
             texts = _write(self.backbone, prompts, torch.cat(prefixes), max_new_tokens, batch_size, show_progress)
-        (n,) = set(counts.values())
         ids = [str(s) for s in subject_ids] if subject_ids is not None else [f"subject-{i}" for i in range(n)]
         model = f"{self.backbone.name} ({self.backbone.weights_hash[:12]})"
         adapters = self.adapter_id

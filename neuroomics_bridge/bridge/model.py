@@ -48,6 +48,7 @@ __all__ = ["Bridge", "BRIDGE_FORMAT", "embed_vectors", "load_adapters"]
 
 BRIDGE_FORMAT = "neuroomics-bridge/bridge-v1"
 ADAPTERS_FILE = "adapters.safetensors"
+CONFIG_FILE = "config.json"  # which backbone, the modality widths, the adapters' settings
 LORA_FILE = "backbone_lora.safetensors"  # LoRA inside the backbone, when the prefix stage used it
 BUNDLE_MANIFEST = "bundle.json"  # a bridge bundle's (bridge/bundle.py): its folder holds a bridge and more
 
@@ -131,7 +132,6 @@ class Bridge(ReportGenerationMixin):
                 params=self._provenance(modality, rep),
                 copy=copy,
             )
-        self.adapters.eval()
         return embed_vectors(self.adapters, modality, X)
 
     @torch.inference_mode()
@@ -482,7 +482,7 @@ class Bridge(ReportGenerationMixin):
             save_file(state, tmp / ADAPTERS_FILE, metadata={"format": BRIDGE_FORMAT})
             if self.lora is not None:
                 save_file(self.lora_state(), tmp / LORA_FILE, metadata={"format": BRIDGE_FORMAT})
-            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
             (tmp / "README.md").write_text(model_card(config))
         return target
 
@@ -503,7 +503,7 @@ class Bridge(ReportGenerationMixin):
                 f"{sha256[:12]}...), not on {backbone.name!r} "
                 f"(sha256 {backbone.weights_hash[:12]}...); load the recorded backbone or retrain the adapters"
             )
-        config_file = folder / "config.json"
+        config_file = folder / CONFIG_FILE
         settings = BridgeConfig.from_dict(config["bridge_config"], source=str(config_file))
         bridge = cls(backbone, config["modality_dims"], settings)
         _load_adapter_weights(bridge.adapters, folder)
@@ -525,6 +525,16 @@ def load_adapters(directory: str | os.PathLike[str]) -> BridgeAdapters:
     backbone's weights. Nothing here checks the adapters against a backbone; text and reports
     need :meth:`Bridge.from_pretrained`.
 
+    Parameters
+    ----------
+    directory
+        A saved bridge, or a bundle folder (``nob demo``'s ``bridge/``).
+
+    Returns
+    -------
+    BridgeAdapters
+        The heads, prefix projector and fitted buffers, in eval mode.
+
     Raises
     ------
     MissingFileError, CorruptFileError
@@ -532,7 +542,7 @@ def load_adapters(directory: str | os.PathLike[str]) -> BridgeAdapters:
     """
     folder = Path(directory)
     config = _saved_config(folder)
-    config_file = folder / "config.json"
+    config_file = folder / CONFIG_FILE
     hidden_size = config["backbone"].get("hidden_size")
     if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
         raise CorruptFileError(f"{config_file}: expected backbone.hidden_size, an integer; got {hidden_size!r}")
@@ -544,9 +554,29 @@ def load_adapters(directory: str | os.PathLike[str]) -> BridgeAdapters:
 
 @torch.inference_mode()
 def embed_vectors(adapters: BridgeAdapters, modality: str, X: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Unit vectors ``(n, embed_dim)`` in the aligned space; absent (all-NaN) rows stay NaN
-    (:meth:`Bridge.embed` for arrays, given only the adapters). The head runs in eval mode (no
-    dropout); the adapters' own mode is left as it was."""
+    """Modality vectors to unit vectors in the aligned space (:meth:`Bridge.embed` for arrays,
+    given only the adapters).
+
+    Parameters
+    ----------
+    adapters
+        A bridge's adapters (``bridge.adapters``, or :func:`load_adapters`).
+    modality
+        Which modality's head embeds ``X``.
+    X
+        ``(n, d_modality)`` vectors; an all-NaN row is an absent subject.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, embed_dim)`` unit vectors; absent rows stay NaN. The head runs in eval mode (no
+        dropout) and the adapters' own mode is left as it was.
+
+    Raises
+    ------
+    DataError
+        On an unknown modality, another width, or a row with NaN in some columns only.
+    """
     x = _checked_vectors(adapters, modality, X)
     present = ~torch.isnan(x).all(dim=1)
     head = adapters.heads[modality]
@@ -587,7 +617,7 @@ def _checked_vectors(adapters: BridgeAdapters, modality: str, X: np.ndarray | to
 def _saved_config(folder: Path) -> dict[str, Any]:
     """A saved bridge's ``config.json``, refused unless it names the backbone, the modalities and
     the adapters' settings, and the adapters' weights are beside it."""
-    config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
+    config_file, weights_file = folder / CONFIG_FILE, folder / ADAPTERS_FILE
     for file in (config_file, weights_file):
         if not file.is_file():
             raise MissingFileError(f"{file}: missing; {folder} is not a saved bridge")
@@ -605,7 +635,7 @@ def _saved_config(folder: Path) -> dict[str, Any]:
 
 def _load_adapter_weights(adapters: BridgeAdapters, folder: Path) -> None:
     """Load ``adapters.safetensors`` into ``adapters``, refused unless every tensor matches."""
-    config_file, weights_file = folder / "config.json", folder / ADAPTERS_FILE
+    config_file, weights_file = folder / CONFIG_FILE, folder / ADAPTERS_FILE
     weights = read_tensors(weights_file)
     expected = adapters.state_dict()
     reshaped = [
