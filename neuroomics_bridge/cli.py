@@ -91,12 +91,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from neuroomics_bridge.errors import ConfigError
-    from neuroomics_bridge.evaluation.harness import BenchmarkRun, compare_runs, plot_runs
+    from neuroomics_bridge.evaluation.harness import RUN_FILES, BenchmarkRun, compare_runs, plot_runs
     from neuroomics_bridge.io import atomic_write_text
 
     if args.compare:
         if args.out and Path(args.out).suffix == ".png":  # the table would be overwritten by its own plot
             raise ConfigError(f"--out {args.out}: name the Markdown table (e.g. compare.md); its plot goes beside it")
+        if args.out:  # the table and its plot must not replace a compared run's files
+            written = {Path(args.out).resolve(), Path(args.out).with_suffix(".png").resolve()}
+            saved = {Path(run).with_suffix(suffix).resolve() for run in args.compare for suffix in RUN_FILES}
+            if written & saved:
+                raise ConfigError(
+                    f"--out {args.out}: would replace {sorted(map(str, written & saved))[0]}, a file of a compared "
+                    "run; name another table (e.g. compare.md)"
+                )
         runs = [BenchmarkRun.load(path) for path in args.compare]
         table = compare_runs(*runs)
         if args.out:

@@ -22,6 +22,7 @@ from neuroomics_bridge.evaluation import (
     multilabel_f1,
     run_benchmarks,
 )
+from neuroomics_bridge.evaluation.harness import locate_benchmarks
 from neuroomics_bridge.evaluation.loaders import read_medmcqa, read_ner
 from neuroomics_bridge.evaluation.samples import write_benchmark_samples
 from neuroomics_bridge.evaluation.scoring import (
@@ -144,6 +145,10 @@ def test_item_ids_do_not_depend_on_how_the_data_folder_is_spelled(tmp_path: Path
          r"ncbi-disease.json\[0\]: entities\[0\] span 1:9 is outside the 3-character text"),
         ("medqa", "medqa.jsonl", json.dumps({"question": "Q", "options": {chr(65 + i): str(i) for i in range(10)},
          "answer_idx": "J"}), r"medqa.jsonl:1: at most 8 options \(A-H\), got 10"),
+        ("medqa", "medqa.jsonl", json.dumps({"question": "Q", "options": {"A": "x", "B": " "}, "answer_idx": "A"}),
+         r"medqa.jsonl:1: option\(s\) \['B'\] have no text"),  # "" would start every answer
+        ("medqa", "medqa.jsonl", "\n".join([json.dumps({"id": "q1", "question": "Q", "options": {"A": "x", "B": "y"},
+         "answer_idx": "A"})] * 2), r"medqa.jsonl: items 1 and 2 share the id 'q1'"),  # its own k-shot exemplar
     ],
 )  # fmt: skip
 def test_malformed_files_name_file_line_and_expectation(
@@ -187,7 +192,8 @@ FOLATE = Example("f", "Why?", options=("A deficiency of folate", "Iron", "Zinc",
 @pytest.mark.parametrize(
     ("example", "text", "expected"),
     [(BACTERIA, "E. coli", 2), (BACTERIA, "E", 4), (BACTERIA, "The answer is: B", 1),
-     (FOLATE, "A deficiency of folate", 0), (FOLATE, "B. Iron", 1), (FOLATE, "A", 0)],
+     (FOLATE, "A deficiency of folate", 0), (FOLATE, "B. Iron", 1), (FOLATE, "A", 0),
+     (LETTERED, "A donepezil-like drug", 2), (LETTERED, "The riluzole", 1), (LETTERED, "A is right", 0)],
 )  # fmt: skip
 def test_an_option_that_starts_like_a_letter_is_read_as_its_text(example: Example, text: str, expected: int) -> None:
     assert parse_choice(TASKS["medqa"], example, text) == expected
@@ -437,6 +443,39 @@ def test_run_saves_json_markdown_predictions_and_loads_back(tiny_backbone, sampl
     assert json.loads(path.read_text())["notice"] == RESEARCH_NOTICE
     with pytest.raises(DataError, match=r"must end in \.json"):
         run.save(tmp_path / "run.md")
+
+
+def test_files_are_read_before_any_task_is_scored(samples: Path, tmp_path: Path) -> None:
+    for name in ("pubmedqa", "medqa"):
+        shipped = task_files(samples, get_task(name))[0]
+        (tmp_path / shipped.name).write_text(shipped.read_text())
+    size = len(get_task("medqa").reader(tmp_path / "medqa.jsonl"))
+    with pytest.raises(DataError, match=rf"medqa\.jsonl: {size}-shot prompts need {size + 1} items .* has {size}"):
+        locate_benchmarks(["pubmedqa", "medqa"], tmp_path, shots=size)  # before: after pubmedqa was scored
+    spans = [{"text": "Parkinson disease", "entities": [{"start": 0, "end": 17, "type": "SpecificDisease"}]}]
+    (tmp_path / "ncbi-disease.json").write_text(json.dumps(spans))
+    with pytest.raises(
+        DataError, match=r"item .* entity type\(s\) \['SpecificDisease'\]; ncbi-disease scores \['Disease'\]"
+    ):
+        locate_benchmarks(["ncbi-disease"], tmp_path)  # no answer could ever match it
+
+
+def test_compare_refuses_to_replace_a_compared_run_and_names_an_incomplete_one(tmp_path: Path, capsys) -> None:
+    from neuroomics_bridge.cli import main
+
+    _run({"medqa": {"accuracy": 0.3}}).save(tmp_path / "a.json")
+    _run({"medqa": {"accuracy": 0.5}}).save(tmp_path / "b.json")
+    before = (tmp_path / "a.json").read_text()
+    for out in ("a.json", "a.md", "b.predictions.jsonl"):
+        assert main(["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                     "--out", str(tmp_path / out)]) == 2  # fmt: skip
+        assert "a file of a compared run" in capsys.readouterr().err
+    assert (tmp_path / "a.json").read_text() == before
+    saved = json.loads(before)
+    del saved["metadata"]["data"]
+    (tmp_path / "c.json").write_text(json.dumps(saved))
+    with pytest.raises(DataError, match=r"c\.json: not a results file written by nob eval \(KeyError: 'data'\)"):
+        BenchmarkRun.load(tmp_path / "c.json")
 
 
 # ----------------------------------------------------------------------------------- CLI

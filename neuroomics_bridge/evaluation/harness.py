@@ -28,7 +28,18 @@ from neuroomics_bridge.progress import progress, silenced
 if TYPE_CHECKING:
     from neuroomics_bridge.backbone.text import TextBackbone
 
-__all__ = ["BenchmarkRun", "run_benchmarks", "locate_benchmarks", "results_path", "compare_runs", "plot_runs"]
+__all__ = [
+    "RUN_FILES",
+    "BenchmarkRun",
+    "run_benchmarks",
+    "locate_benchmarks",
+    "results_path",
+    "compare_runs",
+    "plot_runs",
+]
+
+RUN_FILES = (".json", ".md", ".png", ".predictions.jsonl")
+"""The files of a saved run, by suffix: its scores (the path named), table, plot and predictions."""
 
 CAVEAT = (
     "Exam-style benchmarks do not represent clinical practice. Research use only, not for clinical decision-making."
@@ -142,6 +153,10 @@ class BenchmarkRun:
             metadata = saved["metadata"]
             if "backbone" not in metadata:  # what comparisons label the run with
                 raise KeyError("metadata.backbone")
+            for result in results:  # what comparisons, tables and plots read of each task
+                primary = get_task(result.task).primary
+                if "sha256" not in metadata["data"][result.task] or primary not in result.metrics:
+                    raise KeyError(f"data.{result.task}.sha256 or results.{result.task}.metrics.{primary}")
             return cls(metadata, results)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{file}: not a results file written by nob eval ({type(err).__name__}: {err})") from None
@@ -168,17 +183,38 @@ def locate_benchmarks(
     the request: the checks :func:`run_benchmarks` makes before any work, on their own, so that
     ``nob eval`` makes them before loading a backbone.
 
+    Every file is read (reading is quick beside scoring), so a malformed file, too few
+    exemplars for ``shots`` or an entity type the task does not know fails here, not after the
+    tasks before it have been scored.
+
     Raises
     ------
     DataError, MissingFileError
-        For an unknown task, a ``limit`` under 1, negative ``shots``, or missing or ambiguous
-        data files.
+        For an unknown task, a ``limit`` under 1, negative ``shots``, missing or ambiguous
+        data files, or as the readers raise.
     """
     if limit is not None and limit < 1:  # a slice would drop items from the end instead
         raise DataError(f"limit: expected None or at least 1 item per task, got {limit}")
     if shots < 0:
         raise DataError(f"shots: expected 0 (zero-shot) or more examples per prompt, got {shots}")
-    return {name: task_files(data_dir, get_task(name)) for name in tasks}
+    located = {name: task_files(data_dir, get_task(name)) for name in tasks}
+    for name, (evaluation, train) in located.items():
+        task = get_task(name)
+        every = task.reader(evaluation)
+        pool, source = (task.reader(train), train) if train is not None else (every, evaluation)
+        needed = shots + (train is None)  # an item is never its own exemplar
+        if shots and len(pool) < needed:
+            raise DataError(
+                f"{source}: {shots}-shot prompts need {needed} items to draw exemplars from; the file has {len(pool)}"
+            )
+        for example in (*every, *pool) if task.kind == "entities" else ():
+            unknown = sorted({e.partition(":")[0] for e in example.answer_set} - set(task.labels))
+            if unknown:
+                raise DataError(
+                    f"{evaluation if example in every else source}: item {example.id!r} has entity type(s) {unknown}; "
+                    f"{name} scores {list(task.labels)} (map the corpus's types onto them)"
+                )
+    return located
 
 
 def run_benchmarks(

@@ -181,9 +181,18 @@ def _label(raw: Any, where: str, key: str, aliases: Mapping[str, str]) -> str:
     return label
 
 
-def _check_nonempty(examples: list[Example], file: Path) -> list[Example]:
+def _checked_examples(examples: list[Example], file: Path) -> list[Example]:
+    """``examples``, refused when there are none or two share an id: a k-shot prompt leaves out
+    its own item by id, and comparisons pair two runs' items by id."""
     if not examples:
         raise DataError(f"{file}: no examples")
+    first: dict[str, int] = {}
+    for number, example in enumerate(examples, start=1):
+        if example.id in first:
+            raise DataError(
+                f"{file}: items {first[example.id]} and {number} share the id {example.id!r}; expected one id per item"
+            )
+        first[example.id] = number
     return examples
 
 
@@ -215,7 +224,7 @@ def read_pubmedqa(path: str | os.PathLike[str]) -> list[Example]:
         answer = _label(decision, where, "final_decision", aliases)
         item_id = _item_id(record, where, path, "id", "pubid")
         examples.append(Example(item_id, question, " ".join(contexts), ("yes", "no", "maybe"), answer))
-    return _check_nonempty(examples, Path(path))
+    return _checked_examples(examples, Path(path))
 
 
 def read_medqa(path: str | os.PathLike[str]) -> list[Example]:
@@ -232,6 +241,9 @@ def read_medqa(path: str | os.PathLike[str]) -> list[Example]:
         if len(letters) > len(LETTERS):  # the prompt, the parser and the scorer know these letters only
             raise DataError(f"{where}: at most {len(LETTERS)} options ({LETTERS[0]}-{LETTERS[-1]}), got {len(letters)}")
         texts = tuple(str(options[letter]).strip() for letter in letters)
+        empty = [letter for letter, option in zip(letters, texts, strict=True) if not option]
+        if empty:  # an empty text would be the start of every answer
+            raise DataError(f"{where}: option(s) {empty} have no text; expected each option's text")
         index = None
         if "answer_idx" in record:
             letter = str(record["answer_idx"]).strip()
@@ -244,7 +256,7 @@ def read_medqa(path: str | os.PathLike[str]) -> list[Example]:
             if answer not in texts:
                 raise DataError(f"{where}: answer {answer!r} is not one of the options")
         examples.append(Example(_item_id(record, where, path), question, "", texts, answer, answer_index=index))
-    return _check_nonempty(examples, Path(path))
+    return _checked_examples(examples, Path(path))
 
 
 def read_medmcqa(path: str | os.PathLike[str]) -> list[Example]:
@@ -267,7 +279,7 @@ def read_medmcqa(path: str | os.PathLike[str]) -> list[Example]:
         if not 0 <= index < 4:
             raise DataError(f"{where}: cop {record['cop']!r} is outside {first}-{first + 3} for {file.suffix} files")
         examples.append(Example(_item_id(record, where, file), question, "", texts, texts[index], answer_index=index))
-    return _check_nonempty(examples, file)
+    return _checked_examples(examples, file)
 
 
 def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list[Example]:
@@ -292,7 +304,7 @@ def read_nli(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -> list
         answer = _label(record[key], where, key, labels)
         item_id = _item_id(record, where, path, "pairID", "id")
         examples.append(Example(item_id, hypothesis, premise, options, answer))
-    return _check_nonempty(examples, Path(path))
+    return _checked_examples(examples, Path(path))
 
 
 def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[Example]:
@@ -315,7 +327,7 @@ def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[
     """
     file = Path(path)
     if file.suffix.lower() in (".json", ".jsonl"):
-        return _check_nonempty(_read_entity_spans(file), file)
+        return _checked_examples(_read_entity_spans(file), file)
     examples, tokens, entities = [], [], []
     current: list[str] | None = None  # tokens of the entity being read
     kind = ""
@@ -357,7 +369,7 @@ def read_ner(path: str | os.PathLike[str], *, default_type: str | None) -> list[
         else:
             raise DataError(f"{file}:{number}: tag {tag!r} is not O, B, I, B-<type> or I-<type>")
         tokens.append(token)
-    return _check_nonempty(examples, file)
+    return _checked_examples(examples, file)
 
 
 def _read_entity_spans(file: Path) -> list[Example]:
@@ -395,7 +407,7 @@ def read_relations(path: str | os.PathLike[str], *, labels: Mapping[str, str]) -
             raise DataError(f"{where}: expected 'label'; the record has {sorted(record)}")
         answer = _label(record["label"], where, "label", labels)
         examples.append(Example(_item_id(record, where, path, "index", "id"), sentence, "", options, answer))
-    return _check_nonempty(examples, Path(path))
+    return _checked_examples(examples, Path(path))
 
 
 def read_multilabel(path: str | os.PathLike[str], *, labels: Sequence[str]) -> list[Example]:
@@ -413,7 +425,7 @@ def read_multilabel(path: str | os.PathLike[str], *, labels: Sequence[str]) -> l
             raise DataError(f"{where}: expected 'labels' as a list or a ';'-separated string; got {raw!r}")
         gold = tuple(_label(label, where, "label", known) for label in raw)
         examples.append(Example(_item_id(record, where, path), text, answer_set=gold))
-    return _check_nonempty(examples, Path(path))
+    return _checked_examples(examples, Path(path))
 
 
 def read_summaries(path: str | os.PathLike[str]) -> list[Example]:
@@ -423,4 +435,4 @@ def read_summaries(path: str | os.PathLike[str]) -> list[Example]:
         document = _text(record, where, ("document", "text", "article", "findings", "source"))
         summary = _text(record, where, ("summary", "abstract", "impression", "target"))
         examples.append(Example(_item_id(record, where, path), document, answer=summary))
-    return _check_nonempty(examples, Path(path))
+    return _checked_examples(examples, Path(path))

@@ -198,19 +198,22 @@ def choose_by_loglikelihood(
 def parse_choice(task: BenchmarkTask, example: Example, text: str) -> int | None:
     """The option a generated answer names, or ``None`` (counted wrong).
 
-    Lettered tasks: an answer that starts with an option's text (the longest that fits; so
-    ``E. coli`` or ``A deficiency of folate`` name their options, not the letters E and A), else
-    a leading letter (``B``, ``(B)``, ``B.``) or ``answer is B`` / ``Answer: B`` / ``answer is:
-    B``. Word tasks: the option word that occurs first, as a whole word.
+    Lettered tasks: an answer that starts with an option's text, or with an article and then an
+    option's text (the longest that fits; so ``E. coli``, ``A deficiency of folate`` and ``A viral
+    encephalitis`` name their options, not the letters E and A), else a leading letter (``B``,
+    ``(B)``, ``B.``) or ``answer is B`` / ``Answer: B`` / ``answer is: B``. Word tasks: the
+    option word that occurs first, as a whole word.
     """
     answer = text.strip()
     if task.letters:
         valid = LETTERS[: len(example.options)]
         said = normalize_answer(answer)
-        by_length = sorted(range(len(example.options)), key=lambda i: -len(example.options[i]))
-        named = next((i for i in by_length if said.startswith(normalize_answer(example.options[i]))), None)
-        if named is not None:
-            return named
+        options = [normalize_answer(option) for option in example.options]
+        by_length = sorted((i for i in range(len(options)) if options[i]), key=lambda i: -len(options[i]))
+        for start in (said, re.sub(r"^(?:a|an|the)\s+", "", said)):
+            named = next((i for i in by_length if start.startswith(options[i])), None)
+            if named is not None:
+                return named
         for pattern in (r"^\(?([A-H])\)?(?:[.):,\s]|$)", r"(?i:answer|option)\s*(?:is\s*:?|:)?\s*\(?([A-H])\b"):
             match = re.search(pattern, answer)
             if match and match.group(1) in valid:
