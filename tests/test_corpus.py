@@ -22,6 +22,9 @@ def test_documents_stream_from_text_jsonl_parquet_csv_and_folders(tmp_path) -> N
     pd.DataFrame({"text": ["fourth", "fifth"]}).to_parquet(folder / "sub" / "c.parquet")
     pd.DataFrame({"text": ["sixth"], "other": [1]}).to_csv(folder / "sub" / "d.csv", index=False)
     (folder / "ignored.bin").write_bytes(b"\0")
+    (folder / "notes.txt").mkdir()  # a folder named like a file, and a hidden folder's copies, are not read
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("first document")
     assert list(read_documents(folder)) == ["first document", "second", "third", "fourth", "fifth", "sixth"]
 
 
@@ -83,6 +86,13 @@ def test_mixture_scrubs_phi_in_the_named_sources_and_counts_it() -> None:
         drawn[name] = " ".join(ids)
     assert drawn["clinical"] == "Seen by Dr. [NAME] on [DATE]." and "03/04/2021" in drawn["general"]
     assert corpus.stats.phi["clinical"]["NAME"] >= 1 and not corpus.stats.phi["general"]
+
+
+def test_a_document_of_an_in_memory_source_that_is_not_text_is_named() -> None:
+    notes = pd.DataFrame({"text": ["Tremor at rest.", None]}).text.tolist()  # a column with a missing note
+    corpus = MixtureCorpus({"clinical": notes}, {"clinical": 1}, seed=0)
+    with pytest.raises(DataError, match=r"source 'clinical': document 1 is None \(NoneType\); expected text"):
+        list(itertools.islice(corpus.token_stream(str.split), 5))  # before: AttributeError on .strip()
 
 
 def test_blank_documents_of_an_in_memory_source_are_skipped_as_in_files() -> None:

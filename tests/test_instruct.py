@@ -82,6 +82,15 @@ def test_loss_masks_exactly_the_prompt(tiny_backbone) -> None:
     assert len(short["input_ids"]) <= len(prompt) and short["labels"][-1] == tiny_backbone.tokenizer.eos_token_id
     with pytest.raises(DataError, match="max_length: expected at least 2 tokens"):
         tokenize_record(tiny_backbone, RECORD, max_length=1)  # nothing left to score: a NaN loss
+    assert (
+        tokenize_record(tiny_backbone, RECORD, max_length=len(item["input_ids"]) - 1)["input_ids"]
+        == item["input_ids"][1:]
+    )  # a short answer stays whole: the prompt loses its first token
+    long = InstructionRecord("summarisation", "Summarise the note.", "Tremor.", " ".join(["rigidity"] * 60))
+    whole = tokenize_record(tiny_backbone, long, max_length=512)
+    one_over = tokenize_record(tiny_backbone, long, max_length=len(whole["input_ids"]) - 1)
+    assert one_over["input_ids"] == whole["input_ids"][:-1]  # a long answer loses one token, not half of itself
+    assert one_over["labels"] == whole["labels"][:-1]
 
 
 def test_training_batches_group_records_of_similar_length_in_a_seeded_order(tiny_backbone) -> None:

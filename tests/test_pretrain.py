@@ -121,3 +121,19 @@ def test_an_output_folder_it_may_not_replace_is_refused_before_training(tmp_path
     backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
     with pytest.raises(DataError, match=r"mine: expected a new or empty folder or a saved model, found a folder"):
         ContinualPretrainModule(backbone, output_dir=tmp_path / "mine")  # the module nob pretrain builds, too
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"max_heldout_blocks": 0}, r"max_heldout_blocks: expected at least 1 block per source, got 0"),
+    ({"corpora": {"clinical": ["Tremor.", float("nan")], "general": ["Text."]}},
+     r"in-memory corpus source: document 1 is nan \(float\); expected text"),
+])  # fmt: skip
+def test_bad_pretraining_data_settings_are_named(tiny_model_dir, options: dict, message: str) -> None:
+    from neuroomics_bridge import DataError
+    from neuroomics_bridge.training.pretrain import PretrainDataModule
+
+    backbone = TextBackbone.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    sources = options.pop("corpora", corpora())
+    with pytest.raises(DataError, match=message):  # before: no cap at all; an AttributeError in hashing
+        data = PretrainDataModule(backbone, sources, {name: 1 for name in sources}, heldout_fraction=0.5, **options)
+        data.heldout_blocks()

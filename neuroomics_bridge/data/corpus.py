@@ -26,9 +26,27 @@ from neuroomics_bridge.errors import DataError, MissingFileError
 from neuroomics_bridge.io import read_jsonl, unreadable_table
 from neuroomics_bridge.yamlconfig import is_number
 
-__all__ = ["MixtureCorpus", "PackedBlock", "pack", "read_documents"]
+__all__ = ["MixtureCorpus", "PackedBlock", "checked_texts", "pack", "read_documents"]
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet", ".csv")
+
+
+def checked_texts(documents: Iterable[Any], where: str = "an in-memory corpus source") -> Iterator[str]:
+    """``documents`` one by one, refused with :class:`DataError` at the first that is not text
+    (a column's ``None`` or ``NaN`` would otherwise fail deep inside tokenisation)."""
+    for number, text in enumerate(documents):
+        if not isinstance(text, str):
+            raise DataError(f"{where}: document {number} is {text!r} ({type(text).__name__}); expected text")
+        yield text
+
+
+def _corpus_files(folder: Path) -> Iterator[Path]:
+    """The corpus files under ``folder``: files (not folders named like one) of a known suffix,
+    outside hidden folders (``.ipynb_checkpoints`` holds copies of the notebooks' data)."""
+    for path in folder.rglob("*"):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.suffix in DOCUMENT_SUFFIXES and path.is_file() and not hidden:
+            yield path
 
 
 def read_documents(path: str | Path, *, text_field: str = "text") -> Iterator[str]:
@@ -56,7 +74,7 @@ def read_documents(path: str | Path, *, text_field: str = "text") -> Iterator[st
     source = Path(path)
     if not source.exists():
         raise MissingFileError(f"{source}: corpus source does not exist")
-    files = sorted(p for p in source.rglob("*") if p.suffix in DOCUMENT_SUFFIXES) if source.is_dir() else [source]
+    files = sorted(_corpus_files(source)) if source.is_dir() else [source]
     if source.is_dir() and not files:
         raise DataError(f"{source}: no corpus files ({', '.join(DOCUMENT_SUFFIXES)}) in this folder")
     for file in files:
@@ -172,7 +190,7 @@ class MixtureCorpus:
         source = self.sources[name]
         while True:
             documents = (
-                iter(source)
+                checked_texts(source, f"MixtureCorpus source {name!r}")
                 if not isinstance(source, str | Path)
                 else read_documents(source, text_field=self.text_field)
             )

@@ -47,8 +47,9 @@ SAVED_ADAPTER = {"kind": "LoRA adapter", "marker": "adapter_config.json"}  # a s
 def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_length: int) -> dict[str, list[int]]:
     """Token ids and labels of one record, for a loss on the response only.
 
-    The chat-formatted prompt is masked (-100), the response and EOS are scored. Overlong
-    records keep the prompt's end and the response (cut to half of ``max_length`` if need be).
+    The chat-formatted prompt is masked (-100), the response and EOS are scored. An overlong
+    record keeps as much of the response as the whole prompt leaves room for, and at least half
+    of ``max_length`` of it; the prompt loses its start.
 
     Returns
     -------
@@ -64,7 +65,8 @@ def tokenize_record(backbone: TextBackbone, record: InstructionRecord, max_lengt
         raise DataError(f"max_length: expected at least 2 tokens (a prompt token and a scored one), got {max_length}")
     prompt = backbone.tokenize([backbone.chat(user_turn(record))])[0]  # as generate() tokenizes prompts
     response = [*backbone.tokenize([record.output], special_tokens=False)[0], backbone.tokenizer.eos_token_id]
-    response = response[: max_length // 2] if len(prompt) + len(response) > max_length else response
+    if len(prompt) + len(response) > max_length:  # the response keeps what the prompt leaves, at least half
+        response = response[: max(max_length // 2, max_length - len(prompt))]
     prompt = prompt[-(max_length - len(response)) :]
     return {"input_ids": prompt + response, "labels": [-100] * len(prompt) + response}
 

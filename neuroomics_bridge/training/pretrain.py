@@ -25,7 +25,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, seed_everyth
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from neuroomics_bridge.backbone.text import TextBackbone
-from neuroomics_bridge.data.corpus import MixtureCorpus, PackedBlock, Source, pack, read_documents
+from neuroomics_bridge.data.corpus import MixtureCorpus, PackedBlock, Source, checked_texts, pack, read_documents
 from neuroomics_bridge.errors import ConfigError, DataError
 from neuroomics_bridge.io import atomic_directory, check_replaceable
 from neuroomics_bridge.notice import RESEARCH_NOTICE
@@ -52,7 +52,7 @@ def is_heldout(text: str, fraction: float) -> bool:
 
 
 def _documents(source: Source, text_field: str) -> Iterator[str]:
-    return read_documents(source, text_field=text_field) if isinstance(source, str | Path) else iter(source)
+    return read_documents(source, text_field=text_field) if isinstance(source, str | Path) else checked_texts(source)
 
 
 class _TrainingDocuments:
@@ -142,6 +142,8 @@ class PretrainDataModule(LightningDataModule):
         super().__init__()
         if not 0 < heldout_fraction < 1:
             raise DataError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+        if max_heldout_blocks < 1:  # the cap is checked after each block: 0 would mean no cap at all
+            raise DataError(f"max_heldout_blocks: expected at least 1 block per source, got {max_heldout_blocks}")
         self.backbone, self.sources, self.block_size, self.batch_size = backbone, dict(sources), block_size, batch_size
         self.heldout_fraction, self.max_heldout_blocks, self.text_field = (
             heldout_fraction,
