@@ -115,6 +115,13 @@ def test_placeholders_are_typed_and_counted() -> None:
         ("DOB 2021/03/15.", "DOB [DATE]."),
         ("15.03.2021 visit", "[DATE] visit"),
         ("A 95 y.o. man", "A [AGE>89] y.o. man"),
+        ("Signed by: John Smith", "Signed by: [NAME]"),  # the colon after "by" hid the whole name
+        ("Dictated by: Jane Doe, MD", "Dictated by: [NAME], MD"),
+        ("Attending: Garcia, Maria", "Attending: [NAME]"),  # "Last, First": the first name too
+        ("Seen by DR. SMITH today.", "Seen by DR. [NAME] today."),
+        ("Admitted 15-Mar-2021.", "Admitted [DATE]."),
+        ("Tel (555)123-4567", "Tel [PHONE]"),
+        ("MS relapse, MS Lesions on MRI.", "MS relapse, MS Lesions on MRI."),  # MS: multiple sclerosis, not a title
     ],
 )
 def test_month_day_dates_and_other_common_forms_are_scrubbed(text: str, scrubbed: str) -> None:

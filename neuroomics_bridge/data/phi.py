@@ -30,7 +30,8 @@ _MONTH = (
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
 )
 _DAY_OR_MONTH = r"(?:0?[1-9]|[12]\d|3[01])"  # either part of a numeric date (day-month or month-day order)
-_TITLE = r"(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Prof|Professor|Nurse)\.?"
+_TITLE = r"(?:Dr|DR|Doctor|DOCTOR|Mr|MR|Mrs|MRS|Ms|Miss|Prof|PROF|Professor|Nurse)\.?"  # not MS: multiple sclerosis
+_CREDENTIAL = r"(?:MD|DO|PhD|RN|NP|PA|MBBS|MRCP|FRCP)"  # after a signature's comma: not a first name
 _NAME = r"[A-Z][a-zA-Z'\-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-zA-Z'\-]+){0,2}"
 _STREET = (
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
@@ -50,7 +51,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"(?i)\bfax(?:\s*(?:no\.?|number|#))?\s*:?\s*(?:\+?\d{1,3}[\s.-]?)?\(?\d{2,4}\)?[\s.-]?\d{3,4}[\s.-]?\d{3,4}\b"
         ),
     ),
-    ("PHONE", re.compile(r"(?<![\w/])(?:\+\d{1,3}[\s.-]?)?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b")),
+    ("PHONE", re.compile(r"(?<![\w/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)[\s.-]?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b")),
     ("PHONE", re.compile(r"(?<![\w/])\+\d{2}\s?\d{2,4}\s\d{3,4}\s\d{3,4}\b")),
     ("ID", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),  # SSN
     (
@@ -65,6 +66,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "DATE",
         re.compile(
             rf"(?i)\b(?:\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}}|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
+            rf"|\d{{1,2}}-{_MONTH}-(?:\d{{4}}|\d{{2}})"
             rf"|{_MONTH}\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|(?:19|20)\d{{2}}[/.]\d{{1,2}}[/.]\d{{1,2}}"
             rf"|{_DAY_OR_MONTH}(?P<sep>[/-]){_DAY_OR_MONTH}(?P=sep)(?:\d{{4}}|\d{{2}})"
             rf"|{_DAY_OR_MONTH}\.(?:0?[1-9]|1[0-2])\.(?:19|20)\d{{2}}|(?:0?[1-9]|1[0-2])/(?:19|20)\d{{2}}"
@@ -86,8 +88,8 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "NAME",
         re.compile(
-            r"(?i:\b(?:signed(?: by|:)?|attending(?: physician)?:|physician:|dictated by|cc:|referred by|"
-            rf"(?:patient )?name:))\s+(?:{_TITLE}\s+)?(?P<phi>{_NAME})"
+            r"(?i:\b(?:signed(?: by)?:?|attending(?: physician)?:|physician:|dictated by:?|cc:|referred by:?|"
+            rf"(?:patient )?name:))\s+(?:{_TITLE}\s+)?(?P<phi>{_NAME}(?:,\s+(?!{_CREDENTIAL}\b)[A-Z][a-zA-Z'\-]+(?![\w-]))?)"
         ),
     ),
     ("ID", re.compile(r"(?<![\w.])\d{7,}(?!\w|\.\d)")),  # a bare long number: a record number more often than not
