@@ -32,6 +32,7 @@ _MONTH = (
 _DAY_OR_MONTH = r"(?:0?[1-9]|[12]\d|3[01])"  # either part of a numeric date (day-month or month-day order)
 _TITLE = r"(?:Dr|DR|Doctor|DOCTOR|Mr|MR|Mrs|MRS|Ms|Miss|Prof|PROF|Professor|Nurse)\.?"  # not MS: multiple sclerosis
 _CREDENTIAL = r"(?:MD|DO|PhD|RN|NP|PA|MBBS|MRCP|FRCP)"  # after a signature's comma: not a first name
+_FIRST_AFTER_COMMA = rf"(?:,\s+(?!{_CREDENTIAL}\b)[A-Z][a-zA-Z'\-]+(?![\w-]))?"  # "Garcia, Maria"
 _NAME = r"[A-Z][a-zA-Z'\-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-zA-Z'\-]+){0,2}"
 _STREET = (
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
@@ -89,7 +90,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "NAME",
         re.compile(
             r"(?i:\b(?:signed(?: by)?:?|attending(?: physician)?:|physician:|dictated by:?|cc:|referred by:?|"
-            rf"(?:patient )?name:))\s+(?:{_TITLE}\s+)?(?P<phi>{_NAME}(?:,\s+(?!{_CREDENTIAL}\b)[A-Z][a-zA-Z'\-]+(?![\w-]))?)"
+            rf"(?:patient )?name:))\s+(?:{_TITLE}\s+)?(?P<phi>{_NAME}{_FIRST_AFTER_COMMA})"
         ),
     ),
     ("ID", re.compile(r"(?<![\w.])\d{7,}(?!\w|\.\d)")),  # a bare long number: a record number more often than not
