@@ -31,8 +31,8 @@ class YamlConfig:
     """Base class: ``from_dict`` / ``to_dict`` / ``from_yaml`` / ``to_yaml`` for dataclasses.
 
     Every field's value is checked against its declared type when the config is built, however it
-    is built (``from_dict`` first, naming the file); a subclass's ``__post_init__`` calls this one's
-    before its own range and choice checks.
+    is built (``from_dict`` adds the file to the message); a subclass's ``__post_init__`` calls
+    this one's before its own range and choice checks.
     """
 
     def __post_init__(self) -> None:
@@ -67,11 +67,9 @@ class YamlConfig:
             )
         hints = get_type_hints(cls)
         values = {name: _coerce(hints[name], value, f"{source}:{name}") for name, value in data.items()}
-        for name, value in values.items():
-            _check_type(hints[name], value, f"{source}:{name}")
         try:
             return cls(**values)
-        except (TypeError, ConfigError) as err:  # the class's own checks, named with the file
+        except (TypeError, ConfigError) as err:  # the type, range and choice checks, named with the file
             raise ConfigError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:

@@ -146,7 +146,9 @@ def test_a_value_of_another_type_than_its_field_names_the_file_the_key_and_both_
     from neuroomics_bridge.adapters.config import BridgeConfig
 
     (tmp_path / "bridge.yaml").write_text(yaml_text + "\n")
-    with pytest.raises(ConfigError, match=r"bridge\.yaml:" + message):  # before: accepted, or a bare TypeError
+    with pytest.raises(
+        ConfigError, match=r"bridge\.yaml: BridgeConfig\." + message
+    ):  # before: accepted, or a bare TypeError
         BridgeConfig.from_yaml(tmp_path / "bridge.yaml")
     (tmp_path / "good.yaml").write_text("embed_dim: 64\ninit_temperature: 1\nprefix_token_norm: null\n")
     loaded = BridgeConfig.from_yaml(tmp_path / "good.yaml")  # an int is a float; null where a field allows it
