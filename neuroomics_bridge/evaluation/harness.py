@@ -14,13 +14,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from neuroomics_bridge.errors import DataError, MissingFileError
+from neuroomics_bridge.evaluation.loaders import Example
 from neuroomics_bridge.evaluation.scoring import Mode, PromptFormat, TaskResult, evaluate_task
-from neuroomics_bridge.evaluation.tasks import get_task, task_files
+from neuroomics_bridge.evaluation.tasks import BenchmarkTask, get_task, task_files
 from neuroomics_bridge.io import atomic_write_text, check_writable, file_sha256, read_jsonl, save_figure
 from neuroomics_bridge.notice import RESEARCH_NOTICE
 from neuroomics_bridge.progress import progress, silenced
@@ -193,28 +194,55 @@ def locate_benchmarks(
         For an unknown task, a ``limit`` under 1, negative ``shots``, missing or ambiguous
         data files, or as the readers raise.
     """
+    return {
+        name: (data.evaluation, data.train) for name, data in _read_benchmarks(tasks, data_dir, limit, shots).items()
+    }
+
+
+class _TaskData(NamedTuple):
+    """A task's files and what they hold: the evaluation items and the pool exemplars come from."""
+
+    evaluation: Path
+    train: Path | None
+    every: list[Example]
+    pool: list[Example]
+
+
+def _read_benchmarks(
+    tasks: Sequence[str], data_dir: str | os.PathLike[str], limit: int | None, shots: int
+) -> dict[str, _TaskData]:
+    """Every task's files located, read and checked (see :func:`locate_benchmarks`)."""
     if limit is not None and limit < 1:  # a slice would drop items from the end instead
         raise DataError(f"limit: expected None or at least 1 item per task, got {limit}")
     if shots < 0:
         raise DataError(f"shots: expected 0 (zero-shot) or more examples per prompt, got {shots}")
     located = {name: task_files(data_dir, get_task(name)) for name in tasks}
+    read = {}
     for name, (evaluation, train) in located.items():
         task = get_task(name)
-        every = task.reader(evaluation)
-        pool, source = (task.reader(train), train) if train is not None else (every, evaluation)
+        every = _checked_entity_types(task, task.reader(evaluation), evaluation)
+        pool = every if train is None else _checked_entity_types(task, task.reader(train), train)
         needed = shots + (train is None)  # an item is never its own exemplar
         if shots and len(pool) < needed:
             raise DataError(
-                f"{source}: {shots}-shot prompts need {needed} items to draw exemplars from; the file has {len(pool)}"
+                f"{train or evaluation}: {shots}-shot prompts need {needed} items to draw exemplars from; "
+                f"the file has {len(pool)}"
             )
-        for example in (*every, *pool) if task.kind == "entities" else ():
-            unknown = sorted({e.partition(":")[0] for e in example.answer_set} - set(task.labels))
-            if unknown:
-                raise DataError(
-                    f"{evaluation if example in every else source}: item {example.id!r} has entity type(s) {unknown}; "
-                    f"{name} scores {list(task.labels)} (map the corpus's types onto them)"
-                )
-    return located
+        read[name] = _TaskData(evaluation, train, every, pool)
+    return read
+
+
+def _checked_entity_types(task: BenchmarkTask, examples: list[Example], file: Path) -> list[Example]:
+    """``examples``, refused when an entity task's gold entity has a type the task does not
+    score: no answer could match it."""
+    for example in examples if task.kind == "entities" else ():
+        unknown = sorted({entity.partition(":")[0] for entity in example.answer_set} - set(task.labels))
+        if unknown:
+            raise DataError(
+                f"{file}: item {example.id!r} has entity type(s) {unknown}; "
+                f"{task.name} scores {list(task.labels)} (map the corpus's types onto them)"
+            )
+    return examples
 
 
 def run_benchmarks(
@@ -262,15 +290,13 @@ def run_benchmarks(
     """
     from neuroomics_bridge import __version__
 
-    located = locate_benchmarks(tasks, data_dir, limit=limit, shots=shots)  # before any work
+    read = _read_benchmarks(tasks, data_dir, limit, shots)  # every file, before any work
     chosen = [get_task(name) for name in tasks]
     files: dict[str, Any] = {}
     results = []
     for task in progress(chosen, desc="benchmarks", show=show_progress, unit="task"):
-        evaluation, train = located[task.name]
-        every = task.reader(evaluation)
+        evaluation, _, every, pool = read[task.name]  # the full pool: limit keeps each item's shots
         examples = every[:limit]
-        pool = task.reader(train) if train is not None else every  # the full set: limit keeps each item's shots
         files[task.name] = {"file": str(evaluation), "sha256": file_sha256(evaluation), "n": len(examples)}
         with silenced(show_progress is False):  # generation's own bars too
             results.append(
